@@ -1,0 +1,170 @@
+"""`gcctl data ...`: look at a dataset as gcctl reads it.
+
+The dataset options below are shared: a command that reads a dataset declares the same parameters
+(`dataset: DatasetName, root: DatasetRoot, target: Target = None, ...`) and passes them to
+`dataset_options(...)` to get the keyword arguments of `gcctl.datasets.load_dataset`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.datasets import DATASETS, DatasetTable, load_dataset
+
+app = typer.Typer(
+    help="Inspect datasets as gcctl reads them: Waterbirds, CelebA, or any CSV/Parquet manifest.\n\n"
+    "Example: gcctl data show --dataset waterbirds --root data/waterbirds",
+    no_args_is_help=True,
+)
+
+DatasetName = Annotated[str, typer.Option("--dataset", help=f"Source layout: {', '.join(DATASETS)}.")]
+DatasetRoot = Annotated[Path, typer.Option("--root", help="Folder that holds the dataset's metadata and images.")]
+Target = Annotated[Optional[str], typer.Option("--target", help="celeba: attribute to classify (default Blond_Hair).")]
+Bias = Annotated[Optional[list[str]], typer.Option(
+    "--bias", help="celeba: spurious attribute (default Male); repeat for several, e.g. --bias Young --bias Male.")]
+ManifestFile = Annotated[Optional[Path], typer.Option(
+    "--manifest-file", help="manifest: CSV or Parquet, one row per image (relative to --root or absolute).")]
+PathColumn = Annotated[Optional[str], typer.Option("--path-column", help="manifest: image path column (default path).")]
+LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="manifest: class column (default y).")]
+SplitColumn = Annotated[Optional[str], typer.Option(
+    "--split-column", help="manifest: split column (train/val/test or 0/1/2) (default split).")]
+AttributeColumn = Annotated[Optional[list[str]], typer.Option(
+    "--attribute-column", help="manifest: spurious attribute column; repeat for several.")]
+IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="manifest: id column (default: row number).")]
+ClassName = Annotated[Optional[list[str]], typer.Option(
+    "--class-name", help="Class names in label order, one per class; overrides gcctl-names.json and defaults.")]
+
+
+def dataset_options(
+    *,
+    target: Optional[str] = None,
+    bias: Optional[list[str]] = None,
+    manifest_file: Optional[Path] = None,
+    path_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    split_column: Optional[str] = None,
+    attribute_column: Optional[list[str]] = None,
+    id_column: Optional[str] = None,
+    class_name: Optional[list[str]] = None,
+) -> dict:
+    """`load_dataset` keyword arguments from the CLI options; unset ones are left out so adapters keep
+    their defaults, and an option that does not fit the dataset is reported by `load_dataset`."""
+    given = {
+        "target": target,
+        "bias": tuple(bias) if bias else None,
+        "file": manifest_file,
+        "path_column": path_column,
+        "label_column": label_column,
+        "split_column": split_column,
+        "attribute_columns": tuple(attribute_column) if attribute_column else None,
+        "id_column": id_column,
+        "class_names": list(class_name) if class_name else None,
+    }
+    return {option: value for option, value in given.items() if value is not None}
+
+
+@app.command()
+def show(
+    dataset: DatasetName,
+    root: DatasetRoot,
+    target: Target = None,
+    bias: Bias = None,
+    manifest_file: ManifestFile = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
+    attribute_column: AttributeColumn = None,
+    id_column: IdColumn = None,
+    class_name: ClassName = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print how many images each group has in each split, and the dataset's fingerprint.
+
+    Example: gcctl data show --dataset celeba --root data/celeba --target Blond_Hair --bias Male
+    """
+    options = dataset_options(target=target, bias=bias, manifest_file=manifest_file, path_column=path_column,
+                              label_column=label_column, split_column=split_column,
+                              attribute_column=attribute_column, id_column=id_column, class_name=class_name)
+    table = load_dataset(dataset, root, **options)
+    if as_json:
+        typer.echo(json.dumps(_summary(table), indent=2))
+    else:
+        _print_table(table)
+
+
+def _summary(table: DatasetTable) -> dict:
+    counts = table.group_counts()
+    return {
+        "dataset": table.dataset,
+        "root": str(table.root),
+        "rows": len(table.frame),
+        "fingerprint": table.fingerprint(),
+        "class_names": table.class_names,
+        "attributes": table.attributes,
+        "groups": [{"group": group, "name": name, **{split: int(n) for split, n in row.items()}}
+                   for group, (name, row) in enumerate(counts.iterrows())],
+    }
+
+
+def _print_table(table: DatasetTable) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    counts = table.group_counts()
+    view = Table(title=f"{table.dataset}: {table.root}", show_footer=True)
+    view.add_column("group", footer="total", justify="right")
+    view.add_column("name")
+    for split in counts.columns:
+        view.add_column(split, footer=str(int(counts[split].sum())), justify="right")
+    for group, (name, row) in enumerate(counts.iterrows()):
+        view.add_row(str(group), name, *(str(int(n)) for n in row))
+    console = Console()
+    console.print(view)
+    console.print(f"fingerprint {table.fingerprint()}", soft_wrap=True)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write corpus.npz, waterbirds/ and multiceleba/ into.")],
+    seed: Annotated[int, typer.Option("--seed", help="Everything written follows from this seed.")] = 0,
+    corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Image-caption pairs for pretraining.")] = 30000,
+    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Image side in pixels.")] = 32,
+    scale: Annotated[float, typer.Option("--scale", help="Benchmark sizes relative to the defaults (Waterbirds' 4795/1199/5794).")] = 1.0,
+    minority_fraction: Annotated[float, typer.Option(
+        "--minority-fraction", help="Waterbirds-like train: share of each class on the other class's background.")] = 0.05,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace benchmarks that already exist.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Write the synthetic world: a pretraining corpus and two benchmarks in the real datasets' layouts.
+
+    The Waterbirds-like benchmark is written in Waterbirds' layout (metadata.csv + images), the
+    MultiCelebA-like one in CelebA's official txt layout, so `--dataset waterbirds` and `--dataset celeba`
+    read them like the real ones.
+
+    Example: gcctl data synth --out pipeline/data --seed 0 --scale 0.1
+    """
+    from gcctl.synth.benchmarks import write_multiceleba, write_waterbirds
+    from gcctl.synth.corpus import write_corpus
+
+    written = {
+        "corpus": write_corpus(out, n=corpus_size, seed=seed, size=image_size),
+        "waterbirds": write_waterbirds(out / "waterbirds", seed=seed, scale=scale, size=image_size,
+                                       minority_fraction=minority_fraction, overwrite=overwrite),
+        "multiceleba": write_multiceleba(out / "multiceleba", seed=seed, scale=scale, size=image_size,
+                                         overwrite=overwrite),
+    }
+    summary = {name: str(path) for name, path in written.items()}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title="synthetic world", show_header=False)
+    for name, path in summary.items():
+        view.add_row(name, path)
+    Console().print(view)

@@ -1,0 +1,144 @@
+"""`gcctl extract`, `gcctl info`, `gcctl merge`: the HDF5 feature store from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.cli.data import (
+    AttributeColumn,
+    Bias,
+    ClassName,
+    DatasetName,
+    DatasetRoot,
+    IdColumn,
+    LabelColumn,
+    ManifestFile,
+    PathColumn,
+    SplitColumn,
+    Target,
+    dataset_options,
+)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
+
+
+def extract(
+    dataset: DatasetName,
+    root: DatasetRoot,
+    model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")],
+    out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write (appears only when complete).")],
+    pretrained: Annotated[str, typer.Option(
+        "--pretrained", help="Weights: an open_clip tag, a checkpoint file, local-dir:PATH, hf-hub:ORG/REPO or none.")] = "none",
+    target: Target = None,
+    bias: Bias = None,
+    manifest_file: ManifestFile = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
+    attribute_column: AttributeColumn = None,
+    id_column: IdColumn = None,
+    class_name: ClassName = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 0,
+    dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")] = "float16",
+    normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the features.")] = True,
+    shard: Annotated[str, typer.Option("--shard", help="Write only part i of n (0-based), e.g. 0/4; join with `gcctl merge`.")] = "0/1",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Encode every image once with the frozen image tower into an HDF5 feature store (resumable).
+
+    Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
+    """
+    from gcctl.clip.factory import build_clip
+    from gcctl.datasets import load_dataset
+    from gcctl.runtime import progress, resolve_device
+    from gcctl.store import Shard, extract as extract_features
+
+    options = dataset_options(target=target, bias=bias, manifest_file=manifest_file, path_column=path_column,
+                              label_column=label_column, split_column=split_column,
+                              attribute_column=attribute_column, id_column=id_column, class_name=class_name)
+    table = load_dataset(dataset, root, **options)
+    part = Shard.parse(shard)
+    torch_device = resolve_device(device)
+    bundle = build_clip(model, pretrained, device=torch_device)
+    with progress() as bar:
+        task = bar.add_task(f"extract {dataset}", total=len(part.rows(len(table.frame))))
+        summary = extract_features(
+            table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize,
+            shard=part, device=torch_device, on_progress=lambda done, total: bar.update(task, completed=done),
+        )
+    _print_summary(summary, "extracted", as_json)
+
+
+def info(
+    path: Annotated[Path, typer.Argument(help="An HDF5 feature store.")],
+    as_json: AsJson = False,
+) -> None:
+    """Show a feature store's shape, provenance and group counts per split.
+
+    Example: gcctl info pipeline/features/waterbirds.h5
+    """
+    from gcctl.store import FeatureStore
+
+    with FeatureStore(path) as store:
+        summary = store.summary()
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    about = Table(title=f"{path}: {summary['rows']} × {summary['embed_dim']} {summary['dtype']}", show_header=False)
+    for key, value in summary["provenance"].items():
+        about.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    console.print(about)
+    groups = Table(title="group counts")
+    groups.add_column("group", justify="right")
+    groups.add_column("name")
+    for split in ("train", "val", "test"):
+        groups.add_column(split, justify="right")
+    for index, (name, counts) in enumerate(summary["group_counts"].items()):
+        groups.add_row(str(index), name, *(str(counts[split]) for split in ("train", "val", "test")))
+    console.print(groups)
+
+
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="The shard files written with --shard i/n, in any order.")],
+    out: Annotated[Path, typer.Option("--out", help="The merged HDF5 file.")],
+    as_json: AsJson = False,
+) -> None:
+    """Join the shards of one extraction into a single feature store.
+
+    Example: gcctl merge features/part0.h5 features/part1.h5 --out features/waterbirds.h5
+    """
+    from gcctl.store import FeatureStore, merge as merge_stores
+
+    merged = merge_stores(parts, out)
+    with FeatureStore(merged) as store:
+        summary = {"out": str(merged), "rows": len(store), "parts": len(parts)}
+    _print_summary(summary, "merged", as_json)
+
+
+def _print_summary(summary: dict, title: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        view.add_row(key, str(value))
+    Console().print(view)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(extract)
+    app.command()(info)
+    app.command()(merge)

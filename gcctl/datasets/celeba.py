@@ -1,0 +1,102 @@
+"""CelebA: the official text files or Kaggle's CSV pair, one target attribute and one or more biases."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import pandas as pd
+
+from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, require_columns
+from gcctl.errors import GcctlError
+
+# Official release: line 1 the row count, line 2 the 40 names, then `file v1 ... v40` in -1/1, space-aligned.
+ATTRIBUTES_TXT = "list_attr_celeba.txt"
+PARTITION_TXT = "list_eval_partition.txt"
+# Kaggle: the same data as CSV with headers `image_id,<40 names>` and `image_id,partition`.
+ATTRIBUTES_CSV = "list_attr_celeba.csv"
+PARTITION_CSV = "list_eval_partition.csv"
+IMAGES = "img_align_celeba"
+
+
+def load(root: Path, names: NameOverrides, *, target: str = "Blond_Hair", bias: tuple[str, ...] | str = ("Male",)) -> DatasetTable:
+    biases = [bias] if isinstance(bias, str) else list(bias)
+    if not biases:
+        raise GcctlError("CelebA needs at least one bias attribute; pass --bias NAME (e.g. Male)")
+    if target in biases:
+        raise GcctlError(f"'{target}' is both the target and a bias; choose a different --bias")
+    attributes = _read_attributes(root, [target, *biases])
+    partition = _read_partition(root)
+    frame = attributes.merge(partition, on="image_id", how="left", validate="one_to_one")
+    unsplit = frame["image_id"][frame["split"].isna()]
+    if len(unsplit):
+        raise GcctlError(f"{len(unsplit)} CelebA images have no split in the partition file (first: {unsplit.iloc[0]}); "
+                         "use the partition file that comes with the attribute file")
+    core = pd.DataFrame({
+        "id": frame["image_id"],
+        "path": _image_prefix(root) + frame["image_id"],
+        "split": frame["split"].astype("int64"),
+        # CelebA marks presence with 1 and absence with -1.
+        "y": (frame[target] > 0).astype("int64"),
+        **{name: (frame[name] > 0).astype("int64") for name in biases},
+    })
+    return DatasetTable.build(
+        core,
+        root=root,
+        dataset="celeba",
+        class_names=pick_names(names.classes or names.attributes.get(target), _binary_names(target), f"target {target}"),
+        attributes={name: pick_names(names.attributes.get(name), _binary_names(name), f"bias {name}") for name in biases},
+        source=f"CelebA under {root}",
+    )
+
+
+def _binary_names(attribute: str) -> list[str]:
+    return [f"not_{attribute}", attribute]
+
+
+def _read_attributes(root: Path, wanted: list[str]) -> pd.DataFrame:
+    """image_id and the `wanted` attribute columns, in the file's row order."""
+    if (root / ATTRIBUTES_TXT).is_file():
+        path = root / ATTRIBUTES_TXT
+        with path.open() as handle:
+            handle.readline()
+            available = handle.readline().split()
+        _check_names(wanted, available, path)
+        # sep=r"\s+" runs pandas' fast C parser and absorbs the runs of spaces that align the columns.
+        return pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *available],
+                           usecols=["image_id", *wanted], dtype={"image_id": str})
+    if (root / ATTRIBUTES_CSV).is_file():
+        path = root / ATTRIBUTES_CSV
+        header = pd.read_csv(path, nrows=0)
+        require_columns(header, ["image_id"], path)
+        _check_names(wanted, [c for c in header.columns if c != "image_id"], path)
+        return pd.read_csv(path, usecols=["image_id", *wanted], dtype={"image_id": str})
+    raise GcctlError(f"no CelebA attributes under {root}: expected {ATTRIBUTES_TXT} (official release) or "
+                     f"{ATTRIBUTES_CSV} (Kaggle); pass the folder that holds one")
+
+
+def _read_partition(root: Path) -> pd.DataFrame:
+    """image_id and split (0/1/2)."""
+    if (root / PARTITION_TXT).is_file():
+        return pd.read_csv(root / PARTITION_TXT, sep=r"\s+", header=None, names=["image_id", "split"],
+                           dtype={"image_id": str})
+    if (root / PARTITION_CSV).is_file():
+        frame = pd.read_csv(root / PARTITION_CSV, dtype={"image_id": str})
+        require_columns(frame, ["image_id", "partition"], root / PARTITION_CSV)
+        return frame.rename(columns={"partition": "split"})[["image_id", "split"]]
+    raise GcctlError(f"no CelebA split file under {root}: expected {PARTITION_TXT} (official release) or "
+                     f"{PARTITION_CSV} (Kaggle)")
+
+
+def _check_names(wanted: list[str], available: list[str], path: Path) -> None:
+    for name in wanted:
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(available)}"
+            raise GcctlError(f"unknown CelebA attribute '{name}' in {path.name}; {hint}")
+
+
+def _image_prefix(root: Path) -> str:
+    """Kaggle's archive nests the image folder in a folder of the same name."""
+    nested = root / IMAGES / IMAGES
+    return f"{IMAGES}/{IMAGES}/" if nested.is_dir() else f"{IMAGES}/"

@@ -1,0 +1,229 @@
+"""The canonical dataset table every source layout is read into, and its Parquet file."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gcctl.errors import GcctlError
+from gcctl.runtime import atomic_path
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train", "0": "train",
+    "val": "val", "valid": "val", "validation": "val", "1": "val",
+    "test": "test", "2": "test",
+}
+NAMES_SIDECAR = "gcctl-names.json"
+RESERVED_COLUMNS = {"id", "path", "split", "y", "class_name", "group", "group_name"}
+PARQUET_METADATA_KEY = b"gcctl"
+
+
+@dataclass(eq=False)
+class DatasetTable:
+    """One row per image: where it is, its split, its class and its spurious attribute values."""
+
+    frame: pd.DataFrame
+    root: Path
+    dataset: str
+    class_names: list[str]
+    attributes: dict[str, list[str]]
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    @classmethod
+    def build(
+        cls,
+        core: pd.DataFrame,
+        *,
+        root: str | os.PathLike,
+        dataset: str,
+        class_names: list[str],
+        attributes: dict[str, list[str]],
+        source: str,
+    ) -> DatasetTable:
+        """Validate `core` (columns id, path, split, y and one per attribute) and derive names and groups.
+
+        `source` names the file the rows came from, so errors point at what to fix.
+        """
+        if core.empty:
+            raise GcctlError(f"{source} has no rows; point --root at a dataset with images")
+        for column in attributes:
+            if column in RESERVED_COLUMNS:
+                raise GcctlError(f"attribute column '{column}' clashes with a canonical column; rename it in {source}")
+        for column in ("id", "path"):
+            if core[column].isna().any():
+                raise GcctlError(f"{source} has {int(core[column].isna().sum())} rows without {column}; fill or drop them")
+        frame = pd.DataFrame({
+            "id": core["id"].astype(str).to_numpy(),
+            "path": core["path"].astype(str).to_numpy(),
+            "split": normalize_splits(core["split"], source).to_numpy(),
+            "y": _checked_codes(core["y"], len(class_names), "y", source),
+        })
+        duplicated = frame["id"][frame["id"].duplicated()]
+        if len(duplicated):
+            raise GcctlError(f"{source} has {len(duplicated)} duplicate ids (first: {duplicated.iloc[0]}); ids must be unique")
+        frame["class_name"] = _names_of(frame["y"], class_names)
+        for column, names in attributes.items():
+            frame[column] = _checked_codes(core[column], len(names), column, source)
+        table = cls(frame=frame, root=Path(root), dataset=dataset, class_names=list(class_names),
+                    attributes={column: list(names) for column, names in attributes.items()})
+        frame["group"] = table._group_ids()
+        frame["group_name"] = _names_of(frame["group"], table.group_names)
+        return table
+
+    @property
+    def group_names(self) -> list[str]:
+        """Every (class, attribute values...) combination, index = group id, first factor most significant."""
+        return ["/".join(parts) for parts in itertools.product(self.class_names, *self.attributes.values())]
+
+    def _group_ids(self) -> np.ndarray:
+        group = self.frame["y"].to_numpy(dtype=np.int64)
+        for column, names in self.attributes.items():
+            group = group * len(names) + self.frame[column].to_numpy(dtype=np.int64)
+        return group
+
+    def fingerprint(self) -> str:
+        """sha256 over the canonical columns and the names: equal for the same data wherever its root is."""
+        digest = hashlib.sha256()
+        header = {"class_names": self.class_names, "attributes": self.attributes, "rows": len(self.frame)}
+        digest.update(json.dumps(header).encode())
+        for column in ("id", "path", "split"):
+            digest.update(json.dumps(self.frame[column].tolist()).encode())
+        for column in ("y", *self.attributes):
+            digest.update(self.frame[column].to_numpy(dtype="<i8").tobytes())
+        return digest.hexdigest()
+
+    def group_counts(self) -> pd.DataFrame:
+        """Images per group (rows, every group even when empty) and split (columns train, val, test)."""
+        counts = np.zeros((len(self.group_names), len(SPLITS)), dtype=np.int64)
+        split_index = self.frame["split"].map({split: i for i, split in enumerate(SPLITS)}).to_numpy()
+        np.add.at(counts, (self.frame["group"].to_numpy(), split_index), 1)
+        return pd.DataFrame(counts, index=pd.Index(self.group_names, name="group_name"), columns=list(SPLITS))
+
+    def missing_files(self, limit: int = 5) -> list[str]:
+        """Up to `limit` relative paths with no file under root, so a run can stop before any work."""
+        root = str(self.root)
+        missing = []
+        for relative in self.frame["path"]:
+            if not os.path.isfile(os.path.join(root, relative)):
+                missing.append(relative)
+                if len(missing) == limit:
+                    break
+        return missing
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write Parquet atomically; the names and root travel in the schema metadata."""
+        arrow = pa.Table.from_pandas(self.frame, preserve_index=False)
+        described = {"dataset": self.dataset, "root": str(self.root), "class_names": self.class_names,
+                     "attributes": self.attributes}
+        metadata = {**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY: json.dumps(described).encode()}
+        with atomic_path(path) as tmp:
+            pq.write_table(arrow.replace_schema_metadata(metadata), tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DatasetTable:
+        path = Path(path)
+        if not path.is_file():
+            raise GcctlError(f"dataset table {path} does not exist; write it first with the dataset stage")
+        arrow = pq.read_table(path)
+        described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+        if described is None:
+            raise GcctlError(f"{path} is a Parquet file but not a gcctl dataset table; pass a table written by gcctl")
+        described = json.loads(described)
+        return cls(frame=arrow.to_pandas(), root=Path(described["root"]), dataset=described["dataset"],
+                   class_names=described["class_names"], attributes=described["attributes"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DatasetTable):
+            return NotImplemented
+        return (self.dataset == other.dataset and self.root == other.root and self.class_names == other.class_names
+                and self.attributes == other.attributes and self.frame.equals(other.frame))
+
+
+def _names_of(codes: pd.Series, names: list[str]) -> np.ndarray:
+    return np.asarray(names, dtype=object)[codes.to_numpy()].astype(str)
+
+
+def normalize_splits(values: pd.Series, source: str) -> pd.Series:
+    """Map train/val/test, valid/validation and 0/1/2 (any case) onto train/val/test."""
+    keys = values.astype(str).str.strip().str.lower()
+    splits = keys.map(SPLIT_ALIASES)
+    unknown = keys[splits.isna()].unique()
+    if len(unknown):
+        raise GcctlError(f"unknown split values {list(unknown[:5])} in {source}; use train/val/test, valid/validation or 0/1/2")
+    return splits.astype(str)
+
+
+def _checked_codes(values: pd.Series, size: int, column: str, source: str) -> np.ndarray:
+    """Integer codes in 0..size-1, or a user error saying which values fall outside."""
+    if values.isna().any() or not pd.api.types.is_numeric_dtype(values):
+        raise GcctlError(f"column '{column}' in {source} must hold integers 0..{size - 1} without gaps")
+    codes = values.to_numpy(dtype=np.float64)
+    outside = values[(codes < 0) | (codes >= size) | (codes != np.floor(codes))]
+    if len(outside):
+        raise GcctlError(f"column '{column}' in {source} has values {sorted(outside.unique().tolist())[:5]} outside "
+                         f"0..{size - 1}; fix the data or give one name per value")
+    return codes.astype(np.int64)
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], source: str | os.PathLike) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise GcctlError(f"{source} has no column {', '.join(repr(c) for c in missing)}; "
+                         f"its columns are: {', '.join(map(str, frame.columns))}")
+
+
+@dataclass(frozen=True)
+class NameOverrides:
+    """Names that replace an adapter's defaults: from `gcctl-names.json` under the root, or `class_names=`."""
+
+    classes: list[str] | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def read_name_overrides(root: Path, class_names: list[str] | None = None) -> NameOverrides:
+    """The sidecar's names, with an explicit `class_names` taking precedence over its `classes`."""
+    sidecar = root / NAMES_SIDECAR
+    described: dict = {}
+    if sidecar.is_file():
+        try:
+            described = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as error:
+            raise GcctlError(f"{sidecar} is not valid JSON ({error}); fix or delete it") from None
+        if not _is_names_sidecar(described):
+            raise GcctlError(f"{sidecar} must look like "
+                             '{"classes": [names...], "attributes": {"<column>": [names...]}}; fix or delete it')
+    classes = list(class_names) if class_names else described.get("classes")
+    return NameOverrides(classes=classes, attributes=described.get("attributes", {}))
+
+
+def _is_names_sidecar(described: object) -> bool:
+    def is_names(value: object) -> bool:
+        return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+    if not isinstance(described, dict) or set(described) - {"classes", "attributes"}:
+        return False
+    attributes = described.get("attributes", {})
+    return (is_names(described.get("classes", [])) and isinstance(attributes, dict)
+            and all(is_names(names) for names in attributes.values()))
+
+
+def pick_names(override: list[str] | None, default: list[str], what: str) -> list[str]:
+    """`override` when given (it must name every value), else `default`."""
+    if override is None:
+        return list(default)
+    if len(override) != len(default):
+        raise GcctlError(f"{len(override)} names given for {what} but it has {len(default)} values "
+                         f"({', '.join(default)}); fix {NAMES_SIDECAR} or the class names option")
+    return list(override)

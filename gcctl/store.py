@@ -1,0 +1,443 @@
+"""The HDF5 feature store: the only module that reads or writes feature files.
+
+One file holds every image of a dataset encoded once by a frozen image tower:
+
+- datasets `features` [N, D] (float16 or float32), `y`, `group`, `split` (0 train, 1 val, 2 test), `id`,
+  and one integer dataset per spurious attribute under `attributes/`;
+- root attributes: the provenance (model, pretrained, weights_sha256, embed_dim, normalized, preprocess,
+  dataset fingerprint, gcctl version, creation time) and the vocabularies (class, group and attribute names).
+
+Extraction writes into `<out>.partial` and records after every batch how many rows are done, so a killed run
+resumes where it stopped; the finished file appears by an atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from gcctl import __version__
+from gcctl.errors import GcctlError
+from gcctl.runtime import partial_path
+
+if TYPE_CHECKING:  # the store sits above datasets and models in the layering
+    from gcctl.clip.factory import ClipBundle
+    from gcctl.datasets.table import DatasetTable
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
+# Attributes that describe the extraction itself; two shards of one dataset must agree on all of them.
+_IDENTITY_KEYS = (
+    "model",
+    "pretrained",
+    "weights_sha256",
+    "embed_dim",
+    "normalized",
+    "preprocess",
+    "dataset",
+    "dataset_fingerprint",
+    "dtype",
+)
+_JSON_KEYS = ("class_names", "group_names", "attribute_values", "preprocess")
+_READ_BLOCK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` contiguous parts of a dataset's rows (0-based)."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """Parse `i/n` with 0 ≤ i < n."""
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise GcctlError(f"--shard '{text}' is not of the form i/n, e.g. 0/4") from None
+        if not 0 <= index < count:
+            raise GcctlError(f"--shard '{text}': need 0 <= i < n, e.g. 0/4 … 3/4")
+        return cls(index, count)
+
+    def rows(self, n_rows: int) -> range:
+        return range(self.index * n_rows // self.count, (self.index + 1) * n_rows // self.count)
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def _encode_attr(value):
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+
+def _decode_attr(key: str, value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if key in _JSON_KEYS and isinstance(value, str):
+        return json.loads(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _create_layout(
+    handle: h5py.File,
+    n_rows: int,
+    embed_dim: int,
+    dtype: str,
+    y: np.ndarray,
+    group: np.ndarray,
+    split: np.ndarray,
+    ids: Sequence[str],
+    attributes: dict[str, np.ndarray],
+) -> None:
+    """Create every dataset; all but `features` are written whole, since they are small."""
+    chunk_rows = max(1, min(n_rows, max(1, (1 << 20) // (embed_dim * 2))))
+    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=(chunk_rows, embed_dim))
+    handle.create_dataset("y", data=np.asarray(y, dtype=np.int64))
+    handle.create_dataset("group", data=np.asarray(group, dtype=np.int64))
+    handle.create_dataset("split", data=np.asarray(split, dtype=np.int8))
+    handle.create_dataset("id", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
+    attribute_group = handle.create_group("attributes")
+    for name, values in attributes.items():
+        attribute_group.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+
+
+def _set_attrs(handle: h5py.File, attrs: dict) -> None:
+    for key, value in attrs.items():
+        handle.attrs[key] = _encode_attr(value)
+
+
+def write_store(
+    path: str | os.PathLike,
+    features: np.ndarray,
+    y: np.ndarray,
+    group: np.ndarray,
+    split: np.ndarray,
+    ids: Sequence[str],
+    attributes: dict[str, np.ndarray],
+    *,
+    class_names: list[str],
+    group_names: list[str],
+    attribute_values: dict[str, list[str]],
+    provenance: dict,
+) -> Path:
+    """Write a complete store from arrays in one go (used by merge, tests and benchmarks)."""
+    path = Path(path)
+    features = np.asarray(features)
+    dtype = "float16" if features.dtype == np.float16 else "float32"
+    tmp = partial_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with h5py.File(tmp, "w") as handle:
+            _create_layout(handle, len(features), features.shape[1], dtype, y, group, split, ids, attributes)
+            handle["features"][...] = features.astype(FEATURE_DTYPES[dtype], copy=False)
+            attrs = {
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "gcctl_version": __version__,
+                **provenance,
+                "embed_dim": int(features.shape[1]),
+                "dtype": dtype,
+                "n_rows": len(features),
+                "rows_done": len(features),
+                "class_names": class_names,
+                "group_names": group_names,
+                "attribute_values": attribute_values,
+            }
+            _set_attrs(handle, attrs)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path
+
+
+class FeatureStore:
+    """Read access to a finished store. Arrays other than `features` are loaded on open (they are small);
+    features are read on demand in the stored dtype, so a float16 store is never copied whole to float32."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            hint = " (an extraction was interrupted: run it again to resume)" if partial_path(self.path).exists() else ""
+            raise GcctlError(f"feature store {self.path} not found{hint}; create it with `gcctl extract`")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise GcctlError(f"{self.path} is not a readable HDF5 feature store ({error})") from None
+        missing = [name for name in ("features", "y", "group", "split", "id") if name not in self._file]
+        if missing:
+            self._file.close()
+            raise GcctlError(f"{self.path} is not a gcctl feature store: datasets {missing} are missing")
+        attrs = {key: _decode_attr(key, value) for key, value in self._file.attrs.items()}
+        self.provenance = {key: value for key, value in attrs.items() if key not in ("class_names", "group_names", "attribute_values")}
+        self.class_names: list[str] = attrs.get("class_names", [])
+        self.group_names: list[str] = attrs.get("group_names", [])
+        self.attribute_values: dict[str, list[str]] = attrs.get("attribute_values", {})
+        self.y = self._file["y"][()]
+        self.group = self._file["group"][()]
+        self.split = self._file["split"][()]
+        self.ids = self._file["id"].asstr()[()]
+        self.attributes = {name: dataset[()] for name, dataset in self._file.get("attributes", {}).items()}
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self._file["features"].shape[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._file["features"].dtype
+
+    def split_index(self, name: str) -> np.ndarray:
+        if name not in SPLIT_CODES:
+            raise GcctlError(f"unknown split '{name}'; choose one of {', '.join(SPLIT_CODES)}")
+        return np.flatnonzero(self.split == SPLIT_CODES[name])
+
+    def load_features(self, indices: Iterable[int] | None = None) -> np.ndarray:
+        """Rows `indices` (in that order; all rows when None), in the stored dtype.
+
+        Reads in contiguous blocks and gathers in memory: h5py's point selection is slow for many rows.
+        """
+        dataset = self._file["features"]
+        if indices is None:
+            return dataset[()]
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), dataset.shape[1]), dtype=dataset.dtype)
+        if len(indices) == 0:
+            return out
+        order = np.argsort(indices, kind="stable")
+        sorted_rows = indices[order]
+        for start in range(int(sorted_rows[0]), int(sorted_rows[-1]) + 1, _READ_BLOCK_ROWS):
+            stop = start + _READ_BLOCK_ROWS
+            lo, hi = np.searchsorted(sorted_rows, [start, stop])
+            if lo == hi:
+                continue
+            block = dataset[start : min(stop, int(sorted_rows[hi - 1]) + 1)]
+            out[order[lo:hi]] = block[sorted_rows[lo:hi] - start]
+        return out
+
+    def group_counts(self) -> dict[str, dict[str, int]]:
+        """{group name: {split: count}} over the whole vocabulary."""
+        counts = {}
+        for index, name in enumerate(self.group_names):
+            in_group = self.group == index
+            counts[name] = {split: int(np.sum(in_group & (self.split == code))) for split, code in SPLIT_CODES.items()}
+        return counts
+
+    def summary(self) -> dict:
+        """What `gcctl info` shows: shape, provenance and group counts."""
+        return {
+            "path": str(self.path),
+            "rows": len(self),
+            "embed_dim": self.embed_dim,
+            "dtype": str(self.dtype),
+            "provenance": self.provenance,
+            "class_names": self.class_names,
+            "attribute_values": self.attribute_values,
+            "group_counts": self.group_counts(),
+        }
+
+
+def _table_arrays(table: "DatasetTable", rows: range) -> dict:
+    frame = table.frame.iloc[rows.start : rows.stop]
+    return {
+        "y": frame["y"].to_numpy(),
+        "group": frame["group"].to_numpy(),
+        "split": frame["split"].map(SPLIT_CODES).to_numpy(),
+        "ids": frame["id"].astype(str).tolist(),
+        "attributes": {name: frame[name].to_numpy() for name in table.attributes},
+    }
+
+
+def _extraction_identity(table: "DatasetTable", bundle: "ClipBundle", dtype: str, normalize: bool, shard: Shard) -> dict:
+    provenance = bundle.provenance
+    return {
+        "model": provenance["model"],
+        "pretrained": provenance["pretrained"],
+        "weights_sha256": provenance["weights_sha256"],
+        "embed_dim": int(provenance["embed_dim"]),
+        "normalized": bool(normalize),
+        "preprocess": provenance["preprocess"],
+        "dataset": table.dataset,
+        "dataset_fingerprint": table.fingerprint(),
+        "dtype": dtype,
+        "shard": str(shard),
+    }
+
+
+def _open_partial(tmp: Path, identity: dict) -> h5py.File | None:
+    """Reopen an interrupted extraction if it was made with the same identity; otherwise discard it."""
+    if not tmp.exists():
+        return None
+    try:
+        handle = h5py.File(tmp, "r+")
+    except OSError:  # killed in the middle of an HDF5 metadata write: start over
+        tmp.unlink()
+        return None
+    stored = {key: _decode_attr(key, handle.attrs.get(key)) for key in identity}
+    if stored != identity:
+        handle.close()
+        tmp.unlink()
+        return None
+    return handle
+
+
+def _first_line_of_worker_error(error: Exception) -> str:
+    # DataLoader re-raises a worker's GcctlError with the worker traceback folded into the message.
+    return str(error).rsplit("GcctlError: ", 1)[-1]
+
+
+def extract(
+    table: "DatasetTable",
+    bundle: "ClipBundle",
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 256,
+    workers: int = 0,
+    dtype: str = "float16",
+    normalize: bool = True,
+    shard: Shard = Shard(),
+    device=None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Encode every image of `table` (or of one shard of it) with the frozen image tower into an HDF5 store.
+
+    Resumes an interrupted run with the same identity; returns a summary with rows encoded and throughput.
+    """
+    import time
+
+    import torch
+
+    from gcctl.datasets.images import ImageDataset
+    from gcctl.runtime import autocast, resolve_device
+
+    if dtype not in FEATURE_DTYPES:
+        raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
+    out = Path(out)
+    missing = table.missing_files()
+    if missing:
+        raise GcctlError(f"image {table.root / missing[0]} not found ({len(missing)}+ missing); check --root")
+    device = resolve_device("auto") if device is None else device
+    rows = shard.rows(len(table.frame))
+    identity = _extraction_identity(table, bundle, dtype, normalize, shard)
+    tmp = partial_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    handle = _open_partial(tmp, identity)
+    if handle is None:
+        handle = h5py.File(tmp, "w")
+        arrays = _table_arrays(table, rows)
+        _create_layout(handle, len(rows), identity["embed_dim"], dtype, **arrays)
+        _set_attrs(
+            handle,
+            {
+                **identity,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "gcctl_version": __version__,
+                "n_rows": len(rows),
+                "row_offset": rows.start,
+                "rows_done": 0,
+                "class_names": table.class_names,
+                "group_names": table.group_names,
+                "attribute_values": table.attributes,
+            },
+        )
+    done = int(handle.attrs["rows_done"])
+    resumed_from = done
+    model = bundle.model.to(device).eval()
+    dataset = ImageDataset(table, bundle.preprocess, indices=list(range(rows.start + done, rows.stop)))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda", shuffle=False
+    )
+    features = handle["features"]
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode(), autocast(device):
+            for images, _ in loader:
+                encoded = model.encode_image(images.to(device, non_blocking=True)).float()
+                if normalize:
+                    encoded = torch.nn.functional.normalize(encoded, dim=-1)
+                if not torch.isfinite(encoded).all():
+                    raise GcctlError(f"the image tower produced NaN/inf features near row {done}; check the weights")
+                features[done : done + len(encoded)] = encoded.cpu().numpy().astype(FEATURE_DTYPES[dtype])
+                done += len(encoded)
+                handle.attrs["rows_done"] = done
+                handle.flush()
+                if on_progress is not None:
+                    on_progress(done, len(rows))
+    except GcctlError as error:
+        if "Original Traceback" in str(error):
+            raise GcctlError(_first_line_of_worker_error(error)) from None
+        raise
+    finally:
+        handle.close()
+    seconds = time.perf_counter() - started
+    os.replace(tmp, out)
+    encoded_now = done - resumed_from
+    return {
+        "out": str(out),
+        "rows": len(rows),
+        "resumed_from": resumed_from,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(encoded_now / seconds, 1) if seconds > 0 and encoded_now else None,
+        "device": str(device),
+        "shard": str(shard),
+    }
+
+
+def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Join the shards of one extraction (any order) into a single store; they must be complete and agree."""
+    stores = [FeatureStore(part) for part in parts]
+    try:
+        identities = [{key: store.provenance.get(key) for key in _IDENTITY_KEYS} for store in stores]
+        for store, identity in zip(stores, identities):
+            if identity != identities[0]:
+                differing = [key for key in _IDENTITY_KEYS if identity[key] != identities[0][key]]
+                raise GcctlError(f"{store.path} was extracted differently from {stores[0].path} ({', '.join(differing)}); merge only shards of one extraction")
+        shards = [Shard.parse(store.provenance.get("shard", "0/1")) for store in stores]
+        counts = {shard.count for shard in shards}
+        indices = sorted(shard.index for shard in shards)
+        if len(counts) != 1 or indices != list(range(counts.pop())):
+            found = ", ".join(str(shard) for shard in shards)
+            raise GcctlError(f"merge needs every shard exactly once; got {found}")
+        ordered = [store for _, store in sorted(zip((shard.index for shard in shards), stores), key=lambda pair: pair[0])]
+        first = ordered[0]
+        provenance = {key: first.provenance[key] for key in _IDENTITY_KEYS if key in first.provenance}
+        provenance["shard"] = "0/1"
+        provenance["merged_from"] = len(ordered)
+        return write_store(
+            out,
+            np.concatenate([store.load_features() for store in ordered]),
+            np.concatenate([store.y for store in ordered]),
+            np.concatenate([store.group for store in ordered]),
+            np.concatenate([store.split for store in ordered]),
+            [i for store in ordered for i in store.ids],
+            {name: np.concatenate([store.attributes[name] for store in ordered]) for name in first.attributes},
+            class_names=first.class_names,
+            group_names=first.group_names,
+            attribute_values=first.attribute_values,
+            provenance=provenance,
+        )
+    finally:
+        for store in stores:
+            store.close()

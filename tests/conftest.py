@@ -1,0 +1,22 @@
+"""Fixtures shared across test modules: a tiny synthetic benchmark and a tiny random CLIP."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_waterbirds(tmp_path_factory):
+    """A Waterbirds-like benchmark in Waterbirds' layout, about 240 images."""
+    from gcctl.synth.benchmarks import write_waterbirds
+
+    return write_waterbirds(tmp_path_factory.mktemp("data") / "waterbirds", seed=0, scale=0.02)
+
+
+@pytest.fixture()
+def micro_bundle():
+    """gcctl-micro with seeded random weights (fresh per test: extraction moves it between devices)."""
+    import torch
+
+    from gcctl.clip.factory import build_clip
+
+    torch.manual_seed(0)
+    return build_clip("gcctl-micro", "none")

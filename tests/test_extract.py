@@ -1,0 +1,142 @@
+"""Extraction into the feature store: round trip, provenance, resume, failures that leave nothing behind."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from gcctl.datasets import load_dataset
+from gcctl.errors import GcctlError
+from gcctl.store import FeatureStore, Shard, extract, merge
+
+
+class _InterruptAfter:
+    """A transform that fails after `limit` images, as a killed extraction would stop."""
+
+    def __init__(self, transform, limit):
+        self.transform, self.limit, self.calls = transform, limit, 0
+
+    def __call__(self, image):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise KeyboardInterrupt
+        return self.transform(image)
+
+
+def test_extract_round_trip_with_provenance(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    summary = extract(table, micro_bundle, tmp_path / "f.h5", batch_size=32)
+    assert summary["rows"] == len(table.frame)
+    with FeatureStore(tmp_path / "f.h5") as store:
+        features = store.load_features().astype(np.float32)
+        assert features.shape == (len(table.frame), 32)
+        np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=2e-3)
+        assert list(store.ids) == table.frame["id"].astype(str).tolist()
+        np.testing.assert_array_equal(store.group, table.frame["group"])
+        assert store.group_names == table.group_names
+        assert store.provenance["model"] == "gcctl-micro"
+        assert store.provenance["dataset_fingerprint"] == table.fingerprint()
+        assert store.provenance["preprocess"]["resize"] == 32
+        assert "place" in store.attributes
+
+
+def test_interrupted_extraction_resumes_to_the_same_file(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    extract(table, micro_bundle, tmp_path / "whole.h5", batch_size=32, dtype="float32")
+
+    transform = micro_bundle.preprocess
+    micro_bundle.preprocess = _InterruptAfter(transform, limit=100)
+    with pytest.raises(KeyboardInterrupt):
+        extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32")
+    assert not (tmp_path / "resumed.h5").exists()
+    assert (tmp_path / "resumed.h5.partial").exists()
+
+    micro_bundle.preprocess = transform
+    summary = extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32")
+    assert summary["resumed_from"] == 96  # three whole batches of 32 were done before the interruption
+    with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "resumed.h5") as resumed:
+        np.testing.assert_allclose(resumed.load_features(), whole.load_features(), atol=1e-6)
+    assert not (tmp_path / "resumed.h5.partial").exists()
+
+
+def test_a_partial_file_of_another_extraction_is_not_resumed(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    transform = micro_bundle.preprocess
+    micro_bundle.preprocess = _InterruptAfter(transform, limit=40)
+    with pytest.raises(KeyboardInterrupt):
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float16")
+    micro_bundle.preprocess = transform
+    summary = extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float32")
+    assert summary["resumed_from"] == 0
+
+
+def test_shards_merge_into_the_whole(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    extract(table, micro_bundle, tmp_path / "whole.h5", batch_size=64)
+    parts = [extract(table, micro_bundle, tmp_path / f"p{i}.h5", batch_size=64, shard=Shard(i, 2))["out"] for i in range(2)]
+    merge(parts, tmp_path / "merged.h5")
+    with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "merged.h5") as merged:
+        np.testing.assert_array_equal(merged.load_features(), whole.load_features())
+        np.testing.assert_array_equal(merged.ids, whole.ids)
+
+
+def test_missing_image_fails_before_writing_anything(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    table.frame.loc[3, "path"] = "001.Circle/gone.png"
+    with pytest.raises(GcctlError, match="gone.png not found"):
+        extract(table, micro_bundle, tmp_path / "f.h5")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreadable_image_in_a_worker_is_one_line(tiny_waterbirds, micro_bundle, tmp_path):
+    broken = tmp_path / "broken"
+    import shutil
+
+    shutil.copytree(tiny_waterbirds, broken)
+    table = load_dataset("waterbirds", broken)
+    (broken / table.frame.loc[5, "path"]).write_bytes(b"not a png")
+    with pytest.raises(GcctlError) as caught:
+        extract(table, micro_bundle, tmp_path / "f.h5", workers=1)
+    message = str(caught.value)
+    assert message.startswith("cannot read image") and "Traceback" not in message
+    assert not (tmp_path / "f.h5").exists()
+
+
+def _run_cli(monkeypatch, capsys, *args):
+    from gcctl.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["gcctl", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def test_cli_extract_then_info(tiny_waterbirds, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "f.h5"
+    code, stdout, _ = _run_cli(monkeypatch, capsys, "extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+                               "--model", "gcctl-micro", "--out", str(out), "--json")
+    assert code == 0 and json.loads(stdout)["rows"] > 0
+    code, stdout, _ = _run_cli(monkeypatch, capsys, "info", str(out), "--json")
+    assert code == 0
+    assert json.loads(stdout)["group_counts"]["circle/water"]["test"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--root", "/nonexistent/place"], "not a directory"),
+        (["--model", "gcctl-nano"], "gcctl-nano"),
+        (["--pretrained", "/nonexistent/model.pt"], "model.pt"),
+        (["--dtype", "int8"], "int8"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_1(tiny_waterbirds, tmp_path, monkeypatch, capsys, args, fragment):
+    base = {"--dataset": "waterbirds", "--root": str(tiny_waterbirds), "--model": "gcctl-micro", "--out": str(tmp_path / "f.h5")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    code, _, stderr = _run_cli(monkeypatch, capsys, "extract", *[item for pair in base.items() for item in pair])
+    assert code == 1
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0]
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,107 @@
+"""The HDF5 feature store: writing, reading in the stored dtype, sharding and merging."""
+
+import numpy as np
+import pytest
+
+from gcctl.errors import GcctlError
+from gcctl.store import FeatureStore, Shard, merge, write_store
+
+
+def _arrays(n=10, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "features": rng.normal(size=(n, dim)).astype(np.float16),
+        "y": rng.integers(0, 2, n),
+        "group": rng.integers(0, 4, n),
+        "split": np.arange(n) % 3,
+        "ids": [f"img{i}" for i in range(n)],
+        "attributes": {"place": rng.integers(0, 2, n)},
+    }
+
+
+def _write(path, arrays, **provenance):
+    return write_store(
+        path,
+        arrays["features"],
+        arrays["y"],
+        arrays["group"],
+        arrays["split"],
+        arrays["ids"],
+        arrays["attributes"],
+        class_names=["landbird", "waterbird"],
+        group_names=["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"],
+        attribute_values={"place": ["land", "water"]},
+        provenance={"model": "gcctl-micro", "weights_sha256": "abc", **provenance},
+    )
+
+
+def test_round_trip_keeps_arrays_names_and_stored_dtype(tmp_path):
+    arrays = _arrays()
+    path = _write(tmp_path / "f.h5", arrays)
+    with FeatureStore(path) as store:
+        assert store.load_features().dtype == np.float16
+        np.testing.assert_array_equal(store.load_features(), arrays["features"])
+        np.testing.assert_array_equal(store.y, arrays["y"])
+        assert list(store.ids) == arrays["ids"]
+        assert store.group_names[1] == "landbird/water"
+        assert store.attribute_values == {"place": ["land", "water"]}
+        assert store.provenance["model"] == "gcctl-micro"
+        assert store.provenance["embed_dim"] == 4
+        np.testing.assert_array_equal(store.split_index("val"), [1, 4, 7])
+    assert not (tmp_path / "f.h5.partial").exists()
+
+
+def test_load_features_gathers_rows_in_the_requested_order(tmp_path, monkeypatch):
+    monkeypatch.setattr("gcctl.store._READ_BLOCK_ROWS", 3)  # force several blocks
+    arrays = _arrays(n=20)
+    path = _write(tmp_path / "f.h5", arrays)
+    indices = [17, 2, 9, 2, 0, 19]
+    with FeatureStore(path) as store:
+        np.testing.assert_array_equal(store.load_features(indices), arrays["features"][indices])
+        assert store.load_features([]).shape == (0, 4)
+
+
+def test_group_counts_cover_the_whole_vocabulary(tmp_path):
+    arrays = _arrays()
+    arrays["group"] = np.zeros(10, dtype=int)
+    with FeatureStore(_write(tmp_path / "f.h5", arrays)) as store:
+        counts = store.group_counts()
+    assert counts["landbird/land"] == {"train": 4, "val": 3, "test": 3}
+    assert counts["waterbird/water"] == {"train": 0, "val": 0, "test": 0}
+
+
+def test_shard_rows_partition_the_dataset():
+    rows = [list(Shard(i, 3).rows(10)) for i in range(3)]
+    assert sum(rows, []) == list(range(10))
+    assert Shard.parse("1/4") == Shard(1, 4)
+    for bad in ("4/4", "x", "1/0", "-1/2"):
+        with pytest.raises(GcctlError):
+            Shard.parse(bad)
+
+
+def test_merge_joins_shards_in_order_and_checks_them(tmp_path):
+    whole = _arrays(n=9)
+    parts = []
+    for index in (2, 0, 1):  # any order
+        rows = Shard(index, 3).rows(9)
+        part = {key: (value[rows.start : rows.stop] if key != "attributes" else {"place": value["place"][rows.start : rows.stop]}) for key, value in whole.items()}
+        parts.append(_write(tmp_path / f"part{index}.h5", part, shard=f"{index}/3"))
+    merged = merge(parts, tmp_path / "all.h5")
+    with FeatureStore(merged) as store:
+        np.testing.assert_array_equal(store.load_features(), whole["features"])
+        assert list(store.ids) == whole["ids"]
+        np.testing.assert_array_equal(store.attributes["place"], whole["attributes"]["place"])
+    with pytest.raises(GcctlError, match="every shard exactly once"):
+        merge(parts[:2], tmp_path / "bad.h5")
+    other = _write(tmp_path / "other.h5", _arrays(n=3), shard="1/3", weights_sha256="def")
+    with pytest.raises(GcctlError, match="weights_sha256"):
+        merge([parts[1], other, parts[0]], tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_opening_a_missing_or_foreign_file_is_a_user_error(tmp_path):
+    with pytest.raises(GcctlError, match="not found"):
+        FeatureStore(tmp_path / "none.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(GcctlError, match="not a readable HDF5"):
+        FeatureStore(tmp_path / "text.h5")

@@ -1,0 +1,330 @@
+"""The synthetic world: rendering, the pretraining corpus and the benchmarks in real on-disk layouts."""
+
+import hashlib
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import gcctl.synth.benchmarks as benchmarks
+from gcctl.errors import GcctlError
+from gcctl.synth import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    load_corpus,
+    render,
+    write_corpus,
+    write_multiceleba,
+    write_waterbirds,
+)
+from gcctl.synth.benchmarks import (
+    CELEBA_ATTRIBUTES,
+    MULTICELEBA_SPLIT_SIZES,
+    MULTICELEBA_TRAIN_GROUPS,
+    WATERBIRDS_SPLIT_SIZES,
+)
+
+SCALE = 0.05
+
+
+def _render_all(seed, size=32):
+    """One image of every (shape, colour, background) combination."""
+    combo = np.arange(len(SHAPES) * len(COLOURS) * len(BACKGROUNDS))
+    shape, rest = np.divmod(combo, len(COLOURS) * len(BACKGROUNDS))
+    colour, background = np.divmod(rest, len(BACKGROUNDS))
+    return render(shape, colour, background, np.random.default_rng(seed), size=size), shape, colour, background
+
+
+def _tree_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _read_celeba(root):
+    lines = (root / "list_attr_celeba.txt").read_text().splitlines()
+    names = lines[1].split()
+    rows = [line.split() for line in lines[2:]]
+    attributes = pd.DataFrame([row[1:] for row in rows], columns=names, index=[row[0] for row in rows]).astype(int)
+    partition = pd.read_csv(root / "list_eval_partition.txt", sep=r"\s+", header=None, names=["image", "split"])
+    return int(lines[0]), names, attributes, partition
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    first, *_ = _render_all(seed=3)
+    again, *_ = _render_all(seed=3)
+    other, *_ = _render_all(seed=4)
+    assert first.dtype == np.uint8 and first.shape == (216, 32, 32, 3)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("size", [16, 48])
+def test_render_honours_size(size):
+    images, *_ = _render_all(seed=0, size=size)
+    assert images.shape == (216, size, size, 3)
+
+
+def test_object_is_drawn_in_its_colour_at_the_centre():
+    n = len(COLOURS) * 4
+    colour = np.arange(n) % len(COLOURS)
+    images = render(np.zeros(n, int), colour, np.arange(n) % len(BACKGROUNDS), np.random.default_rng(0))
+    centre = images[:, 15:17, 15:17].reshape(n, -1, 3).mean(axis=1)
+    palette = np.array([centre[colour == c].mean(axis=0) for c in range(len(COLOURS))])
+    # Each image's centre is nearest to its own colour's mean: colours are told apart.
+    nearest = np.argmin(((centre[:, None] - palette[None]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(nearest, colour)
+
+
+def test_backgrounds_are_distinguishable_by_their_corners():
+    images, _, _, background = _render_all(seed=1)
+    corners = np.concatenate([images[:, :4, :4], images[:, -4:, -4:]], axis=1).reshape(len(images), -1, 3)
+    means = np.array([corners[background == b].reshape(-1, 3).mean(axis=0) for b in range(len(BACKGROUNDS))])
+    distances = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    assert distances[~np.eye(len(BACKGROUNDS), dtype=bool)].min() > 30
+
+
+def test_render_rejects_bad_input():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="length"):
+        render([0, 1], [0], [0, 1], rng)
+    with pytest.raises(ValueError, match="colour"):
+        render([0], [len(COLOURS)], [0], rng)
+    with pytest.raises(GcctlError, match="too small"):
+        render([0], [0], [0], rng, size=8)
+
+
+# --- corpus ------------------------------------------------------------------------------------------
+
+
+def test_corpus_is_balanced_captioned_and_round_trips(tmp_path):
+    path = write_corpus(tmp_path / "corpus", n=2 * 216 + 5, seed=0, size=16)
+    assert path == tmp_path / "corpus" / "corpus.npz"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["corpus.npz"]  # no .npz.npz, no .partial
+    corpus = load_corpus(path)
+    assert len(corpus) == 437 and corpus.images.shape == (437, 16, 16, 3) and corpus.images.dtype == np.uint8
+    counts = Counter(zip(corpus.shape.tolist(), corpus.colour.tolist(), corpus.background.tolist()))
+    assert len(counts) == 216 and set(counts.values()) == {2, 3}
+    assert corpus.captions.dtype.kind == "U"
+    for text, s, c, b in zip(corpus.captions, corpus.shape, corpus.colour, corpus.background):
+        assert text == f"a photo of a {corpus.colours[c]} {corpus.shapes[s]} on {corpus.backgrounds[b]}."
+    assert (corpus.shapes, corpus.colours, corpus.backgrounds) == (SHAPES, COLOURS, BACKGROUNDS)
+
+
+def test_corpus_is_deterministic_per_seed(tmp_path):
+    a, b, c = (load_corpus(write_corpus(tmp_path / name, n=300, seed=s)) for name, s in (("a", 1), ("b", 1), ("c", 2)))
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.captions, b.captions)
+    assert not np.array_equal(a.images, c.images)
+    assert not np.array_equal(a.shape, c.shape)
+
+
+def test_corpus_loads_without_pickle_and_reports_bad_files(tmp_path):
+    path = write_corpus(tmp_path, n=10)
+    with np.load(path, allow_pickle=False) as data:
+        expected = {"images", "captions", "shape", "colour", "background", "shapes", "colours", "backgrounds"}
+        assert expected <= set(data.files)
+    assert len(load_corpus(tmp_path)) == 10  # the directory is accepted too
+    with pytest.raises(GcctlError, match="not found"):
+        load_corpus(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", images=np.zeros(1))
+    with pytest.raises(GcctlError, match="missing captions"):
+        load_corpus(tmp_path / "other.npz")
+
+
+def test_failed_corpus_write_leaves_nothing(tmp_path, monkeypatch):
+    def broken_savez(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(RuntimeError):
+        write_corpus(tmp_path, n=10)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Waterbirds-like ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def waterbirds(tmp_path_factory):
+    return write_waterbirds(tmp_path_factory.mktemp("wb") / "waterbirds", seed=0, scale=SCALE)
+
+
+def test_waterbirds_layout_and_names(waterbirds):
+    metadata = pd.read_csv(waterbirds / "metadata.csv")
+    assert list(metadata.columns) == ["img_id", "img_filename", "y", "split", "place", "place_filename"]
+    assert metadata["img_id"].tolist() == list(range(1, len(metadata) + 1))
+    assert metadata["img_filename"].is_unique
+    folders = metadata["img_filename"].str.split("/").str[0]
+    assert (folders == metadata["y"].map({0: "001.Circle", 1: "002.Square"})).all()
+    for name in metadata["img_filename"].iloc[:20]:
+        with Image.open(waterbirds / name) as image:
+            assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
+    assert len(list(waterbirds.rglob("*.png"))) == len(metadata)
+    names = json.loads((waterbirds / "gcctl-names.json").read_text())
+    assert names == {"classes": ["circle", "square"], "attributes": {"place": ["grass", "water"]}}
+    assert not (waterbirds.parent / "waterbirds.partial").exists()
+
+
+def test_waterbirds_group_proportions(waterbirds):
+    metadata = pd.read_csv(waterbirds / "metadata.csv")
+    sizes = metadata.groupby("split").size()
+    for split, full_size in enumerate(WATERBIRDS_SPLIT_SIZES):
+        assert abs(sizes[split] - full_size * SCALE) <= 4
+    train = metadata[metadata["split"] == 0]
+    for label in (0, 1):
+        in_class = train[train["y"] == label]
+        assert abs(len(in_class) - len(train) / 2) <= 1
+        assert (in_class["place"] == label).mean() == pytest.approx(0.95, abs=0.01)
+    for split in (1, 2):
+        groups = metadata[metadata["split"] == split].groupby(["y", "place"]).size()
+        assert len(groups) == 4 and groups.nunique() == 1
+
+
+def test_waterbirds_backgrounds_match_place(waterbirds):
+    metadata = pd.read_csv(waterbirds / "metadata.csv").iloc[:60]
+    images = np.stack([np.asarray(Image.open(waterbirds / name)) for name in metadata["img_filename"]])
+    corners = images[:, :3, :3].reshape(len(images), -1, 3).mean(axis=1)
+    # Water is blue-dominant, grass green-dominant.
+    assert np.array_equal(corners[:, 2] > corners[:, 1], metadata["place"].to_numpy() == 1)
+
+
+def test_waterbirds_is_deterministic_per_seed(tmp_path, waterbirds):
+    again = write_waterbirds(tmp_path / "again", seed=0, scale=SCALE)
+    other = write_waterbirds(tmp_path / "other", seed=1, scale=SCALE)
+    assert _tree_digest(again) == _tree_digest(waterbirds)
+    assert _tree_digest(other) != _tree_digest(waterbirds)
+
+
+def test_waterbirds_minority_fraction_and_validation(tmp_path):
+    root = write_waterbirds(tmp_path / "wb", scale=0.02, minority_fraction=0.25, size=16)
+    train = pd.read_csv(root / "metadata.csv").query("split == 0")
+    assert (train["y"] != train["place"]).mean() == pytest.approx(0.25, abs=0.02)
+    with Image.open(root / train["img_filename"].iloc[0]) as image:
+        assert image.size == (16, 16)
+    with pytest.raises(GcctlError, match="minority fraction"):
+        write_waterbirds(tmp_path / "bad", minority_fraction=0.7)
+    with pytest.raises(GcctlError, match="scale"):
+        write_waterbirds(tmp_path / "bad", scale=0)
+
+
+# --- MultiCelebA-like --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multiceleba(tmp_path_factory):
+    return write_multiceleba(tmp_path_factory.mktemp("mc") / "multiceleba", seed=0, scale=SCALE)
+
+
+def test_multiceleba_txt_files_parse(multiceleba):
+    count, names, attributes, partition = _read_celeba(multiceleba)
+    assert names == CELEBA_ATTRIBUTES and len(names) == 40
+    assert count == len(attributes) == len(partition)
+    assert attributes.index.tolist() == [f"{i:06d}.jpg" for i in range(1, count + 1)]
+    assert set(np.unique(attributes.to_numpy())) == {-1, 1}
+    assert partition["image"].tolist() == attributes.index.tolist()
+    assert set(partition["split"]) == {0, 1, 2}
+    assert partition["split"].is_monotonic_increasing  # CelebA lists train, then val, then test
+    for name in attributes.index[:20]:
+        with Image.open(multiceleba / "img_align_celeba" / name) as image:
+            assert image.format == "JPEG" and image.size == (32, 32)
+    assert len(list((multiceleba / "img_align_celeba").iterdir())) == count
+    names_file = json.loads((multiceleba / "gcctl-names.json").read_text())
+    assert names_file["classes"] == names_file["attributes"]["High_Cheekbones"]
+    assert set(names_file["attributes"]) == {"Male", "Young", "High_Cheekbones"}
+    assert all(len(values) == 2 for values in names_file["attributes"].values())
+
+
+def test_multiceleba_group_sizes(multiceleba):
+    _, _, attributes, partition = _read_celeba(multiceleba)
+    attributes["split"] = partition["split"].to_numpy()
+    key = ["High_Cheekbones", "Male", "Young"]
+    train = attributes[attributes["split"] == 0].groupby(key).size()
+    table_total = sum(MULTICELEBA_TRAIN_GROUPS.values())
+    assert abs(train.sum() - MULTICELEBA_SPLIT_SIZES[0] * SCALE) <= 4
+    for (cheekbones, male, young), full_count in MULTICELEBA_TRAIN_GROUPS.items():
+        expected = full_count / table_total * MULTICELEBA_SPLIT_SIZES[0] * SCALE
+        got = train[(2 * cheekbones - 1, 2 * male - 1, 2 * young - 1)]
+        assert got >= 1 and abs(got - expected) <= 1  # rounding, and no group left empty
+    for split in (1, 2):
+        groups = attributes[attributes["split"] == split].groupby(key).size()
+        assert len(groups) == 8 and groups.nunique() == 1
+        assert abs(groups.sum() - MULTICELEBA_SPLIT_SIZES[split] * SCALE) <= 8
+
+
+def test_multiceleba_attributes_are_drawn(multiceleba):
+    _, _, attributes, _ = _read_celeba(multiceleba)
+    sample = attributes.iloc[:80]
+    folder = multiceleba / "img_align_celeba"
+    images = np.stack([np.asarray(Image.open(folder / name)) for name in sample.index]).astype(float)
+    corners = images[:, :3, :3].reshape(len(images), -1, 3).mean(axis=1).mean(axis=1)
+    # Male is the background: snow (bright) for -1, forest (dark) for 1.
+    assert np.array_equal(corners < 128, sample["Male"].to_numpy() == 1)
+    # Young is the object's colour: only orange (for 1) has pixels far redder than blue.
+    red_minus_blue = (images[..., 0] - images[..., 2]).reshape(len(images), -1).max(axis=1)
+    assert np.array_equal(red_minus_blue > 150, sample["Young"].to_numpy() == 1)
+
+
+def test_multiceleba_is_deterministic_per_seed(tmp_path, multiceleba):
+    assert _tree_digest(write_multiceleba(tmp_path / "again", seed=0, scale=SCALE)) == _tree_digest(multiceleba)
+    assert _tree_digest(write_multiceleba(tmp_path / "other", seed=1, scale=SCALE)) != _tree_digest(multiceleba)
+
+
+# --- atomic directories ------------------------------------------------------------------------------
+
+
+def test_refuses_non_empty_root_unless_overwrite(tmp_path):
+    root = tmp_path / "wb"
+    root.mkdir()
+    (root / "keep.txt").write_text("mine")
+    with pytest.raises(GcctlError, match="not empty"):
+        write_waterbirds(root, scale=0.01)
+    assert (root / "keep.txt").read_text() == "mine"
+    write_waterbirds(root, scale=0.01, overwrite=True)
+    assert (root / "metadata.csv").is_file() and not (root / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wb"]
+
+
+def test_empty_existing_root_is_filled(tmp_path):
+    root = tmp_path / "mc"
+    root.mkdir()
+    write_multiceleba(root, scale=0.01)
+    assert (root / "list_attr_celeba.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mc"]
+
+
+@pytest.mark.parametrize("writer", [write_waterbirds, write_multiceleba])
+def test_failure_midway_leaves_no_partial_and_keeps_old_root(tmp_path, monkeypatch, writer):
+    root = tmp_path / "bench"
+    root.mkdir()
+    (root / "old.txt").write_text("previous run")
+    saved = []
+
+    def failing_save(images, paths, description, **options):
+        saved.append(len(paths))
+        Image.fromarray(images[0]).save(paths[0], **options)  # some files are on disk when it fails
+        raise OSError("disk full")
+
+    monkeypatch.setattr(benchmarks, "_save_images", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        writer(root, scale=0.01, overwrite=True)
+    assert saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]
+    assert sorted(p.name for p in root.iterdir()) == ["old.txt"]
+
+
+def test_leftover_partial_from_a_killed_run_is_replaced(tmp_path):
+    root = tmp_path / "wb"
+    stale = tmp_path / "wb.partial"
+    stale.mkdir()
+    (stale / "junk.png").write_bytes(b"half")
+    write_waterbirds(root, scale=0.01)
+    assert not stale.exists() and not (root / "junk.png").exists()
