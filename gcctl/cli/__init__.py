@@ -6,15 +6,20 @@ on stderr; 2 a usage error (unknown option, missing argument); 130 interrupted.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Optional
 
-import click
 import typer
 
 from gcctl import __version__
 from gcctl.errors import GcctlError
 from gcctl.runtime import set_quiet
+
+try:  # typer >= 0.25 carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click.exceptions import ClickException
 
 app = typer.Typer(
     name="gcctl",
@@ -42,21 +47,22 @@ def _root(
 
 def _register() -> None:
     # Imported here so `gcctl --version` stays fast and each command group lives in its own module.
-    from gcctl.cli import data, extract
+    from gcctl.cli import data, extract, models, pretrain, train
 
     app.add_typer(data.app, name="data")
-    for module in (extract,):
+    for module in (models, pretrain, extract, train):
         module.register(app)
 
 
 def main() -> None:
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     _register()
     try:
         code = app(standalone_mode=False)
-    except click.ClickException as error:
+    except ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except GcctlError as error:

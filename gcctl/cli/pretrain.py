@@ -1,0 +1,48 @@
+"""`gcctl pretrain`: contrastive pretraining of a tiny CLIP on an image-caption corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def pretrain(
+    corpus: Annotated[Path, typer.Option(
+        "--corpus", help="An .npz with uint8 images [N,S,S,3] and captions [N] (see `gcctl data synth`).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.pt, loss.json, loss.png, summary.json.")],
+    model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")] = "gcctl-tiny",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the corpus.")] = 3,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=2, help="Pairs per step; each pair's negatives are the rest of the batch.")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on weight matrices.")] = 0.1,
+    warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds initial weights and batch order.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+) -> None:
+    """Pretrain a CLIP from scratch with a symmetric InfoNCE loss (AdamW, warm-up + cosine schedule).
+
+    Example: gcctl pretrain --corpus pipeline/data/corpus.npz --out pipeline/models/tiny --model gcctl-tiny --epochs 3
+    """
+    from gcctl.clip.pretrain import pretrain as run_pretraining
+
+    summary = run_pretraining(corpus, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, warmup=warmup, seed=seed, device=device)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=f"pretrained {model} → {out / 'model.pt'}", show_header=False)
+    for key, value in summary.items():
+        view.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(view)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(pretrain)

@@ -1,0 +1,233 @@
+"""gcctl.clip: building models from every kind of weights source, checkpoints, pretraining, `gcctl models`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from gcctl.cli import models as models_cli
+from gcctl.clip import build_clip, export_local_dir, list_models, preprocess_uint8, save_checkpoint
+from gcctl.clip import pretrain as pretrain_module
+from gcctl.clip.pretrain import pretrain
+from gcctl.errors import GcctlError
+from gcctl.runtime import sha256_file
+
+MICRO = "gcctl-micro"
+
+
+def weights_equal(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Micro models gain nothing from a second thread, and on a shared machine a busy core stalls a
+    two-thread step a hundredfold: one thread keeps these tests fast whatever else runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def micro():
+    return build_clip(MICRO, "none")
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """64 captioned images: two colours on two backgrounds, so captions are learnable from pixels."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    backgrounds = {"sand": (200, 180, 120), "grass": (40, 140, 40)}
+    images, captions = [], []
+    for index in range(64):
+        colour, background = list(colours)[index % 2], list(backgrounds)[index // 2 % 2]
+        image = np.empty((32, 32, 3), np.uint8)
+        image[:] = backgrounds[background]
+        top, left = rng.integers(4, 16, size=2)
+        image[top : top + 12, left : left + 12] = colours[colour]
+        images.append(image)
+        captions.append(f"a photo of a {colour} square on {background}")
+    path = tmp_path / "corpus.npz"
+    np.savez(path, images=np.stack(images), captions=np.array(captions))
+    return path
+
+
+def test_packaged_configs_are_registered_and_listed_first():
+    names = list_models()
+    assert names[:2] == ["gcctl-micro", "gcctl-tiny"]
+    assert "ViT-B-32" in names and "gcctl-tiny" in open_clip.list_models()
+
+
+def test_random_micro_model_warns_and_encodes(micro, caplog):
+    with caplog.at_level(logging.WARNING, logger="gcctl.clip"):
+        bundle = build_clip(MICRO, "none")
+    assert "random weights" in caplog.text
+    assert not bundle.model.training
+    assert bundle.provenance["weights_sha256"] == "none"
+    assert bundle.provenance["embed_dim"] == 32 and bundle.provenance["image_size"] == 32
+    assert bundle.provenance["context_length"] == 16
+    json.dumps(bundle.provenance)  # provenance goes into HDF5 attributes and JSON summaries
+    image = bundle.preprocess(Image.new("RGB", (48, 40), "red")).unsqueeze(0)
+    with torch.no_grad():
+        assert bundle.model.encode_image(image).shape == (1, 32)
+        assert bundle.model.encode_text(bundle.tokenizer(["a photo of a cat"])).shape == (1, 32)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(GcctlError, match="unknown model 'gcctl-mikro'; did you mean gcctl-micro"):
+        build_clip("gcctl-mikro")
+
+
+def test_checkpoint_file_round_trip(micro, tmp_path):
+    path = save_checkpoint(micro, tmp_path / "model.pt")
+    loaded = build_clip(MICRO, str(path))
+    assert weights_equal(micro.model, loaded.model)
+    assert loaded.provenance["weights_sha256"] == sha256_file(path)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_bare_and_wrapped_state_dicts_load(micro, tmp_path):
+    torch.save(micro.model.state_dict(), tmp_path / "bare.pt")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in micro.model.state_dict().items()}}, tmp_path / "ddp.bin")
+    for name in ("bare.pt", "ddp.bin"):
+        assert weights_equal(micro.model, build_clip(MICRO, str(tmp_path / name)).model)
+
+
+def test_local_dir_round_trip_names_the_model(micro, tmp_path):
+    folder = export_local_dir(micro, None, tmp_path / "exported")
+    loaded = build_clip(None, f"local-dir:{folder}")
+    assert loaded.provenance["model"] == MICRO
+    assert weights_equal(micro.model, loaded.model)
+    assert loaded.provenance["weights_sha256"] == sha256_file(folder / "open_clip_model.safetensors")
+    assert weights_equal(micro.model, open_clip.create_model(f"local-dir:{folder}"))  # open_clip reads it too
+    with pytest.raises(GcctlError, match="different architecture than gcctl-tiny"):
+        build_clip("gcctl-tiny", f"local-dir:{folder}")
+
+
+def test_checkpoint_records_weights_preprocessing(micro, tmp_path):
+    """Weights trained with QuickGELU and their own mean/std must come back with both."""
+    model = open_clip.create_model(MICRO, force_quick_gelu=True, force_preprocess_cfg={"mean": (0.5,) * 3, "std": (0.25,) * 3})
+    path = save_checkpoint(model, tmp_path / "model.pt", MICRO)
+    loaded = build_clip(MICRO, str(path))
+    assert any(isinstance(module, open_clip.transformer.QuickGELU) for module in loaded.model.modules())
+    assert loaded.provenance["preprocess"]["mean"] == [0.5] * 3 and loaded.provenance["preprocess"]["std"] == [0.25] * 3
+
+
+def test_wrong_architecture_names_the_mismatch(micro, tmp_path):
+    path = save_checkpoint(micro, tmp_path / "micro.pt")
+    with pytest.raises(GcctlError, match=r"does not match architecture gcctl-tiny: .*shape mismatches.*saved for gcctl-micro"):
+        build_clip("gcctl-tiny", str(path))
+
+
+def test_missing_and_unreadable_checkpoints(tmp_path):
+    with pytest.raises(GcctlError, match="checkpoint file not found"):
+        build_clip(MICRO, str(tmp_path / "nowhere.pt"))
+    with pytest.raises(GcctlError, match="local-dir:.* has no open_clip_config.json"):
+        build_clip(MICRO, f"local-dir:{tmp_path}")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GcctlError, match="cannot read checkpoint"):
+        build_clip(MICRO, str(tmp_path / "junk.pt"))
+
+
+def test_unknown_tag_lists_what_would_work():
+    with pytest.raises(GcctlError, match="neither a tag of ViT-B-32 .*openai.*nor an existing file"):
+        build_clip("ViT-B-32", "no-such-tag")
+
+
+def test_open_clip_tag_offline_fails_fast_naming_alternatives(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty: nothing to fall back on
+    started = time.perf_counter()
+    alternatives = "local checkpoint file, local-dir:PATH.*none"
+    with pytest.raises(GcctlError, match=f"cannot get pretrained weights 'openai' for ViT-B-32: offline.*{alternatives}"):
+        build_clip("ViT-B-32", "openai")
+    with pytest.raises(GcctlError, match="cannot get hf-hub:org/repo: offline"):
+        build_clip(None, "hf-hub:org/repo")
+    assert time.perf_counter() - started < 5
+
+
+def test_vectorised_preprocessing_matches_the_eval_transform(micro):
+    rng = np.random.default_rng(0)
+    native = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = torch.stack([micro.preprocess(Image.fromarray(image)) for image in native])
+    assert torch.allclose(preprocess_uint8(native, micro.model), expected, atol=1e-5)
+    ys, xs = np.mgrid[0:64, 0:48]
+    smooth = np.stack([128 + 100 * np.sin(xs / 5), 128 + 100 * np.cos(ys / 7), 2 * (xs + ys)], -1).clip(0, 255).astype(np.uint8)
+    resized = preprocess_uint8(torch.from_numpy(smooth[None]), micro.model)
+    assert resized.shape == (1, 3, 32, 32)
+    assert (resized[0] - micro.preprocess(Image.fromarray(smooth))).abs().mean() < 0.02  # PIL and torch kernels differ slightly
+
+
+def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
+    settings = dict(model_name=MICRO, epochs=6, batch_size=32, lr=5e-3, seed=3, device="cpu")
+    summary = pretrain(corpus, tmp_path / "a", **settings)
+    again = pretrain(corpus, tmp_path / "b", **settings)
+    assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"] - 0.3
+    assert summary["corpus_sha256"] == sha256_file(corpus)
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["loss.json", "loss.png", "model.pt", "summary.json"]
+    history = json.loads((tmp_path / "a" / "loss.json").read_text())
+    assert [record["step"] for record in history] == list(range(1, 13))
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["model_sha256"] == sha256_file(tmp_path / "a" / "model.pt")
+    first, second = build_clip(MICRO, str(tmp_path / "a" / "model.pt")), build_clip(MICRO, str(tmp_path / "b" / "model.pt"))
+    assert weights_equal(first.model, second.model)
+    assert not weights_equal(first.model, build_clip(MICRO, "none").model)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # the stub step skips the optimizer
+def test_interrupted_pretraining_leaves_no_model(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"a previous run")
+    steps = []
+
+    def interrupted_step(*args):
+        steps.append(1)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    monkeypatch.setattr(pretrain_module, "_contrastive_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu")
+    assert list(out.iterdir()) == []
+
+
+def test_pretraining_rejects_a_corpus_without_captions(tmp_path):
+    np.savez(tmp_path / "corpus.npz", images=np.zeros((4, 32, 32, 3), np.uint8))
+    with pytest.raises(GcctlError, match="has no captions array"):
+        pretrain(tmp_path / "corpus.npz", tmp_path / "out", model_name=MICRO)
+
+
+def test_warmup_cosine_schedule_shape():
+    factors = [pretrain_module.warmup_cosine(step, 100, 0.1) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(later <= earlier for earlier, later in zip(factors[9:], factors[10:]))
+    assert factors[-1] < 0.01
+
+
+def test_models_command_lists_ours_first_with_sizes():
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a root callback keeps `models` a subcommand, as in gcctl's app
+    models_cli.register(app)
+    result = CliRunner().invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [row["name"] for row in rows[:2]] == ["gcctl-micro", "gcctl-tiny"]
+    tiny = rows[1]
+    assert tiny["source"] == "gcctl" and tiny["embed_dim"] == 128 and tiny["image_size"] == 32
+    assert 7.5e6 < tiny["parameters"] < 8.5e6  # the reference config: about 8.0M, mostly token embeddings
+    assert any(row["name"] == "ViT-B-32" and "openai" in row["pretrained_tags"] for row in rows)
