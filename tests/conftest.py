@@ -20,3 +20,14 @@ def micro_bundle():
 
     torch.manual_seed(0)
     return build_clip("gcctl-micro", "none")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run tiny tensors: one thread avoids OpenMP spin-waits that make them crawl on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,145 @@
+"""`gcctl train`, `gcctl evaluate`, `gcctl report`: methods on cached features, their metrics and comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.errors import GcctlError
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")]
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GcctlError(f"{option} '{text}' is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
+def train(
+    features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
+    method: Annotated[str, typer.Option("--method", help="zeroshot, linear, dfr, coop or groupcoop.")],
+    out: Annotated[Path, typer.Option("--out", help="The run directory to write (replaced only on success).")],
+    groups: Annotated[Optional[Path], typer.Option(
+        "--groups", help="Parquet group labels (id, group, ...) for the train split; default: the store's true groups.")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, one trained model each, e.g. 0,1,2.")] = "0",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (method default).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Samples per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="SGD learning rate (cosine schedule).")] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="SGD weight decay.")] = None,
+    balance: Annotated[Optional[str], typer.Option(
+        "--balance", help="Group balancing over (class, group): none, weights (inverse frequency) or sampling.")] = None,
+    select_by: Annotated[Optional[str], typer.Option(
+        "--select-by", help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")] = None,
+    class_names: Annotated[Optional[str], typer.Option(
+        "--class-names", help="Comma-separated words naming the classes in prompts (default: the store's names).")] = None,
+    template: Annotated[Optional[list[str]], typer.Option(
+        "--template", help="zeroshot prompt template with {} for the class; repeat for an ensemble.")] = None,
+    ctx_init: Annotated[Optional[str], typer.Option(
+        "--ctx-init", help="Words initialising the prompt context (their count sets its length); '' for random.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context length of a random initialisation.")] = None,
+    class_position: Annotated[Optional[str], typer.Option(
+        "--class-position", help="Where the class name sits in the prompt: end, middle or front.")] = None,
+    class_specific: Annotated[Optional[bool], typer.Option(
+        "--class-specific/--shared-context", help="CoOp: one context per class, or one shared.")] = None,
+    aggregation: Annotated[Optional[str], typer.Option(
+        "--aggregation", help="groupcoop: a class's score from its group prompts: max, logsumexp or mean.")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        "--target", help="groupcoop loss: prompt (the sample's group prompt among all) or class (aggregated scores).")] = None,
+    init: Annotated[Optional[str], typer.Option(
+        "--init", help="groupcoop contexts start from: coop (a CoOp trained first) or words (--ctx-init).")] = None,
+    device: Device = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Train a method on cached image features (one model per seed) and write a run directory.
+
+    Example: gcctl train --features pipeline/features/waterbirds.h5 --method groupcoop --seeds 0,1,2 --out pipeline/runs/groupcoop
+    """
+    from gcctl.methods.runs import train_run
+    from gcctl.report import plot_run_curve
+
+    options = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+        "balance": balance, "select_by": select_by, "ctx_init": ctx_init, "n_ctx": n_ctx,
+        "class_position": class_position, "class_specific": class_specific, "aggregation": aggregation,
+        "target": target, "init": init, "templates": template or None,
+        "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
+    }
+    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"), device=device)
+    plot_run_curve(out)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{method} → {out} (validation, kept epoch)")
+    for column in ("seed", "epoch", "val avg %", "val worst-group %"):
+        table.add_column(column, justify="right")
+    for seed, row in summary["seeds"].items():
+        epoch = "-" if row["best_epoch"] is None else str(row["best_epoch"])
+        table.add_row(str(seed), epoch, f"{100 * row['val_acc_avg']:.1f}", f"{100 * row['val_acc_wg']:.1f}")
+    Console().print(table)
+
+
+def evaluate(
+    run: Annotated[Path, typer.Option("--run", help="A run directory written by `gcctl train`.")],
+    out: Annotated[Path, typer.Option("--out", help="The metrics JSON to write.")],
+    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    features: Annotated[Optional[Path], typer.Option(
+        "--features", help="Evaluate on this store instead of the one the run was trained on (same model and weights).")] = None,
+    device: Device = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate every seed of a run on a split: per-group table and a metrics JSON (mean and std over seeds).
+
+    Example: gcctl evaluate --run pipeline/runs/groupcoop --split test --out pipeline/metrics/groupcoop.json
+    """
+    from gcctl.methods.runs import evaluate_run
+    from gcctl.runtime import write_json
+
+    metrics = evaluate_run(run, split, features=features, device=device)
+    write_json(out, metrics)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    from rich.console import Console
+
+    from gcctl.report import group_table
+
+    Console().print(group_table(metrics))
+
+
+def report(
+    metrics: Annotated[list[Path], typer.Argument(help="Metrics JSON files written by `gcctl evaluate`, one per run.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for per_group.png, curves.png and results.md.")],
+    as_json: AsJson = False,
+) -> None:
+    """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table.
+
+    Example: gcctl report pipeline/metrics/zeroshot.json pipeline/metrics/coop.json pipeline/metrics/groupcoop.json --out pipeline/report
+    """
+    from gcctl.report import comparison_table, write_report
+
+    written = write_report(metrics, out)
+    if as_json:
+        typer.echo(json.dumps(written["paths"], indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(comparison_table(written["runs"]))
+    for path in written["paths"].values():
+        console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(evaluate)
+    app.command()(report)

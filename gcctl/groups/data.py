@@ -1,0 +1,132 @@
+"""What a pseudo-labelling strategy sees: train features with class labels, and validation features with the
+group labels it may use (all of them, a seeded fraction, or a seeded noisy copy, for robustness checks).
+
+Groups are numbered class-major: group = y · G + w, where G is the number of groups per class and w the
+sample's *within-class* index (the mixed-radix index of its attribute values). Strategies predict w.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gcctl.errors import GcctlError
+from gcctl.store import FeatureStore
+
+_BLOCK_ROWS = 65536
+
+
+@dataclass
+class LabelingData:
+    train_features: torch.Tensor  # float32 [N, D] on the device
+    train_y: np.ndarray  # [N]
+    train_ids: np.ndarray  # [N] str
+    train_truth: np.ndarray  # [N] the store's train groups, used only by `oracle` and the agreement report
+    val_features: torch.Tensor  # float32 [M, D]: the validation samples whose group labels are used
+    val_y: np.ndarray  # [M]
+    val_within: np.ndarray  # [M] their within-class group index (after the cut and the label noise)
+    groups_per_class: int
+    class_names: list[str]
+    group_names: list[str]
+    attribute_values: dict[str, list[str]]
+    provenance: dict
+    device: torch.device
+    seed: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def has_val_groups(self, label: int) -> bool:
+        """Whether the validation labels show at least two groups of class `label`."""
+        return len(np.unique(self.val_within[self.val_y == label])) >= 2
+
+
+def groups_per_class(store: FeatureStore) -> int:
+    """G of the class-major vocabulary; a store with one group per class has nothing to infer."""
+    n_classes, n_groups = len(store.class_names), len(store.group_names)
+    if n_classes == 0 or n_groups % n_classes:
+        raise GcctlError(f"{store.path} has {n_groups} group names for {n_classes} classes; extract the store again with gcctl")
+    per_class = n_groups // n_classes
+    if per_class < 2:
+        raise GcctlError(
+            f"{store.path} has a single group per class (no spurious attribute): nothing to infer; "
+            "extract a dataset with attributes (e.g. --bias or --attribute-column)"
+        )
+    if np.any(store.group // per_class != store.y):
+        raise GcctlError(f"the groups of {store.path} are not numbered class by class (group = y·{per_class} + w); extract the store again with gcctl")
+    return per_class
+
+
+def _float32(store: FeatureStore, index: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Rows `index` as float32 on `device`, converted block by block so a float16 store is never doubled whole."""
+    out = torch.empty(len(index), store.embed_dim, dtype=torch.float32, device=device)
+    for start in range(0, len(index), _BLOCK_ROWS):
+        block = store.load_features(index[start : start + _BLOCK_ROWS])
+        if not np.isfinite(block).all():
+            raise GcctlError(f"{store.path} has NaN or infinite features; extract the store again")
+        out[start : start + len(block)] = torch.from_numpy(block).to(device).float()
+    return out
+
+
+def _val_subset(
+    within: np.ndarray, y: np.ndarray, per_class: int, fraction: float, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the kept validation samples and their (possibly flipped) within-class groups.
+
+    The cut keeps `fraction` of every (class, group) (at least one sample when the fraction is positive);
+    the noise moves `noise` of the kept samples to another group of the same class, uniformly.
+    """
+    kept = []
+    for label in np.unique(y):
+        for w in np.unique(within[y == label]):
+            members = np.flatnonzero((y == label) & (within == w))
+            if fraction > 0:
+                count = max(1, int(np.floor(fraction * len(members) + 0.5)))
+                kept.append(rng.permutation(members)[:count])
+    kept = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    labels = within[kept].copy()
+    flipped = rng.permutation(len(kept))[: int(np.floor(noise * len(kept) + 0.5))]
+    for i in flipped:
+        others = [w for w in range(per_class) if w != labels[i]]
+        labels[i] = rng.choice(others)
+    return kept, labels
+
+
+def load_labeling_data(
+    store: FeatureStore,
+    device: torch.device,
+    *,
+    val_fraction: float = 1.0,
+    val_label_noise: float = 0.0,
+    seed: int = 0,
+) -> LabelingData:
+    if not 0.0 <= val_fraction <= 1.0:
+        raise GcctlError(f"--val-fraction {val_fraction} must be between 0 (no validation groups) and 1 (all)")
+    if not 0.0 <= val_label_noise < 1.0:
+        raise GcctlError(f"--val-label-noise {val_label_noise} must be at least 0 and below 1")
+    per_class = groups_per_class(store)
+    train = store.split_index("train")
+    if len(train) == 0:
+        raise GcctlError(f"{store.path} has no train split to label; check the dataset's split column")
+    val = store.split_index("val")
+    val_within_all = store.group[val] - per_class * store.y[val]
+    kept, val_within = _val_subset(val_within_all, store.y[val], per_class, val_fraction, val_label_noise, np.random.default_rng(seed))
+    return LabelingData(
+        train_features=_float32(store, train, device),
+        train_y=store.y[train].astype(np.int64),
+        train_ids=np.asarray(store.ids[train]),
+        train_truth=store.group[train].astype(np.int64),
+        val_features=_float32(store, val[kept], device),
+        val_y=store.y[val[kept]].astype(np.int64),
+        val_within=val_within.astype(np.int64),
+        groups_per_class=per_class,
+        class_names=list(store.class_names),
+        group_names=list(store.group_names),
+        attribute_values=dict(store.attribute_values),
+        provenance=dict(store.provenance),
+        device=device,
+        seed=seed,
+    )

@@ -1,0 +1,135 @@
+"""The pseudo-labelling stage: infer every train sample's group, write the group file and the agreement report.
+
+The group file (Parquet) has one row per train sample: `id`, `group` (in the store's vocabulary), `confidence`
+(the strategy's confidence in its own prediction) and `strategy`. Every train sample keeps a group, since
+GroupCoOp gives a prompt to every (class, group) present: a sample whose confidence is below `min_confidence`
+carries its class's majority group (the group the strategy gave most of the class's confident samples) and
+keeps its low confidence, so filtering on the column recovers the confident rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gcctl.errors import GcctlError
+from gcctl.groups.agreement import agreement, plot_confusion
+from gcctl.groups.data import LabelingData, load_labeling_data
+from gcctl.groups.strategies import Inference, erm_error, kmeans, oracle, val_probe
+from gcctl.groups.zeroshot import zeroshot_attr
+from gcctl.runtime import atomic_path, resolve_device, seed_everything, write_json
+from gcctl.store import FeatureStore
+
+GROUP_FILE_COLUMNS = ("id", "group", "confidence", "strategy")
+
+
+STRATEGIES = ("val-probe", "zeroshot-attr", "kmeans", "erm-error", "oracle")
+_WITHOUT_OPTIONS: dict[str, Callable[[LabelingData], Inference]] = {"val-probe": val_probe, "erm-error": erm_error, "oracle": oracle}
+# Options only one strategy reads, as (flag, strategy, default): giving one to another strategy is a mistake.
+_STRATEGY_OPTIONS = {
+    "attribute_prompts": ("--attribute-prompt", "zeroshot-attr", ()),
+    "class_names": ("--class-names", "zeroshot-attr", None),
+    "clusters_per_group": ("--clusters-per-group", "kmeans", 1),
+}
+
+
+def _report_paths(out: str | os.PathLike, report: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The agreement JSON (default `<out stem>.report.json` beside the group file) and its PNG (same stem)."""
+    out = Path(out)
+    report = Path(report) if report is not None else out.with_name(out.stem + ".report.json")
+    return report, report.with_suffix(".png")
+
+
+def _fall_back_to_majority(data: LabelingData, within: np.ndarray, confident: np.ndarray) -> np.ndarray:
+    within = within.copy()
+    for label in range(data.num_classes):
+        in_class = data.train_y == label
+        voters = within[in_class & confident] if np.any(in_class & confident) else within[in_class]
+        if len(voters):
+            within[in_class & ~confident] = np.bincount(voters).argmax()
+    return within
+
+
+def pseudo_label(
+    features: str | os.PathLike,
+    strategy: str = "val-probe",
+    out: str | os.PathLike = "groups.parquet",
+    *,
+    report: str | os.PathLike | None = None,
+    min_confidence: float = 0.0,
+    val_fraction: float = 1.0,
+    val_label_noise: float = 0.0,
+    attribute_prompts: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    clusters_per_group: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict:
+    """Infer the train groups of the store `features` with `strategy`; write the group file `out`, the agreement
+    report and its confusion-matrix PNG (all or nothing). Returns the report."""
+    if strategy not in STRATEGIES:
+        raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group}
+    for option, (flag, owner, default) in _STRATEGY_OPTIONS.items():
+        if strategy != owner and given[option] != default:
+            raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
+    report_path, figure_path = _report_paths(out, report)
+    seed_everything(seed)
+    with FeatureStore(features) as store:
+        data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise, seed=seed)
+    if strategy == "zeroshot-attr":
+        inference = zeroshot_attr(data, attribute_prompts, class_names)
+    elif strategy == "kmeans":
+        inference = kmeans(data, clusters_per_group)
+    else:
+        inference = _WITHOUT_OPTIONS[strategy](data)
+    confident = inference.confidence >= min_confidence
+    within = _fall_back_to_majority(data, inference.within, confident)
+    group = data.train_y * data.groups_per_class + within
+    summary = {
+        "strategy": strategy,
+        "features": str(features),
+        "dataset": data.provenance.get("dataset"),
+        "group_file": str(out),
+        "report": str(report_path),
+        "figure": str(figure_path),
+        "options": {
+            "min_confidence": min_confidence,
+            "val_fraction": val_fraction,
+            "val_label_noise": val_label_noise,
+            "val_samples_used": int(len(data.val_y)),
+            **({"clusters_per_group": clusters_per_group} if strategy == "kmeans" else {}),
+            "seed": seed,
+        },
+        "fallback": int(np.sum(~confident)),
+        "notes": inference.notes,
+        "agreement": agreement(data.train_truth, group, data.group_names, data.groups_per_class),
+    }
+    _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary)
+    return summary
+
+
+def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": data.train_ids.astype(str),
+            "group": group.astype(np.int64),
+            "confidence": confidence.astype(np.float32),
+            "strategy": summary["strategy"],
+        },
+        columns=list(GROUP_FILE_COLUMNS),
+    )
+    # Nested: if any artifact fails, none of the three is renamed into place.
+    with contextlib.ExitStack() as stack:
+        table_tmp, figure_tmp = stack.enter_context(atomic_path(out)), stack.enter_context(atomic_path(figure_path))
+        frame.to_parquet(table_tmp, index=False)
+        plot_confusion(summary, figure_tmp)
+        write_json(report_path, summary)

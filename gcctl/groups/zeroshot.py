@@ -1,0 +1,116 @@
+"""`zeroshot-attr`: each spurious attribute predicted zero-shot by the store's own CLIP text tower, no labels.
+
+For every attribute the prompts name each of its values, e.g. "a photo of a {class} on {value}." with the
+class's word and the value's name from the store. `--attribute-prompt` replaces them:
+  `ATTR=TEMPLATE`      a template for every value of ATTR ({value} and optionally {class} are filled in);
+  `ATTR:VALUE=TEXT`    the text for one value (VALUE is its name or 0-based index; {class} is filled in).
+A sample's group combines the most likely value of every attribute; its confidence is the product of their
+softmax probabilities (at the model's logit scale), each among the values of one attribute.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gcctl.errors import GcctlError
+from gcctl.groups.data import LabelingData
+from gcctl.groups.strategies import Inference
+from gcctl.runtime import seed_everything
+
+DEFAULT_TEMPLATE = "a photo of a {class} on {value}."
+
+
+def _fill(text: str, **words: str) -> str:
+    # Plain replacement rather than str.format: prompts may contain other braces.
+    for key, word in words.items():
+        text = text.replace("{" + key + "}", word)
+    return text
+
+
+def _value_index(attribute: str, value: str, names: list[str]) -> int:
+    if value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise GcctlError(f"--attribute-prompt: attribute '{attribute}' has no value '{value}'; its values are {', '.join(names)}")
+
+
+def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]], groups_per_class: int) -> dict[str, list[str]]:
+    """For each attribute, in the store's order, one prompt template per value ({class} still to fill in)."""
+    sizes = [len(values) for values in attribute_values.values()]
+    if not attribute_values or math.prod(sizes) != groups_per_class:
+        raise GcctlError(
+            "zeroshot-attr needs the names of the store's attribute values to build its prompts, and this store "
+            "does not record them; extract the store again with gcctl"
+        )
+    templates: dict[str, str] = {}
+    texts: dict[str, dict[int, str]] = {name: {} for name in attribute_values}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        attribute, _, value = key.strip().partition(":")
+        if not sep or not text.strip():
+            raise GcctlError(f"--attribute-prompt '{spec}' is not ATTR=TEMPLATE or ATTR:VALUE=TEXT, e.g. 'place=a photo of a {{class}} on {{value}}.'")
+        if attribute not in attribute_values:
+            raise GcctlError(f"--attribute-prompt '{spec}': the store has no attribute '{attribute}'; it has {', '.join(attribute_values)}")
+        if value:
+            texts[attribute][_value_index(attribute, value.strip(), attribute_values[attribute])] = text.strip()
+        elif "{value}" not in text:
+            raise GcctlError(f"--attribute-prompt '{spec}': a template for every value needs {{value}}; or give ATTR:VALUE=TEXT per value")
+        else:
+            templates[attribute] = text.strip()
+    prompts = {}
+    for attribute, names in attribute_values.items():
+        template = templates.get(attribute, DEFAULT_TEMPLATE)
+        prompts[attribute] = [texts[attribute].get(i, _fill(template, value=name)) for i, name in enumerate(names)]
+    return prompts
+
+
+def _clip_of_store(provenance: dict, device: torch.device):
+    """The model the features were extracted with; refuses weights that changed since."""
+    from gcctl.clip.factory import build_clip
+
+    bundle = build_clip(provenance.get("model"), provenance.get("pretrained", "none"), device=device)
+    built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
+    if built != stored:
+        raise GcctlError(
+            f"the weights of model '{provenance.get('model')}' ({provenance.get('pretrained')}) now hash to {str(built)[:12]}, "
+            f"but the features were extracted with {str(stored)[:12]}; extract the store again with these weights"
+        )
+    return bundle
+
+
+def class_words(override: Sequence[str] | None, store_names: list[str]) -> list[str]:
+    """The words naming each class in prompts: the override, or the store's names with '_' read as a space."""
+    if override is None:
+        return [name.replace("_", " ") for name in store_names]
+    if len(override) != len(store_names):
+        raise GcctlError(f"--class-names gives {len(override)} names but the store has {len(store_names)} classes ({', '.join(store_names)})")
+    return list(override)
+
+
+def zeroshot_attr(data: LabelingData, specs: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Inference:
+    from gcctl.clip.prompts import encode_texts, logit_scale
+
+    prompts = attribute_prompts(specs, data.attribute_values, data.groups_per_class)
+    words = class_words(class_names, data.class_names)
+    seed_everything(data.seed)  # so a model without pretrained weights is built the same on every run
+    bundle = _clip_of_store(data.provenance, data.device)
+    scale = logit_scale(bundle.model)
+    within = np.zeros(len(data.train_y), dtype=np.int64)
+    confidence = np.ones(len(data.train_y))
+    stride = data.groups_per_class  # mixed radix: the first attribute is the most significant
+    for templates in prompts.values():
+        stride //= len(templates)
+        for label, word in enumerate(words):
+            rows = np.flatnonzero(data.train_y == label)
+            text = encode_texts(bundle.model, bundle.tokenizer, [_fill(t, **{"class": word}) for t in templates]).to(data.device)
+            image = F.normalize(data.train_features[torch.from_numpy(rows).to(data.device)], dim=-1)
+            best, value = torch.softmax(scale * image @ text.T, dim=1).max(dim=1)
+            within[rows] += stride * value.cpu().numpy()
+            confidence[rows] *= best.cpu().numpy()
+    return Inference(within, confidence, {"prompts": prompts})

@@ -1,0 +1,99 @@
+"""What every feature-based method leaves behind (a `Classifier`) and the options shared by the trained ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gcctl.errors import GcctlError
+
+AGGREGATIONS = ("max", "logsumexp", "mean")
+BALANCES = ("none", "weights", "sampling")
+SELECT_BY = ("acc_wg", "acc_avg")
+_PREDICT_ROWS = 65536
+
+
+def aggregate(scores: torch.Tensor, prompt_class: torch.Tensor, num_classes: int, how: str) -> torch.Tensor:
+    """Class scores [B, C] from prompt scores [B, P]: each class reduces the scores of its prompts."""
+    reduce = {
+        "max": lambda s: s.amax(dim=1),
+        "logsumexp": lambda s: s.logsumexp(dim=1),
+        "mean": lambda s: s.mean(dim=1),
+    }[how]
+    return torch.stack([reduce(scores[:, prompt_class == c]) for c in range(num_classes)], dim=1)
+
+
+@dataclass
+class Classifier:
+    """Class scores from image features: prompt scores `features @ weight.T + bias`, aggregated per class.
+
+    A linear probe has one "prompt" per class; a prompt method's `weight` is its text features times the
+    logit scale, applied to L2-normalised image features (`normalize`).
+    """
+
+    weight: torch.Tensor  # [P, D] float32
+    bias: torch.Tensor  # [P]
+    prompt_class: torch.Tensor  # [P] class of each prompt
+    num_classes: int
+    aggregation: str = "max"
+    normalize: bool = True
+
+    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
+        features = features.to(self.weight.device, torch.float32)
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
+        return aggregate(features @ self.weight.T + self.bias, self.prompt_class, self.num_classes, self.aggregation)
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> np.ndarray:
+        """Predicted classes, computed in blocks so a large float16 split is never converted whole."""
+        blocks = [self.class_scores(features[i : i + _PREDICT_ROWS]).argmax(dim=1) for i in range(0, len(features), _PREDICT_ROWS)]
+        return torch.cat(blocks).cpu().numpy()
+
+    def state(self) -> dict:
+        return {
+            "weight": self.weight.detach().cpu(),
+            "bias": self.bias.detach().cpu(),
+            "prompt_class": self.prompt_class.cpu(),
+            "num_classes": self.num_classes,
+            "aggregation": self.aggregation,
+            "normalize": self.normalize,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "Classifier":
+        tensors = {key: state[key].to(device) for key in ("weight", "bias", "prompt_class")}
+        return cls(**tensors, num_classes=state["num_classes"], aggregation=state["aggregation"], normalize=state["normalize"])
+
+
+@dataclass
+class LoopOptions:
+    """Options of the shared training loop (SGD with momentum, cosine schedule, per-epoch model selection)."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    balance: str = "none"  # none | weights (inverse group frequency) | sampling (group-balanced batches)
+    select_by: str = "acc_wg"  # validation metric that picks the kept epoch
+
+
+@dataclass
+class FitResult:
+    classifier: Classifier
+    learned: dict[str, torch.Tensor]  # the trained parameters (contexts, linear weights)
+    curve: list[dict] = field(default_factory=list)  # one record per epoch
+    selection: dict = field(default_factory=dict)  # which epoch was kept, and why
+
+
+def class_words(override: list[str] | None, store_names: list[str]) -> list[str]:
+    """The words that name each class in prompts: the override, or the store's names with '_' read as a space."""
+    if override is None:
+        return [name.replace("_", " ") for name in store_names]
+    if len(override) != len(store_names):
+        raise GcctlError(f"--class-names gives {len(override)} names but the store has {len(store_names)} classes ({', '.join(store_names)})")
+    return list(override)

@@ -1,0 +1,134 @@
+"""Prompt learning on the frozen text tower: `coop` (CoOp) and `groupcoop` (GroupCoOp).
+
+GroupCoOp gives each class one prompt per group of that class present in training, each with its own context;
+a class's score aggregates its prompts (max by default). Its objective is group-balanced so that the minority
+groups' prompts are learnt rather than ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gcctl.clip.prompts import PromptLearner, TextTower, logit_scale
+from gcctl.methods.base import Classifier, FitResult, LoopOptions, aggregate, class_words
+from gcctl.methods.data import TrainingData
+from gcctl.methods.loop import fit_loop, group_units
+
+TARGETS = ("prompt", "class")
+INITS = ("coop", "words")
+
+
+@dataclass
+class CoOpConfig(LoopOptions):
+    class_names: list[str] | None = None  # prompt words per class; default: the store's class names
+    ctx_init: str = "a photo of a"  # initial context words (their count sets n_ctx); "" = random
+    n_ctx: int = 4  # context length of a random initialisation
+    class_position: str = "end"  # end | middle | front
+    class_specific: bool = False  # one context per class instead of one shared
+
+
+@dataclass
+class GroupCoOpConfig(CoOpConfig):
+    balance: str = "weights"
+    aggregation: str = "max"  # how a class's score combines its group prompts: max | logsumexp | mean
+    # prompt: cross-entropy over all prompts, the target being the sample's (class, group) prompt;
+    # class: cross-entropy on the aggregated class scores.
+    target: str = "prompt"
+    init: str = "coop"  # coop: start every prompt from a CoOp context trained first on the same data; words: from ctx_init
+
+
+class PromptScorer(nn.Module):
+    """Cosine similarity of image features to learned prompts, times the model's logit scale."""
+
+    def __init__(self, learner: PromptLearner, prompt_class: torch.Tensor, num_classes: int, scale: float, aggregation: str):
+        super().__init__()
+        self.learner = learner
+        self.register_buffer("prompt_class", prompt_class)
+        self.num_classes = num_classes
+        self.scale = scale
+        self.aggregation = aggregation
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        text = F.normalize(self.learner(), dim=-1)  # every prompt once per step, in one batch
+        return self.scale * F.normalize(features, dim=-1) @ text.T
+
+    @torch.no_grad()
+    def classifier(self) -> Classifier:
+        text = F.normalize(self.learner().float(), dim=-1)
+        return Classifier(
+            weight=self.scale * text,
+            bias=torch.zeros(len(text), device=text.device),
+            prompt_class=self.prompt_class.clone(),
+            num_classes=self.num_classes,
+            aggregation=self.aggregation,
+        )
+
+    def learned(self) -> dict:
+        return {"contexts": self.learner.contexts.detach().clone()}
+
+
+def _learner(bundle, names: list[str], context_of: list[int], config: CoOpConfig, seed: int) -> PromptLearner:
+    return PromptLearner(
+        TextTower(bundle.model),
+        bundle.tokenizer,
+        names,
+        context_of,
+        ctx_init=config.ctx_init or None,
+        n_ctx=config.n_ctx,
+        class_position=config.class_position,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _class_contexts(num_classes: int, class_specific: bool) -> list[int]:
+    return list(range(num_classes)) if class_specific else [0] * num_classes
+
+
+def fit_coop(data: TrainingData, config: CoOpConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
+    words = class_words(config.class_names, data.class_names)
+    num_classes = len(words)
+    learner = _learner(bundle, words, _class_contexts(num_classes, config.class_specific), config, seed)
+    scorer = PromptScorer(learner, torch.arange(num_classes, device=device), num_classes, logit_scale(bundle.model), "max")
+    y = data.train.y
+    return fit_loop(
+        scorer,
+        lambda scores, batch: F.cross_entropy(scores, y[batch], reduction="none"),
+        data.train,
+        data.val,
+        data.vocabulary,
+        config,
+        seed=seed,
+        label="coop",
+    )
+
+
+def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
+    words = class_words(config.class_names, data.class_names)
+    num_classes = len(words)
+    unit, pairs = group_units(data.train.y, data.train.group)
+    unit_class = pairs[:, 0]
+    learner = _learner(bundle, [words[c] for c in unit_class.tolist()], list(range(len(unit_class))), config, seed)
+    init_log = {"init": config.init}
+    if config.init == "coop":
+        coop_config = CoOpConfig(**{f.name: getattr(config, f.name) for f in fields(CoOpConfig)})
+        coop = fit_coop(data, coop_config, seed=seed, bundle=bundle, device=device)
+        class_context = torch.tensor(_class_contexts(num_classes, config.class_specific), device=device)
+        with torch.no_grad():
+            learner.contexts.copy_(coop.learned["contexts"][class_context[unit_class]])
+        init_log["coop_selection"] = {key: coop.selection[key] for key in ("best_epoch", "best_value")}
+    scorer = PromptScorer(learner, unit_class, num_classes, logit_scale(bundle.model), config.aggregation)
+    if config.target == "prompt":
+        loss_fn = lambda scores, batch: F.cross_entropy(scores, unit[batch], reduction="none")  # noqa: E731
+    else:
+        y = data.train.y
+        loss_fn = lambda scores, batch: F.cross_entropy(  # noqa: E731
+            aggregate(scores, unit_class, num_classes, config.aggregation), y[batch], reduction="none"
+        )
+    result = fit_loop(scorer, loss_fn, data.train, data.val, data.vocabulary, config, seed=seed, label="groupcoop")
+    result.selection["prompts"] = [{"class": data.class_names[c], "group": data.train_group_names[g]} for c, g in pairs.tolist()]
+    result.selection.update(init_log)
+    return result

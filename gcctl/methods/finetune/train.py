@@ -1,0 +1,425 @@
+"""Fine-tuning the whole CLIP on a dataset's train split: FT (FLYP) and StarFT, resumable and data-parallel.
+
+A run directory holds
+- `state.pt`: everything to continue after the last finished epoch (weights, optimizer, schedule, curve,
+  the selection so far, and the run's identity: its config, templates, base weights and data);
+- `best.pt`: the weights of the best validation epoch so far, renamed to `model.pt` when the run ends;
+- at the end, `model.pt` (loads with `build_clip(model, "DIR/model.pt")`), `curve.json`, `summary.json`.
+
+Running the same command again continues an interrupted run from its last finished epoch; a directory
+holding a run of another config is refused (or discarded with `restart=True`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from gcctl import __version__
+from gcctl.clip.factory import ClipBundle, build_clip, save_checkpoint
+from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
+from gcctl.clip.prompts import logit_scale
+from gcctl.datasets.images import ImageDataset
+from gcctl.datasets.table import DatasetTable
+from gcctl.errors import GcctlError
+from gcctl.methods.base import SELECT_BY, class_words
+from gcctl.methods.finetune import parallel
+from gcctl.methods.finetune.evaluate import CAPTION, split_rows, zeroshot_metrics
+from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
+from gcctl.methods.finetune.pools import draw_templates, fill, read_pools
+from gcctl.runtime import atomic_path, autocast, progress, resolve_device, seed_everything, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ft", "starft")
+LOSSES = ("contrastive", "ce")
+TOWERS = ("both", "image", "text")
+STATE, BEST, MODEL, CURVE, SUMMARY = "state.pt", "best.pt", "model.pt", "curve.json", "summary.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What a fine-tuning run is: every field enters the run's identity (device and workers do not)."""
+
+    method: str = "starft"  # ft: the base loss alone; starft: plus the spuriosity alignment regulariser
+    loss: str = "contrastive"  # contrastive (FLYP) or ce (cross-entropy through a zero-shot-initialised head)
+    towers: str = "both"  # which towers train: both, image or text
+    reg_lambda: float = 0.5  # weight of the StarFT regulariser
+    lambda_decay: bool = True  # decay the weight linearly over the epochs
+    pools: tuple[str, ...] = ("background",)  # shipped pool names or files of spurious templates
+    caption: str = CAPTION  # each image's class caption; {} is the class name
+    epochs: int = 10
+    batch_size: int = 256  # the global batch, split over the processes of a data-parallel run
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup: float = 0.1  # fraction of the steps with a linear warm-up, then a cosine decay
+    select_by: str = "acc_wg"  # validation metric that picks the kept epoch
+    seed: int = 0
+
+    def check(self) -> None:
+        choices = {"method": METHODS, "loss": LOSSES, "towers": TOWERS, "select_by": SELECT_BY}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise GcctlError(f"--{name.replace('_', '-')} '{getattr(self, name)}' is unknown; choose one of {', '.join(allowed)}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise GcctlError(f"--epochs must be ≥ 1 and --batch-size ≥ 2 (contrastive pairs need negatives), got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.reg_lambda < 0:
+            raise GcctlError(f"--lr must be > 0, --weight-decay and --lambda ≥ 0, got {self.lr}, {self.weight_decay}, {self.reg_lambda}")
+        if not 0 <= self.warmup < 1:
+            raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.caption.count("{}") != 1:
+            raise GcctlError(f"caption '{self.caption}' needs exactly one {{}} for the class name, e.g. 'a photo of a {{}}.'")
+
+    def lambda_at(self, epoch: int) -> float:
+        """The regulariser's weight in epoch `epoch` (0-based): λ, then falling linearly by λ/epochs per epoch.
+
+        The authors' code uses λ·(1 − (epoch+1)/epochs), which is 0 in the last epoch and in a one-epoch run;
+        starting from λ keeps the regulariser active in short runs.
+        """
+        if self.method != "starft":
+            return 0.0
+        return self.reg_lambda * (1 - epoch / self.epochs) if self.lambda_decay else self.reg_lambda
+
+
+def finetune(
+    table: DatasetTable,
+    out: str | os.PathLike,
+    *,
+    model_name: str,
+    pretrained: str,
+    config: FinetuneConfig = FinetuneConfig(),
+    device: str = "auto",
+    workers: int = 0,
+    restart: bool = False,
+) -> dict:
+    """Fine-tune `model_name` with weights `pretrained` on `table`'s train split into the run directory `out`.
+
+    Under `torchrun` each process trains on its share of every global batch (DistributedDataParallel)
+    and only rank 0 writes. Returns the summary (also written to `out/summary.json`).
+    """
+    config.check()
+    world = parallel.join_world(resolve_device(device))
+    try:
+        run = FinetuneRun(table, Path(out), model_name=model_name, pretrained=pretrained, config=config,
+                          device=parallel.process_device(resolve_device(device), world), world=world,
+                          workers=workers, restart=restart)
+        return run.train()
+    finally:
+        parallel.leave_world(world)
+
+
+class _Encoder(nn.Module):
+    """Both towers in one forward call, so DistributedDataParallel sees one forward per step."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None):
+        image_features = self.model.encode_image(images, normalize=True)
+        text_features = self.model.encode_text(tokens, normalize=True) if tokens is not None else None
+        return image_features, text_features, self.model.logit_scale.exp()
+
+
+class FinetuneRun:
+    """One fine-tuning run: the model, its frozen zero-shot copy, the optimisation state and the run directory.
+
+    `finetune` is the way to run one; `step` is public for benchmarks that time a single optimisation step.
+    """
+
+    def __init__(self, table: DatasetTable, out: Path, *, model_name: str, pretrained: str, config: FinetuneConfig,
+                 device: torch.device, world: parallel.World = parallel.World(), workers: int = 0, restart: bool = False):
+        self.table, self.out, self.model_name, self.pretrained, self.config = table, out, model_name, pretrained, config
+        self.device, self.world, self.workers = device, world, workers
+        self.train_rows = torch.as_tensor(split_rows(table, "train"))
+        split_rows(table, "val")  # selection needs a val split: fail before any training
+        self.batch_size = min(config.batch_size, len(self.train_rows))
+        if self.batch_size % world.size:
+            raise GcctlError(f"the batch of {self.batch_size} does not split evenly over {world.size} processes; choose a multiple")
+        self.steps_per_epoch = len(self.train_rows) // self.batch_size
+        seed_everything(config.seed)
+        self.bundle = build_clip(model_name, pretrained, device=device)
+        self.model = self.bundle.model
+        self.templates = read_pools(config.pools) if config.method == "starft" else []
+        self.identity = self._identity()
+        self.labels = torch.tensor(table.frame["y"].to_numpy(), dtype=torch.long)
+        self._prepare_texts()
+        self.head = self._zero_shot_head() if config.loss == "ce" else None
+        self.frozen = self._frozen_copy() if config.method == "starft" else None
+        self.trainable = self._set_trainable()
+        self._make_optimiser()
+        self.curve: list[dict] = []
+        self.best: dict | None = None
+        self.start_epoch = self._resume(restart)
+        self.encoder = _Encoder(self.model)
+        if world.distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.encoder = nn.parallel.DistributedDataParallel(self.encoder, device_ids=device_ids)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _identity(self) -> dict:
+        """What makes two runs the same run: resuming is only allowed when this is equal.
+        The base weights count by their hash, so moving the checkpoint file does not matter."""
+        config = asdict(self.config)
+        config["pools"] = list(config["pools"])
+        return {
+            "config": config,
+            "templates": self.templates,
+            "model": self.model_name,
+            "weights_sha256": self.bundle.provenance["weights_sha256"],
+            "dataset": self.table.dataset,
+            "dataset_fingerprint": self.table.fingerprint(),
+        }
+
+    def _prepare_texts(self) -> None:
+        """Tokens of the class captions and of every (class, template) spurious caption, made once."""
+        tokenizer = self.bundle.tokenizer
+        captions = [self.config.caption.format(word) for word in class_words(None, self.table.class_names)]
+        self.class_tokens = tokenizer(captions).to(self.device)
+        spurious = [fill(template, caption) for caption in captions for template in self.templates]
+        self.spurious_tokens = tokenizer(spurious).to(self.device) if spurious else None
+        if spurious:
+            full = int((self.spurious_tokens[:, -1] != 0).sum())
+            if full:
+                log.warning("%d of %d spurious captions fill the model's whole text context (%d tokens) and may be cut; "
+                            "shorten the templates", full, len(spurious), self.spurious_tokens.shape[1])
+
+    def _zero_shot_head(self) -> ZeroShotHead:
+        with torch.no_grad():
+            class_features = self.model.encode_text(self.class_tokens, normalize=True).float()
+        return ZeroShotHead(class_features, logit_scale(self.model)).to(self.device)
+
+    def _frozen_copy(self) -> nn.Module:
+        """The initial model, frozen: no gradients, no optimizer state; its spurious caption features once."""
+        frozen = copy.deepcopy(self.model).requires_grad_(False).eval()
+        with torch.no_grad(), autocast(self.device):
+            features = torch.cat([frozen.encode_text(chunk, normalize=True).float() for chunk in self.spurious_tokens.split(1024)])
+        self.frozen_spurious = features.view(len(self.table.class_names), len(self.templates), -1)
+        self.frozen_scale = logit_scale(frozen)
+        return frozen
+
+    def _set_trainable(self) -> list[nn.Parameter]:
+        """Freeze what the loss cannot train: a tower not chosen, the text tower when no loss term reads it,
+        the temperature unless the contrastive loss uses it."""
+        config = self.config
+        text_used = config.loss == "contrastive" or config.method == "starft"
+        for name, parameter in self.model.named_parameters():
+            if name.startswith("logit_"):
+                parameter.requires_grad_(config.loss == "contrastive")
+            elif name.startswith("visual."):
+                parameter.requires_grad_(config.towers in ("both", "image"))
+            else:
+                parameter.requires_grad_(config.towers in ("both", "text") and text_used)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        trainable += list(self.head.parameters()) if self.head is not None else []
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise GcctlError(f"nothing of the model trains with --towers {config.towers}, --loss {config.loss} and "
+                             f"--method {config.method}; the text tower only trains with a loss that reads captions")
+        return trainable
+
+    def _make_optimiser(self) -> None:
+        total = self.config.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: warmup_cosine(step, total, self.config.warmup))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.device.type == "cuda")
+
+    # ------------------------------------------------------------------ resume
+
+    def _resume(self, restart: bool) -> int:
+        """The first epoch to train: after the last finished one of a run with the same identity."""
+        path = self.out / STATE
+        if not path.is_file() or restart:
+            return 0
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["identity"] != self.identity:
+            raise GcctlError(f"{self.out} holds a run of another config ({_differences(state['identity'], self.identity)}); "
+                             "use another --out, or --restart to discard it")
+        self.model.load_state_dict(state["model"])
+        if self.head is not None:
+            self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.curve, self.best = state["curve"], state["best"]
+        return state["epoch"]
+
+    def _save_state(self, epoch: int) -> None:
+        state = {
+            "identity": self.identity,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "head": self.head.state_dict() if self.head is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "curve": self.curve,
+            "best": self.best,
+        }
+        with atomic_path(self.out / STATE) as tmp:
+            torch.save(state, tmp)
+
+    # ------------------------------------------------------------------ training
+
+    def train(self) -> dict:
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.start_epoch == 0:
+                for name in (STATE, BEST, MODEL, CURVE, SUMMARY):  # a fresh run leaves nothing of an older one
+                    (self.out / name).unlink(missing_ok=True)
+                self.curve = [{"epoch": 0, "val": self._validate()}]  # the zero-shot starting point
+        with progress() as bar:
+            task = bar.add_task(f"{self.config.method} {self.model_name}", total=self.config.epochs * self.steps_per_epoch,
+                                completed=self.start_epoch * self.steps_per_epoch, visible=self.world.is_main)
+            for epoch in range(self.start_epoch, self.config.epochs):
+                record = self._epoch(epoch, lambda loss: bar.update(task, advance=1, description=f"{self.config.method} loss {loss:.3f}"))
+                if self.world.is_main:
+                    self._finish_epoch(record)
+                parallel.barrier(self.world)
+        return self._finalize() if self.world.is_main else {}
+
+    def _epoch(self, epoch: int, on_step) -> dict:
+        reg_lambda = self.config.lambda_at(epoch)
+        epoch_seed = self.config.seed * 1_000_003 + epoch
+        order = torch.randperm(len(self.train_rows), generator=torch.Generator().manual_seed(epoch_seed))
+        batches = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
+        local = [self.world.share(self.train_rows[batch]).tolist() for batch in batches]
+        templates = draw_templates(len(self.table.frame), max(1, len(self.templates)), epoch_seed)
+        loader = DataLoader(ImageDataset(self.table, self.bundle.preprocess), batch_sampler=local, num_workers=self.workers)
+        totals = {"loss": 0.0, "base_loss": 0.0, "regulariser": 0.0}
+        self.model.train()
+        started = time.perf_counter()
+        for images, rows in loader:
+            losses = self.step(images.to(self.device), self.labels[rows].to(self.device), templates[rows].to(self.device), reg_lambda)
+            for key in totals:
+                totals[key] += losses[key]
+            on_step(losses["loss"])
+        seconds = time.perf_counter() - started
+        self.model.eval()
+        return {
+            "epoch": epoch + 1,
+            "lambda": reg_lambda,
+            "lr_end": self.schedule.get_last_lr()[0],
+            **{key: value / self.steps_per_epoch for key, value in totals.items()},
+            "steps": self.steps_per_epoch,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / self.steps_per_epoch, 4),
+        }
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, templates: torch.Tensor, reg_lambda: float) -> dict:
+        """One optimisation step on this process's share of a batch; `templates` index each sample's spurious template."""
+        starft = self.config.method == "starft"
+        n_classes = len(self.class_tokens)
+        tokens = [self.class_tokens] if self.config.loss == "contrastive" else []
+        if starft:
+            # Each distinct spurious caption of the batch is encoded once.
+            pair = labels * len(self.templates) + templates
+            distinct, which = torch.unique(pair, return_inverse=True)
+            tokens.append(self.spurious_tokens[distinct])
+        with autocast(self.device):
+            image_features, text_features, scale = self.encoder(images, torch.cat(tokens) if tokens else None)
+        all_images = parallel.gather(image_features, self.world)
+        all_labels = parallel.gather(labels, self.world)
+        if self.config.loss == "contrastive":
+            captions = parallel.gather(text_features[:n_classes][labels], self.world)
+            base_loss = flyp_loss(all_images, captions, scale)
+        else:
+            base_loss = F.cross_entropy(self.head(all_images), all_labels)
+        regulariser = torch.zeros((), device=self.device)
+        if starft:
+            spurious = parallel.gather(text_features[-len(distinct):][which], self.world)
+            with torch.no_grad(), autocast(self.device):
+                frozen_images = self.frozen.encode_image(images, normalize=True)
+            frozen_spurious = self.frozen_spurious[labels, templates]
+            regulariser = starft_regulariser(
+                all_images, spurious,
+                parallel.gather(frozen_images, self.world), parallel.gather(frozen_spurious, self.world),
+                all_labels, self.frozen_scale,
+            )
+        loss = base_loss + reg_lambda * regulariser
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        return {"loss": loss.item(), "base_loss": base_loss.item(), "regulariser": regulariser.item()}
+
+    # ------------------------------------------------------------------ selection and outputs
+
+    def _validate(self) -> dict:
+        return zeroshot_metrics(self.bundle, self.table, "val", device=self.device, caption=self.config.caption,
+                                batch_size=self.batch_size, workers=self.workers)
+
+    def _finish_epoch(self, record: dict) -> None:
+        """Validate, keep the weights if they are the best so far, then checkpoint the epoch."""
+        record["val"] = self._validate()
+        self.curve.append(record)
+        value = record["val"][self.config.select_by]
+        if self.best is None or value > self.best["value"]:
+            self.best = {"epoch": record["epoch"], "value": value}
+            save_checkpoint(self.model, self.out / BEST, self.model_name)
+        self._save_state(record["epoch"])  # last: a state never points at a best.pt not yet written
+
+    def _finalize(self) -> dict:
+        if (self.out / BEST).is_file():
+            os.replace(self.out / BEST, self.out / MODEL)
+        kept = next(record for record in self.curve if record["epoch"] == self.best["epoch"])
+        trained = [record for record in self.curve if record["epoch"] > 0]
+        summary = {
+            "method": self.config.method,
+            "model": self.model_name,
+            "pretrained": self.pretrained,
+            "run": str(self.out),
+            "config": self.identity["config"],
+            "base_weights_sha256": self.identity["weights_sha256"],
+            "dataset": self.table.dataset,
+            "dataset_fingerprint": self.identity["dataset_fingerprint"],
+            "templates": len(self.templates),
+            "processes": self.world.size,
+            "best_epoch": self.best["epoch"],
+            "select_by": f"val_{self.config.select_by}",
+            "val_acc_avg": kept["val"]["acc_avg"],
+            "val_acc_wg": kept["val"]["acc_wg"],
+            "zeroshot_val_acc_avg": self.curve[0]["val"]["acc_avg"],
+            "zeroshot_val_acc_wg": self.curve[0]["val"]["acc_wg"],
+            "steps": sum(record["steps"] for record in trained),
+            "seconds": round(sum(record["seconds"] for record in trained), 2),
+            "seconds_per_step": round(float(np.mean([record["seconds_per_step"] for record in trained])), 4),
+            "model_sha256": sha256_file(self.out / MODEL),
+            "gcctl_version": __version__,
+        }
+        write_json(self.out / CURVE, self.curve)
+        write_json(self.out / SUMMARY, summary)
+        return summary
+
+
+def _differences(saved: dict, wanted: dict) -> str:
+    """The first few fields that differ between two run identities, as `field saved → wanted`."""
+    flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
+    keys = [key for key in dict.fromkeys([*flat_saved, *flat_wanted]) if flat_saved.get(key) != flat_wanted.get(key)]
+    shown = [f"{key} {_short(flat_saved.get(key))} → {_short(flat_wanted.get(key))}" for key in keys[:3]]
+    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _flatten(identity: dict) -> dict:
+    return {**identity["config"], **{key: value for key, value in identity.items() if key != "config"}}
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:10]

@@ -1,0 +1,176 @@
+"""Run directories: train a method on a feature store over several seeds, save it, and evaluate it later.
+
+A run directory holds
+- `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
+- `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
+- `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
+- `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from gcctl import __version__
+from gcctl.errors import GcctlError
+from gcctl.methods import get_method, make_config
+from gcctl.methods.base import Classifier
+from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, load_training_data
+from gcctl.metrics import aggregate_seeds
+from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
+from gcctl.store import FeatureStore
+
+# What must agree between the store a run was trained on and the one it is evaluated on.
+_FEATURE_IDENTITY = ("model", "embed_dim", "weights_sha256")
+
+
+def _build_clip(provenance: dict, device: torch.device):
+    from gcctl.clip.factory import build_clip
+
+    bundle = build_clip(provenance["model"], provenance.get("pretrained", "none"), device=device)
+    built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
+    if built != stored:
+        raise GcctlError(
+            f"the weights of model '{provenance['model']}' ({provenance.get('pretrained')}) now hash to {str(built)[:12]}, "
+            f"but the features were extracted with {str(stored)[:12]}; extract the store again with these weights"
+        )
+    return bundle
+
+
+def train_run(
+    features: str | os.PathLike,
+    method: str,
+    out: str | os.PathLike,
+    *,
+    options: dict | None = None,
+    groups: str | os.PathLike | None = None,
+    seeds: Sequence[int] = (0,),
+    device: str = "auto",
+) -> dict:
+    """Train `method` on the store `features` once per seed and write the run directory `out`.
+
+    Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
+    """
+    spec = get_method(method)
+    config = make_config(method, options or {})
+    if not seeds:
+        raise GcctlError("--seeds is empty; give at least one seed, e.g. --seeds 0")
+    out = Path(out)
+    _refuse_foreign_directory(out)
+    device = resolve_device(device)
+    with FeatureStore(features) as store:
+        data = load_training_data(store, device, groups)
+    seed_everything(seeds[0])  # so a model without pretrained weights is built the same in every run
+    bundle = _build_clip(data.provenance, device) if spec.uses_clip else None
+    results = {}
+    for seed in seeds:
+        seed_everything(seed)
+        results[seed] = spec.fit(data, config, seed=seed, bundle=bundle, device=device)
+    run_config = {
+        "method": method,
+        "config": asdict(config),
+        "seeds": list(seeds),
+        "device": str(device),
+        "features": {"path": str(features), "provenance": data.provenance},
+        "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
+        "class_names": data.class_names,
+        "gcctl_version": __version__,
+    }
+    _write_run(out, run_config, results)
+    return {
+        "run": str(out),
+        "method": method,
+        "seeds": {
+            seed: {"best_epoch": r.selection.get("best_epoch"), "val_acc_avg": r.selection["val_metrics"]["acc_avg"], "val_acc_wg": r.selection["val_metrics"]["acc_wg"]}
+            for seed, r in results.items()
+        },
+    }
+
+
+def _refuse_foreign_directory(out: Path) -> None:
+    # A run replaces an older run in `out`, never a directory that holds something else.
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+        raise GcctlError(f"{out} exists and is not a run directory; choose another --out")
+
+
+def _write_run(out: Path, run_config: dict, results: dict) -> None:
+    """Write everything into a sibling `.partial` directory, then swap it in: a failure leaves `out` untouched."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        params = {
+            seed: {"classifier": r.classifier.state(), "learned": {k: v.detach().cpu() for k, v in r.learned.items()}}
+            for seed, r in results.items()
+        }
+        torch.save(params, tmp / "params.pt")
+        write_json(tmp / "config.json", run_config)
+        write_json(tmp / "curve.json", [{"seed": seed, **record} for seed, r in results.items() for record in r.curve])
+        write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_run_config(run: str | os.PathLike) -> dict:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise GcctlError(f"{run} is not a run directory (no config.json); create one with `gcctl train`")
+    return json.loads(path.read_text())
+
+
+def _check_same_features(run: Path, trained: dict, store: FeatureStore, class_names: list[str]) -> None:
+    differing = [key for key in _FEATURE_IDENTITY if trained.get(key) != store.provenance.get(key)]
+    if differing:
+        detail = ", ".join(f"{key} {trained.get(key)} vs {store.provenance.get(key)}" for key in differing)
+        raise GcctlError(f"run {run} was trained on other features than {store.path} ({detail}); evaluate it on a store of the same model and weights")
+    if list(store.class_names) != class_names:
+        raise GcctlError(f"run {run} predicts classes {class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
+
+
+def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str | os.PathLike | None = None, device: str = "auto") -> dict:
+    """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std."""
+    run = Path(run)
+    run_config = read_run_config(run)
+    params = torch.load(run / "params.pt", map_location="cpu", weights_only=True)
+    features = features or run_config["features"]["path"]
+    device = resolve_device(device)
+    with FeatureStore(features) as store:
+        _check_same_features(run, run_config["features"]["provenance"], store, run_config["class_names"])
+        check_split_groups(store, split)
+        vocabulary = GroupVocabulary.of(store)
+        data = load_split(store, split, device)
+        provenance = store.provenance
+    per_seed = {
+        str(seed): vocabulary.metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data)
+        for seed, state in params.items()
+    }
+    return {
+        **aggregate_seeds(list(per_seed.values())),
+        "seeds": per_seed,
+        "provenance": {
+            "run": run.name,
+            "run_dir": str(run),
+            "method": run_config["method"],
+            "split": split,
+            "seeds": run_config["seeds"],
+            "features": str(features),
+            "model": provenance.get("model"),
+            "pretrained": provenance.get("pretrained"),
+            "weights_sha256": provenance.get("weights_sha256"),
+            "embed_dim": provenance.get("embed_dim"),
+            "dataset": provenance.get("dataset"),
+            "dataset_fingerprint": provenance.get("dataset_fingerprint"),
+            "train_groups": run_config["groups"],
+        },
+    }

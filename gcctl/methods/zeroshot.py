@@ -1,0 +1,42 @@
+"""Zero-shot CLIP: one text prompt per class, or an ensemble of templates averaged per class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from gcctl.clip.prompts import encode_texts, logit_scale
+from gcctl.errors import GcctlError
+from gcctl.methods.base import Classifier, FitResult, class_words
+from gcctl.methods.data import TrainingData
+
+
+@dataclass
+class ZeroShotConfig:
+    class_names: list[str] | None = None  # prompt words per class; default: the store's class names
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # several = an ensemble
+
+
+def class_text_features(bundle, words: list[str], templates: list[str]) -> torch.Tensor:
+    """One normalised text feature per class: the renormalised mean of its templates' features."""
+    for template in templates:
+        if "{}" not in template:
+            raise GcctlError(f"template '{template}' has no {{}} where the class name goes, e.g. 'a photo of a {{}}.'")
+    per_template = torch.stack([encode_texts(bundle.model, bundle.tokenizer, [t.format(w) for w in words]) for t in templates])
+    return F.normalize(per_template.mean(dim=0), dim=-1)
+
+
+def fit(data: TrainingData, config: ZeroShotConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
+    words = class_words(config.class_names, data.class_names)
+    text = class_text_features(bundle, words, config.templates).to(device)
+    num_classes = len(words)
+    classifier = Classifier(
+        weight=logit_scale(bundle.model) * text,
+        bias=torch.zeros(num_classes, device=device),
+        prompt_class=torch.arange(num_classes, device=device),
+        num_classes=num_classes,
+    )
+    val_metrics = data.vocabulary.metrics(classifier.predict(data.val.features), data.val)
+    return FitResult(classifier, learned={}, selection={"select_by": None, "val_metrics": val_metrics})

@@ -1,0 +1,174 @@
+"""Presenting evaluated runs: rich tables for the terminal, PNG plots and the Markdown comparison table.
+
+Reads the metrics JSON written by `gcctl evaluate` (keys of `gcctl.metrics`, each {mean, std} over seeds)
+and a run directory's `curve.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from rich.table import Table
+
+from gcctl.errors import GcctlError
+from gcctl.metrics import METRIC_KEYS
+from gcctl.runtime import atomic_path
+
+_HEADERS = {
+    "acc_avg": "avg",
+    "acc_wg": "worst-group",
+    "acc_mean_group": "mean-group",
+    "acc_adj_avg": "adjusted avg",
+    "acc_balanced": "balanced",
+}
+
+
+def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """The metrics files of `gcctl evaluate`, in the given order."""
+    if not paths:
+        raise GcctlError("no metrics files given; pass the JSON files written by `gcctl evaluate`")
+    loaded = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise GcctlError(f"metrics file {path} not found; create it with `gcctl evaluate --out {path}`")
+        try:
+            metrics = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise GcctlError(f"{path} is not JSON; pass the files written by `gcctl evaluate`") from None
+        if not isinstance(metrics, dict) or not all(key in metrics for key in (*METRIC_KEYS, "per_group", "provenance")):
+            raise GcctlError(f"{path} is not a metrics file of `gcctl evaluate` (keys {', '.join(METRIC_KEYS)} expected)")
+        loaded.append(metrics)
+    return loaded
+
+
+def label(metrics: dict) -> str:
+    """A run's name in tables and legends: its run directory's name."""
+    return metrics["provenance"]["run"]
+
+
+def percent(stat: dict) -> str:
+    """'87.1 ± 1.2' from {mean, std} fractions."""
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def group_table(metrics: dict) -> Table:
+    """One run's accuracy per group, then its summary metrics."""
+    provenance = metrics["provenance"]
+    table = Table(title=f"{label(metrics)} ({provenance['method']}) on {provenance['split']}, seeds {provenance['seeds']}")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    table.add_column("accuracy %", justify="right")
+    for name, stats in metrics["per_group"].items():
+        table.add_row(name, str(stats["n"]), percent(stats["acc"]))
+    table.add_section()
+    for key in METRIC_KEYS:
+        table.add_row(key, "", percent(metrics[key]))
+    return table
+
+
+def comparison_table(runs: list[dict]) -> Table:
+    table = Table(title="accuracy % (mean ± std over seeds)")
+    table.add_column("run")
+    for key in METRIC_KEYS:
+        table.add_column(_HEADERS[key], justify="right")
+    for metrics in runs:
+        table.add_row(label(metrics), *(percent(metrics[key]) for key in METRIC_KEYS))
+    return table
+
+
+def markdown_table(runs: list[dict]) -> str:
+    split = runs[0]["provenance"]["split"]
+    lines = [
+        f"| run | method | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} |",
+        "|---|---|---|" + "---:|" * len(METRIC_KEYS),
+    ]
+    for metrics in runs:
+        provenance = metrics["provenance"]
+        cells = [label(metrics), provenance["method"], ",".join(map(str, provenance["seeds"]))]
+        lines.append("| " + " | ".join(cells + [percent(metrics[key]) for key in METRIC_KEYS]) + " |")
+    return f"Accuracy in % on the {split} split, mean ± std over seeds.\n\n" + "\n".join(lines) + "\n"
+
+
+def _save(figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_per_group(runs: list[dict], path: str | os.PathLike) -> None:
+    """Grouped bars: for every group, each run's accuracy (error bar: std over seeds)."""
+    from matplotlib.figure import Figure
+
+    groups = list(runs[0]["per_group"])
+    figure = Figure(figsize=(max(6.0, 1.6 * len(groups)), 4))
+    axes = figure.subplots()
+    width = 0.8 / len(runs)
+    for i, metrics in enumerate(runs):
+        stats = [metrics["per_group"].get(group, {"acc": {"mean": 0.0, "std": 0.0}})["acc"] for group in groups]
+        positions = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(groups))]
+        axes.bar(positions, [100 * s["mean"] for s in stats], width, yerr=[100 * s["std"] for s in stats], label=label(metrics), capsize=2)
+    axes.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    axes.set_ylabel("accuracy %")
+    axes.set_ylim(0, 100)
+    axes.set_title(f"accuracy per group ({runs[0]['provenance']['split']} split)")
+    axes.legend(fontsize="small", ncol=2)
+    _save(figure, Path(path))
+
+
+def read_curve(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / "curve.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _mean_by_epoch(curve: list[dict], key: str) -> tuple[list[int], list[float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for record in curve:
+        by_epoch.setdefault(record["epoch"], []).append(record[key])
+    epochs = sorted(by_epoch)
+    return epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+
+
+def plot_curves(curves: dict[str, list[dict]], path: str | os.PathLike) -> None:
+    """Training loss and validation worst-group accuracy per epoch (mean over seeds), one line per run."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4))
+    loss_axes, wg_axes = figure.subplots(1, 2)
+    for name, curve in curves.items():
+        if not curve:
+            continue  # a method without training (zeroshot) has no curve
+        epochs, loss = _mean_by_epoch(curve, "loss")
+        loss_axes.plot(epochs, loss, label=name)
+        epochs, wg = _mean_by_epoch(curve, "val_acc_wg")
+        wg_axes.plot(epochs, [100 * v for v in wg], label=name)
+    loss_axes.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    wg_axes.set(xlabel="epoch", ylabel="accuracy %", title="validation worst-group accuracy", ylim=(0, 100))
+    wg_axes.legend(fontsize="small")
+    _save(figure, Path(path))
+
+
+def plot_run_curve(run_dir: str | os.PathLike) -> Path:
+    """`curve.png` of one run directory: one line per seed."""
+    run_dir = Path(run_dir)
+    curve = read_curve(run_dir)
+    seeds = sorted({record["seed"] for record in curve})
+    path = run_dir / "curve.png"
+    plot_curves({f"seed {seed}": [r for r in curve if r["seed"] == seed] for seed in seeds}, path)
+    return path
+
+
+def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Per-group accuracy chart, training curves and Markdown table of the evaluated runs, written into `out`."""
+    runs = load_metrics(metrics_paths)
+    splits = {metrics["provenance"]["split"] for metrics in runs}
+    if len(splits) > 1:
+        raise GcctlError(f"the metrics files were evaluated on different splits ({', '.join(sorted(splits))}); compare runs on one split")
+    out = Path(out)
+    paths = {"per_group": out / "per_group.png", "curves": out / "curves.png", "table": out / "results.md"}
+    plot_per_group(runs, paths["per_group"])
+    plot_curves({label(m): read_curve(m["provenance"]["run_dir"]) for m in runs}, paths["curves"])
+    with atomic_path(paths["table"]) as tmp:
+        tmp.write_text(markdown_table(runs))
+    return {"runs": runs, "paths": {key: str(path) for key, path in paths.items()}}

@@ -1,0 +1,265 @@
+"""The feature-based methods on tiny stores of made-up features, with the `gcctl-micro` model."""
+
+import json
+import logging
+
+import numpy as np
+import open_clip
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from gcctl.clip.factory import build_clip
+from gcctl.clip.prompts import PromptLearner, TextTower, encode_texts
+from gcctl.errors import GcctlError
+from gcctl.methods import make_config
+from gcctl.methods.runs import evaluate_run, train_run
+from gcctl.report import write_report
+from gcctl.runtime import seed_everything
+from gcctl.store import write_store
+
+MODEL = "gcctl-micro"
+DIM = 32
+CLASSES = ["landbird", "waterbird"]
+GROUPS = ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
+QUICK = {"epochs": 8}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_random_weights_warning():
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def make_store(path, *, corr=0.95, bg_strength=2.0, n=(1200, 400, 800), seed=0, centers=None, model=MODEL, dim=DIM, nan=False):
+    """Features = class signal + background signal + noise, L2-normalised.
+
+    In train the background agrees with the class in a fraction `corr` of the samples; in val and test it is
+    independent of the class. `centers` [2, dim] replaces the class directions (default: ±e0).
+    """
+    rng = np.random.default_rng(seed)
+    parts = []
+    for split, count in enumerate(n):
+        y = rng.integers(0, 2, count)
+        bg = np.where(rng.random(count) < (corr if split == 0 else 0.5), y, 1 - y)
+        features = 0.6 * rng.standard_normal((count, dim))
+        if centers is None:
+            features[:, 0] += 2 * y - 1
+        else:
+            features += 3 * centers[y]
+        features[:, 1] += bg_strength * (2 * bg - 1)
+        parts.append((features / np.linalg.norm(features, axis=1, keepdims=True), y, bg, np.full(count, split)))
+    features, y, bg, split = (np.concatenate(p) for p in zip(*parts))
+    if nan:
+        features[5, 3] = np.nan
+    write_store(
+        path, features.astype(np.float16), y, 2 * y + bg, split, [f"img{i}" for i in range(len(y))], {"place": bg},
+        class_names=CLASSES, group_names=GROUPS, attribute_values={"place": ["land", "water"]},
+        provenance={"model": model, "pretrained": "none", "weights_sha256": "none", "embed_dim": dim, "normalized": True,
+                    "dataset": "toy", "dataset_fingerprint": "toy"},
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def spurious(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("stores") / "spurious.h5")
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    """Class signal only: the background is independent of the class in every split and weak."""
+    return make_store(tmp_path_factory.mktemp("stores") / "easy.h5", corr=0.5, bg_strength=0.5)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    seed_everything(0)  # as train_run does, so random weights agree
+    return build_clip(MODEL, "none")
+
+
+def test_prompt_encoder_reproduces_encode_text(bundle):
+    tower = TextTower(bundle.model)
+    names = ["waterbird", "land bird"]
+    templates = {"end": "a photo of a {}.", "front": "{} a photo of a.", "middle": "a photo {} of a."}
+    for position, template in templates.items():
+        learner = PromptLearner(tower, bundle.tokenizer, names, [0, 1], ctx_init="a photo of a", class_position=position)
+        expected = bundle.model.encode_text(bundle.tokenizer([template.format(n) for n in names]))
+        torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-6)
+
+
+def test_prompt_encoder_supports_custom_text_clip():
+    model = open_clip.create_model(MODEL, force_custom_text=True)
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    learner = PromptLearner(TextTower(model), tokenizer, ["cat"], [0])
+    torch.testing.assert_close(learner(), model.encode_text(tokenizer(["a photo of a cat."])), rtol=0, atol=1e-6)
+
+
+def test_other_text_towers_are_refused():
+    with pytest.raises(GcctlError, match="text tower"):
+        TextTower(torch.nn.Linear(2, 2))
+
+
+def test_only_the_contexts_learn(bundle):
+    learner = PromptLearner(TextTower(bundle.model), bundle.tokenizer, ["a", "b", "c"], [0, 1, 2], ctx_init="", n_ctx=3,
+                            generator=torch.Generator().manual_seed(0))
+    assert learner.contexts.shape == (3, 3, 32)
+    learner().sum().backward()
+    assert learner.contexts.grad.abs().sum() > 0
+    assert all(p.grad is None for name, p in learner.named_parameters() if name != "contexts")
+
+
+def test_zeroshot_classifies_features_that_are_its_prompts(tmp_path, bundle):
+    text = encode_texts(bundle.model, bundle.tokenizer, [f"a photo of a {c}." for c in CLASSES]).numpy()
+    store = make_store(tmp_path / "text.h5", corr=0.5, bg_strength=0.0, centers=text)
+    train_run(store, "zeroshot", tmp_path / "run")
+    assert evaluate_run(tmp_path / "run", "test")["acc_avg"]["mean"] > 0.95
+
+
+def test_zeroshot_template_ensemble_changes_the_classifier(tmp_path, easy):
+    train_run(easy, "zeroshot", tmp_path / "one")
+    train_run(easy, "zeroshot", tmp_path / "two", options={"templates": ["a photo of a {}.", "a drawing of a {}."]})
+    one, two = (torch.load(tmp_path / name / "params.pt", weights_only=True)[0]["classifier"]["weight"] for name in ("one", "two"))
+    assert not torch.allclose(one, two)
+
+
+# With the random weights of the micro model, a context shared by both class names barely separates them
+# in 8 epochs; class-specific contexts (an option of coop) show that the CoOp path learns.
+@pytest.mark.parametrize(("method", "options"), [("linear", {}), ("dfr", {}), ("coop", {"class_specific": True}), ("groupcoop", {})])
+def test_each_trained_method_beats_chance(tmp_path, easy, method, options):
+    train_run(easy, method, tmp_path / method, options={**QUICK, **options})
+    metrics = evaluate_run(tmp_path / method, "test")
+    assert metrics["acc_avg"]["mean"] > 0.8
+    assert metrics["provenance"]["method"] == method
+
+
+def test_groupcoop_beats_coop_on_worst_group(tmp_path, spurious):
+    wga = {}
+    for method in ("coop", "groupcoop"):
+        train_run(spurious, method, tmp_path / method, options={"epochs": 15})
+        wga[method] = evaluate_run(tmp_path / method, "test")["acc_wg"]["mean"]
+    assert wga["groupcoop"] > wga["coop"] + 0.2
+
+
+def assert_same_params(run_a, run_b, seed=0):
+    a, b = (torch.load(run / "params.pt", weights_only=True)[seed] for run in (run_a, run_b))
+    for part in ("classifier", "learned"):
+        assert a[part].keys() == b[part].keys()
+        for key, value in a[part].items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(value, b[part][key], rtol=0, atol=0)
+            else:
+                assert value == b[part][key]
+
+
+def test_same_seed_same_model(tmp_path, spurious):
+    for name in ("a", "b"):
+        train_run(spurious, "groupcoop", tmp_path / name, options={"epochs": 3, "balance": "sampling"}, seeds=[1])
+    assert_same_params(tmp_path / "a", tmp_path / "b", seed=1)
+
+
+def test_run_round_trip_and_seeds(tmp_path, spurious):
+    run = tmp_path / "run"
+    train_run(spurious, "groupcoop", run, options={"epochs": 4}, seeds=[0, 1])
+    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "curve.json", "selection.json"}
+    selection = json.loads((run / "selection.json").read_text())
+    curve = json.loads((run / "curve.json").read_text())
+    assert len(curve) == 8 and {r["seed"] for r in curve} == {0, 1}
+    assert [p["group"] for p in selection["0"]["prompts"]] == GROUPS
+    # reloading the run reproduces the validation metrics of the kept epoch
+    val = evaluate_run(run, "val")
+    for seed in ("0", "1"):
+        assert val["seeds"][seed]["acc_wg"] == pytest.approx(selection[seed]["val_metrics"]["acc_wg"])
+    values = [val["seeds"][s]["acc_avg"] for s in ("0", "1")]
+    assert val["acc_avg"] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
+    assert val["provenance"]["model"] == MODEL and val["provenance"]["seeds"] == [0, 1]
+
+
+def test_group_file_with_the_true_groups_trains_the_same_model(tmp_path, spurious):
+    from gcctl.store import FeatureStore
+
+    with FeatureStore(spurious) as store:
+        train = store.split_index("train")
+        frame = pd.DataFrame({"id": store.ids[train], "group": np.array(GROUPS)[store.group[train]],
+                              "confidence": 1.0, "strategy": "true"})
+    frame.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "groups.parquet")  # order must not matter
+    train_run(spurious, "groupcoop", tmp_path / "store", options={"epochs": 3})
+    train_run(spurious, "groupcoop", tmp_path / "file", options={"epochs": 3}, groups=tmp_path / "groups.parquet")
+    assert_same_params(tmp_path / "store", tmp_path / "file")
+    assert json.loads((tmp_path / "file" / "config.json").read_text())["groups"]["source"] == "file"
+
+
+def test_group_file_with_other_ids_is_refused(tmp_path, spurious):
+    pd.DataFrame({"id": ["elsewhere1", "elsewhere2"], "group": [0, 1]}).to_parquet(tmp_path / "groups.parquet")
+    with pytest.raises(GcctlError, match="not in the feature store"):
+        train_run(spurious, "groupcoop", tmp_path / "run", groups=tmp_path / "groups.parquet")
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluating_on_a_store_of_another_model_is_refused(tmp_path, spurious):
+    train_run(spurious, "linear", tmp_path / "run", options=QUICK)
+    other = make_store(tmp_path / "other.h5", model="gcctl-tiny", dim=DIM)
+    with pytest.raises(GcctlError, match="other features"):
+        evaluate_run(tmp_path / "run", "test", features=other)
+
+
+def test_nan_features_are_refused_and_nothing_is_overwritten(tmp_path, spurious):
+    run = tmp_path / "run"
+    train_run(spurious, "linear", run, options=QUICK)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(GcctlError, match="NaN"):
+        train_run(make_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_diverging_loss_is_a_clear_error(tmp_path, spurious):
+    with pytest.raises(GcctlError, match="NaN or infinite"):
+        train_run(spurious, "linear", tmp_path / "run", options={"epochs": 2, "lr": float("inf")})
+
+
+def test_split_with_an_empty_group_is_refused(tmp_path):
+    store = make_store(tmp_path / "pure.h5", corr=1.0)  # train has no minority group
+    with pytest.raises(GcctlError, match="split 'train' .* no sample of group"):
+        train_run(store, "linear", tmp_path / "run")
+
+
+def test_options_are_checked_against_the_method():
+    with pytest.raises(GcctlError, match="--aggregation does not apply to method 'linear'"):
+        make_config("linear", {"aggregation": "max"})
+    with pytest.raises(GcctlError, match="--balance 'often' is unknown"):
+        make_config("groupcoop", {"balance": "often"})
+    assert make_config("groupcoop", {"lr": None}).lr == 0.5
+
+
+def test_cli_train_evaluate_report(tmp_path, spurious):
+    from gcctl.cli import train as train_cli
+
+    app = typer.Typer()
+    train_cli.register(app)
+    runner = CliRunner()
+    for method in ("linear", "groupcoop"):
+        result = runner.invoke(app, ["train", "--features", str(spurious), "--method", method, "--epochs", "3",
+                                     "--seeds", "0,1", "--out", str(tmp_path / method)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / method / "curve.png").stat().st_size > 0
+        result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / method), "--out", str(tmp_path / f"{method}.json")])
+        assert result.exit_code == 0, result.output
+        assert "waterbird_land" in result.output
+    metrics = json.loads((tmp_path / "groupcoop.json").read_text())
+    assert {"acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced", "per_group"} <= set(metrics)
+    result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), str(tmp_path / "groupcoop.json"), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "| linear | linear | 0,1 |" in table and "| groupcoop | groupcoop | 0,1 |" in table
+    assert all((tmp_path / "report" / name).stat().st_size > 0 for name in ("per_group.png", "curves.png"))
+    result = runner.invoke(app, ["train", "--features", str(spurious), "--method", "linear", "--seeds", "a", "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, GcctlError)
+
+
+def test_report_refuses_a_file_that_is_not_metrics(tmp_path):
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(GcctlError, match="not a metrics file"):
+        write_report([tmp_path / "bad.json"], tmp_path / "out")

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from gcctl.metrics import METRIC_KEYS, aggregate_seeds, compute_metrics
+
+GROUPS = ["g0", "g1", "g2", "g3"]
+#                 g0 g0 g0 g1 g2 g2 g3 g3 g3 g3
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+GROUP = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3])
+PRED = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 1])
+TRAIN_COUNTS = np.array([10, 0, 30, 60])
+
+
+def metrics(pred=PRED, y=Y, group=GROUP, names=GROUPS, counts=TRAIN_COUNTS):
+    return compute_metrics(pred, y, group, group_names=names, num_classes=2, train_group_counts=counts)
+
+
+def test_hand_computed_case():
+    m = metrics()
+    # group accuracies: g0 2/3, g1 0/1, g2 1/2, g3 3/4
+    assert m["acc_avg"] == pytest.approx(6 / 10)
+    assert m["acc_wg"] == pytest.approx(0.0)
+    assert m["acc_mean_group"] == pytest.approx((2 / 3 + 0 + 1 / 2 + 3 / 4) / 4)
+    # weighted by train proportions 10:0:30:60, so g1's accuracy does not count
+    assert m["acc_adj_avg"] == pytest.approx((10 * 2 / 3 + 30 * 1 / 2 + 60 * 3 / 4) / 100)
+    # recall of class 0 is 2/4, of class 1 is 4/6
+    assert m["acc_balanced"] == pytest.approx((2 / 4 + 4 / 6) / 2)
+    assert m["per_group"] == {
+        "g0": {"acc": pytest.approx(2 / 3), "n": 3},
+        "g1": {"acc": 0.0, "n": 1},
+        "g2": {"acc": 0.5, "n": 2},
+        "g3": {"acc": 0.75, "n": 4},
+    }
+
+
+def test_group_absent_from_split_is_left_out():
+    names = GROUPS + ["g4"]
+    m = metrics(names=names, counts=np.append(TRAIN_COUNTS, 1000))
+    assert "g4" not in m["per_group"]
+    assert m["acc_wg"] == pytest.approx(0.0)
+    assert m["acc_mean_group"] == pytest.approx(metrics()["acc_mean_group"])
+    assert m["acc_adj_avg"] == pytest.approx(metrics()["acc_adj_avg"])
+
+
+def test_perfect_predictions_score_one_everywhere():
+    m = metrics(pred=Y)
+    assert all(m[key] == 1.0 for key in METRIC_KEYS)
+
+
+def test_mismatched_lengths_are_a_bug():
+    with pytest.raises(ValueError):
+        metrics(pred=PRED[:-1])
+
+
+def test_seed_aggregate_has_mean_and_population_std():
+    worse = metrics()
+    better = metrics(pred=np.where(np.arange(10) == 2, 0, PRED))  # fixes one g0 sample
+    aggregated = aggregate_seeds([worse, better])
+    assert aggregated["acc_avg"] == {"mean": pytest.approx(0.65), "std": pytest.approx(0.05)}
+    assert aggregated["per_group"]["g0"]["acc"] == {"mean": pytest.approx(5 / 6), "std": pytest.approx(1 / 6)}
+    assert aggregated["per_group"]["g0"]["n"] == 3
+    assert set(aggregated) == set(METRIC_KEYS) | {"per_group"}
+
+
+def test_single_seed_has_zero_std():
+    aggregated = aggregate_seeds([metrics()])
+    assert aggregated["acc_wg"] == {"mean": 0.0, "std": 0.0}
