@@ -1,5 +1,6 @@
 """The DVC chain: a real `dvc repro` of dvc.yaml on a tiny parameter set, and the presets' shape."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +25,17 @@ TINY_PARAMS = {
             "multiceleba": {"dataset": "celeba", "root": "pipeline/data/multiceleba", "target": "High_Cheekbones", "bias": ["Young", "Male"]},
         },
     },
+    "pseudo_label": {"strategy": "val-probe", "seed": 0},
+    "train": {
+        "seeds": "0",
+        "datasets": ["waterbirds"],
+        "runs": [
+            {"name": "zeroshot", "args": {"method": "zeroshot"}},
+            {"name": "groupcoop", "args": {"method": "groupcoop", "epochs": 2}},
+        ],
+        "pseudo": {"method": "groupcoop", "epochs": 2},
+    },
+    "evaluate": {"split": "test", "runs": ["zeroshot", "groupcoop", "groupcoop-pseudo"]},
 }
 
 
@@ -49,6 +61,12 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
         assert store.provenance["model"] == "gcctl-micro"
     with FeatureStore(tmp_path / "pipeline/features/waterbirds.h5") as store:
         assert store.provenance["weights_sha256"] != "none"
+    metrics = json.loads(_run("dvc", "metrics", "show", "--json", cwd=tmp_path))
+    shown = json.dumps(metrics)
+    for run in ("zeroshot", "groupcoop", "groupcoop-pseudo"):
+        assert f"pipeline/metrics/waterbirds/{run}.json" in shown
+    assert (tmp_path / "pipeline/report/waterbirds/results.md").is_file()
+    assert (tmp_path / "pipeline/groups/multiceleba.parquet").is_file()
     assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=tmp_path)
 
 
