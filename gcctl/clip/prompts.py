@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Callable
 
+from gcctl.clip.prompts import CLASS_POSITIONS
 from gcctl.errors import GcctlError
 from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
 from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
-from gcctl.clip.prompts import CLASS_POSITIONS
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ groups' prompts are learnt rather than ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from torch import nn
 from gcctl.clip.prompts import PromptLearner, TextTower, logit_scale
 from gcctl.methods.base import Classifier, FitResult, LoopOptions, aggregate, class_words
 from gcctl.methods.data import TrainingData
-from gcctl.methods.loop import fit_loop, group_units
+from gcctl.methods.loop import cross_entropy_loss, fit_loop, group_units
 
 TARGETS = ("prompt", "class")
 INITS = ("coop", "words")
@@ -93,17 +94,7 @@ def fit_coop(data: TrainingData, config: CoOpConfig, *, seed: int, bundle, devic
     num_classes = len(words)
     learner = _learner(bundle, words, _class_contexts(num_classes, config.class_specific), config, seed)
     scorer = PromptScorer(learner, torch.arange(num_classes, device=device), num_classes, logit_scale(bundle.model), "max")
-    y = data.train.y
-    return fit_loop(
-        scorer,
-        lambda scores, batch: F.cross_entropy(scores, y[batch], reduction="none"),
-        data.train,
-        data.val,
-        data.vocabulary,
-        config,
-        seed=seed,
-        label="coop",
-    )
+    return fit_loop(scorer, cross_entropy_loss(data.train.y), data.train, data.val, data.vocabulary, config, seed=seed, label="coop")
 
 
 def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
@@ -122,12 +113,10 @@ def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bun
         init_log["coop_selection"] = {key: coop.selection[key] for key in ("best_epoch", "best_value")}
     scorer = PromptScorer(learner, unit_class, num_classes, logit_scale(bundle.model), config.aggregation)
     if config.target == "prompt":
-        loss_fn = lambda scores, batch: F.cross_entropy(scores, unit[batch], reduction="none")  # noqa: E731
+        loss_fn = cross_entropy_loss(unit)
     else:
-        y = data.train.y
-        loss_fn = lambda scores, batch: F.cross_entropy(  # noqa: E731
-            aggregate(scores, unit_class, num_classes, config.aggregation), y[batch], reduction="none"
-        )
+        to_class = partial(aggregate, prompt_class=unit_class, num_classes=num_classes, how=config.aggregation)
+        loss_fn = cross_entropy_loss(data.train.y, to_class)
     result = fit_loop(scorer, loss_fn, data.train, data.val, data.vocabulary, config, seed=seed, label="groupcoop")
     result.selection["prompts"] = [{"class": data.class_names[c], "group": data.train_group_names[g]} for c, g in pairs.tolist()]
     result.selection.update(init_log)

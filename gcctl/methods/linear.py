@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gcctl.methods.base import Classifier, FitResult, LoopOptions
 from gcctl.methods.data import TrainingData
-from gcctl.methods.loop import fit_loop, group_units
+from gcctl.methods.loop import cross_entropy_loss, fit_loop, group_units
 
 
 @dataclass
@@ -55,16 +54,7 @@ class LinearScorer(nn.Module):
 
 def _fit_probe(data: TrainingData, config: LoopOptions, train, select, seed: int, label: str) -> FitResult:
     scorer = LinearScorer(train.features.shape[1], len(data.class_names), train.features.device)
-    return fit_loop(
-        scorer,
-        lambda scores, batch: F.cross_entropy(scores, train.y[batch], reduction="none"),
-        train,
-        select,
-        data.vocabulary,
-        config,
-        seed=seed,
-        label=label,
-    )
+    return fit_loop(scorer, cross_entropy_loss(train.y), train, select, data.vocabulary, config, seed=seed, label=label)
 
 
 def fit_linear(data: TrainingData, config: LinearConfig, *, seed: int, bundle=None, device=None) -> FitResult:

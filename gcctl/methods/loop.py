@@ -13,6 +13,7 @@ import time
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gcctl.errors import GcctlError
@@ -22,6 +23,16 @@ from gcctl.runtime import autocast, progress
 
 # (prompt scores [B, P] float32, indices of the batch's samples in the train split) -> loss per sample [B]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(targets: torch.Tensor, to_logits: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LossFn:
+    """Cross-entropy of the prompt scores (or of `to_logits(scores)`) against `targets` of the train split."""
+
+    def loss(scores: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        logits = scores if to_logits is None else to_logits(scores)
+        return F.cross_entropy(logits, targets[batch], reduction="none")
+
+    return loss
 
 
 def group_units(y: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
