@@ -172,3 +172,19 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     with atomic_path(paths["table"]) as tmp:
         tmp.write_text(markdown_table(runs))
     return {"runs": runs, "paths": {key: str(path) for key, path in paths.items()}}
+
+
+def update_readme(readme: str | os.PathLike, section: str, markdown: str) -> None:
+    """Replace the block between `<!-- results:SECTION:start -->` and `<!-- results:SECTION:end -->`.
+
+    So the README's results tables are regenerated from metrics files, never typed.
+    """
+    readme = Path(readme)
+    start, end = f"<!-- results:{section}:start -->", f"<!-- results:{section}:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise GcctlError(f"{readme} has no '{start}' … '{end}' markers; add them where the table belongs")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with atomic_path(readme) as tmp:
+        tmp.write_text(f"{head}{start}\n{markdown}{end}{tail}")

@@ -263,3 +263,15 @@ def test_report_refuses_a_file_that_is_not_metrics(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(GcctlError, match="not a metrics file"):
         write_report([tmp_path / "bad.json"], tmp_path / "out")
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    from gcctl.errors import GcctlError
+    from gcctl.report import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:wb:start -->\nold\n<!-- results:wb:end -->\noutro\n")
+    update_readme(readme, "wb", "| new |\n")
+    assert readme.read_text() == "intro\n<!-- results:wb:start -->\n| new |\n<!-- results:wb:end -->\noutro\n"
+    with pytest.raises(GcctlError, match="markers"):
+        update_readme(readme, "other", "x")

@@ -119,15 +119,19 @@ def evaluate(
 def report(
     metrics: Annotated[list[Path], typer.Argument(help="Metrics JSON files written by `gcctl evaluate`, one per run.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for per_group.png, curves.png and results.md.")],
+    readme: Annotated[Optional[Path], typer.Option(
+        "--readme", help="Also put the table into this file between <!-- results:NAME:start/end --> markers, NAME = the --out folder's name.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table.
 
     Example: gcctl report pipeline/metrics/zeroshot.json pipeline/metrics/coop.json pipeline/metrics/groupcoop.json --out pipeline/report
     """
-    from gcctl.report import comparison_table, write_report
+    from gcctl.report import comparison_table, markdown_table, update_readme, write_report
 
     written = write_report(metrics, out)
+    if readme is not None:
+        update_readme(readme, out.name, markdown_table(written["runs"]))
     if as_json:
         typer.echo(json.dumps(written["paths"], indent=2))
         return
