@@ -79,3 +79,4 @@ def test_presets_define_every_section_the_pipeline_reads(preset):
         assert set(params[section]) == set(default[section]), section
     for name, run in params["fetch"]["runs"].items():
         assert params["extract"]["pretrained"] == f"pipeline/models/{name}/model.pt"
+    assert set(params["train"]["datasets"]) <= set(params["extract"]["datasets"])

@@ -1,0 +1,87 @@
+"""StarFT's time per optimisation step over plain FT's, measured in one run.
+
+Both runs start from the same weights and take steps on the same pre-loaded batches, alternating FT and
+StarFT step by step so that the load of a shared machine hits both alike; the medians are compared.
+StarFT's extra work is the frozen model's image forward and the spurious captions through the text tower
+(the frozen model's caption features are computed once). Target: ratio <= 1.5.
+
+    python bench/starft_step.py --model gcctl-tiny --pretrained pipeline/models/tiny/model.pt --batch-size 128
+    python bench/starft_step.py --model ViT-B-16 --batch-size 32 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from gcctl.datasets import load_dataset
+from gcctl.datasets.images import ImageDataset
+from gcctl.methods.finetune import FinetuneConfig
+from gcctl.methods.finetune.pools import draw_templates
+from gcctl.methods.finetune.train import FinetuneRun
+from gcctl.runtime import resolve_device
+from gcctl.synth.benchmarks import write_waterbirds
+
+
+def timed_step(run: FinetuneRun, batch, device) -> float:
+    images, labels, templates = (tensor.to(device) for tensor in batch)
+    started = time.perf_counter()
+    run.step(images, labels, templates, run.config.lambda_at(0))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gcctl-tiny")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--pool", default="synthetic")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = write_waterbirds(Path(scratch) / "waterbirds", scale=0.1)
+        table = load_dataset("waterbirds", root)
+        runs = {
+            method: FinetuneRun(table, Path(scratch) / method, model_name=args.model, pretrained=args.pretrained,
+                                config=FinetuneConfig(method=method, pools=(args.pool,), batch_size=args.batch_size),
+                                device=device)
+            for method in ("ft", "starft")
+        }
+        train_rows = table.frame.index[table.frame["split"] == "train"].tolist()[: args.batch_size]
+        images, rows = next(iter(DataLoader(ImageDataset(table, runs["ft"].bundle.preprocess, train_rows), batch_size=len(train_rows))))
+        templates = draw_templates(len(table.frame), len(runs["starft"].templates), seed=0)
+        batch = (images, runs["ft"].labels[rows], templates[rows])
+        for run in runs.values():
+            run.model.train()
+            timed_step(run, batch, device)  # warm-up
+        seconds = {method: [] for method in runs}
+        for _ in range(args.steps):
+            for method, run in runs.items():
+                seconds[method].append(timed_step(run, batch, device))
+    ft, starft = (statistics.median(seconds[method]) for method in ("ft", "starft"))
+    print(json.dumps({
+        "model": args.model,
+        "device": str(device),
+        "batch_size": len(train_rows),
+        "templates": len(runs["starft"].templates),
+        "steps": args.steps,
+        "ft_seconds_per_step": round(ft, 4),
+        "starft_seconds_per_step": round(starft, 4),
+        "ratio": round(starft / ft, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
