@@ -13,10 +13,7 @@ from gcctl.runtime import atomic_path
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 
 CORPUS_FILE = "corpus.npz"
-# Each caption names the shape and, independently with this probability, the colour and the background:
-# short captions make "a photo of a circle." an in-distribution zero-shot prompt, and "... on water." an
-# in-distribution attribute prompt.
-CAPTION_KEEP_PROBABILITY = 0.7
+CAPTION_TEMPLATE = "a photo of a {colour} {shape} on {background}."
 _ARRAYS = ("images", "captions", "shape", "colour", "background", "shapes", "colours", "backgrounds")
 
 
@@ -35,10 +32,8 @@ class Corpus:
         return len(self.images)
 
 
-def caption(shape: str, colour: str | None = None, background: str | None = None) -> str:
-    """`a photo of a [colour ]shape[ on background].`"""
-    words = " ".join(word for word in (colour, shape) if word)
-    return f"a photo of a {words} on {background}." if background else f"a photo of a {words}."
+def caption(shape: str, colour: str, background: str) -> str:
+    return CAPTION_TEMPLATE.format(shape=shape, colour=colour, background=background)
 
 
 def write_corpus(out_dir: str | os.PathLike, n: int = 30000, seed: int = 0, size: int = 32) -> Path:
@@ -55,11 +50,7 @@ def write_corpus(out_dir: str | os.PathLike, n: int = 30000, seed: int = 0, size
     shape, rest = np.divmod(combo, len(COLOURS) * len(BACKGROUNDS))
     colour, background = np.divmod(rest, len(BACKGROUNDS))
     images = render(shape, colour, background, rng, size=size)
-    keep_colour, keep_background = rng.random((2, n)) < CAPTION_KEEP_PROBABILITY
-    captions = np.array([
-        caption(SHAPES[s], COLOURS[c] if with_colour else None, BACKGROUNDS[b] if with_background else None)
-        for s, c, b, with_colour, with_background in zip(shape, colour, background, keep_colour, keep_background)
-    ])
+    captions = np.array([caption(SHAPES[s], COLOURS[c], BACKGROUNDS[b]) for s, c, b in zip(shape, colour, background)])
 
     path = Path(out_dir) / CORPUS_FILE
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle, so savez does not append ".npz"
