@@ -23,7 +23,7 @@ def test_version(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("command", [["data", "synth"], ["data", "show"], ["models"], ["models", "fetch"], ["pretrain"],
-                                     ["extract"], ["info"], ["merge"], ["pseudo-label"], ["train"], ["evaluate"], ["report"]])
+                                     ["extract"], ["info"], ["merge"], ["pseudo-label"], ["train"], ["evaluate"], ["report"], ["finetune"], ["wise"]])
 def test_every_command_has_help_with_an_example(monkeypatch, capsys, command):
     code, out, _ = _run(monkeypatch, capsys, *command, "--help")
     assert code == 0 and "Example: gcctl " + command[0] in " ".join(out.split())

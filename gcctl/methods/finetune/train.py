@@ -157,7 +157,9 @@ class FinetuneRun:
         self.labels = torch.tensor(table.frame["y"].to_numpy(), dtype=torch.long)
         self._prepare_texts()
         self.head = self._zero_shot_head() if config.loss == "ce" else None
-        self.frozen = self._frozen_copy() if config.method == "starft" else None
+        # StarFT's reference: the initial model (None for FT), its spurious caption features [classes, templates, D]
+        # and its temperature.
+        self.frozen, self.frozen_spurious, self.frozen_scale = self._frozen_copy() if config.method == "starft" else (None, None, None)
         self.trainable = self._set_trainable()
         self._make_optimiser()
         self.curve: list[dict] = []
@@ -202,14 +204,13 @@ class FinetuneRun:
             class_features = self.model.encode_text(self.class_tokens, normalize=True).float()
         return ZeroShotHead(class_features, logit_scale(self.model)).to(self.device)
 
-    def _frozen_copy(self) -> nn.Module:
-        """The initial model, frozen: no gradients, no optimizer state; its spurious caption features once."""
+    def _frozen_copy(self) -> tuple[nn.Module, torch.Tensor, float]:
+        """The initial model, frozen (no gradients, no optimizer state), with its spurious caption features
+        computed once: they never change, so only its image forward remains per step."""
         frozen = copy.deepcopy(self.model).requires_grad_(False).eval()
         with torch.no_grad(), autocast(self.device):
             features = torch.cat([frozen.encode_text(chunk, normalize=True).float() for chunk in self.spurious_tokens.split(1024)])
-        self.frozen_spurious = features.view(len(self.table.class_names), len(self.templates), -1)
-        self.frozen_scale = logit_scale(frozen)
-        return frozen
+        return frozen, features.view(len(self.table.class_names), len(self.templates), -1), logit_scale(frozen)
 
     def _set_trainable(self) -> list[nn.Parameter]:
         """Freeze what the loss cannot train: a tower not chosen, the text tower when no loss term reads it,
@@ -321,35 +322,41 @@ class FinetuneRun:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, templates: torch.Tensor, reg_lambda: float) -> dict:
         """One optimisation step on this process's share of a batch; `templates` index each sample's spurious template."""
-        starft = self.config.method == "starft"
-        n_classes = len(self.class_tokens)
         tokens = [self.class_tokens] if self.config.loss == "contrastive" else []
-        if starft:
-            # Each distinct spurious caption of the batch is encoded once.
-            pair = labels * len(self.templates) + templates
-            distinct, which = torch.unique(pair, return_inverse=True)
+        if self.frozen is not None:
+            # Each distinct spurious caption of the batch is encoded once; `which` maps samples to them.
+            distinct, which = torch.unique(labels * len(self.templates) + templates, return_inverse=True)
             tokens.append(self.spurious_tokens[distinct])
         with autocast(self.device):
             image_features, text_features, scale = self.encoder(images, torch.cat(tokens) if tokens else None)
-        all_images = parallel.gather(image_features, self.world)
-        all_labels = parallel.gather(labels, self.world)
+        all_images, all_labels = parallel.gather(image_features, self.world), parallel.gather(labels, self.world)
         if self.config.loss == "contrastive":
-            captions = parallel.gather(text_features[:n_classes][labels], self.world)
+            captions = parallel.gather(text_features[: len(self.class_tokens)][labels], self.world)
             base_loss = flyp_loss(all_images, captions, scale)
         else:
             base_loss = F.cross_entropy(self.head(all_images), all_labels)
         regulariser = torch.zeros((), device=self.device)
-        if starft:
-            spurious = parallel.gather(text_features[-len(distinct):][which], self.world)
-            with torch.no_grad(), autocast(self.device):
-                frozen_images = self.frozen.encode_image(images, normalize=True)
-            frozen_spurious = self.frozen_spurious[labels, templates]
-            regulariser = starft_regulariser(
-                all_images, spurious,
-                parallel.gather(frozen_images, self.world), parallel.gather(frozen_spurious, self.world),
-                all_labels, self.frozen_scale,
-            )
+        if self.frozen is not None:
+            spurious = text_features[len(text_features) - len(distinct) :][which]
+            regulariser = self._regulariser(images, labels, templates, all_images, all_labels, spurious)
         loss = base_loss + reg_lambda * regulariser
+        self._optimise(loss)
+        return {"loss": loss.item(), "base_loss": base_loss.item(), "regulariser": regulariser.item()}
+
+    def _regulariser(self, images, labels, templates, all_images, all_labels, spurious) -> torch.Tensor:
+        """StarFT's term for the global batch; the frozen model's features of the local share are gathered."""
+        with torch.no_grad(), autocast(self.device):
+            frozen_images = self.frozen.encode_image(images, normalize=True)
+        return starft_regulariser(
+            all_images,
+            parallel.gather(spurious, self.world),
+            parallel.gather(frozen_images, self.world),
+            parallel.gather(self.frozen_spurious[labels, templates], self.world),
+            all_labels,
+            self.frozen_scale,
+        )
+
+    def _optimise(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -357,7 +364,6 @@ class FinetuneRun:
         self.schedule.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        return {"loss": loss.item(), "base_loss": base_loss.item(), "regulariser": regulariser.item()}
 
     # ------------------------------------------------------------------ selection and outputs
 

@@ -1,0 +1,130 @@
+"""`gcctl finetune` (FT, StarFT) and `gcctl wise` (WiSE-FT): methods that train the image tower itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.cli.data import (
+    AttributeColumn,
+    Bias,
+    ClassName,
+    DatasetName,
+    DatasetRoot,
+    IdColumn,
+    LabelColumn,
+    ManifestFile,
+    PathColumn,
+    SplitColumn,
+    Target,
+    dataset_options,
+)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
+
+
+def finetune(
+    dataset: DatasetName,
+    root: DatasetRoot,
+    model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Run directory: state.pt after every epoch, then model.pt, curve.json, summary.json.")],
+    pretrained: Annotated[str, typer.Option(
+        "--pretrained", help="The zero-shot weights to start from: an open_clip tag, a checkpoint file, local-dir:PATH...")] = "none",
+    method: Annotated[str, typer.Option("--method", help="ft (the base loss) or starft (plus spuriosity alignment).")] = "starft",
+    loss: Annotated[str, typer.Option(
+        "--loss", help="contrastive (FLYP: image vs class caption) or ce (cross-entropy via a zero-shot head).")] = "contrastive",
+    towers: Annotated[str, typer.Option("--towers", help="Which towers train: both, image or text.")] = "both",
+    reg_lambda: Annotated[float, typer.Option("--lambda", help="Weight of the StarFT regulariser.")] = 0.5,
+    lambda_decay: Annotated[bool, typer.Option(
+        "--lambda-decay/--no-lambda-decay", help="Decay the weight linearly over the epochs.")] = True,
+    pool: Annotated[Optional[list[str]], typer.Option(
+        "--pool", help="Spurious templates: a shipped pool (background, texture, resolution, synthetic) or a file, "
+        "one template with {} per line; repeat to join pools. Default: background.")] = None,
+    caption: Annotated[str, typer.Option("--caption", help="Each image's class caption; {} is the class name.")] = "a photo of a {}.",
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the train split.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (split over torchrun processes).")] = 256,
+    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 1e-5,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.1,
+    warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
+    select_by: Annotated[str, typer.Option("--select-by", help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")] = "acc_wg",
+    seed: Annotated[int, typer.Option("--seed", help="Seeds batch order and template draws.")] = 0,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Discard the state in --out instead of resuming from it.")] = False,
+    target: Target = None,
+    bias: Bias = None,
+    manifest_file: ManifestFile = None,
+    path_column: PathColumn = None,
+    label_column: LabelColumn = None,
+    split_column: SplitColumn = None,
+    attribute_column: AttributeColumn = None,
+    id_column: IdColumn = None,
+    class_name: ClassName = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Fine-tune a whole CLIP on a dataset's train split (FT, or StarFT), keep the best validation epoch.
+
+    The same command run again resumes after the last finished epoch. Under torchrun each process takes a share of every batch: torchrun --nproc-per-node 2 $(which gcctl) finetune ...
+
+    Example: gcctl finetune --method starft --dataset waterbirds --root pipeline/data/waterbirds --model gcctl-tiny --pretrained pipeline/models/tiny/model.pt --pool synthetic --out pipeline/runs/starft
+    """
+    from gcctl.datasets import load_dataset
+    from gcctl.methods.finetune import FinetuneConfig, finetune as run_finetune
+
+    options = dataset_options(target=target, bias=bias, manifest_file=manifest_file, path_column=path_column,
+                              label_column=label_column, split_column=split_column,
+                              attribute_column=attribute_column, id_column=id_column, class_name=class_name)
+    table = load_dataset(dataset, root, **options)
+    config = FinetuneConfig(
+        method=method, loss=loss, towers=towers, reg_lambda=reg_lambda, lambda_decay=lambda_decay,
+        pools=tuple(pool or ("background",)), caption=caption, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup=warmup, select_by=select_by, seed=seed,
+    )
+    summary = run_finetune(table, out, model_name=model, pretrained=pretrained, config=config, device=device,
+                           workers=workers, restart=restart)
+    if summary:  # only the main process of a data-parallel run reports
+        _print_summary(summary, f"{method} → {out / 'model.pt'}", as_json)
+
+
+def wise(
+    zeroshot: Annotated[str, typer.Option("--zeroshot", help="The zero-shot weights (a checkpoint file or an open_clip tag).")],
+    finetuned: Annotated[str, typer.Option("--finetuned", help="The fine-tuned checkpoint of the same architecture.")],
+    out: Annotated[Path, typer.Option("--out", help="The interpolated checkpoint to write.")],
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the fine-tuned model: 0 zero-shot, 1 fine-tuned.")] = 0.5,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Architecture; default: the one the fine-tuned checkpoint records.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """WiSE-FT: interpolate the weights of a zero-shot and a fine-tuned model into a new checkpoint.
+
+    Example: gcctl wise --zeroshot pipeline/models/tiny/model.pt --finetuned pipeline/runs/starft/model.pt --alpha 0.5 --out pipeline/runs/wise/model.pt
+    """
+    from gcctl.methods.finetune import wise_ft
+
+    summary = wise_ft(zeroshot, finetuned, alpha, out, model_name=model)
+    _print_summary(summary, f"WiSE-FT α={alpha} → {out}", as_json)
+
+
+def _print_summary(summary: dict, title: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            continue  # the full config is in summary.json
+        view.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(view)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(finetune)
+    app.command()(wise)

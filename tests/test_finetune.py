@@ -1,0 +1,357 @@
+"""Fine-tuning the whole CLIP: spurious pools, the StarFT regulariser, the training loop (resume, selection,
+data parallelism), WiSE-FT, and the `finetune` / `wise` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gcctl.clip import build_clip, save_checkpoint
+from gcctl.datasets import load_dataset
+from gcctl.errors import GcctlError
+from gcctl.methods.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
+from gcctl.methods.finetune import train as train_module
+from gcctl.methods.finetune.evaluate import zeroshot_metrics
+from gcctl.methods.finetune.losses import starft_regulariser
+from gcctl.methods.finetune.pools import SHIPPED_POOLS, fill
+from gcctl.synth.render import BACKGROUNDS, COLOURS
+
+MICRO = "gcctl-micro"
+# 96 train images: 3 steps of 32 per epoch; a learning rate large enough for a micro model to move.
+QUICK = dict(epochs=1, batch_size=32, lr=1e-3, pools=("synthetic",))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a shared machine a busy core stalls a two-thread step of a micro model a hundredfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def table(tiny_waterbirds):
+    return load_dataset("waterbirds", tiny_waterbirds)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A micro CLIP saved as the 'zero-shot' checkpoint every run starts from."""
+    torch.manual_seed(0)
+    return str(save_checkpoint(build_clip(MICRO, "none"), tmp_path_factory.mktemp("base") / "model.pt"))
+
+
+def run(table, base, out, **options):
+    return finetune(table, out, model_name=MICRO, pretrained=base, config=FinetuneConfig(**{**QUICK, **options}), device="cpu")
+
+
+def weights(path) -> dict:
+    return build_clip(MICRO, str(path)).model.state_dict()
+
+
+def final_weights(run_dir) -> dict:
+    """The weights after the last epoch (model.pt holds the selected one)."""
+    return torch.load(run_dir / "state.pt", weights_only=True)["model"]
+
+
+def without_key_bias(state: dict) -> dict:
+    """The weights minus the attention key bias, whose true gradient is exactly 0 (a shift of every key
+    leaves each query's softmax unchanged): its gradient is rounding noise, which Adam scales up to steps
+    of up to the learning rate, so two equal computations summed in another order differ there only."""
+    kept = {}
+    for key, value in state.items():
+        if key.endswith("attn.in_proj_bias"):
+            width = len(value) // 3
+            value = torch.cat([value[:width], value[2 * width :]])
+        kept[key] = value
+    return kept
+
+
+def assert_close(first: dict, second: dict, atol: float = 0.0) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=lambda m: f"{key}: {m}")
+
+
+# ---------------------------------------------------------------------------- pools
+
+
+@pytest.mark.parametrize("name", ["background", "texture", "resolution", "synthetic"])
+def test_shipped_pools_hold_tens_of_templates(name):
+    templates = read_pool(name)
+    assert name in SHIPPED_POOLS and len(templates) >= 20 and len(set(templates)) == len(templates)
+    assert all(template.count("{}") == 1 for template in templates)
+
+
+def test_synthetic_pool_names_every_background_and_colour_of_the_world():
+    text = " ".join(read_pool("synthetic"))
+    assert all(word in text for word in BACKGROUNDS + COLOURS)
+
+
+def test_pools_join_without_repeats_and_a_file_is_a_pool(tmp_path):
+    own = tmp_path / "own.txt"
+    own.write_text("# my pool\n\n{} on the moon.\n{} in the snow.\n")
+    joined = read_pools(["background", own])
+    assert joined[-1] == "{} on the moon." and joined.count("{} in the snow.") == 1
+
+
+def test_a_template_is_filled_with_the_caption_without_its_period():
+    assert fill("{} in the snow.", "a photo of a circle.") == "a photo of a circle in the snow."
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no templates"),
+    ("# only a comment\n\n", "no templates"),
+    ("{} on grass.\nblurred photo.\n", "bad.txt:2 has no {}"),
+    ("{} and {}.\n", "2 fields"),
+    ("{name} on grass.\n", "{name}"),
+    ("{} on grass {.\n", "malformed"),
+])
+def test_bad_pool_files_are_one_line_user_errors(tmp_path, content, message):
+    pool = tmp_path / "bad.txt"
+    pool.write_text(content)
+    with pytest.raises(GcctlError) as error:
+        read_pool(pool)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unknown_pool_name_lists_the_shipped_ones():
+    with pytest.raises(GcctlError, match="background, resolution, synthetic, texture"):
+        read_pool("backgrounds")
+
+
+# ---------------------------------------------------------------------------- the regulariser
+
+
+def _features(n: int, seed: int) -> torch.Tensor:
+    return F.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def test_regulariser_is_the_masked_kl_from_zero_shot_to_fine_tuned():
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+    image, spurious, zs_image, zs_spurious = (_features(6, seed) for seed in range(4))
+    value = starft_regulariser(image, spurious, zs_image, zs_spurious, labels, zeroshot_scale=10.0)
+    expected = 0.0
+    for i in range(6):  # row by row, over the captions of the other classes only
+        other = labels != labels[i]
+        p = torch.softmax(10 * zs_image[i] @ zs_spurious[other].T, dim=0)
+        q = torch.softmax(10 * image[i] @ spurious[other].T, dim=0)
+        expected += float((p * (p.log() - q.log())).sum())
+    assert value.item() == pytest.approx(expected / 6, rel=1e-5)
+
+
+def test_regulariser_is_zero_for_the_zero_shot_model_and_ignores_same_class_captions():
+    labels = torch.tensor([0, 1, 0, 1])
+    image, spurious = _features(4, 0), _features(4, 1)
+    assert starft_regulariser(image, spurious, image, spurious, labels, 10.0).item() == pytest.approx(0, abs=1e-7)
+    moved = spurious.clone()
+    moved[2] = _features(1, 9)[0]  # caption of class 0: only rows of class 1 see it
+    before = starft_regulariser(image, spurious, _features(4, 2), _features(4, 3), labels, 10.0)
+    after = starft_regulariser(image, moved, _features(4, 2), _features(4, 3), labels, 10.0)
+    assert before.item() != after.item()
+    same = torch.tensor([0, 0, 0, 0])  # one class: nothing to align, and no NaN in the gradient
+    image.requires_grad_(True)
+    value = starft_regulariser(image, spurious, _features(4, 2), _features(4, 3), same, 10.0)
+    value.backward()
+    assert value.item() == 0 and torch.isfinite(image.grad).all()
+
+
+# ---------------------------------------------------------------------------- the training loop
+
+
+def test_finetune_writes_a_loadable_model_of_the_best_validation_epoch(table, base, tmp_path):
+    summary = run(table, base, tmp_path / "run", method="starft", epochs=2, select_by="acc_avg")
+    out = tmp_path / "run"
+    assert {path.name for path in out.iterdir()} == {"state.pt", "model.pt", "curve.json", "summary.json"}
+    curve = json.loads((out / "curve.json").read_text())
+    assert [record["epoch"] for record in curve] == [0, 1, 2]  # 0 = the zero-shot starting point
+    assert [record["lambda"] for record in curve[1:]] == [0.5, 0.25]  # decayed linearly over the epochs
+    trained = curve[1:]
+    best = max(trained, key=lambda record: record["val"]["acc_avg"])  # the earliest of equals
+    assert summary["best_epoch"] == best["epoch"] and summary["val_acc_avg"] == best["val"]["acc_avg"]
+    kept = build_clip(MICRO, str(out / "model.pt"))
+    assert zeroshot_metrics(kept, table, "val", device=torch.device("cpu"))["acc_avg"] == best["val"]["acc_avg"]
+    assert any(not torch.equal(kept.model.state_dict()[key], value) for key, value in weights(base).items())
+    assert curve[1]["regulariser"] > 0 and curve[1]["loss"] > curve[1]["base_loss"]
+
+
+def test_same_seed_same_weights_and_starft_with_lambda_zero_is_ft(table, base, tmp_path):
+    run(table, base, tmp_path / "ft", method="ft")
+    run(table, base, tmp_path / "ft_again", method="ft")
+    run(table, base, tmp_path / "starft0", method="starft", reg_lambda=0.0)
+    run(table, base, tmp_path / "starft", method="starft", reg_lambda=1.0)
+    ft = final_weights(tmp_path / "ft")
+    assert_close(ft, final_weights(tmp_path / "ft_again"))
+    assert_close(without_key_bias(ft), without_key_bias(final_weights(tmp_path / "starft0")), atol=1e-5)
+    starft = final_weights(tmp_path / "starft")
+    assert max(float((ft[key] - starft[key]).abs().max()) for key in ft) > 1e-3
+
+
+def test_the_frozen_copy_has_no_gradients_and_stays_the_zero_shot_model(table, base, tmp_path):
+    trainer = train_module.FinetuneRun(table, tmp_path / "run", model_name=MICRO, pretrained=base,
+                                       config=FinetuneConfig(**{**QUICK, "method": "starft"}), device=torch.device("cpu"))
+    trainer.train()
+    frozen = trainer.frozen
+    assert not frozen.training and all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+    assert not {id(p) for p in frozen.parameters()} & {id(p) for p in trainer.trainable}
+    assert_close(frozen.state_dict(), weights(base))
+
+
+def test_ce_loss_and_towers_choose_what_trains(table, base, tmp_path):
+    run(table, base, tmp_path / "ce", loss="ce", method="ft", towers="both")
+    start, after = weights(base), final_weights(tmp_path / "ce")
+    changed = {key for key in start if not torch.equal(start[key], after[key])}
+    assert any(key.startswith("visual.") for key in changed)
+    # Plain CE reads no caption: the text tower and the temperature cannot learn and stay as they were.
+    assert all(key.startswith("visual.") for key in changed)
+    run(table, base, tmp_path / "text", towers="text")
+    after = final_weights(tmp_path / "text")
+    assert all(torch.equal(start[key], after[key]) for key in start if key.startswith("visual."))
+    with pytest.raises(GcctlError, match="nothing of the model trains"):
+        run(table, base, tmp_path / "none", loss="ce", method="ft", towers="text")
+
+
+def test_an_interrupted_run_resumes_without_losing_finished_epochs(table, base, tmp_path, monkeypatch):
+    run(table, base, tmp_path / "straight", method="starft", epochs=2)
+    original_epoch, calls = train_module.FinetuneRun._epoch, []
+
+    def interrupted_in_second_epoch(self, epoch, on_step):
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original_epoch(self, epoch, on_step)
+
+    monkeypatch.setattr(train_module.FinetuneRun, "_epoch", interrupted_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(table, base, tmp_path / "resumed", method="starft", epochs=2)
+    out = tmp_path / "resumed"
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1 and not (out / "model.pt").exists()
+
+    monkeypatch.setattr(train_module.FinetuneRun, "_epoch", lambda self, epoch, on_step: calls.append(epoch) or original_epoch(self, epoch, on_step))
+    run(table, base, out, method="starft", epochs=2)
+    assert calls == [0, 1, 1]  # the finished epoch is not trained again
+    assert_close(final_weights(out), final_weights(tmp_path / "straight"), atol=1e-6)
+    straight = json.loads((tmp_path / "straight" / "curve.json").read_text())
+    assert [r["epoch"] for r in json.loads((out / "curve.json").read_text())] == [r["epoch"] for r in straight]
+
+
+def test_a_run_directory_of_another_config_is_refused_unless_restarted(table, base, tmp_path):
+    out = tmp_path / "run"
+    run(table, base, out, method="ft")
+    with pytest.raises(GcctlError, match=r"another config \(lr 0.001 → 0.002\)") as error:
+        run(table, base, out, method="ft", lr=2e-3)
+    assert "--restart" in str(error.value)
+    summary = finetune(table, out, model_name=MICRO, pretrained=base, device="cpu", restart=True,
+                       config=FinetuneConfig(**{**QUICK, "method": "ft", "lr": 2e-3}))
+    assert summary["config"]["lr"] == 2e-3
+
+
+def test_data_parallel_run_matches_one_process_with_the_same_global_batch(table, base, tmp_path):
+    options = {**QUICK, "method": "starft"}
+    finetune(table, tmp_path / "single", model_name=MICRO, pretrained=base, device="cpu", config=FinetuneConfig(**options))
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(textwrap.dedent("""
+        import json, sys
+        from gcctl.datasets import load_dataset
+        from gcctl.methods.finetune import FinetuneConfig, finetune
+        root, out, base, options = sys.argv[1:]
+        options = json.loads(options)
+        options["pools"] = tuple(options["pools"])
+        finetune(load_dataset("waterbirds", root), out, model_name="gcctl-micro", pretrained=base,
+                 config=FinetuneConfig(**options), device="cpu")
+    """))
+    with socket.socket() as probe:  # a free port on the loopback interface only
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), str(launcher),
+               str(table.root), str(tmp_path / "parallel"), base, json.dumps(options)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "parallel" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    parallel_weights = without_key_bias(final_weights(tmp_path / "parallel"))
+    assert_close(parallel_weights, without_key_bias(final_weights(tmp_path / "single")), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- WiSE-FT
+
+
+def test_wise_interpolates_the_weights(table, base, tmp_path):
+    run(table, base, tmp_path / "ft", method="ft")
+    finetuned = tmp_path / "ft" / "model.pt"
+    start, end = weights(base), weights(finetuned)
+    for alpha in (0.0, 0.5, 1.0):
+        summary = wise_ft(base, str(finetuned), alpha, tmp_path / f"wise{alpha}.pt")
+        assert summary["model"] == MICRO
+        mixed = weights(tmp_path / f"wise{alpha}.pt")
+        expected = {key: torch.lerp(start[key], end[key], alpha) if start[key].is_floating_point() else start[key] for key in start}
+        assert_close(mixed, expected, atol=1e-6)
+
+
+def test_wise_refuses_checkpoints_of_two_architectures_and_a_bad_alpha(base, tmp_path):
+    tiny = save_checkpoint(build_clip("gcctl-tiny", "none"), tmp_path / "tiny.pt")
+    with pytest.raises(GcctlError, match="one architecture"):
+        wise_ft(base, str(tiny), 0.5, tmp_path / "out.pt")
+    with pytest.raises(GcctlError, match="does not match architecture"):
+        wise_ft(base, str(tiny), 0.5, tmp_path / "out.pt", model_name=MICRO)
+    with pytest.raises(GcctlError, match=r"\[0, 1\]"):
+        wise_ft(base, base, 1.5, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+# ---------------------------------------------------------------------------- the commands
+
+
+def _gcctl(monkeypatch, capsys, *args):
+    from gcctl import cli
+    from gcctl.cli import finetune as finetune_cli
+
+    register = cli._register
+
+    def with_finetune():
+        register()
+        if not any(info.callback is finetune_cli.finetune for info in cli.app.registered_commands):
+            finetune_cli.register(cli.app)
+
+    monkeypatch.setattr(cli, "_register", with_finetune)
+    monkeypatch.setattr(sys, "argv", ["gcctl", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["finetune", "wise"])
+def test_commands_have_help_with_an_example(monkeypatch, capsys, command):
+    code, out, _ = _gcctl(monkeypatch, capsys, command, "--help")
+    assert code == 0 and f"Example: gcctl {command}" in " ".join(out.split())
+
+
+def test_finetune_command_trains_and_reports(monkeypatch, capsys, tiny_waterbirds, base, tmp_path):
+    code, out, _ = _gcctl(monkeypatch, capsys, "--quiet", "finetune", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+                          "--model", MICRO, "--pretrained", base, "--method", "ft", "--epochs", "1", "--batch-size", "32",
+                          "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"), "--json")
+    assert code == 0 and json.loads(out)["best_epoch"] == 1
+    assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).provenance["model"] == MICRO
+
+
+def test_bad_pool_and_foreign_checkpoint_are_one_line_errors(monkeypatch, capsys, tiny_waterbirds, base, tmp_path):
+    pool = tmp_path / "pool.txt"
+    pool.write_text("a photo without a slot.\n")
+    code, _, err = _gcctl(monkeypatch, capsys, "finetune", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+                          "--model", MICRO, "--pretrained", base, "--pool", str(pool), "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert code == 1 and err.count("\n") == 1 and "has no {}" in err
+    tiny = save_checkpoint(build_clip("gcctl-tiny", "none"), tmp_path / "tiny.pt")
+    code, _, err = _gcctl(monkeypatch, capsys, "wise", "--zeroshot", base, "--finetuned", str(tiny), "--out", str(tmp_path / "w.pt"))
+    assert code == 1 and err.count("\n") == 1 and "one architecture" in err
