@@ -22,6 +22,7 @@ from gcctl.cli.data import (
     Target,
     dataset_options,
 )
+from gcctl.cli.output import print_summary
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
 
@@ -72,7 +73,7 @@ def extract(
             table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize,
             shard=part, device=torch_device, on_progress=lambda done, total: bar.update(task, completed=done),
         )
-    _print_summary(summary, "extracted", as_json)
+    print_summary(summary, "extracted", as_json)
 
 
 def info(
@@ -122,20 +123,8 @@ def merge(
     merged = merge_stores(parts, out)
     with FeatureStore(merged) as store:
         summary = {"out": str(merged), "rows": len(store), "parts": len(parts)}
-    _print_summary(summary, "merged", as_json)
+    print_summary(summary, "merged", as_json)
 
-
-def _print_summary(summary: dict, title: str, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title=title, show_header=False)
-    for key, value in summary.items():
-        view.add_row(key, str(value))
-    Console().print(view)
 
 
 def register(app: typer.Typer) -> None:

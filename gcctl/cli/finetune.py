@@ -22,6 +22,7 @@ from gcctl.cli.data import (
     Target,
     dataset_options,
 )
+from gcctl.cli.output import print_summary
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
 
@@ -88,7 +89,7 @@ def finetune(
     summary = run_finetune(table, out, model_name=model, pretrained=pretrained, config=config, device=device,
                            workers=workers, restart=restart)
     if summary:  # only the main process of a data-parallel run reports
-        _print_summary(summary, f"{method} → {out / 'model.pt'}", as_json)
+        print_summary(summary, f"{method} → {out / 'model.pt'}", as_json)
 
 
 def wise(
@@ -107,22 +108,8 @@ def wise(
     from gcctl.methods.finetune import wise_ft
 
     summary = wise_ft(zeroshot, finetuned, alpha, out, model_name=model)
-    _print_summary(summary, f"WiSE-FT α={alpha} → {out}", as_json)
+    print_summary(summary, f"WiSE-FT α={alpha} → {out}", as_json)
 
-
-def _print_summary(summary: dict, title: str, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title=title, show_header=False)
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            continue  # the full config is in summary.json
-        view.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(view)
 
 
 def register(app: typer.Typer) -> None:

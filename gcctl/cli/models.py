@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from gcctl.cli.output import print_summary
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
@@ -67,20 +68,8 @@ def fetch(
     """
     from gcctl.clip import fetch_checkpoint
 
-    _print_summary(fetch_checkpoint(model, pretrained, out), "fetched", as_json)
+    print_summary(fetch_checkpoint(model, pretrained, out), "fetched", as_json)
 
-
-def _print_summary(summary: dict, title: str, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title=title, show_header=False)
-    for key, value in summary.items():
-        view.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    Console().print(view)
 
 
 def register(root: typer.Typer) -> None:

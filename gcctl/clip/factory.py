@@ -523,3 +523,15 @@ def _weights_preprocess(model: torch.nn.Module) -> dict:
 
 def _cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+
+
+def build_clip_for_store(provenance: dict, device="cpu") -> ClipBundle:
+    """The model a feature store was extracted with; refuses weights whose hash changed since."""
+    bundle = build_clip(provenance.get("model"), provenance.get("pretrained", "none"), device=device)
+    built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
+    if built != stored:
+        raise GcctlError(
+            f"the weights of model '{provenance.get('model')}' ({provenance.get('pretrained')}) now hash to {str(built)[:12]}, "
+            f"but the features were extracted with {str(stored)[:12]}; extract the store again with these weights"
+        )
+    return bundle

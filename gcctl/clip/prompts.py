@@ -206,3 +206,12 @@ class PromptLearner(nn.Module):
         index = self.ctx_positions.unsqueeze(-1).expand(-1, -1, ctx.shape[-1])
         embeddings = self.base_embeddings.scatter(1, index, ctx)
         return self.tower(embeddings, self.tokens)
+
+
+def class_words(override: Sequence[str] | None, store_names: list[str]) -> list[str]:
+    """The words that name each class in prompts: the override, or the store's names with '_' read as a space."""
+    if override is None:
+        return [name.replace("_", " ") for name in store_names]
+    if len(override) != len(store_names):
+        raise GcctlError(f"--class-names gives {len(override)} names but the store has {len(store_names)} classes ({', '.join(store_names)})")
+    return list(override)

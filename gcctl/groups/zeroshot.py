@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gcctl.clip.factory import build_clip_for_store
+from gcctl.clip.prompts import class_words
 from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData
 from gcctl.groups.strategies import Inference
@@ -70,36 +72,13 @@ def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str
     return prompts
 
 
-def _clip_of_store(provenance: dict, device: torch.device):
-    """The model the features were extracted with; refuses weights that changed since."""
-    from gcctl.clip.factory import build_clip
-
-    bundle = build_clip(provenance.get("model"), provenance.get("pretrained", "none"), device=device)
-    built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
-    if built != stored:
-        raise GcctlError(
-            f"the weights of model '{provenance.get('model')}' ({provenance.get('pretrained')}) now hash to {str(built)[:12]}, "
-            f"but the features were extracted with {str(stored)[:12]}; extract the store again with these weights"
-        )
-    return bundle
-
-
-def class_words(override: Sequence[str] | None, store_names: list[str]) -> list[str]:
-    """The words naming each class in prompts: the override, or the store's names with '_' read as a space."""
-    if override is None:
-        return [name.replace("_", " ") for name in store_names]
-    if len(override) != len(store_names):
-        raise GcctlError(f"--class-names gives {len(override)} names but the store has {len(store_names)} classes ({', '.join(store_names)})")
-    return list(override)
-
-
 def zeroshot_attr(data: LabelingData, specs: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Inference:
     from gcctl.clip.prompts import encode_texts, logit_scale
 
     prompts = attribute_prompts(specs, data.attribute_values, data.groups_per_class)
     words = class_words(class_names, data.class_names)
     seed_everything(data.seed)  # so a model without pretrained weights is built the same on every run
-    bundle = _clip_of_store(data.provenance, data.device)
+    bundle = build_clip_for_store(data.provenance, data.device)
     scale = logit_scale(bundle.model)
     within = np.zeros(len(data.train_y), dtype=np.int64)
     confidence = np.ones(len(data.train_y))

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gcctl.errors import GcctlError
 
 AGGREGATIONS = ("max", "logsumexp", "mean")
 BALANCES = ("none", "weights", "sampling")
@@ -88,12 +87,3 @@ class FitResult:
     learned: dict[str, torch.Tensor]  # the trained parameters (contexts, linear weights)
     curve: list[dict] = field(default_factory=list)  # one record per epoch
     selection: dict = field(default_factory=dict)  # which epoch was kept, and why
-
-
-def class_words(override: list[str] | None, store_names: list[str]) -> list[str]:
-    """The words that name each class in prompts: the override, or the store's names with '_' read as a space."""
-    if override is None:
-        return [name.replace("_", " ") for name in store_names]
-    if len(override) != len(store_names):
-        raise GcctlError(f"--class-names gives {len(override)} names but the store has {len(store_names)} classes ({', '.join(store_names)})")
-    return list(override)

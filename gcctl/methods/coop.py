@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcctl.clip.prompts import PromptLearner, TextTower, logit_scale
-from gcctl.methods.base import Classifier, FitResult, LoopOptions, aggregate, class_words
+from gcctl.clip.prompts import PromptLearner, TextTower, class_words, logit_scale
+from gcctl.methods.base import Classifier, FitResult, LoopOptions, aggregate
 from gcctl.methods.data import TrainingData
 from gcctl.methods.loop import cross_entropy_loss, fit_loop, group_units
 

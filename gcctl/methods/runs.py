@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 from gcctl import __version__
+from gcctl.clip.factory import build_clip_for_store
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
@@ -29,19 +30,6 @@ from gcctl.store import FeatureStore
 
 # What must agree between the store a run was trained on and the one it is evaluated on.
 _FEATURE_IDENTITY = ("model", "embed_dim", "weights_sha256")
-
-
-def _build_clip(provenance: dict, device: torch.device):
-    from gcctl.clip.factory import build_clip
-
-    bundle = build_clip(provenance["model"], provenance.get("pretrained", "none"), device=device)
-    built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
-    if built != stored:
-        raise GcctlError(
-            f"the weights of model '{provenance['model']}' ({provenance.get('pretrained')}) now hash to {str(built)[:12]}, "
-            f"but the features were extracted with {str(stored)[:12]}; extract the store again with these weights"
-        )
-    return bundle
 
 
 def train_run(
@@ -68,7 +56,7 @@ def train_run(
     with FeatureStore(features) as store:
         data = load_training_data(store, device, groups)
     seed_everything(seeds[0])  # so a model without pretrained weights is built the same in every run
-    bundle = _build_clip(data.provenance, device) if spec.uses_clip else None
+    bundle = build_clip_for_store(data.provenance, device) if spec.uses_clip else None
     results = {}
     for seed in seeds:
         seed_everything(seed)

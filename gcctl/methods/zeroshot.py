@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.prompts import encode_texts, logit_scale
+from gcctl.clip.prompts import class_words, encode_texts, logit_scale
 from gcctl.errors import GcctlError
-from gcctl.methods.base import Classifier, FitResult, class_words
+from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import TrainingData
 
 

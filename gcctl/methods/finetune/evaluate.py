@@ -14,7 +14,7 @@ from gcctl.clip.factory import ClipBundle
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
-from gcctl.methods.base import class_words
+from gcctl.clip.prompts import class_words
 from gcctl.methods.zeroshot import class_text_features
 from gcctl.metrics import compute_metrics
 from gcctl.runtime import autocast

@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader
 from gcctl import __version__
 from gcctl.clip.factory import ClipBundle, build_clip, save_checkpoint
 from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
-from gcctl.clip.prompts import logit_scale
+from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
-from gcctl.methods.base import SELECT_BY, class_words
+from gcctl.methods.base import SELECT_BY
 from gcctl.methods.finetune import parallel
 from gcctl.methods.finetune.evaluate import CAPTION, split_rows, zeroshot_metrics
 from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
