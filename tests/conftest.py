@@ -31,3 +31,20 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def run_cli(monkeypatch, capsys):
+    """Run `gcctl ARGS…` through the real entry point; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from gcctl.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["gcctl", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        captured = capsys.readouterr()
+        return exited.value.code, captured.out, captured.err
+
+    return run

@@ -1,45 +1,34 @@
 """The CLI contract: version, help with examples, exit codes for usage and user errors."""
 
-import sys
 
 import pytest
 
 from gcctl import __version__
 
 
-def _run(monkeypatch, capsys, *args):
-    from gcctl.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["gcctl", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
-
-
-def test_version(monkeypatch, capsys):
-    code, out, _ = _run(monkeypatch, capsys, "--version")
+def test_version(run_cli):
+    code, out, _ = run_cli("--version")
     assert code == 0 and out.strip() == f"gcctl {__version__}"
 
 
 @pytest.mark.parametrize("command", [["data", "synth"], ["data", "show"], ["models"], ["models", "fetch"], ["pretrain"],
                                      ["extract"], ["info"], ["merge"], ["pseudo-label"], ["train"], ["evaluate"], ["report"], ["finetune"], ["wise"]])
-def test_every_command_has_help_with_an_example(monkeypatch, capsys, command):
-    code, out, _ = _run(monkeypatch, capsys, *command, "--help")
+def test_every_command_has_help_with_an_example(run_cli, command):
+    code, out, _ = run_cli(*command, "--help")
     assert code == 0 and "Example: gcctl " + command[0] in " ".join(out.split())
 
 
-def test_unknown_command_is_a_usage_error(monkeypatch, capsys):
-    code, _, err = _run(monkeypatch, capsys, "modelz")
+def test_unknown_command_is_a_usage_error(run_cli):
+    code, _, err = run_cli("modelz")
     assert code == 2 and "No such command" in err and "Traceback" not in err
 
 
-def test_missing_option_is_a_usage_error(monkeypatch, capsys):
-    code, _, err = _run(monkeypatch, capsys, "extract", "--dataset", "waterbirds")
+def test_missing_option_is_a_usage_error(run_cli):
+    code, _, err = run_cli("extract", "--dataset", "waterbirds")
     assert code == 2 and "--root" in err
 
 
-def test_user_error_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
-    code, out, err = _run(monkeypatch, capsys, "info", str(tmp_path / "missing.h5"))
+def test_user_error_is_one_line_and_exit_1(run_cli, tmp_path):
+    code, out, err = run_cli("info", str(tmp_path / "missing.h5"))
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and "gcctl extract" in err

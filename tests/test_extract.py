@@ -1,7 +1,6 @@
 """Extraction into the feature store: round trip, provenance, resume, failures that leave nothing behind."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -103,22 +102,12 @@ def test_unreadable_image_in_a_worker_is_one_line(tiny_waterbirds, micro_bundle,
     assert not (tmp_path / "f.h5").exists()
 
 
-def _run_cli(monkeypatch, capsys, *args):
-    from gcctl.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["gcctl", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
-
-
-def test_cli_extract_then_info(tiny_waterbirds, tmp_path, monkeypatch, capsys):
+def test_cli_extract_then_info(tiny_waterbirds, tmp_path, run_cli):
     out = tmp_path / "f.h5"
-    code, stdout, _ = _run_cli(monkeypatch, capsys, "extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+    code, stdout, _ = run_cli("extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
                                "--model", "gcctl-micro", "--out", str(out), "--json")
     assert code == 0 and json.loads(stdout)["rows"] > 0
-    code, stdout, _ = _run_cli(monkeypatch, capsys, "info", str(out), "--json")
+    code, stdout, _ = run_cli("info", str(out), "--json")
     assert code == 0
     assert json.loads(stdout)["group_counts"]["circle/water"]["test"] > 0
 
@@ -132,10 +121,10 @@ def test_cli_extract_then_info(tiny_waterbirds, tmp_path, monkeypatch, capsys):
         (["--dtype", "int8"], "int8"),
     ],
 )
-def test_cli_bad_input_is_one_line_and_exit_1(tiny_waterbirds, tmp_path, monkeypatch, capsys, args, fragment):
+def test_cli_bad_input_is_one_line_and_exit_1(tiny_waterbirds, tmp_path, run_cli, args, fragment):
     base = {"--dataset": "waterbirds", "--root": str(tiny_waterbirds), "--model": "gcctl-micro", "--out": str(tmp_path / "f.h5")}
     base.update(dict(zip(args[::2], args[1::2])))
-    code, _, stderr = _run_cli(monkeypatch, capsys, "extract", *[item for pair in base.items() for item in pair])
+    code, _, stderr = run_cli("extract", *[item for pair in base.items() for item in pair])
     assert code == 1
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and fragment in lines[0]
