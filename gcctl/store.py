@@ -25,7 +25,7 @@ import numpy as np
 
 from gcctl import __version__
 from gcctl.errors import GcctlError
-from gcctl.runtime import partial_path
+from gcctl.runtime import atomic_path, partial_path
 
 if TYPE_CHECKING:  # the store sits above datasets and models in the layering
     from gcctl.clip.factory import ClipBundle
@@ -134,29 +134,22 @@ def write_store(
     path = Path(path)
     features = np.asarray(features)
     dtype = "float16" if features.dtype == np.float16 else "float32"
-    tmp = partial_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with h5py.File(tmp, "w") as handle:
-            _create_layout(handle, len(features), features.shape[1], dtype, y, group, split, ids, attributes)
-            handle["features"][...] = features.astype(FEATURE_DTYPES[dtype], copy=False)
-            attrs = {
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "gcctl_version": __version__,
-                **provenance,
-                "embed_dim": int(features.shape[1]),
-                "dtype": dtype,
-                "n_rows": len(features),
-                "rows_done": len(features),
-                "class_names": class_names,
-                "group_names": group_names,
-                "attribute_values": attribute_values,
-            }
-            _set_attrs(handle, attrs)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        _create_layout(handle, len(features), features.shape[1], dtype, y, group, split, ids, attributes)
+        handle["features"][...] = features.astype(FEATURE_DTYPES[dtype], copy=False)
+        attrs = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gcctl_version": __version__,
+            **provenance,
+            "embed_dim": int(features.shape[1]),
+            "dtype": dtype,
+            "n_rows": len(features),
+            "rows_done": len(features),
+            "class_names": class_names,
+            "group_names": group_names,
+            "attribute_values": attribute_values,
+        }
+        _set_attrs(handle, attrs)
     return path
 
 
