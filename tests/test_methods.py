@@ -88,7 +88,17 @@ def test_prompt_encoder_reproduces_encode_text(bundle):
     for position, template in templates.items():
         learner = PromptLearner(tower, bundle.tokenizer, names, [0, 1], ctx_init="a photo of a", class_position=position)
         expected = bundle.model.encode_text(bundle.tokenizer([template.format(n) for n in names]))
-        torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-5)  # shorter matmuls round differently
+        assert learner.tokens.shape[1] == 4 + 2 + 3  # cut after the end token: start, context, "land bird", ".", end
+
+
+def test_prompts_keep_their_padding_without_a_causal_mask():
+    model = open_clip.create_model(MODEL, force_custom_text=True)
+    model.text.attn_mask = None  # every position sees the padding: it is part of the features
+    tokenizer = open_clip.get_tokenizer(MODEL)
+    learner = PromptLearner(TextTower(model), tokenizer, ["cat"], [0])
+    assert learner.tokens.shape[1] == model.text.context_length
+    torch.testing.assert_close(learner(), model.encode_text(tokenizer(["a photo of a cat."])), rtol=0, atol=1e-6)
 
 
 def test_prompt_encoder_supports_custom_text_clip():

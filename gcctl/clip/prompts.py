@@ -2,6 +2,10 @@
 
 `TextTower` runs the model's own frozen text path on token *embeddings*, so learned context vectors can be
 spliced in; with the embeddings of real tokens it reproduces `model.encode_text` exactly.
+
+Prompts are cut after their end-of-text token when the tower allows it: under a causal attention mask no
+position sees a later one, so the padding after the pooled end token cannot change the features, and a
+prompt of 8 tokens costs 8 positions instead of the context length (77 for OpenAI's CLIP).
 """
 
 from __future__ import annotations
@@ -85,11 +89,21 @@ class TextTower(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(tokens.to(self.device))
 
+    def needed_length(self, tokens: torch.Tensor) -> int:
+        """How many leading positions of `tokens` [P, L] determine the features: up to the last end token when
+        the mask is causal and the end token is pooled, else all of them. (Padding is id 0.)"""
+        if self.attn_mask is None or self.pool_type not in ("argmax", "eos"):
+            return tokens.shape[1]
+        used = (tokens != 0).long().cumsum(dim=1).argmax(dim=1)  # the last non-padding position of each row
+        return int(used.max()) + 1
+
     def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Text features [P, D] (not normalised) of token embeddings [P, L, W]; `tokens` [P, L] locate the pooled token."""
         cast_dtype = self.transformer.get_cast_dtype()
-        x = embeddings.to(cast_dtype) + self.positional_embedding.to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        length = embeddings.shape[1]  # prompts may be cut short (see needed_length)
+        x = embeddings.to(cast_dtype) + self.positional_embedding[:length].to(cast_dtype)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
         if self.text_projection is None:
@@ -170,6 +184,7 @@ class PromptLearner(nn.Module):
         if n_ctx < 1:
             raise GcctlError("prompt context needs at least one token: give --ctx-init words or --n-ctx ≥ 1")
         tokens, positions = self._tokenise(tokenizer, names, n_ctx, class_position)
+        tokens = tokens[:, : tower.needed_length(tokens)]
         self.register_buffer("tokens", tokens.to(tower.device))
         self.register_buffer("ctx_positions", positions.to(tower.device))
         self.register_buffer("context_of", torch.as_tensor(list(context_of), dtype=torch.long, device=tower.device))
