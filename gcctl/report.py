@@ -117,9 +117,10 @@ def plot_per_group(runs: list[dict], path: str | os.PathLike) -> None:
     _save(figure, Path(path))
 
 
-def read_curve(run_dir: str | os.PathLike) -> list[dict]:
-    path = Path(run_dir) / "curve.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+def read_curve(run_dir: str | os.PathLike | None) -> list[dict]:
+    """A feature run's curve; empty for runs without one (zero-shot, evaluated checkpoints)."""
+    path = Path(run_dir) / "curve.json" if run_dir else None
+    return json.loads(path.read_text()) if path and path.is_file() else []
 
 
 def _mean_by_epoch(curve: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -145,7 +146,8 @@ def plot_curves(curves: dict[str, list[dict]], path: str | os.PathLike) -> None:
         wg_axes.plot(epochs, [100 * v for v in wg], label=name)
     loss_axes.set(xlabel="epoch", ylabel="training loss", title="training loss")
     wg_axes.set(xlabel="epoch", ylabel="accuracy %", title="validation worst-group accuracy", ylim=(0, 100))
-    wg_axes.legend(fontsize="small")
+    if wg_axes.lines:  # runs without training leave the axes empty
+        wg_axes.legend(fontsize="small")
     _save(figure, Path(path))
 
 

@@ -19,7 +19,7 @@ from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
 from gcctl.methods.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
 from gcctl.methods.finetune import train as train_module
-from gcctl.methods.finetune.evaluate import zeroshot_metrics
+from gcctl.methods.finetune.evaluate import evaluate_checkpoints, zeroshot_metrics
 from gcctl.methods.finetune.losses import starft_regulariser
 from gcctl.methods.finetune.pools import SHIPPED_POOLS, fill
 from gcctl.synth.render import BACKGROUNDS, COLOURS
@@ -255,6 +255,24 @@ def test_a_run_directory_of_another_config_is_refused_unless_restarted(table, ba
     assert summary["config"]["lr"] == 2e-3
 
 
+def test_restart_if_changed_resumes_the_same_config_and_starts_another_over(table, base, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(table, base, out, method="ft", epochs=2)
+    calls = []
+    epoch = train_module.FinetuneRun._epoch
+    monkeypatch.setattr(train_module.FinetuneRun, "_epoch", lambda self, e, on_step: calls.append(e) or epoch(self, e, on_step))
+
+    def again(**options):
+        config = FinetuneConfig(**{**QUICK, "method": "ft", "epochs": 2, **options})
+        return finetune(table, out, model_name=MICRO, pretrained=base, config=config, device="cpu", restart_if_changed=True)
+
+    again()
+    assert calls == []  # same config, already finished: nothing to train
+    summary = again(lr=2e-3)
+    assert calls == [0, 1] and summary["config"]["lr"] == 2e-3
+    assert [r["epoch"] for r in json.loads((out / "curve.json").read_text())] == [0, 1, 2]
+
+
 def test_data_parallel_run_matches_one_process_with_the_same_global_batch(table, base, tmp_path):
     options = {**QUICK, "method": "starft"}
     finetune(table, tmp_path / "single", model_name=MICRO, pretrained=base, device="cpu", config=FinetuneConfig(**options))
@@ -310,48 +328,69 @@ def test_wise_refuses_checkpoints_of_two_architectures_and_a_bad_alpha(base, tmp
     assert not (tmp_path / "out.pt").exists()
 
 
+# ---------------------------------------------------------------------------- evaluating checkpoints
+
+
+def test_checkpoints_are_evaluated_zero_shot_as_seeds_of_one_run(table, base, tmp_path):
+    for seed in (0, 1):
+        run(table, base, tmp_path / "ft" / f"seed-{seed}", method="ft", seed=seed)
+    metrics = evaluate_checkpoints([tmp_path / "ft"], table, "test", device="cpu")
+    per_seed = [zeroshot_metrics(build_clip(MICRO, str(tmp_path / "ft" / f"seed-{seed}" / "model.pt")), table, "test",
+                                 device=torch.device("cpu")) for seed in (0, 1)]
+    assert metrics["acc_wg"]["mean"] == pytest.approx((per_seed[0]["acc_wg"] + per_seed[1]["acc_wg"]) / 2)
+    assert [metrics["seeds"][str(i)]["acc_avg"] for i in (0, 1)] == [m["acc_avg"] for m in per_seed]
+    provenance = metrics["provenance"]
+    assert provenance["run"] == "ft" and provenance["model"] == MICRO and len(provenance["checkpoints"]) == 2
+    assert provenance["dataset_fingerprint"] == table.fingerprint()
+
+
+def test_a_folder_without_checkpoints_is_a_user_error(table, tmp_path):
+    with pytest.raises(GcctlError, match="holds no model.pt"):
+        evaluate_checkpoints([tmp_path], table, device="cpu")
+    with pytest.raises(GcctlError, match="does not exist"):
+        evaluate_checkpoints([tmp_path / "missing.pt"], table, device="cpu")
+
+
 # ---------------------------------------------------------------------------- the commands
 
 
-def _gcctl(monkeypatch, capsys, *args):
-    from gcctl import cli
-    from gcctl.cli import finetune as finetune_cli
-
-    register = cli._register
-
-    def with_finetune():
-        register()
-        if not any(info.callback is finetune_cli.finetune for info in cli.app.registered_commands):
-            finetune_cli.register(cli.app)
-
-    monkeypatch.setattr(cli, "_register", with_finetune)
-    monkeypatch.setattr(sys, "argv", ["gcctl", *args])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
-
-
-@pytest.mark.parametrize("command", ["finetune", "wise"])
-def test_commands_have_help_with_an_example(monkeypatch, capsys, command):
-    code, out, _ = _gcctl(monkeypatch, capsys, command, "--help")
-    assert code == 0 and f"Example: gcctl {command}" in " ".join(out.split())
-
-
-def test_finetune_command_trains_and_reports(monkeypatch, capsys, tiny_waterbirds, base, tmp_path):
-    code, out, _ = _gcctl(monkeypatch, capsys, "--quiet", "finetune", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+def test_finetune_command_trains_and_reports(run_cli, tiny_waterbirds, base, tmp_path):
+    code, out, _ = run_cli("--quiet", "finetune", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
                           "--model", MICRO, "--pretrained", base, "--method", "ft", "--epochs", "1", "--batch-size", "32",
                           "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"), "--json")
     assert code == 0 and json.loads(out)["best_epoch"] == 1
     assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).provenance["model"] == MICRO
 
 
-def test_bad_pool_and_foreign_checkpoint_are_one_line_errors(monkeypatch, capsys, tiny_waterbirds, base, tmp_path):
+def test_bad_pool_and_foreign_checkpoint_are_one_line_errors(run_cli, tiny_waterbirds, base, tmp_path):
     pool = tmp_path / "pool.txt"
     pool.write_text("a photo without a slot.\n")
-    code, _, err = _gcctl(monkeypatch, capsys, "finetune", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+    code, _, err = run_cli("finetune", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
                           "--model", MICRO, "--pretrained", base, "--pool", str(pool), "--device", "cpu", "--out", str(tmp_path / "run"))
     assert code == 1 and err.count("\n") == 1 and "has no {}" in err
     tiny = save_checkpoint(build_clip("gcctl-tiny", "none"), tmp_path / "tiny.pt")
-    code, _, err = _gcctl(monkeypatch, capsys, "wise", "--zeroshot", base, "--finetuned", str(tiny), "--out", str(tmp_path / "w.pt"))
+    code, _, err = run_cli("wise", "--zeroshot", base, "--finetuned", str(tiny), "--out", str(tmp_path / "w.pt"))
     assert code == 1 and err.count("\n") == 1 and "one architecture" in err
+
+
+def test_evaluate_command_scores_a_checkpoint_on_images_and_reports_it(run_cli, tiny_waterbirds, base, tmp_path):
+    out = tmp_path / "metrics" / "base.json"
+    code, _, err = run_cli("evaluate", "--checkpoint", base, "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+                           "--name", "base", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
+    metrics = json.loads(out.read_text())
+    assert metrics["provenance"]["run"] == "base" and 0 <= metrics["acc_wg"]["mean"] <= metrics["acc_avg"]["mean"]
+    code, _, err = run_cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    assert "base" in (tmp_path / "report" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "either --run"),
+    (["--checkpoint", "X"], "needs the images"),
+    (["--run", "R", "--checkpoint", "X"], "either --run"),
+])
+def test_evaluate_needs_exactly_one_source_and_images_for_checkpoints(run_cli, tmp_path, args, message):
+    code, _, err = run_cli("evaluate", *args, "--out", str(tmp_path / "m.json"))
+    assert code == 1 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "m.json").exists()

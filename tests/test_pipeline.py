@@ -35,6 +35,17 @@ TINY_PARAMS = {
         ],
         "pseudo": {"method": "groupcoop", "epochs": 2},
     },
+    "finetune": {
+        "on": "waterbirds",
+        "data": {"dataset": "waterbirds", "root": "pipeline/data/waterbirds"},
+        "seeds": [0],
+        "runs": [
+            {"name": "ft", "args": {"method": "ft", "epochs": 1, "batch-size": 32, "lr": 0.001}},
+            {"name": "starft", "args": {"method": "starft", "epochs": 1, "batch-size": 32, "lr": 0.001, "pool": "synthetic"}},
+        ],
+        "wise_alpha": 0.5,
+        "evaluate": ["ft", "wise-starft"],
+    },
     "evaluate": {"split": "test", "runs": ["zeroshot", "groupcoop", "groupcoop-pseudo"]},
 }
 
@@ -63,9 +74,10 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
         assert store.provenance["weights_sha256"] != "none"
     metrics = json.loads(_run("dvc", "metrics", "show", "--json", cwd=tmp_path))
     shown = json.dumps(metrics)
-    for run in ("zeroshot", "groupcoop", "groupcoop-pseudo"):
+    for run in ("zeroshot", "groupcoop", "groupcoop-pseudo", "ft", "wise-starft"):
         assert f"pipeline/metrics/waterbirds/{run}.json" in shown
-    assert (tmp_path / "pipeline/report/waterbirds/results.md").is_file()
+    assert "wise-starft" in (tmp_path / "pipeline/report/waterbirds/results.md").read_text()
+    assert (tmp_path / "pipeline/runs/waterbirds/starft/seed-0/state.pt").is_file()  # kept for resuming
     assert (tmp_path / "pipeline/groups/multiceleba.parquet").is_file()
     assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=tmp_path)
 

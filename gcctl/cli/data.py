@@ -1,12 +1,14 @@
-"""`gcctl data ...`: look at a dataset as gcctl reads it.
+"""`gcctl data ...`: look at a dataset as gcctl reads it; and the dataset options every command shares.
 
-The dataset options below are shared: a command that reads a dataset declares the same parameters
-(`dataset: DatasetName, root: DatasetRoot, target: Target = None, ...`) and passes them to
-`dataset_options(...)` to get the keyword arguments of `gcctl.datasets.load_dataset`.
+A command that reads a dataset takes a `table: DatasetTable` parameter and is decorated with
+`@reads_dataset`: the decorator puts the shared options (`--dataset`, `--root`, `--target`, ...) into the
+command's signature in its place and hands the command the table they describe.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from gcctl.datasets import DATASETS, DatasetTable, load_dataset
+from gcctl.errors import GcctlError
 
 app = typer.Typer(
     help="Inspect datasets as gcctl reads them: Waterbirds, CelebA, or any CSV/Parquet manifest.\n\n"
@@ -37,6 +40,59 @@ AttributeColumn = Annotated[Optional[list[str]], typer.Option(
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="manifest: id column (default: row number).")]
 ClassName = Annotated[Optional[list[str]], typer.Option(
     "--class-name", help="Class names in label order, one per class; overrides gcctl-names.json and defaults.")]
+
+
+_DATASET_OPTIONS = {  # parameter name: (annotation, default)
+    "dataset": (DatasetName, inspect.Parameter.empty),
+    "root": (DatasetRoot, inspect.Parameter.empty),
+    "target": (Target, None),
+    "bias": (Bias, None),
+    "manifest_file": (ManifestFile, None),
+    "path_column": (PathColumn, None),
+    "label_column": (LabelColumn, None),
+    "split_column": (SplitColumn, None),
+    "attribute_column": (AttributeColumn, None),
+    "id_column": (IdColumn, None),
+    "class_name": (ClassName, None),
+}
+
+
+def reads_dataset(command=None, *, optional: bool = False):
+    """Give `command` the shared dataset options in place of its `table` parameter, and call it with the
+    `DatasetTable` they describe. With `optional=True`, --dataset and --root may be left out (table None)."""
+    if command is None:
+        return functools.partial(reads_dataset, optional=optional)
+    signature = inspect.signature(command, eval_str=True)  # typer needs real annotations, not strings
+    dataset_parameters = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                          default=None if optional and default is inspect.Parameter.empty else default)
+        for name, (annotation, default) in _DATASET_OPTIONS.items()
+    ]
+    parameters = []
+    for parameter in signature.parameters.values():
+        if parameter.name == "table":
+            parameters += dataset_parameters
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_table(**values):
+        options = {name: values.pop(name) for name in _DATASET_OPTIONS}
+        return command(**values, table=_load_table(**options, optional=optional))
+
+    with_table.__signature__ = signature.replace(parameters=parameters)
+    with_table.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return with_table
+
+
+def _load_table(dataset, root, *, optional: bool, **options) -> DatasetTable | None:
+    if optional and dataset is None and root is None:
+        if any(value for value in options.values()):
+            raise GcctlError(f"--{next(k for k, v in options.items() if v).replace('_', '-')} needs --dataset and --root")
+        return None
+    if dataset is None or root is None:
+        raise GcctlError("--dataset and --root go together; give both")
+    return load_dataset(dataset, root, **dataset_options(**options))
 
 
 def dataset_options(
@@ -68,28 +124,15 @@ def dataset_options(
 
 
 @app.command()
+@reads_dataset
 def show(
-    dataset: DatasetName,
-    root: DatasetRoot,
-    target: Target = None,
-    bias: Bias = None,
-    manifest_file: ManifestFile = None,
-    path_column: PathColumn = None,
-    label_column: LabelColumn = None,
-    split_column: SplitColumn = None,
-    attribute_column: AttributeColumn = None,
-    id_column: IdColumn = None,
-    class_name: ClassName = None,
+    table: DatasetTable,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print how many images each group has in each split, and the dataset's fingerprint.
 
     Example: gcctl data show --dataset celeba --root data/celeba --target Blond_Hair --bias Male
     """
-    options = dataset_options(target=target, bias=bias, manifest_file=manifest_file, path_column=path_column,
-                              label_column=label_column, split_column=split_column,
-                              attribute_column=attribute_column, id_column=id_column, class_name=class_name)
-    table = load_dataset(dataset, root, **options)
     if as_json:
         typer.echo(json.dumps(_summary(table), indent=2))
     else:

@@ -8,41 +8,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from gcctl.cli.data import (
-    AttributeColumn,
-    Bias,
-    ClassName,
-    DatasetName,
-    DatasetRoot,
-    IdColumn,
-    LabelColumn,
-    ManifestFile,
-    PathColumn,
-    SplitColumn,
-    Target,
-    dataset_options,
-)
+from gcctl.cli.data import reads_dataset
 from gcctl.cli.output import print_summary
+from gcctl.datasets import DatasetTable
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
 
 
+@reads_dataset
 def extract(
-    dataset: DatasetName,
-    root: DatasetRoot,
+    table: DatasetTable,
     model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")],
     out: Annotated[Path, typer.Option("--out", help="The HDF5 file to write (appears only when complete).")],
     pretrained: Annotated[str, typer.Option(
         "--pretrained", help="Weights: an open_clip tag, a checkpoint file, local-dir:PATH, hf-hub:ORG/REPO or none.")] = "none",
-    target: Target = None,
-    bias: Bias = None,
-    manifest_file: ManifestFile = None,
-    path_column: PathColumn = None,
-    label_column: LabelColumn = None,
-    split_column: SplitColumn = None,
-    attribute_column: AttributeColumn = None,
-    id_column: IdColumn = None,
-    class_name: ClassName = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 0,
     dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")] = "float16",
@@ -56,19 +35,14 @@ def extract(
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """
     from gcctl.clip.factory import build_clip
-    from gcctl.datasets import load_dataset
     from gcctl.runtime import progress, resolve_device
     from gcctl.store import Shard, extract as extract_features
 
-    options = dataset_options(target=target, bias=bias, manifest_file=manifest_file, path_column=path_column,
-                              label_column=label_column, split_column=split_column,
-                              attribute_column=attribute_column, id_column=id_column, class_name=class_name)
-    table = load_dataset(dataset, root, **options)
     part = Shard.parse(shard)
     torch_device = resolve_device(device)
     bundle = build_clip(model, pretrained, device=torch_device)
     with progress() as bar:
-        task = bar.add_task(f"extract {dataset}", total=len(part.rows(len(table.frame))))
+        task = bar.add_task(f"extract {table.dataset}", total=len(part.rows(len(table.frame))))
         summary = extract_features(
             table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize,
             shard=part, device=torch_device, on_progress=lambda done, total: bar.update(task, completed=done),

@@ -8,28 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from gcctl.cli.data import (
-    AttributeColumn,
-    Bias,
-    ClassName,
-    DatasetName,
-    DatasetRoot,
-    IdColumn,
-    LabelColumn,
-    ManifestFile,
-    PathColumn,
-    SplitColumn,
-    Target,
-    dataset_options,
-)
+from gcctl.cli.data import reads_dataset
 from gcctl.cli.output import print_summary
+from gcctl.datasets import DatasetTable
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
 
 
+@reads_dataset
 def finetune(
-    dataset: DatasetName,
-    root: DatasetRoot,
+    table: DatasetTable,
     model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")],
     out: Annotated[Path, typer.Option(
         "--out", help="Run directory: state.pt after every epoch, then model.pt, curve.json, summary.json.")],
@@ -55,15 +43,9 @@ def finetune(
     seed: Annotated[int, typer.Option("--seed", help="Seeds batch order and template draws.")] = 0,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Discard the state in --out instead of resuming from it.")] = False,
-    target: Target = None,
-    bias: Bias = None,
-    manifest_file: ManifestFile = None,
-    path_column: PathColumn = None,
-    label_column: LabelColumn = None,
-    split_column: SplitColumn = None,
-    attribute_column: AttributeColumn = None,
-    id_column: IdColumn = None,
-    class_name: ClassName = None,
+    restart_if_changed: Annotated[bool, typer.Option(
+        "--restart-if-changed", help="Resume a run of the same config, discard one of another config instead of "
+        "refusing it (for pipeline stages that keep --out between runs).")] = False,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     as_json: AsJson = False,
@@ -74,20 +56,15 @@ def finetune(
 
     Example: gcctl finetune --method starft --dataset waterbirds --root pipeline/data/waterbirds --model gcctl-tiny --pretrained pipeline/models/tiny/model.pt --pool synthetic --out pipeline/runs/starft
     """
-    from gcctl.datasets import load_dataset
     from gcctl.methods.finetune import FinetuneConfig, finetune as run_finetune
 
-    options = dataset_options(target=target, bias=bias, manifest_file=manifest_file, path_column=path_column,
-                              label_column=label_column, split_column=split_column,
-                              attribute_column=attribute_column, id_column=id_column, class_name=class_name)
-    table = load_dataset(dataset, root, **options)
     config = FinetuneConfig(
         method=method, loss=loss, towers=towers, reg_lambda=reg_lambda, lambda_decay=lambda_decay,
         pools=tuple(pool or ("background",)), caption=caption, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup=warmup, select_by=select_by, seed=seed,
     )
     summary = run_finetune(table, out, model_name=model, pretrained=pretrained, config=config, device=device,
-                           workers=workers, restart=restart)
+                           workers=workers, restart=restart, restart_if_changed=restart_if_changed)
     if summary:  # only the main process of a data-parallel run reports
         print_summary(summary, f"{method} → {out / 'model.pt'}", as_json)
 

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gcctl.cli.data import reads_dataset
+from gcctl.datasets import DatasetTable
 from gcctl.errors import GcctlError
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
@@ -88,23 +90,48 @@ def train(
     Console().print(table)
 
 
+@reads_dataset(optional=True)
 def evaluate(
-    run: Annotated[Path, typer.Option("--run", help="A run directory written by `gcctl train`.")],
     out: Annotated[Path, typer.Option("--out", help="The metrics JSON to write.")],
+    run: Annotated[Optional[Path], typer.Option("--run", help="A run directory written by `gcctl train`.")] = None,
+    checkpoint: Annotated[Optional[list[Path]], typer.Option(
+        "--checkpoint", help="Instead of --run: weights to evaluate zero-shot on --dataset's images; a folder stands for "
+        "every model.pt in it (e.g. a `gcctl finetune` run). Repeat for seeds: the metrics are their mean and std.")] = None,
+    table: DatasetTable = None,
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     features: Annotated[Optional[Path], typer.Option(
-        "--features", help="Evaluate on this store instead of the one the run was trained on (same model and weights).")] = None,
+        "--features", help="--run: evaluate on this store instead of the one the run was trained on (same model and weights).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="--checkpoint: the architecture (default: the one the checkpoint records).")] = None,
+    caption: Annotated[str, typer.Option("--caption", help="--checkpoint: each class's prompt; {} is the class name.")] = "a photo of a {}.",
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="--checkpoint: the label in reports (default: the folder the checkpoints share).")] = None,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
-    """Evaluate every seed of a run on a split: per-group table and a metrics JSON (mean and std over seeds).
+    """Evaluate every seed of a run on a split, or fine-tuned checkpoints zero-shot on a dataset's images:
+    per-group table and a metrics JSON (mean and std over seeds).
 
     Example: gcctl evaluate --run pipeline/runs/groupcoop --split test --out pipeline/metrics/groupcoop.json
+
+    Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
     """
-    from gcctl.methods.runs import evaluate_run
     from gcctl.runtime import write_json
 
-    metrics = evaluate_run(run, split, features=features, device=device)
+    if (run is None) == (not checkpoint):
+        raise GcctlError("give either --run (a `gcctl train` run) or --checkpoint (weights to evaluate on --dataset)")
+    if run is not None:
+        from gcctl.methods.runs import evaluate_run
+
+        if table is not None:
+            raise GcctlError("--run evaluates on its feature store; --dataset and --root go with --checkpoint")
+        metrics = evaluate_run(run, split, features=features, device=device)
+    else:
+        from gcctl.methods.finetune.evaluate import evaluate_checkpoints
+
+        if table is None:
+            raise GcctlError("--checkpoint needs the images to evaluate on: --dataset and --root")
+        metrics = evaluate_checkpoints(checkpoint, table, split, model_name=model, caption=caption, name=name, device=device)
     write_json(out, metrics)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))

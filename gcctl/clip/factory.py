@@ -463,6 +463,19 @@ def save_checkpoint(bundle_or_model: ClipBundle | torch.nn.Module, path: str | o
     return Path(path)
 
 
+def checkpoint_model_name(pretrained: str | os.PathLike) -> str | None:
+    """The architecture a gcctl checkpoint file records (`save_checkpoint`); None for tags, folders and
+    foreign or unreadable files (building the model reports those properly)."""
+    path = Path(pretrained).expanduser()
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types for a file that is not a checkpoint
+        return None
+    return content.get("model_name") if isinstance(content, dict) else None
+
+
 def fetch_checkpoint(model_name: str, pretrained: str, out: str | os.PathLike) -> dict:
     """Resolve weights once (e.g. an open_clip tag, while online) into a single checkpoint file that later
     runs load offline with `build_clip(model_name, out)`; returns the provenance of what was fetched."""

@@ -7,7 +7,8 @@ A run directory holds
 - at the end, `model.pt` (loads with `build_clip(model, "DIR/model.pt")`), `curve.json`, `summary.json`.
 
 Running the same command again continues an interrupted run from its last finished epoch; a directory
-holding a run of another config is refused (or discarded with `restart=True`).
+holding a run of another config is refused, or discarded with `restart=True` (always) or
+`restart_if_changed=True` (only then: what a pipeline stage that keeps its output between runs wants).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def finetune(
     device: str = "auto",
     workers: int = 0,
     restart: bool = False,
+    restart_if_changed: bool = False,
 ) -> dict:
     """Fine-tune `model_name` with weights `pretrained` on `table`'s train split into the run directory `out`.
 
@@ -114,7 +116,7 @@ def finetune(
     try:
         run = FinetuneRun(table, Path(out), model_name=model_name, pretrained=pretrained, config=config,
                           device=parallel.process_device(resolve_device(device), world), world=world,
-                          workers=workers, restart=restart)
+                          workers=workers, restart=restart, restart_if_changed=restart_if_changed)
         return run.train()
     finally:
         parallel.leave_world(world)
@@ -140,7 +142,8 @@ class FinetuneRun:
     """
 
     def __init__(self, table: DatasetTable, out: Path, *, model_name: str, pretrained: str, config: FinetuneConfig,
-                 device: torch.device, world: parallel.World = parallel.World(), workers: int = 0, restart: bool = False):
+                 device: torch.device, world: parallel.World = parallel.World(), workers: int = 0, restart: bool = False,
+                 restart_if_changed: bool = False):
         self.table, self.out, self.model_name, self.pretrained, self.config = table, out, model_name, pretrained, config
         self.device, self.world, self.workers = device, world, workers
         self.train_rows = torch.as_tensor(split_rows(table, "train"))
@@ -164,7 +167,7 @@ class FinetuneRun:
         self._make_optimiser()
         self.curve: list[dict] = []
         self.best: dict | None = None
-        self.start_epoch = self._resume(restart)
+        self.start_epoch = self._resume(restart, restart_if_changed)
         self.encoder = _Encoder(self.model)
         if world.distributed:
             device_ids = [device.index] if device.type == "cuda" else None
@@ -240,12 +243,15 @@ class FinetuneRun:
 
     # ------------------------------------------------------------------ resume
 
-    def _resume(self, restart: bool) -> int:
+    def _resume(self, restart: bool, restart_if_changed: bool) -> int:
         """The first epoch to train: after the last finished one of a run with the same identity."""
         path = self.out / STATE
         if not path.is_file() or restart:
             return 0
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["identity"] != self.identity and restart_if_changed:
+            log.info("%s holds a run of another config (%s); starting over", self.out, _differences(state["identity"], self.identity))
+            return 0
         if state["identity"] != self.identity:
             raise GcctlError(f"{self.out} holds a run of another config ({_differences(state['identity'], self.identity)}); "
                              "use another --out, or --restart to discard it")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
-from gcctl.clip.factory import build_clip, save_checkpoint
+from gcctl.clip.factory import build_clip, checkpoint_model_name, save_checkpoint
 from gcctl.errors import GcctlError
 from gcctl.runtime import sha256_file
 
@@ -48,7 +47,7 @@ def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike,
 
 def _architecture_for(zeroshot: str, finetuned: str) -> str:
     """The architecture both checkpoints were saved for; a disagreement is the user's error to fix."""
-    saved = {source: _saved_model_name(source) for source in (zeroshot, finetuned)}
+    saved = {source: checkpoint_model_name(source) for source in (zeroshot, finetuned)}
     known = {name for name in saved.values() if name}
     if len(known) > 1:
         raise GcctlError(f"--zeroshot {zeroshot} is a {saved[zeroshot]} checkpoint but --finetuned {finetuned} is "
@@ -57,14 +56,3 @@ def _architecture_for(zeroshot: str, finetuned: str) -> str:
         raise GcctlError(f"cannot tell the architecture of {finetuned}; pass --model (see `gcctl models`)")
     return known.pop()
 
-
-def _saved_model_name(source: str) -> str | None:
-    """The architecture a gcctl checkpoint records (`save_checkpoint`); None for tags and foreign files."""
-    path = Path(source).expanduser()
-    if not path.is_file() or path.suffix == ".safetensors":
-        return None
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a torch checkpoint: build_clip reports it properly
-        return None
-    return content.get("model_name") if isinstance(content, dict) else None
