@@ -174,7 +174,7 @@ def _print_table(table: DatasetTable) -> None:
 def synth(
     out: Annotated[Path, typer.Option("--out", help="Folder to write corpus.npz, waterbirds/ and multiceleba/ into.")],
     seed: Annotated[int, typer.Option("--seed", help="Everything written follows from this seed.")] = 0,
-    corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Image-caption pairs for pretraining.")] = 30000,
+    corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Image-caption pairs for pretraining.")] = 35000,
     image_size: Annotated[int, typer.Option("--image-size", min=16, help="Image side in pixels.")] = 32,
     scale: Annotated[float, typer.Option("--scale", help="Benchmark sizes relative to the defaults (Waterbirds' 4795/1199/5794).")] = 1.0,
     minority_fraction: Annotated[float, typer.Option(

@@ -36,7 +36,7 @@ def caption(shape: str, colour: str, background: str) -> str:
     return CAPTION_TEMPLATE.format(shape=shape, colour=colour, background=background)
 
 
-def write_corpus(out_dir: str | os.PathLike, n: int = 30000, seed: int = 0, size: int = 32) -> Path:
+def write_corpus(out_dir: str | os.PathLike, n: int = 35000, seed: int = 0, size: int = 32) -> Path:
     """Render `n` captioned images to `out_dir/corpus.npz`; returns that path.
 
     Combinations are dealt round-robin then shuffled, so each of the 216 appears n // 216 or
