@@ -178,6 +178,7 @@ def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
     again = pretrain(corpus, tmp_path / "b", **settings)
     assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"] - 0.3
     assert summary["corpus_sha256"] == sha256_file(corpus)
+    assert again["model_sha256"] == summary["model_sha256"]  # same seed, same bytes
     assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["loss.json", "loss.png", "model.pt", "summary.json"]
     history = json.loads((tmp_path / "a" / "loss.json").read_text())
     assert [record["step"] for record in history] == list(range(1, 13))

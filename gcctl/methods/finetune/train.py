@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gcctl import __version__
-from gcctl.clip.factory import ClipBundle, build_clip, save_checkpoint
+from gcctl.clip.factory import build_clip, save_checkpoint
 from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
 from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.datasets.images import ImageDataset
