@@ -351,6 +351,11 @@ def test_a_folder_without_checkpoints_is_a_user_error(table, tmp_path):
         evaluate_checkpoints([tmp_path / "missing.pt"], table, device="cpu")
 
 
+def test_a_split_the_dataset_lacks_is_a_user_error_naming_its_splits(table, base):
+    with pytest.raises(GcctlError, match=r"no 'dev' images \(its splits: test, train, val\)"):
+        evaluate_checkpoints([base], table, "dev", device="cpu")
+
+
 # ---------------------------------------------------------------------------- the commands
 
 

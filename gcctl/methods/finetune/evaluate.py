@@ -30,7 +30,8 @@ CAPTION = "a photo of a {}."
 def split_rows(table: DatasetTable, split: str) -> np.ndarray:
     rows = np.flatnonzero(table.frame["split"].to_numpy() == split)
     if len(rows) == 0:
-        raise GcctlError(f"dataset {table.root} has no '{split}' images; fine-tuning needs train and val splits")
+        present = ", ".join(sorted(set(table.frame["split"])))
+        raise GcctlError(f"dataset {table.root} has no '{split}' images (its splits: {present}); fine-tuning needs train and val")
     return rows
 
 
