@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from gcctl.clip import build_clip, save_checkpoint
 from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
+from gcctl.runtime import sha256_file
 from gcctl.methods.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
 from gcctl.methods.finetune import train as train_module
 from gcctl.methods.finetune.evaluate import evaluate_checkpoints, zeroshot_metrics
@@ -342,6 +343,7 @@ def test_checkpoints_are_evaluated_zero_shot_as_seeds_of_one_run(table, base, tm
     provenance = metrics["provenance"]
     assert provenance["run"] == "ft" and provenance["model"] == MICRO and len(provenance["checkpoints"]) == 2
     assert provenance["dataset_fingerprint"] == table.fingerprint()
+    assert provenance["checkpoints"][0]["sha256"] == sha256_file(tmp_path / "ft" / "seed-0" / "model.pt")
 
 
 def test_a_folder_without_checkpoints_is_a_user_error(table, tmp_path):

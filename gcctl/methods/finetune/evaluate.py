@@ -22,7 +22,7 @@ from gcctl.errors import GcctlError
 from gcctl.clip.prompts import class_words
 from gcctl.methods.zeroshot import class_text_features
 from gcctl.metrics import aggregate_seeds, compute_metrics
-from gcctl.runtime import autocast, resolve_device, sha256_file
+from gcctl.runtime import autocast, resolve_device
 
 CAPTION = "a photo of a {}."
 
@@ -120,7 +120,7 @@ def evaluate_checkpoints(
         bundle = build_clip(architecture, str(path), device=torch_device)
         per_seed[str(index)] = zeroshot_metrics(bundle, table, split, device=torch_device, caption=caption,
                                                 batch_size=batch_size, workers=workers)
-        weights.append({"path": str(path), "model": architecture, "sha256": sha256_file(path)})
+        weights.append({"path": str(path), "model": architecture, "sha256": bundle.provenance["weights_sha256"]})
     return {
         **aggregate_seeds(list(per_seed.values())),
         "seeds": per_seed,
