@@ -8,8 +8,9 @@ import json
 import os
 import random
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -71,9 +72,24 @@ def autocast(device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+# numpy's legacy global generator, seeded by `seed_everything`, takes the narrowest range of the three.
+MAX_SEED = 2**32 - 1
+
+
+def check_seeds(seeds: Sequence[int], option: str = "--seeds") -> None:
+    """Seeds every generator accepts, each once (a repeated seed would train the same model twice)."""
+    outside = [seed for seed in seeds if not 0 <= seed <= MAX_SEED]
+    if outside:
+        raise GcctlError(f"{option} {outside[0]} is outside 0..{MAX_SEED}; choose seeds in that range")
+    repeated = [seed for seed, count in Counter(seeds).items() if count > 1]
+    if repeated:
+        raise GcctlError(f"{option} repeats seed {repeated[0]}; give each seed once")
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
+    check_seeds([seed], "--seed")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -100,6 +116,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On failure the temporary file is removed, so no half-written artifact is left behind.
     """
     path = Path(path)
+    refuse_directory(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     try:
@@ -108,6 +125,49 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def refuse_directory(path: str | os.PathLike, option: str = "--out") -> None:
+    """An output file must not be an existing folder: refuse it before any work is done."""
+    if Path(path).is_dir():
+        raise GcctlError(f"{option} {path} is a directory; give the path of a file to write")
+
+
+def corrupt_file_error(path: str | os.PathLike, error: BaseException) -> GcctlError:
+    """The one message for a file that exists but cannot be parsed: a writer was cut short, or it was damaged."""
+    detail = str(error).strip().split("\n")[0].split(". ")[0][:120]  # torch appends paragraphs of advice
+    reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+    return GcctlError(f"file {path} is incomplete or corrupt ({reason}); rerun the stage that writes it")
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise GcctlError(f"file {path} is missing; rerun the stage that writes it")
+
+
+def load_torch_file(path: str | os.PathLike) -> Any:
+    """`torch.load` of tensors and plain containers only (never code), on CPU; a missing, truncated or
+    damaged file is a one-line user error, not an EOFError that the CLI would take for Ctrl-C."""
+    import torch
+
+    path = Path(path)
+    _require_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except Exception as error:  # torch raises EOFError, UnpicklingError, RuntimeError, OSError, KeyError...
+        raise corrupt_file_error(path, error) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in `path`; a missing, truncated or non-UTF-8 file is a one-line user error."""
+    path = Path(path)
+    _require_file(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise corrupt_file_error(path, error) from None
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -13,6 +13,7 @@ resumes where it stopped; the finished file appears by an atomic rename.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 
 from gcctl import __version__
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, partial_path
+from gcctl.runtime import atomic_path, corrupt_file_error, partial_path
 
 if TYPE_CHECKING:  # the store sits above datasets and models in the layering
     from gcctl.clip.factory import ClipBundle
@@ -165,10 +166,18 @@ class FeatureStore:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
-            raise GcctlError(f"{self.path} is not a readable HDF5 feature store ({error})") from None
+            raise GcctlError(f"{self.path} is not a readable HDF5 feature store ({error}); "
+                             "if `gcctl extract` wrote it, it is damaged: run the extraction again") from None
+        try:
+            with self._damage_is_a_user_error():
+                self._read_small_arrays()
+        except GcctlError:
+            self._file.close()
+            raise
+
+    def _read_small_arrays(self) -> None:
         missing = [name for name in ("features", "y", "group", "split", "id") if name not in self._file]
         if missing:
-            self._file.close()
             raise GcctlError(f"{self.path} is not a gcctl feature store: datasets {missing} are missing")
         attrs = {key: _decode_attr(key, value) for key, value in self._file.attrs.items()}
         self.provenance = {key: value for key, value in attrs.items() if key not in ("class_names", "group_names", "attribute_values")}
@@ -180,6 +189,29 @@ class FeatureStore:
         self.split = self._file["split"][()]
         self.ids = self._file["id"].asstr()[()]
         self.attributes = {name: dataset[()] for name, dataset in self._file.get("attributes", {}).items()}
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every per-row array as long as `features`, whose width is the recorded embed_dim."""
+        shape = self._file["features"].shape
+        if len(shape) != 2 or self.provenance.get("embed_dim", shape[-1]) != shape[-1]:
+            raise GcctlError(f"feature store {self.path} holds features of shape {shape} but records embed_dim "
+                             f"{self.provenance.get('embed_dim')}; rerun `gcctl extract` to write it again")
+        lengths = {"y": len(self.y), "group": len(self.group), "split": len(self.split), "id": len(self.ids),
+                   **{f"attributes/{name}": len(values) for name, values in self.attributes.items()}}
+        uneven = {name: length for name, length in lengths.items() if length != shape[0]}
+        if uneven:
+            listed = ", ".join(f"{name} {length}" for name, length in uneven.items())
+            raise GcctlError(f"feature store {self.path} has {shape[0]} feature rows but {listed} values; "
+                             "rerun `gcctl extract` to write it again")
+
+    @contextlib.contextmanager
+    def _damage_is_a_user_error(self):
+        """h5py reports a damaged file with many exception types, raised when the damaged part is read."""
+        try:
+            yield
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as error:
+            raise corrupt_file_error(self.path, error) from None
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -211,6 +243,10 @@ class FeatureStore:
 
         Reads in contiguous blocks and gathers in memory: h5py's point selection is slow for many rows.
         """
+        with self._damage_is_a_user_error():
+            return self._read_features(indices)
+
+    def _read_features(self, indices: Iterable[int] | None) -> np.ndarray:
         dataset = self._file["features"]
         if indices is None:
             return dataset[()]

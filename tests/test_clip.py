@@ -137,7 +137,7 @@ def test_missing_and_unreadable_checkpoints(tmp_path):
     with pytest.raises(GcctlError, match="local-dir:.* has no open_clip_config.json"):
         build_clip(MICRO, f"local-dir:{tmp_path}")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(GcctlError, match="cannot read checkpoint"):
+    with pytest.raises(GcctlError, match="junk.pt is incomplete or corrupt"):
         build_clip(MICRO, str(tmp_path / "junk.pt"))
 
 

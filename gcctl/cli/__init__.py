@@ -21,6 +21,8 @@ try:  # typer >= 0.25 carries its own copy of click
 except ImportError:
     from click.exceptions import ClickException
 
+INTERRUPTED = 130
+
 app = typer.Typer(
     name="gcctl",
     help="Make CLIP classifiers robust to spurious correlations (GroupCoOp, StarFT and baselines).",
@@ -62,10 +64,21 @@ def main() -> None:
     except ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except typer.Abort as error:
+        if isinstance(error.__cause__, EOFError):
+            raise error.__cause__  # click's name for an EOFError is Abort: a bug of a reader, not a Ctrl-C
+        code = INTERRUPTED
+    except KeyboardInterrupt:
+        code = INTERRUPTED
     except GcctlError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
+        _fail(str(error), error.exit_code)
+    except PermissionError as error:
+        _fail(f"permission denied: {error.filename or error}; fix its permissions or choose another path", 1)
+    if code == INTERRUPTED:  # typer turns a Ctrl-C inside a command into this exit code, silently
+        typer.echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, exit_code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(exit_code)

@@ -38,6 +38,8 @@ SplitColumn = Annotated[Optional[str], typer.Option(
 AttributeColumn = Annotated[Optional[list[str]], typer.Option(
     "--attribute-column", help="manifest: spurious attribute column; repeat for several.")]
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="manifest: id column (default: row number).")]
+AllowOutsideRoot = Annotated[bool, typer.Option(
+    "--allow-outside-root", help="Read image paths that are absolute or lead out of --root with '..' (refused otherwise).")]
 ClassName = Annotated[Optional[list[str]], typer.Option(
     "--class-name", help="Class names in label order, one per class; overrides gcctl-names.json and defaults.")]
 
@@ -54,6 +56,7 @@ _DATASET_OPTIONS = {  # parameter name: (annotation, default)
     "attribute_column": (AttributeColumn, None),
     "id_column": (IdColumn, None),
     "class_name": (ClassName, None),
+    "allow_outside_root": (AllowOutsideRoot, False),
 }
 
 
@@ -106,6 +109,7 @@ def dataset_options(
     attribute_column: Optional[list[str]] = None,
     id_column: Optional[str] = None,
     class_name: Optional[list[str]] = None,
+    allow_outside_root: bool = False,
 ) -> dict:
     """`load_dataset` keyword arguments from the CLI options; unset ones are left out so adapters keep
     their defaults, and an option that does not fit the dataset is reported by `load_dataset`."""
@@ -119,6 +123,7 @@ def dataset_options(
         "attribute_columns": tuple(attribute_column) if attribute_column else None,
         "id_column": id_column,
         "class_names": list(class_name) if class_name else None,
+        "allow_outside_root": allow_outside_root or None,
     }
     return {option: value for option, value in given.items() if value is not None}
 

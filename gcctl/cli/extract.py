@@ -35,9 +35,10 @@ def extract(
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """
     from gcctl.clip.factory import build_clip
-    from gcctl.runtime import progress, resolve_device
+    from gcctl.runtime import progress, refuse_directory, resolve_device
     from gcctl.store import Shard, extract as extract_features
 
+    refuse_directory(out)
     part = Shard.parse(shard)
     torch_device = resolve_device(device)
     bundle = build_clip(model, pretrained, device=torch_device)

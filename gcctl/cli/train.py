@@ -116,8 +116,9 @@ def evaluate(
 
     Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
     """
-    from gcctl.runtime import write_json
+    from gcctl.runtime import refuse_directory, write_json
 
+    refuse_directory(out)
     if (run is None) == (not checkpoint):
         raise GcctlError("give either --run (a `gcctl train` run) or --checkpoint (weights to evaluate on --dataset)")
     if run is not None:

@@ -30,7 +30,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import QuickGELU
 
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, resolve_device, sha256_file, write_json
+from gcctl.runtime import atomic_path, corrupt_file_error, load_torch_file, read_json, resolve_device, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _local_dir_source(model_name: str | None, directory: Path) -> _Source:
     config_file = directory / LOCAL_DIR_CONFIG
     if not config_file.is_file():
         raise GcctlError(f"local-dir:{directory} has no {LOCAL_DIR_CONFIG}; write one with `export_local_dir` or check the path")
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file)
     if "model_cfg" not in config:
         raise GcctlError(f"{config_file} has no 'model_cfg'; it is not an open_clip model folder")
     name = _name_for_folder(model_name, config, default=directory.name)
@@ -206,7 +206,7 @@ def _hub_source(model_name: str | None, repo_id: str) -> _Source:
             weights = Path(download_pretrained_from_hf(repo_id))
         except Exception as error:  # any failure here is the network, the hub or the repo id
             raise GcctlError(f"cannot get hf-hub:{repo_id}: {_download_failure(offline, error)}; {OFFLINE_ALTERNATIVES}") from error
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file)
     name = _name_for_folder(model_name, config, default=f"{HF_HUB}{repo_id}")
     # The downloaded config sits in a cache folder that open_clip reads like any local-dir:.
     return _Source(name, f"{LOCAL_DIR}{config_file.parent}", config["model_cfg"], weights=weights, tokenizer=f"{HF_HUB}{repo_id}")
@@ -313,18 +313,15 @@ class _Checkpoint:
 
 def _read_checkpoint(path: Path) -> _Checkpoint:
     """Read a checkpoint once: open_clip's own reader would drop the metadata we need before building."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix != ".safetensors":
+        content = load_torch_file(path)
+    else:
+        from safetensors.torch import load_file
 
+        try:
             content = load_file(str(path))
-        else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch/safetensors raise many types for a file that is not a checkpoint
-        raise GcctlError(
-            f"cannot read checkpoint {path} ({type(error).__name__}); it must be a state_dict or {{'state_dict': ...}} "
-            "saved with torch.save, or a .safetensors file"
-        ) from error
+        except Exception as error:  # safetensors raises several types for a damaged file
+            raise corrupt_file_error(path, error) from None
     meta = content if isinstance(content, dict) and "state_dict" in content else {}
     state_dict = meta.get("state_dict", content)
     if not isinstance(state_dict, dict) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
@@ -541,6 +538,11 @@ def _cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def build_clip_for_store(provenance: dict, device="cpu") -> ClipBundle:
     """The model a feature store was extracted with; refuses weights whose hash changed since."""
     bundle = build_clip(provenance.get("model"), provenance.get("pretrained", "none"), device=device)
+    if bundle.provenance["embed_dim"] != provenance.get("embed_dim"):
+        raise GcctlError(
+            f"model '{provenance.get('model')}' embeds into {bundle.provenance['embed_dim']} dimensions but the store's "
+            f"features have {provenance.get('embed_dim')}; extract the store again with this model"
+        )
     built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
     if built != stored:
         raise GcctlError(

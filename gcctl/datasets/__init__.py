@@ -23,11 +23,12 @@ DATASETS: dict[str, Callable[..., DatasetTable]] = {
 }
 
 
-def load_dataset(name: str, root: str | os.PathLike, **options) -> DatasetTable:
+def load_dataset(name: str, root: str | os.PathLike, *, allow_outside_root: bool = False, **options) -> DatasetTable:
     """Read the dataset `name` under `root` into the canonical table.
 
     `class_names=[...]` (any adapter) overrides the names from `root/gcctl-names.json`, which override
-    the adapter's defaults; every other option is the adapter's own (see its `load`).
+    the adapter's defaults; every other option is the adapter's own (see its `load`). Image paths must
+    stay inside `root` (no absolute paths, no `..` out of it) unless `allow_outside_root`.
     """
     if name not in DATASETS:
         raise GcctlError(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
@@ -37,7 +38,12 @@ def load_dataset(name: str, root: str | os.PathLike, **options) -> DatasetTable:
         raise GcctlError(f"dataset root {root} is not a directory; pass the folder that holds the {name} files")
     _check_options(name, options)
     names = read_name_overrides(root, options.pop("class_names", None))
-    return adapter(root, names, **options)
+    table = adapter(root, names, **options)
+    outside = [] if allow_outside_root else table.paths_outside_root(limit=1)
+    if outside:
+        raise GcctlError(f"image path '{outside[0]}' lies outside --root {root}; move the images under the root, "
+                         "or pass --allow-outside-root to read them where they are")
+    return table
 
 
 def adapter_options(name: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, require_columns
+from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, read_csv, require_columns
 from gcctl.errors import GcctlError
 
 # Official release: line 1 the row count, line 2 the 40 names, then `file v1 ... v40` in -1/1, space-aligned.
@@ -58,19 +58,19 @@ def _read_attributes(root: Path, wanted: list[str]) -> pd.DataFrame:
     """image_id and the `wanted` attribute columns, in the file's row order."""
     if (root / ATTRIBUTES_TXT).is_file():
         path = root / ATTRIBUTES_TXT
-        with path.open() as handle:
+        with path.open(errors="replace") as handle:  # a binary file fails in read_csv with its name
             handle.readline()
             available = handle.readline().split()
         _check_names(wanted, available, path)
         # sep=r"\s+" runs pandas' fast C parser and absorbs the runs of spaces that align the columns.
-        return pd.read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *available],
+        return read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *available],
                            usecols=["image_id", *wanted], dtype={"image_id": str})
     if (root / ATTRIBUTES_CSV).is_file():
         path = root / ATTRIBUTES_CSV
-        header = pd.read_csv(path, nrows=0)
+        header = read_csv(path, nrows=0)
         require_columns(header, ["image_id"], path)
         _check_names(wanted, [c for c in header.columns if c != "image_id"], path)
-        return pd.read_csv(path, usecols=["image_id", *wanted], dtype={"image_id": str})
+        return read_csv(path, usecols=["image_id", *wanted], dtype={"image_id": str})
     raise GcctlError(f"no CelebA attributes under {root}: expected {ATTRIBUTES_TXT} (official release) or "
                      f"{ATTRIBUTES_CSV} (Kaggle); pass the folder that holds one")
 
@@ -78,10 +78,10 @@ def _read_attributes(root: Path, wanted: list[str]) -> pd.DataFrame:
 def _read_partition(root: Path) -> pd.DataFrame:
     """image_id and split (0/1/2)."""
     if (root / PARTITION_TXT).is_file():
-        return pd.read_csv(root / PARTITION_TXT, sep=r"\s+", header=None, names=["image_id", "split"],
+        return read_csv(root / PARTITION_TXT, sep=r"\s+", header=None, names=["image_id", "split"],
                            dtype={"image_id": str})
     if (root / PARTITION_CSV).is_file():
-        frame = pd.read_csv(root / PARTITION_CSV, dtype={"image_id": str})
+        frame = read_csv(root / PARTITION_CSV, dtype={"image_id": str})
         require_columns(frame, ["image_id", "partition"], root / PARTITION_CSV)
         return frame.rename(columns={"partition": "split"})[["image_id", "split"]]
     raise GcctlError(f"no CelebA split file under {root}: expected {PARTITION_TXT} (official release) or "

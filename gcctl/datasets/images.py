@@ -4,11 +4,40 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
+
+
+# Integer grey levels beyond 8 bits: Pillow opens 16-bit PNG/TIFF/PNM as I;16* (older versions: I).
+_WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
+_BACKGROUND = (255, 255, 255)  # what transparent pixels are flattened onto, as a page or viewer shows them
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB that looks like `image`, whatever its mode.
+
+    Pillow's own `convert("RGB")` clips wider values to 0..255, so a 16-bit image turns almost all white;
+    here 16-bit levels are scaled down instead (I is read as 16-bit, what older Pillow opened 16-bit PNGs as),
+    float (F) images in [0, 1] are scaled up (otherwise read as 0..255, like Pillow), and transparency is
+    flattened onto white rather than dropped (dropping it reveals whatever colour transparent pixels hold).
+    """
+    if image.mode in _WIDE_INTEGER_MODES:
+        levels = np.asarray(image).astype(np.float64) / 257  # 65535 / 257 = 255 exactly
+        image = Image.fromarray(np.clip(np.rint(levels), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        if values.size and values.min() >= 0 and values.max() <= 1:
+            values = values * 255
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        flat = Image.new("RGBA", image.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(flat, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 class ImageDataset(Dataset):
@@ -27,7 +56,7 @@ class ImageDataset(Dataset):
         path = self.paths[row]
         try:
             with Image.open(path) as image:
-                rgb = image.convert("RGB")
+                rgb = to_rgb(image)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise GcctlError(f"cannot read image {path}: {error}") from None
         return self.transform(rgb), row

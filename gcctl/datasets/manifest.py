@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gcctl.datasets.table import DatasetTable, NameOverrides, require_columns
+from gcctl.datasets.table import DatasetTable, NameOverrides, read_csv, read_parquet, require_columns
 from gcctl.errors import GcctlError
 
 
@@ -51,9 +51,9 @@ def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise GcctlError(f"manifest file {path} does not exist; give --manifest-file relative to --root or absolute")
     if path.suffix.lower() == ".csv":
-        return pd.read_csv(path)
+        return read_csv(path)
     if path.suffix.lower() in (".parquet", ".pq"):
-        return pd.read_parquet(path)
+        return read_parquet(path)
     raise GcctlError(f"manifest file {path} is neither .csv nor .parquet; convert it to one of them")
 
 

@@ -122,6 +122,20 @@ class DatasetTable:
                     break
         return missing
 
+    def paths_outside_root(self, limit: int = 5) -> list[str]:
+        """Up to `limit` paths that joining to the root would not keep under it: absolute (anchored) ones,
+        and ones whose `..` climb out. Judged on the text, so a symlink placed inside the root counts as inside."""
+        paths = self.frame["path"]
+        # Only these can be anchored or climb; the exact test below is slow for CelebA's 200k rows.
+        suspects = paths[paths.str.startswith(("/", "\\")) | (paths.str[1:2] == ":") | paths.str.contains("..", regex=False)]
+        outside = []
+        for path in suspects:
+            if Path(path).anchor or os.path.normpath(path).split(os.sep)[0] == os.pardir:
+                outside.append(path)
+                if len(outside) == limit:
+                    break
+        return outside
+
     def save(self, path: str | os.PathLike) -> None:
         """Write Parquet atomically; the names and root travel in the schema metadata."""
         arrow = pa.Table.from_pandas(self.frame, preserve_index=False)
@@ -175,6 +189,26 @@ def _checked_codes(values: pd.Series, size: int, column: str, source: str) -> np
         raise GcctlError(f"column '{column}' in {source} has values {sorted(outside.unique().tolist())[:5]} outside "
                          f"0..{size - 1}; fix the data or give one name per value")
     return codes.astype(np.int64)
+
+
+def read_csv(path: str | os.PathLike, **options) -> pd.DataFrame:
+    """`pd.read_csv` of a metadata file; an empty, binary or malformed file is a one-line user error."""
+    try:
+        return pd.read_csv(path, **options)
+    except pd.errors.EmptyDataError:
+        raise GcctlError(f"{path} is empty; it needs a header line and one row per image") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        reason = str(error).strip().splitlines()[-1][:120]
+        raise GcctlError(f"{path} is not a readable text table ({type(error).__name__}: {reason}); "
+                         "give the dataset's CSV/text metadata file") from None
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as error:  # ArrowInvalid for a file that is not Parquet
+        raise GcctlError(f"{path} is not a readable Parquet file ({type(error).__name__}); "
+                         "write it with pandas.DataFrame.to_parquet or give a CSV") from None
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str | os.PathLike) -> None:

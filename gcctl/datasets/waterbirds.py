@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, require_columns
+from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, read_csv, require_columns
 from gcctl.errors import GcctlError
 
 # Original release and WILDS share this file, next to the images: img_id,img_filename,y,split,place,place_filename.
@@ -44,7 +44,7 @@ def load(root: Path, names: NameOverrides) -> DatasetTable:
 
 
 def _read(path: Path, columns: dict[str, str]) -> pd.DataFrame:
-    frame = pd.read_csv(path)
+    frame = read_csv(path)
     require_columns(frame, list(columns), path)
     return frame[list(columns)].rename(columns=columns)
 

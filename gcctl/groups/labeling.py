@@ -21,7 +21,7 @@ from gcctl.groups.agreement import agreement, plot_confusion
 from gcctl.groups.data import LabelingData, load_labeling_data
 from gcctl.groups.strategies import Inference, erm_error, kmeans, oracle, val_probe
 from gcctl.groups.zeroshot import zeroshot_attr
-from gcctl.runtime import atomic_path, resolve_device, seed_everything, write_json
+from gcctl.runtime import atomic_path, refuse_directory, resolve_device, seed_everything, write_json
 from gcctl.store import FeatureStore
 
 GROUP_FILE_COLUMNS = ("id", "group", "confidence", "strategy")
@@ -80,6 +80,8 @@ def pseudo_label(
     if not 0.0 <= min_confidence <= 1.0:
         raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
     report_path, figure_path = _report_paths(out, report)
+    refuse_directory(out)
+    refuse_directory(report_path, "--report")
     seed_everything(seed)
     with FeatureStore(features) as store:
         data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise, seed=seed)

@@ -9,7 +9,6 @@ A run directory holds
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict
@@ -25,7 +24,7 @@ from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, load_training_data
 from gcctl.metrics import aggregate_seeds
-from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
+from gcctl.runtime import check_seeds, load_torch_file, read_json, resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
 
 # What must agree between the store a run was trained on and the one it is evaluated on.
@@ -50,6 +49,7 @@ def train_run(
     config = make_config(method, options or {})
     if not seeds:
         raise GcctlError("--seeds is empty; give at least one seed, e.g. --seeds 0")
+    check_seeds(seeds)
     out = Path(out)
     _refuse_foreign_directory(out)
     device = resolve_device(device)
@@ -114,7 +114,7 @@ def read_run_config(run: str | os.PathLike) -> dict:
     path = Path(run) / "config.json"
     if not path.is_file():
         raise GcctlError(f"{run} is not a run directory (no config.json); create one with `gcctl train`")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _check_same_features(run: Path, trained: dict, store: FeatureStore, class_names: list[str]) -> None:
@@ -130,7 +130,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
     """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std."""
     run = Path(run)
     run_config = read_run_config(run)
-    params = torch.load(run / "params.pt", map_location="cpu", weights_only=True)
+    params = load_torch_file(run / "params.pt")
     features = features or run_config["features"]["path"]
     device = resolve_device(device)
     with FeatureStore(features) as store:

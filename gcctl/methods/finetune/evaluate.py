@@ -19,7 +19,7 @@ from gcctl.clip.factory import ClipBundle, build_clip, checkpoint_model_name
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
-from gcctl.clip.prompts import class_words
+from gcctl.clip.prompts import check_template, class_words
 from gcctl.methods.zeroshot import class_text_features
 from gcctl.metrics import aggregate_seeds, compute_metrics
 from gcctl.runtime import autocast, resolve_device
@@ -110,6 +110,7 @@ def evaluate_checkpoints(
 ) -> dict:
     """Zero-shot metrics on `split` of each checkpoint (each counts as one seed), aggregated as mean and std,
     in the same form as `evaluate_run`; `model_name` defaults to the architecture each checkpoint records."""
+    check_template(caption, "in --caption")
     paths = find_checkpoints(checkpoints)
     torch_device = resolve_device(device)
     per_seed, weights = {}, []

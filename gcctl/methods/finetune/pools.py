@@ -8,12 +8,12 @@ starting with '#' are skipped. The shipped pools live in `gcctl/data/pools/` and
 from __future__ import annotations
 
 import os
-import string
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from gcctl.clip.prompts import check_template
 from gcctl.errors import GcctlError
 
 POOL_DIR = Path(__file__).resolve().parents[2] / "data" / "pools"
@@ -42,7 +42,7 @@ def read_pool(spec: str | os.PathLike) -> list[str]:
         template = line.strip()
         if not template or template.startswith("#"):
             continue
-        _check_template(template, f"{path}:{number}")
+        check_template(template, f"at {path}:{number}", "the caption")
         templates.append(template)
     if not templates:
         raise GcctlError(f"pool file {path} has no templates; write one per line, each with {{}} for the caption")
@@ -54,16 +54,6 @@ def read_pools(specs: Sequence[str | os.PathLike]) -> list[str]:
     if not specs:
         raise GcctlError("no spurious pool given; pass --pool with a shipped name or a file")
     return list(dict.fromkeys(template for spec in specs for template in read_pool(spec)))
-
-
-def _check_template(template: str, where: str) -> None:
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as error:
-        raise GcctlError(f"template '{template}' at {where} is malformed ({error}); use {{}} once and no other braces") from None
-    if fields != [""]:
-        count = "no {}" if not fields else f"{{{fields[0]}}}" if len(fields) == 1 else f"{len(fields)} fields"
-        raise GcctlError(f"template '{template}' at {where} has {count}; each template needs exactly one {{}} for the caption")
 
 
 def fill(template: str, caption: str) -> str:

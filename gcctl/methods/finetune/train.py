@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from gcctl import __version__
 from gcctl.clip.factory import build_clip, save_checkpoint
 from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
-from gcctl.clip.prompts import class_words, logit_scale
+from gcctl.clip.prompts import check_template, class_words, logit_scale
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
@@ -40,7 +40,7 @@ from gcctl.methods.finetune import parallel
 from gcctl.methods.finetune.evaluate import CAPTION, split_rows, zeroshot_metrics
 from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
 from gcctl.methods.finetune.pools import draw_templates, fill, read_pools
-from gcctl.runtime import atomic_path, autocast, progress, resolve_device, seed_everything, sha256_file, write_json
+from gcctl.runtime import atomic_path, autocast, load_torch_file, progress, resolve_device, seed_everything, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class FinetuneConfig:
             raise GcctlError(f"--lr must be > 0, --weight-decay and --lambda ≥ 0, got {self.lr}, {self.weight_decay}, {self.reg_lambda}")
         if not 0 <= self.warmup < 1:
             raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        if self.caption.count("{}") != 1:
-            raise GcctlError(f"caption '{self.caption}' needs exactly one {{}} for the class name, e.g. 'a photo of a {{}}.'")
+        check_template(self.caption, "in --caption")
 
     def lambda_at(self, epoch: int) -> float:
         """The regulariser's weight in epoch `epoch` (0-based): λ, then falling linearly by λ/epochs per epoch.
@@ -248,7 +247,7 @@ class FinetuneRun:
         path = self.out / STATE
         if not path.is_file() or restart:
             return 0
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
         if state["identity"] != self.identity and restart_if_changed:
             log.info("%s holds a run of another config (%s); starting over", self.out, _differences(state["identity"], self.identity))
             return 0
