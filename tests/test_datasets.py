@@ -381,6 +381,67 @@ def test_unreadable_image_is_a_user_error(waterbirds_root):
         images[0]
 
 
+def wide_grey(mode: str, level: int) -> Image.Image:
+    """An 8x8 image of one 16-bit grey level in a 16-bit mode (the byte order is the mode's)."""
+    dtype = {"I;16B": ">u2", "I": "<i4"}.get(mode, "<u2")
+    return Image.frombytes(mode, (8, 8), np.full((8, 8), level, dtype=dtype).tobytes())
+
+
+def palette_image(transparent: bool) -> Image.Image:
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([0, 0, 0, 10, 20, 30])
+    if transparent:
+        image.info["transparency"] = 1
+    return image
+
+
+# (image, the RGB it must become): 16-bit levels are scaled, never clipped; transparent pixels become white.
+MODES = {
+    "1": (Image.new("1", (8, 8), 1), (255, 255, 255)),
+    "L": (Image.new("L", (8, 8), 100), (100, 100, 100)),
+    "P": (palette_image(transparent=False), (10, 20, 30)),
+    "P-transparency": (palette_image(transparent=True), (255, 255, 255)),
+    "PA": (Image.new("RGBA", (8, 8), (10, 20, 30, 0)).convert("PA"), (255, 255, 255)),
+    "LA-opaque": (Image.new("LA", (8, 8), (50, 255)), (50, 50, 50)),
+    "LA-half": (Image.new("LA", (8, 8), (0, 128)), (127, 127, 127)),
+    "RGB": (Image.new("RGB", (8, 8), (10, 20, 30)), (10, 20, 30)),
+    "RGBA-opaque": (Image.new("RGBA", (8, 8), (10, 20, 30, 255)), (10, 20, 30)),
+    "RGBA-transparent": (Image.new("RGBA", (8, 8), (10, 20, 30, 0)), (255, 255, 255)),
+    "RGBX": (Image.new("RGBX", (8, 8), (10, 20, 30, 0)), (10, 20, 30)),
+    "CMYK": (Image.new("CMYK", (8, 8), (255, 0, 0, 0)), (0, 255, 255)),
+    "YCbCr": (Image.new("YCbCr", (8, 8), (128, 128, 128)), (128, 128, 128)),
+    "HSV": (Image.new("HSV", (8, 8), (0, 0, 200)), (200, 200, 200)),
+    "I;16": (wide_grey("I;16", 128 * 257), (128, 128, 128)),
+    "I;16-white": (wide_grey("I;16", 65535), (255, 255, 255)),
+    "I;16-dark": (wide_grey("I;16", 1000), (4, 4, 4)),
+    "I;16L": (wide_grey("I;16L", 128 * 257), (128, 128, 128)),
+    "I;16B": (wide_grey("I;16B", 128 * 257), (128, 128, 128)),
+    "I": (wide_grey("I", 128 * 257), (128, 128, 128)),
+    "F-unit": (Image.new("F", (8, 8), 0.5), (128, 128, 128)),
+    "F-levels": (Image.new("F", (8, 8), 200.0), (200, 200, 200)),
+}
+
+
+@pytest.mark.parametrize("image, rgb", MODES.values(), ids=MODES.keys())
+def test_every_mode_becomes_faithful_8_bit_rgb(image, rgb):
+    from gcctl.datasets.images import to_rgb
+
+    converted = to_rgb(image)
+    assert converted.mode == "RGB" and converted.size == image.size
+    assert converted.getpixel((0, 0)) == rgb
+
+
+def test_a_16_bit_png_keeps_its_gradient(waterbirds_root):
+    levels = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    path = waterbirds_root / waterbirds_filename(0, 0)
+    Image.fromarray(levels).save(path.with_suffix(".png"), format="PNG")
+    path.with_suffix(".png").rename(path)  # the metadata names a .jpg; Pillow reads the content
+    images = ImageDataset(load_dataset("waterbirds", waterbirds_root), transform=lambda image: np.asarray(image))
+    rgb, _ = images[0]
+    assert rgb.dtype == np.uint8 and rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
+    assert np.all(np.diff(rgb[..., 0].ravel().astype(int)) >= 0) and len(np.unique(rgb)) == 64
+
+
 # --- CLI --------------------------------------------------------------------------------------------------
 # CliRunner runs the Typer app directly, without gcctl.cli.main's wrapper that prints a GcctlError as
 # `error: <message>` and exits 1: here a user error surfaces as result.exception, with exit code 1.

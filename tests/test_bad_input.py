@@ -1,0 +1,303 @@
+"""Bad input, one row each: the command fails with exit 1 and a single `error:` line, no traceback, and changes
+no file (neither an output nor anything that was already there)."""
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import pandas as pd
+import pytest
+from PIL import Image
+
+MICRO = "gcctl-micro"
+CPU = ("--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A manifest dataset of 24 tiny images (every group in every split), its store and a zero-shot run."""
+    from gcctl.methods.runs import train_run
+    from gcctl.runtime import seed_everything
+    from gcctl.store import extract
+    from gcctl.clip.factory import build_clip
+    from gcctl.datasets import load_dataset
+
+    base = tmp_path_factory.mktemp("world")
+    root = base / "data"
+    rows = []
+    for split in ("train", "val", "test"):
+        for y in (0, 1):
+            for place in (0, 1):
+                for copy in range(2):
+                    path = f"images/{len(rows)}.png"
+                    write_rgb(root / path, (40 * y + 10 * copy, 100 + 50 * place, 30 * len(rows) % 255))
+                    rows.append((path, y, split, place))
+    pd.DataFrame(rows, columns=["path", "y", "split", "place"]).to_csv(root / "manifest.csv", index=False)
+    table = load_dataset("manifest", root, file="manifest.csv", attribute_columns="place")
+    seed_everything(0)
+    extract(table, build_clip(MICRO, "none"), base / "store.h5", batch_size=8)
+    train_run(base / "store.h5", "zeroshot", base / "run", device="cpu")
+    return base
+
+
+def write_rgb(path: Path, colour) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), colour).save(path)
+
+
+def dataset_args(world: Path, manifest: Path | str = "manifest.csv") -> list[str]:
+    return ["--dataset", "manifest", "--root", str(world / "data"), "--manifest-file", str(manifest), "--attribute-column", "place"]
+
+
+def copy_run(world: Path, tmp: Path) -> Path:
+    return Path(shutil.copytree(world / "run", tmp / "run"))
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    path.write_bytes(path.read_bytes()[: int(len(path.read_bytes()) * keep)])
+    return path
+
+
+def edited_store(world: Path, tmp: Path, edit) -> Path:
+    """A copy of the world's store changed by `edit(h5py.File)`."""
+    path = Path(shutil.copy(world / "store.h5", tmp / "store.h5"))
+    with h5py.File(path, "r+") as handle:
+        edit(handle)
+    return path
+
+
+def shorten_y(handle) -> None:
+    y = handle["y"][()]
+    del handle["y"]
+    handle["y"] = y[:-3]
+
+
+def narrow_features(handle) -> None:
+    """Features of another width than the model's (as a store of another model would have)."""
+    features = handle["features"][:, :16]
+    del handle["features"]
+    handle["features"] = features
+    handle.attrs["embed_dim"] = 16
+
+
+def damaged_store(world: Path, tmp: Path, dataset: str) -> Path:
+    """The store with the object header of `dataset` overwritten: the file opens, reading that dataset fails."""
+    path = Path(shutil.copy(world / "store.h5", tmp / "store.h5"))
+    with h5py.File(path, "r") as handle:
+        header = h5py.h5o.get_info(handle[dataset].id).addr
+    data = bytearray(path.read_bytes())
+    data[header : header + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    return path
+
+
+def manifest_with_path(world: Path, tmp: Path, image_path: str) -> list[str]:
+    frame = pd.read_csv(world / "data" / "manifest.csv")
+    frame.loc[0, "path"] = image_path
+    frame.to_csv(tmp / "escape.csv", index=False)
+    return dataset_args(world, tmp / "escape.csv")
+
+
+def extract_args(dataset: list[str], out: Path, model: str = MICRO) -> list[str]:
+    return ["extract", *dataset, "--model", model, "--out", str(out), *CPU]
+
+
+def train_args(features: Path, out: Path, *extra: str, method: str = "zeroshot") -> list[str]:
+    return ["train", "--features", str(features), "--method", method, "--out", str(out), *extra, *CPU]
+
+
+def evaluate_args(run: Path, out: Path) -> list[str]:
+    return ["evaluate", "--run", str(run), "--out", str(out), *CPU]
+
+
+def checkpoint_args(world: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--checkpoint", str(checkpoint), "--model", MICRO, *dataset_args(world), "--out", str(out), *extra, *CPU]
+
+
+def folder(tmp: Path, name: str = "folder") -> Path:
+    """A folder holding a file of someone else's."""
+    path = tmp / name
+    path.mkdir()
+    (path / "keep.txt").write_text("not gcctl's\n")
+    return path
+
+
+def empty_manifest(tmp: Path) -> Path:
+    (tmp / "empty.csv").write_text("")
+    return tmp / "empty.csv"
+
+
+def binary_waterbirds(tmp: Path) -> Path:
+    root = tmp / "waterbirds"
+    root.mkdir()
+    (root / "metadata.csv").write_bytes(bytes(range(256)) * 8)
+    return root
+
+
+def run_without(world: Path, tmp: Path, name: str) -> Path:
+    run = copy_run(world, tmp)
+    (run / name).unlink()
+    return run
+
+
+def empty_state_out(tmp: Path) -> Path:
+    """A fine-tuning --out whose resume state was cut short before its first byte."""
+    out = tmp / "ft"
+    out.mkdir()
+    (out / "state.pt").write_bytes(b"")
+    return out
+
+
+# (id, args(world, tmp) -> CLI args, a fragment of the error line)
+CASES = [
+    # datasets
+    ("empty-manifest", lambda w, t: ["data", "show", *dataset_args(w, empty_manifest(t))], "is empty"),
+    ("binary-metadata", lambda w, t: ["data", "show", "--dataset", "waterbirds", "--root", str(binary_waterbirds(t))],
+     "not a readable text table"),
+    ("escape-dotdot", lambda w, t: ["data", "show", *manifest_with_path(w, t, "../escape.png")], "outside --root"),
+    ("escape-etc-passwd", lambda w, t: extract_args(manifest_with_path(w, t, "../../etc/passwd"), t / "f.h5"), "outside --root"),
+    ("escape-absolute", lambda w, t: ["data", "show", *manifest_with_path(w, t, "/etc/hostname")], "outside --root"),
+    ("missing-root", lambda w, t: ["data", "show", "--dataset", "waterbirds", "--root", str(t / "nowhere")], "not a directory"),
+    # --out that is a directory: refused before anything else is looked at (the other inputs are bad too)
+    ("extract-out-directory", lambda w, t: extract_args(dataset_args(w), folder(t), model="no-such-model"), "is a directory"),
+    ("train-out-foreign-directory", lambda w, t: train_args(t / "missing.h5", folder(t)), "not a run directory"),
+    ("evaluate-out-directory", lambda w, t: evaluate_args(t / "no-run", folder(t)), "is a directory"),
+    ("pseudo-label-out-directory", lambda w, t: ["pseudo-label", "--features", str(t / "missing.h5"), "--out", str(folder(t)), *CPU],
+     "is a directory"),
+    # feature stores
+    ("store-missing", lambda w, t: ["info", str(t / "missing.h5")], "gcctl extract"),
+    ("store-truncated", lambda w, t: ["info", str(truncate(Path(shutil.copy(w / "store.h5", t / "store.h5"))))], "not a readable HDF5"),
+    ("store-damaged-header", lambda w, t: ["info", str(damaged_store(w, t, "y"))], "incomplete or corrupt"),
+    ("store-damaged-features", lambda w, t: train_args(damaged_store(w, t, "features"), t / "run", method="linear"),
+     "incomplete or corrupt"),
+    ("store-damaged-attribute", lambda w, t: ["info", str(damaged_store(w, t, "attributes/place"))], "incomplete or corrupt"),
+    ("store-uneven-lengths", lambda w, t: ["info", str(edited_store(w, t, shorten_y))], "24 feature rows but y 21"),
+    ("store-dim-coop", lambda w, t: train_args(edited_store(w, t, narrow_features), t / "run", "--epochs", "1", method="coop"),
+     "embeds into 32 dimensions"),
+    ("store-dim-zeroshot", lambda w, t: train_args(edited_store(w, t, narrow_features), t / "run"), "embeds into 32 dimensions"),
+    ("store-dim-zeroshot-attr", lambda w, t: ["pseudo-label", "--features", str(edited_store(w, t, narrow_features)),
+                                              "--strategy", "zeroshot-attr", "--out", str(t / "g.parquet"), *CPU],
+     "embeds into 32 dimensions"),
+    # run directories and checkpoints
+    ("params-empty", lambda w, t: evaluate_args(truncate(copy_run(w, t) / "params.pt", 0).parent, t / "m.json"),
+     "params.pt is incomplete or corrupt"),
+    ("params-truncated", lambda w, t: evaluate_args(truncate(copy_run(w, t) / "params.pt").parent, t / "m.json"),
+     "params.pt is incomplete or corrupt"),
+    ("params-missing", lambda w, t: evaluate_args(run_without(w, t, "params.pt"), t / "m.json"), "params.pt is missing"),
+    ("config-truncated", lambda w, t: evaluate_args(truncate(copy_run(w, t) / "config.json").parent, t / "m.json"),
+     "config.json is incomplete or corrupt"),
+    ("config-missing", lambda w, t: evaluate_args(run_without(w, t, "config.json"), t / "m.json"), "no config.json"),
+    ("model-truncated", lambda w, t: checkpoint_args(w, truncate(Path(shutil.copy(w / "run" / "params.pt", t / "model.pt"))), t / "m.json"),
+     "model.pt is incomplete or corrupt"),
+    ("state-empty", lambda w, t: ["finetune", *dataset_args(w), "--model", MICRO, "--out", str(empty_state_out(t)),
+                                  "--epochs", "1", "--batch-size", "4", *CPU],
+     "state.pt is incomplete or corrupt"),
+    # options
+    ("seed-negative", lambda w, t: train_args(w / "store.h5", t / "run", "--seeds", "-1"), "outside 0.."),
+    ("seed-too-large", lambda w, t: train_args(w / "store.h5", t / "run", "--seeds", f"0,{2**63}"), "outside 0.."),
+    ("seed-repeated", lambda w, t: train_args(w / "store.h5", t / "run", "--seeds", "0,0"), "repeats seed 0"),
+    ("seed-not-a-number", lambda w, t: train_args(w / "store.h5", t / "run", "--seeds", "zero"), "list of integers"),
+    ("pseudo-label-seed-negative", lambda w, t: ["pseudo-label", "--features", str(w / "store.h5"), "--strategy", "kmeans",
+                                                 "--seed", "-1", "--out", str(t / "g.parquet"), *CPU],
+     "outside 0.."),
+    ("template-two-slots", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a {} {}"), "2 fields"),
+    ("template-no-slot", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a photo"), "has no {}"),
+    ("caption-two-slots", lambda w, t: checkpoint_args(w, w / "run" / "params.pt", t / "m.json", "--caption", "{} {}"), "2 fields"),
+    ("unknown-method", lambda w, t: train_args(w / "store.h5", t / "run", method="svm"), "unknown method"),
+]
+
+
+def snapshot(*folders: Path) -> dict:
+    """Every file under `folders`: size, modification time and content hash."""
+    files = {}
+    for top in folders:
+        for path in sorted(top.rglob("*")):
+            if path.is_file():
+                files[str(path)] = (path.stat().st_size, path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                files[str(path)] = "folder"
+    return files
+
+
+def assert_one_line_error(code, out, err, fragment) -> None:
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1, err
+    assert "Traceback" not in err and out == ""
+    assert len(errors) == 1 and fragment in errors[0], err
+
+
+@pytest.fixture(autouse=True)
+def _quiet_random_weights_warning():
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("make_args, fragment", [pytest.param(args, fragment, id=name) for name, args, fragment in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, run_cli, make_args, fragment):
+    args = make_args(world, tmp_path)
+    before = snapshot(world, tmp_path)
+    code, out, err = run_cli(*args)
+    assert_one_line_error(code, out, err, fragment)
+    assert snapshot(world, tmp_path) == before
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_one_line(world, tmp_path, run_cli):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, out, err = run_cli(*evaluate_args(world / "run", locked / "sub" / "m.json"))
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(code, out, err, "permission denied")
+    assert not list(locked.iterdir())
+
+
+def test_permission_error_while_writing_is_one_line(world, tmp_path, run_cli, monkeypatch):
+    """As the test above, also where it runs as root: the folder refuses the write."""
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, out, err = run_cli(*evaluate_args(world / "run", tmp_path / "sub" / "m.json"))
+    assert_one_line_error(code, out, err, f"permission denied: {tmp_path / 'sub'}")
+
+
+def test_ctrl_c_prints_interrupted_and_exits_130(world, run_cli, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gcctl.store.FeatureStore.summary", interrupted)
+    code, out, err = run_cli("info", str(world / "store.h5"))
+    assert (code, out, err) == (130, "", "interrupted\n")
+
+
+def test_paths_outside_the_root_are_read_when_allowed(world, tmp_path, run_cli):
+    write_rgb(world / "outside.png", (1, 2, 3))
+    args = manifest_with_path(world, tmp_path, "../outside.png")
+    code, _, err = run_cli("data", "show", *args)
+    assert code == 1 and "outside --root" in err
+    code, out, _ = run_cli("data", "show", *args, "--allow-outside-root", "--json")
+    assert code == 0 and '"rows": 24' in out
+
+
+def test_inside_paths_with_dots_are_not_outside(tmp_path):
+    from gcctl.datasets import DatasetTable
+
+    frame = pd.DataFrame({"id": range(4), "path": ["a/../b.png", "./c.png", "d..e.png", "f/../../g.png"], "split": "train",
+                          "y": 0, "place": 0})
+    table = DatasetTable.build(frame, root=tmp_path, dataset="manifest", class_names=["x"], attributes={"place": ["p"]},
+                               source="test")
+    assert table.paths_outside_root() == ["f/../../g.png"]
+
+
+def test_seeds_at_the_ends_of_the_range_are_accepted():
+    from gcctl.runtime import MAX_SEED, check_seeds, seed_everything
+
+    check_seeds([0, MAX_SEED])
+    seed_everything(MAX_SEED)
