@@ -6,7 +6,6 @@ and a run directory's `curve.json`.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,7 @@ from rich.table import Table
 
 from gcctl.errors import GcctlError
 from gcctl.metrics import METRIC_KEYS
-from gcctl.runtime import atomic_path
+from gcctl.runtime import atomic_path, read_json
 
 _HEADERS = {
     "acc_avg": "avg",
@@ -34,10 +33,7 @@ def load_metrics(paths: Sequence[str | os.PathLike]) -> list[dict]:
     for path in map(Path, paths):
         if not path.is_file():
             raise GcctlError(f"metrics file {path} not found; create it with `gcctl evaluate --out {path}`")
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise GcctlError(f"{path} is not JSON; pass the files written by `gcctl evaluate`") from None
+        metrics = read_json(path)
         if not isinstance(metrics, dict) or not all(key in metrics for key in (*METRIC_KEYS, "per_group", "provenance")):
             raise GcctlError(f"{path} is not a metrics file of `gcctl evaluate` (keys {', '.join(METRIC_KEYS)} expected)")
         loaded.append(metrics)
@@ -120,7 +116,7 @@ def plot_per_group(runs: list[dict], path: str | os.PathLike) -> None:
 def read_curve(run_dir: str | os.PathLike | None) -> list[dict]:
     """A feature run's curve; empty for runs without one (zero-shot, evaluated checkpoints)."""
     path = Path(run_dir) / "curve.json" if run_dir else None
-    return json.loads(path.read_text()) if path and path.is_file() else []
+    return read_json(path) if path and path.is_file() else []
 
 
 def _mean_by_epoch(curve: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -206,7 +206,11 @@ CASES = [
     ("template-two-slots", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a {} {}"), "2 fields"),
     ("template-no-slot", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a photo"), "has no {}"),
     ("caption-two-slots", lambda w, t: checkpoint_args(w, w / "run" / "params.pt", t / "m.json", "--caption", "{} {}"), "2 fields"),
+    ("synth-seed-negative", lambda w, t: ["data", "synth", "--out", str(t / "synth"), "--seed", "-1"], "outside 0.."),
     ("unknown-method", lambda w, t: train_args(w / "store.h5", t / "run", method="svm"), "unknown method"),
+    ("report-metrics-truncated", lambda w, t: ["report", str(truncate(Path(shutil.copy(w / "run" / "config.json", t / "m.json")))),
+                                               "--out", str(t / "report")],
+     "m.json is incomplete or corrupt"),
 ]
 
 
@@ -275,6 +279,21 @@ def test_ctrl_c_prints_interrupted_and_exits_130(world, run_cli, monkeypatch):
     monkeypatch.setattr("gcctl.store.FeatureStore.summary", interrupted)
     code, out, err = run_cli("info", str(world / "store.h5"))
     assert (code, out, err) == (130, "", "interrupted\n")
+
+
+def test_an_eof_error_escaping_a_command_is_a_bug_not_an_interruption(world, monkeypatch):
+    """Click reports an EOFError as Abort, the same as a Ctrl-C: it must surface as itself instead."""
+    import sys
+
+    from gcctl.cli import main
+
+    def truncated(*args, **kwargs):
+        raise EOFError("Ran out of input")
+
+    monkeypatch.setattr("gcctl.store.FeatureStore.summary", truncated)
+    monkeypatch.setattr(sys, "argv", ["gcctl", "info", str(world / "store.h5")])
+    with pytest.raises(EOFError, match="Ran out of input"):
+        main()
 
 
 def test_paths_outside_the_root_are_read_when_allowed(world, tmp_path, run_cli):

@@ -195,9 +195,11 @@ def synth(
 
     Example: gcctl data synth --out pipeline/data --seed 0 --scale 0.1
     """
+    from gcctl.runtime import check_seeds
     from gcctl.synth.benchmarks import write_multiceleba, write_waterbirds
     from gcctl.synth.corpus import write_corpus
 
+    check_seeds([seed], "--seed")
     written = {
         "corpus": write_corpus(out, n=corpus_size, seed=seed, size=image_size),
         "waterbirds": write_waterbirds(out / "waterbirds", seed=seed, scale=scale, size=image_size,
