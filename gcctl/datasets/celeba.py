@@ -64,7 +64,7 @@ def _read_attributes(root: Path, wanted: list[str]) -> pd.DataFrame:
         _check_names(wanted, available, path)
         # sep=r"\s+" runs pandas' fast C parser and absorbs the runs of spaces that align the columns.
         return read_csv(path, sep=r"\s+", skiprows=2, header=None, names=["image_id", *available],
-                           usecols=["image_id", *wanted], dtype={"image_id": str})
+                        usecols=["image_id", *wanted], dtype={"image_id": str})
     if (root / ATTRIBUTES_CSV).is_file():
         path = root / ATTRIBUTES_CSV
         header = read_csv(path, nrows=0)
@@ -79,7 +79,7 @@ def _read_partition(root: Path) -> pd.DataFrame:
     """image_id and split (0/1/2)."""
     if (root / PARTITION_TXT).is_file():
         return read_csv(root / PARTITION_TXT, sep=r"\s+", header=None, names=["image_id", "split"],
-                           dtype={"image_id": str})
+                        dtype={"image_id": str})
     if (root / PARTITION_CSV).is_file():
         frame = read_csv(root / PARTITION_CSV, dtype={"image_id": str})
         require_columns(frame, ["image_id", "partition"], root / PARTITION_CSV)

@@ -204,6 +204,7 @@ def read_csv(path: str | os.PathLike, **options) -> pd.DataFrame:
 
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    """`pd.read_parquet` of a metadata file; a file that is not Parquet is a one-line user error."""
     try:
         return pd.read_parquet(path)
     except (pa.ArrowException, OSError) as error:  # ArrowInvalid for a file that is not Parquet
