@@ -424,3 +424,27 @@ def test_dataset_options_leave_out_unset_options():
                                        class_name=["x", "y"])
     assert options == {"bias": ("Young", "Male"), "file": Path("m.csv"), "attribute_columns": ("a",),
                        "class_names": ["x", "y"]}
+
+
+def test_data_table_writes_the_table_later_commands_take_with_table(tmp_path, waterbirds_root, run_cli):
+    project = tmp_path / "project"
+    shutil.copytree(waterbirds_root, project / "data" / "waterbirds")
+    code, _, err = run_cli("data", "table", "--layout", "waterbirds", "--root", str(project / "data" / "waterbirds"),
+                           "--out", str(project / "tables" / "waterbirds.parquet"))
+    assert code == 0, err
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)  # the table records its root relative to itself: a moved folder still works
+    table = DatasetTable.load(moved / "tables" / "waterbirds.parquet")
+    assert table.root == moved / "data" / "waterbirds" and not table.missing_files()
+    assert table.fingerprint() == load_dataset("waterbirds", waterbirds_root).fingerprint()
+    code, out, _ = run_cli("data", "show", "--table", str(moved / "tables" / "waterbirds.parquet"), "--json")
+    assert code == 0 and json.loads(out)["fingerprint"] == table.fingerprint()
+
+
+def test_table_and_dataset_options_do_not_mix(tmp_path, waterbirds_root, run_cli):
+    table_file = tmp_path / "t.parquet"
+    load_dataset("waterbirds", waterbirds_root).save(table_file)
+    code, _, err = run_cli("data", "show", "--table", str(table_file), "--root", str(waterbirds_root))
+    assert code == 1 and "--table already describes the dataset" in err
+    code, _, err = run_cli("data", "show")
+    assert code == 1 and "give --dataset and --root together, or --table" in err

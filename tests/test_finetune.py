@@ -396,7 +396,7 @@ def test_evaluate_command_scores_a_checkpoint_on_images_and_reports_it(run_cli, 
     ([], "either --run"),
     (["--checkpoint", "X"], "needs the images"),
     (["--run", "R", "--checkpoint", "X"], "either --run"),
-    (["--checkpoint", "X", "--dataset", "waterbirds"], "--dataset and --root go together"),
+    (["--checkpoint", "X", "--dataset", "waterbirds"], "give --dataset and --root together, or --table"),
     (["--checkpoint", "X", "--target", "Blond_Hair"], "--target needs --dataset and --root"),
 ])
 def test_evaluate_needs_exactly_one_source_and_images_for_checkpoints(run_cli, tmp_path, args, message):

@@ -123,10 +123,15 @@ class DatasetTable:
         return missing
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write Parquet atomically; the names and root travel in the schema metadata."""
+        """Write Parquet atomically; the names, the fingerprint and the root travel in the schema metadata.
+
+        The root is recorded relative to the table's folder, so a pipeline folder moved as a whole still finds
+        its images."""
+        path = Path(path)
         arrow = pa.Table.from_pandas(self.frame, preserve_index=False)
-        described = {"dataset": self.dataset, "root": str(self.root), "class_names": self.class_names,
-                     "attributes": self.attributes}
+        described = {"dataset": self.dataset, "root": os.path.relpath(self.root.resolve(), path.parent.resolve()),
+                     "class_names": self.class_names, "attributes": self.attributes,
+                     "fingerprint": self.fingerprint()}
         metadata = {**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY: json.dumps(described).encode()}
         with atomic_path(path) as tmp:
             pq.write_table(arrow.replace_schema_metadata(metadata), tmp)
@@ -135,13 +140,16 @@ class DatasetTable:
     def load(cls, path: str | os.PathLike) -> DatasetTable:
         path = Path(path)
         if not path.is_file():
-            raise GcctlError(f"dataset table {path} does not exist; write it first with the dataset stage")
-        arrow = pq.read_table(path)
+            raise GcctlError(f"dataset table {path} does not exist; write it first with `gcctl data table`")
+        try:
+            arrow = pq.read_table(path)
+        except (pa.ArrowException, OSError):
+            raise GcctlError(f"{path} is not a readable Parquet file; rerun `gcctl data table` to write it") from None
         described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
         if described is None:
             raise GcctlError(f"{path} is a Parquet file but not a gcctl dataset table; pass a table written by gcctl")
         described = json.loads(described)
-        return cls(frame=arrow.to_pandas(), root=Path(described["root"]), dataset=described["dataset"],
+        return cls(frame=arrow.to_pandas(), root=Path(os.path.normpath(path.parent / described["root"])), dataset=described["dataset"],
                    class_names=described["class_names"], attributes=described["attributes"])
 
     def __eq__(self, other: object) -> bool:
