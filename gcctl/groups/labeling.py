@@ -2,10 +2,10 @@
 
 The group file (Parquet) has one row per train sample: `id`, `group` (the id in the store's group vocabulary),
 `group_name` (its name, e.g. `waterbird/water`), `confidence` (the strategy's confidence in its own prediction)
-and `strategy`; its schema metadata records the vocabulary, with the training counts of the inferred groups. Every train sample keeps a group, since
-GroupCoOp gives a prompt to every (class, group) present: a sample whose confidence is below `min_confidence`
-carries its class's majority group (the group the strategy gave most of the class's confident samples) and
-keeps its low confidence, so filtering on the column recovers the confident rows.
+and `strategy`; its schema metadata records the vocabulary, with the training counts of the inferred groups.
+Every train sample keeps a group, since GroupCoOp gives a prompt to every (class, group) present: a sample whose
+confidence is below `min_confidence` carries its class's majority group (the group the strategy gave most of the
+class's confident samples) and keeps its low confidence, so filtering on the column recovers the confident rows.
 """
 
 from __future__ import annotations

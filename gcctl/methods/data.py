@@ -92,7 +92,7 @@ def _read_group_frame(path: Path):
     except Exception as error:  # pyarrow raises several types for a non-Parquet file
         raise GcctlError(f"group file {path} is not a readable Parquet file ({type(error).__name__})") from None
     described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
-    recorded = None if described is None else GroupVocabulary.from_dict(json.loads(described)["vocabulary"], str(path))
+    recorded = None if described is None else GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
     frame: pd.DataFrame = arrow.to_pandas()
     missing = {"id", "group"} - set(frame.columns)
     if missing:

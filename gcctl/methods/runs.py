@@ -21,10 +21,10 @@ import torch
 
 from gcctl import __version__
 from gcctl.clip.factory import build_clip_for_store
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
-from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.data import check_split_groups, load_split, load_training_data, split_metrics
 from gcctl.metrics import aggregate_seeds
 from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
@@ -136,7 +136,8 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
     features = features or run_config["features"]["path"]
     device = resolve_device(device)
     with FeatureStore(features) as store:
-        trained_on = GroupVocabulary.from_dict(run_config["vocabulary"], str(run / "config.json"))
+        # Runs written before the vocabulary was recorded name their classes at the top level.
+        trained_on = GroupVocabulary.from_dict(run_config.get("vocabulary", run_config), str(run / "config.json"))
         _check_same_features(run, run_config["features"]["provenance"], store, trained_on)
         check_split_groups(store, split)
         vocabulary = store.vocabulary
