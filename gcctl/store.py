@@ -5,7 +5,8 @@ One file holds every image of a dataset encoded once by a frozen image tower:
 - datasets `features` [N, D] (float16 or float32), `y`, `group`, `split` (0 train, 1 val, 2 test), `id`,
   and one integer dataset per spurious attribute under `attributes/`;
 - root attributes: the provenance (model, pretrained, weights_sha256, embed_dim, normalized, preprocess,
-  dataset fingerprint, gcctl version, creation time) and the vocabularies (class, group and attribute names).
+  dataset fingerprint, gcctl version, creation time) and `group_vocabulary`, the dataset's
+  `gcctl.datasets.groups.GroupVocabulary` (class and attribute names, training counts) that numbers `group`.
 
 Extraction writes into `<out>.partial` and records after every batch how many rows are done, so a killed run
 resumes where it stopped; the finished file appears by an atomic rename.
@@ -24,10 +25,11 @@ import h5py
 import numpy as np
 
 from gcctl import __version__
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path, partial_path
 
-if TYPE_CHECKING:  # the store sits above datasets and models in the layering
+if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
     from gcctl.datasets.table import DatasetTable
 
@@ -45,7 +47,10 @@ _IDENTITY_KEYS = (
     "dataset_fingerprint",
     "dtype",
 )
-_JSON_KEYS = ("class_names", "group_names", "attribute_values", "preprocess")
+VOCABULARY_KEY = "group_vocabulary"
+# The names stores recorded before the vocabulary did; still read, never written.
+_OLD_NAME_KEYS = ("class_names", "group_names", "attribute_values")
+_JSON_KEYS = (VOCABULARY_KEY, *_OLD_NAME_KEYS, "preprocess")
 _READ_BLOCK_ROWS = 65536
 
 
@@ -120,20 +125,20 @@ def write_store(
     path: str | os.PathLike,
     features: np.ndarray,
     y: np.ndarray,
-    group: np.ndarray,
     split: np.ndarray,
     ids: Sequence[str],
     attributes: dict[str, np.ndarray],
     *,
-    class_names: list[str],
-    group_names: list[str],
-    attribute_values: dict[str, list[str]],
+    vocabulary: GroupVocabulary,
     provenance: dict,
 ) -> Path:
-    """Write a complete store from arrays in one go (used by merge, tests and benchmarks)."""
+    """Write a complete store from arrays in one go (used by merge, tests and benchmarks); `vocabulary`
+    numbers the groups from `y` and the attribute codes and counts the train split's."""
     path = Path(path)
     features = np.asarray(features)
     dtype = "float16" if features.dtype == np.float16 else "float32"
+    group = vocabulary.encode(y, attributes)
+    vocabulary = vocabulary.counted(group[np.asarray(split) == SPLIT_CODES["train"]])
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         _create_layout(handle, len(features), features.shape[1], dtype, y, group, split, ids, attributes)
         handle["features"][...] = features.astype(FEATURE_DTYPES[dtype], copy=False)
@@ -145,9 +150,7 @@ def write_store(
             "dtype": dtype,
             "n_rows": len(features),
             "rows_done": len(features),
-            "class_names": class_names,
-            "group_names": group_names,
-            "attribute_values": attribute_values,
+            VOCABULARY_KEY: vocabulary.to_dict(),
         }
         _set_attrs(handle, attrs)
     return path
@@ -171,15 +174,35 @@ class FeatureStore:
             self._file.close()
             raise GcctlError(f"{self.path} is not a gcctl feature store: datasets {missing} are missing")
         attrs = {key: _decode_attr(key, value) for key, value in self._file.attrs.items()}
-        self.provenance = {key: value for key, value in attrs.items() if key not in ("class_names", "group_names", "attribute_values")}
-        self.class_names: list[str] = attrs.get("class_names", [])
-        self.group_names: list[str] = attrs.get("group_names", [])
-        self.attribute_values: dict[str, list[str]] = attrs.get("attribute_values", {})
+        self.provenance = {key: value for key, value in attrs.items() if key not in (VOCABULARY_KEY, *_OLD_NAME_KEYS)}
         self.y = self._file["y"][()]
         self.group = self._file["group"][()]
         self.split = self._file["split"][()]
         self.ids = self._file["id"].asstr()[()]
         self.attributes = {name: dataset[()] for name, dataset in self._file.get("attributes", {}).items()}
+        try:
+            self.vocabulary = self._read_vocabulary(attrs)
+        except GcctlError:
+            self._file.close()
+            raise
+
+    def _read_vocabulary(self, attrs: dict) -> GroupVocabulary:
+        """The recorded vocabulary (or one made of an older store's names), checked against `group`."""
+        if VOCABULARY_KEY in attrs:
+            vocabulary = GroupVocabulary.from_dict(attrs[VOCABULARY_KEY], str(self.path))
+        else:
+            described = {"class_names": attrs.get("class_names"), "attributes": attrs.get("attribute_values", {})}
+            vocabulary = GroupVocabulary.from_dict(described, str(self.path))
+            vocabulary = vocabulary.counted(self.group[self.split == SPLIT_CODES["train"]])
+        stray = set(vocabulary.attributes) - set(self.attributes)
+        if stray or np.any(vocabulary.encode(self.y, self.attributes) != self.group):
+            raise GcctlError(f"the groups of {self.path} do not follow its classes and attributes "
+                             f"({vocabulary.names}); extract the store again with gcctl")
+        return vocabulary
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.vocabulary.class_names
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -232,7 +255,7 @@ class FeatureStore:
     def group_counts(self) -> dict[str, dict[str, int]]:
         """{group name: {split: count}} over the whole vocabulary."""
         counts = {}
-        for index, name in enumerate(self.group_names):
+        for index, name in enumerate(self.vocabulary.names):
             in_group = self.group == index
             counts[name] = {split: int(np.sum(in_group & (self.split == code))) for split, code in SPLIT_CODES.items()}
         return counts
@@ -245,8 +268,7 @@ class FeatureStore:
             "embed_dim": self.embed_dim,
             "dtype": str(self.dtype),
             "provenance": self.provenance,
-            "class_names": self.class_names,
-            "attribute_values": self.attribute_values,
+            "vocabulary": self.vocabulary.to_dict(),
             "group_counts": self.group_counts(),
         }
 
@@ -350,9 +372,7 @@ def extract(
                 "n_rows": len(rows),
                 "row_offset": rows.start,
                 "rows_done": 0,
-                "class_names": table.class_names,
-                "group_names": table.group_names,
-                "attribute_values": table.attributes,
+                VOCABULARY_KEY: table.vocabulary.to_dict(),
             },
         )
     done = int(handle.attrs["rows_done"])
@@ -422,13 +442,10 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
             out,
             np.concatenate([store.load_features() for store in ordered]),
             np.concatenate([store.y for store in ordered]),
-            np.concatenate([store.group for store in ordered]),
             np.concatenate([store.split for store in ordered]),
             [i for store in ordered for i in store.ids],
             {name: np.concatenate([store.attributes[name] for store in ordered]) for name in first.attributes},
-            class_names=first.class_names,
-            group_names=first.group_names,
-            attribute_values=first.attribute_values,
+            vocabulary=first.vocabulary,
             provenance=provenance,
         )
     finally:

@@ -76,7 +76,7 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     _run("dvc", "repro", cwd=repo)
 
     with FeatureStore(repo / "pipeline/features/multiceleba.h5") as store:
-        assert len(store.group_names) == 8
+        assert store.vocabulary.n_groups == 8
         assert store.provenance["model"] == "gcctl-micro"
     with FeatureStore(repo / "pipeline/features/waterbirds.h5") as store:
         assert store.provenance["weights_sha256"] != "none"

@@ -11,7 +11,7 @@ import typer
 
 def pseudo_label(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store whose train split is labelled.")],
-    out: Annotated[Path, typer.Option("--out", help="The Parquet group file to write (id, group, confidence, strategy).")],
+    out: Annotated[Path, typer.Option("--out", help="The Parquet group file to write (id, group, group_name, confidence, strategy).")],
     strategy: Annotated[str, typer.Option(
         "--strategy", help="val-probe, zeroshot-attr, kmeans, erm-error or oracle.")] = "val-probe",
     report: Annotated[Optional[Path], typer.Option(

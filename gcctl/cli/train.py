@@ -28,7 +28,7 @@ def train(
     method: Annotated[str, typer.Option("--method", help="zeroshot, linear, dfr, coop or groupcoop.")],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (replaced only on success).")],
     groups: Annotated[Optional[Path], typer.Option(
-        "--groups", help="Parquet group labels (id, group, ...) for the train split; default: the store's true groups.")] = None,
+        "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, one trained model each, e.g. 0,1,2.")] = "0",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (method default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Samples per step.")] = None,

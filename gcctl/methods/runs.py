@@ -1,7 +1,8 @@
 """Run directories: train a method on a feature store over several seeds, save it, and evaluate it later.
 
 A run directory holds
-- `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
+- `config.json`: the method, its resolved options, the seeds, the store's provenance, its group vocabulary and
+  the source of the train groups;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
@@ -20,10 +21,11 @@ import torch
 
 from gcctl import __version__
 from gcctl.clip.factory import build_clip_for_store
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
-from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, load_training_data
+from gcctl.methods.data import check_split_groups, load_split, load_training_data, split_metrics
 from gcctl.metrics import aggregate_seeds
 from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
@@ -68,7 +70,7 @@ def train_run(
         "device": str(device),
         "features": {"path": str(features), "provenance": data.provenance},
         "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
-        "class_names": data.class_names,
+        "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
     _write_run(out, run_config, results)
@@ -117,13 +119,13 @@ def read_run_config(run: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def _check_same_features(run: Path, trained: dict, store: FeatureStore, class_names: list[str]) -> None:
+def _check_same_features(run: Path, trained: dict, store: FeatureStore, vocabulary: GroupVocabulary) -> None:
     differing = [key for key in _FEATURE_IDENTITY if trained.get(key) != store.provenance.get(key)]
     if differing:
         detail = ", ".join(f"{key} {trained.get(key)} vs {store.provenance.get(key)}" for key in differing)
         raise GcctlError(f"run {run} was trained on other features than {store.path} ({detail}); evaluate it on a store of the same model and weights")
-    if list(store.class_names) != class_names:
-        raise GcctlError(f"run {run} predicts classes {class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
+    if store.class_names != vocabulary.class_names:
+        raise GcctlError(f"run {run} predicts classes {vocabulary.class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
 
 
 def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str | os.PathLike | None = None, device: str = "auto") -> dict:
@@ -134,13 +136,15 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
     features = features or run_config["features"]["path"]
     device = resolve_device(device)
     with FeatureStore(features) as store:
-        _check_same_features(run, run_config["features"]["provenance"], store, run_config["class_names"])
+        # Runs written before the vocabulary was recorded name their classes at the top level.
+        trained_on = GroupVocabulary.from_dict(run_config.get("vocabulary", run_config), str(run / "config.json"))
+        _check_same_features(run, run_config["features"]["provenance"], store, trained_on)
         check_split_groups(store, split)
-        vocabulary = GroupVocabulary.of(store)
+        vocabulary = store.vocabulary
         data = load_split(store, split, device)
         provenance = store.provenance
     per_seed = {
-        str(seed): vocabulary.metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data)
+        str(seed): split_metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data, vocabulary)
         for seed, state in params.items()
     }
     return {

@@ -73,9 +73,7 @@ def zeroshot_metrics(
         pred,
         frame["y"].to_numpy(),
         frame["group"].to_numpy(),
-        group_names=table.group_names,
-        num_classes=len(table.class_names),
-        train_group_counts=table.group_counts()["train"].to_numpy(),
+        table.vocabulary,
     )
 
 
