@@ -73,10 +73,10 @@ class ModelRef:
         for candidate in candidates:
             if exists(candidate):
                 return candidate
-        where = f" (relative to {self.anchor})" if self.anchor and not recorded.is_absolute() else ""
+        where = f"{self.source} relative to {self.anchor} or to the current directory" if len(candidates) > 1 else self.source
         raise GcctlError(
-            f"the weights of {self.architecture} are not at {self.source}{where} any more; "
-            f"pass --pretrained with their new place (sha256 {self.sha256[:16]})"
+            f"cannot find the weights of {self.architecture} ({where}); "
+            f"pass --pretrained with where they are now (sha256 {self.sha256[:16]})"
         )
 
     def check_built(self, built: "ModelRef", pretrained: str, recorded_in: str) -> None:
