@@ -16,7 +16,6 @@ from pathlib import Path
 
 from gcctl.errors import GcctlError
 
-KINDS = ("tag", "file", "local-dir", "hf-hub", "none")
 _LOCAL_KINDS = ("file", "local-dir")  # sources that are paths on this machine
 _PREFIXES = {"local-dir": "local-dir:", "hf-hub": "hf-hub:"}
 NO_WEIGHTS = "none"  # the sha256 of random weights
@@ -25,7 +24,7 @@ NO_WEIGHTS = "none"  # the sha256 of random weights
 @dataclass(frozen=True)
 class ModelRef:
     architecture: str  # the model name (a registered config, or a model folder's own name)
-    kind: str  # one of KINDS
+    kind: str  # tag, file, local-dir, hf-hub or none
     source: str  # the tag, the file or folder path, the hub repo id; "" for kind none
     sha256: str  # of the weights file; NO_WEIGHTS for random weights
     preprocess: dict = field(default_factory=dict)  # the eval transform (`describe_preprocess`)
