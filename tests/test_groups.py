@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.groups import GROUP_FILE_COLUMNS, STRATEGIES, pseudo_label
@@ -18,7 +19,7 @@ from gcctl.store import write_store
 
 DIM = 16
 CLASSES = ["circle", "square"]
-PROVENANCE = {"model": "gcctl-micro", "pretrained": "none", "weights_sha256": "none", "dataset": "toy", "dataset_fingerprint": "toy"}
+PROVENANCE = {"model_ref": ModelRef("gcctl-micro", "none", "", "none").to_dict(), "dataset": "toy", "dataset_fingerprint": "toy"}
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from gcctl.clip.factory import build_clip
 from gcctl.clip.prompts import PromptLearner, TextTower, encode_texts
+from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import make_config
@@ -59,7 +60,8 @@ def make_store(path, *, corr=0.95, bg_strength=2.0, n=(1200, 400, 800), seed=0, 
         features[5, 3] = np.nan
     write_store(
         path, features.astype(np.float16), y, split, [f"img{i}" for i in range(len(y))], {"place": bg},
-        vocabulary=VOCABULARY, provenance={"model": model, "pretrained": "none", "weights_sha256": "none", "embed_dim": dim, "normalized": True,
+        vocabulary=VOCABULARY,
+        provenance={"model_ref": ModelRef(model, "none", "", "none").to_dict(), "embed_dim": dim, "normalized": True,
                     "dataset": "toy", "dataset_fingerprint": "toy"},
     )
     return path
@@ -186,7 +188,7 @@ def test_run_round_trip_and_seeds(tmp_path, spurious):
         assert val["seeds"][seed]["acc_wg"] == pytest.approx(selection[seed]["val_metrics"]["acc_wg"])
     values = [val["seeds"][s]["acc_avg"] for s in ("0", "1")]
     assert val["acc_avg"] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
-    assert val["provenance"]["model"] == MODEL and val["provenance"]["seeds"] == [0, 1]
+    assert val["provenance"]["model_ref"]["architecture"] == MODEL and val["provenance"]["seeds"] == [0, 1]
 
 
 def test_group_file_with_the_true_groups_trains_the_same_model(tmp_path, spurious):

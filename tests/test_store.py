@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.store import FeatureStore, Shard, merge, write_store
@@ -21,7 +22,7 @@ def _arrays(n=10, dim=4, seed=0):
     }
 
 
-def _write(path, arrays, **provenance):
+def _write(path, arrays, sha256="abc", **provenance):
     return write_store(
         path,
         arrays["features"],
@@ -30,7 +31,7 @@ def _write(path, arrays, **provenance):
         arrays["ids"],
         arrays["attributes"],
         vocabulary=VOCABULARY,
-        provenance={"model": "gcctl-micro", "weights_sha256": "abc", **provenance},
+        provenance={"model_ref": ModelRef("gcctl-micro", "file", "model.pt", sha256).to_dict(), **provenance},
     )
 
 
@@ -46,7 +47,8 @@ def test_round_trip_keeps_arrays_names_and_stored_dtype(tmp_path):
         np.testing.assert_array_equal(store.group, 2 * arrays["y"] + arrays["attributes"]["place"])
         train = arrays["split"] == 0
         np.testing.assert_array_equal(store.vocabulary.train_counts, np.bincount(store.group[train], minlength=4))
-        assert store.provenance["model"] == "gcctl-micro"
+        assert store.model_ref().architecture == "gcctl-micro"
+        assert store.model_ref().anchor == tmp_path.resolve()
         assert store.provenance["embed_dim"] == 4
         np.testing.assert_array_equal(store.split_index("val"), [1, 4, 7])
     assert not (tmp_path / "f.h5.partial").exists()
@@ -94,8 +96,8 @@ def test_merge_joins_shards_in_order_and_checks_them(tmp_path):
         np.testing.assert_array_equal(store.attributes["place"], whole["attributes"]["place"])
     with pytest.raises(GcctlError, match="every shard exactly once"):
         merge(parts[:2], tmp_path / "bad.h5")
-    other = _write(tmp_path / "other.h5", _arrays(n=3), shard="1/3", weights_sha256="def")
-    with pytest.raises(GcctlError, match="weights_sha256"):
+    other = _write(tmp_path / "other.h5", _arrays(n=3), shard="1/3", sha256="def")
+    with pytest.raises(GcctlError, match=r"\(model\)"):
         merge([parts[1], other, parts[0]], tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
 

@@ -56,6 +56,9 @@ def train(
         "--target", help="groupcoop loss: prompt (the sample's group prompt among all) or class (aggregated scores).")] = None,
     init: Annotated[Optional[str], typer.Option(
         "--init", help="groupcoop contexts start from: coop (a CoOp trained first) or words (--ctx-init).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        "--pretrained", help="zeroshot, coop, groupcoop: the store's model weights, if they moved since extraction "
+        "(checked against the store's sha256).")] = None,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -73,7 +76,8 @@ def train(
         "target": target, "init": init, "templates": template or None,
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
     }
-    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"), device=device)
+    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"), device=device,
+                        pretrained=pretrained)
     plot_run_curve(out)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

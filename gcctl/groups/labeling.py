@@ -37,6 +37,7 @@ _STRATEGY_OPTIONS = {
     "attribute_prompts": ("--attribute-prompt", "zeroshot-attr", ()),
     "class_names": ("--class-names", "zeroshot-attr", None),
     "clusters_per_group": ("--clusters-per-group", "kmeans", 1),
+    "pretrained": ("--pretrained", "zeroshot-attr", None),
 }
 
 
@@ -69,6 +70,7 @@ def pseudo_label(
     attribute_prompts: Sequence[str] = (),
     class_names: Sequence[str] | None = None,
     clusters_per_group: int = 1,
+    pretrained: str | None = None,
     seed: int = 0,
     device: str = "auto",
 ) -> dict:
@@ -76,7 +78,8 @@ def pseudo_label(
     report and its confusion-matrix PNG (all or nothing). Returns the report."""
     if strategy not in STRATEGIES:
         raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
-    given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group}
+    given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group,
+             "pretrained": pretrained}
     for option, (flag, owner, default) in _STRATEGY_OPTIONS.items():
         if strategy != owner and given[option] != default:
             raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
@@ -86,8 +89,9 @@ def pseudo_label(
     seed_everything(seed)
     with FeatureStore(features) as store:
         data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise, seed=seed)
+        reference = store.model_ref() if strategy == "zeroshot-attr" else None
     if strategy == "zeroshot-attr":
-        inference = zeroshot_attr(data, attribute_prompts, class_names)
+        inference = zeroshot_attr(data, reference, attribute_prompts, class_names, pretrained)
     elif strategy == "kmeans":
         inference = kmeans(data, clusters_per_group)
     else:

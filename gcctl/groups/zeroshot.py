@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.factory import build_clip_for_store
+from gcctl.clip.factory import build_from_reference
+from gcctl.clip.reference import ModelRef
 from gcctl.clip.prompts import class_words
 from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData
@@ -65,13 +66,20 @@ def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str
     return prompts
 
 
-def zeroshot_attr(data: LabelingData, specs: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Inference:
+def zeroshot_attr(
+    data: LabelingData,
+    reference: ModelRef,
+    specs: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    pretrained: str | None = None,
+) -> Inference:
+    """Groups from the text tower of `reference` (the store's model), built from `pretrained` when given."""
     from gcctl.clip.prompts import encode_texts, logit_scale
 
     prompts = attribute_prompts(specs, data.vocabulary.attributes)
     words = class_words(class_names, data.class_names)
     seed_everything(data.seed)  # so a model without pretrained weights is built the same on every run
-    bundle = build_clip_for_store(data.provenance, data.device)
+    bundle = build_from_reference(reference, recorded_in=f"the feature store in {reference.anchor}", pretrained=pretrained, device=data.device)
     scale = logit_scale(bundle.model)
     values = {attribute: np.zeros(len(data.train_y), dtype=np.int64) for attribute in prompts}
     confidence = np.ones(len(data.train_y))
