@@ -161,7 +161,11 @@ CASES = [
     ("escape-etc-passwd", lambda w, t: extract_args(manifest_with_path(w, t, "../../etc/passwd"), t / "f.h5"), "outside --root"),
     ("escape-absolute", lambda w, t: ["data", "show", *manifest_with_path(w, t, "/etc/hostname")], "outside --root"),
     ("missing-root", lambda w, t: ["data", "show", "--dataset", "waterbirds", "--root", str(t / "nowhere")], "not a directory"),
+    # a --table was checked against its root when `gcctl data table` wrote it
+    ("table-allow-outside-root", lambda w, t: ["data", "show", "--table", str(t / "t.parquet"), "--allow-outside-root"],
+     "--table already describes"),
     # --out that is a directory: refused before anything else is looked at (the other inputs are bad too)
+    ("table-out-directory", lambda w, t: ["data", "table", *dataset_args(w), "--out", str(folder(t))], "is a directory"),
     ("extract-out-directory", lambda w, t: extract_args(dataset_args(w), folder(t), model="no-such-model"), "is a directory"),
     ("train-out-foreign-directory", lambda w, t: train_args(t / "missing.h5", folder(t)), "not a run directory"),
     ("evaluate-out-directory", lambda w, t: evaluate_args(t / "no-run", folder(t)), "is a directory"),
