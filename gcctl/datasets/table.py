@@ -135,7 +135,7 @@ class DatasetTable:
     def load(cls, path: str | os.PathLike) -> DatasetTable:
         path = Path(path)
         if not path.is_file():
-            raise GcctlError(f"dataset table {path} does not exist; write it first with the dataset stage")
+            raise GcctlError(f"dataset table {path} does not exist; check the path, or write it from the dataset's files with `load_dataset(name, root).save(path)`")
         arrow = pq.read_table(path)
         described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
         if described is None:

@@ -105,7 +105,7 @@ def read_group_file(path: str | Path, train_ids: np.ndarray, store_ids: np.ndarr
 
     path = Path(path)
     if not path.is_file():
-        raise GcctlError(f"group file {path} not found; create it with `gcctl groups` or drop --groups")
+        raise GcctlError(f"group file {path} not found; create it with `gcctl pseudo-label` or drop --groups")
     try:
         frame = pd.read_parquet(path)
     except Exception as error:  # pyarrow raises several types for a non-Parquet file
