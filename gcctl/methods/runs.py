@@ -4,6 +4,7 @@ A run directory holds
 - `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
+- `curve.png`: that curve drawn by the `plot` given to `train_run` (the CLI gives `gcctl.report.plot_run_curve`);
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
 """
 
@@ -14,7 +15,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -24,7 +25,7 @@ from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, load_training_data
-from gcctl.metrics import aggregate_seeds
+from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
 from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
 
@@ -41,8 +42,10 @@ def train_run(
     groups: str | os.PathLike | None = None,
     seeds: Sequence[int] = (0,),
     device: str = "auto",
+    plot: Callable[[list[dict], Path], None] | None = None,
 ) -> dict:
-    """Train `method` on the store `features` once per seed and write the run directory `out`.
+    """Train `method` on the store `features` once per seed and write the run directory `out`, with
+    `curve.png` drawn by `plot(curve records, path)` when given.
 
     Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
     """
@@ -71,7 +74,7 @@ def train_run(
         "class_names": data.class_names,
         "gcctl_version": __version__,
     }
-    _write_run(out, run_config, results)
+    _write_run(out, run_config, results, plot)
     return {
         "run": str(out),
         "method": method,
@@ -88,7 +91,7 @@ def _refuse_foreign_directory(out: Path) -> None:
         raise GcctlError(f"{out} exists and is not a run directory; choose another --out")
 
 
-def _write_run(out: Path, run_config: dict, results: dict) -> None:
+def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[dict], Path], None] | None) -> None:
     """Write everything into a sibling `.partial` directory, then swap it in: a failure leaves `out` untouched."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -100,7 +103,10 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        write_json(tmp / "curve.json", [{"seed": seed, **record} for seed, r in results.items() for record in r.curve])
+        curve = [{"seed": seed, **record} for seed, r in results.items() for record in r.curve]
+        write_json(tmp / "curve.json", curve)
+        if plot is not None:
+            plot(curve, tmp / "curve.png")
         write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
         if out.exists():
             shutil.rmtree(out)
@@ -126,8 +132,16 @@ def _check_same_features(run: Path, trained: dict, store: FeatureStore, class_na
         raise GcctlError(f"run {run} predicts classes {class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
 
 
-def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str | os.PathLike | None = None, device: str = "auto") -> dict:
-    """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std."""
+def evaluate_run(
+    run: str | os.PathLike,
+    split: str = "test",
+    *,
+    features: str | os.PathLike | None = None,
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+) -> dict:
+    """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std;
+    with `out`, also written there, with the per-sample predictions beside it (`gcctl.metrics.write_evaluation`)."""
     run = Path(run)
     run_config = read_run_config(run)
     params = torch.load(run / "params.pt", map_location="cpu", weights_only=True)
@@ -138,20 +152,21 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
         check_split_groups(store, split)
         vocabulary = GroupVocabulary.of(store)
         data = load_split(store, split, device)
+        ids = store.ids[store.split_index(split)]
         provenance = store.provenance
-    per_seed = {
-        str(seed): vocabulary.metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data)
-        for seed, state in params.items()
-    }
-    return {
-        **aggregate_seeds(list(per_seed.values())),
-        "seeds": per_seed,
+    scores = {seed: Classifier.from_state(state["classifier"], device).scores(data.features) for seed, state in sorted(params.items())}
+    predictions = predictions_frame(ids, data.y.cpu().numpy(), data.group.cpu().numpy(), split, scores,
+                                    group_names=vocabulary.group_names, class_names=run_config["class_names"])
+    metric_inputs = {"group_names": vocabulary.group_names, "num_classes": vocabulary.num_classes,
+                     "train_group_counts": vocabulary.train_group_counts.tolist()}
+    metrics = {
+        **metrics_from_predictions(predictions, **metric_inputs),
         "provenance": {
             "run": run.name,
             "run_dir": str(run),
             "method": run_config["method"],
             "split": split,
-            "seeds": run_config["seeds"],
+            "seeds": sorted(params),
             "features": str(features),
             "model": provenance.get("model"),
             "pretrained": provenance.get("pretrained"),
@@ -162,3 +177,6 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
             "train_groups": run_config["groups"],
         },
     }
+    if out is not None:
+        write_evaluation(out, metrics, predictions, metric_inputs)
+    return metrics
