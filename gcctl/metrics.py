@@ -161,7 +161,6 @@ def agreement(truth: np.ndarray, inferred: np.ndarray, group_names: list[str], g
 
 
 PREDICTIONS_SUFFIX = ".predictions.parquet"
-PREDICTION_COLUMNS = ("id", "split", "y", "group", "group_name", "seed", "pred")  # then one score_<class> per class
 _PARQUET_METADATA_KEY = b"gcctl.predictions"
 
 
@@ -182,8 +181,10 @@ def predictions_frame(
     group_names: Sequence[str],
     class_names: Sequence[str],
 ) -> "pd.DataFrame":
-    """Per-sample predictions in long form, one row per (seed, sample): the columns of `PREDICTION_COLUMNS`
-    (`seed` is a nullable integer, `pred` the argmax of the scores), then `score_<class name>` per class."""
+    """Per-sample predictions in long form, one row per (seed, sample), with columns `id`, `split`, `y`, `group`
+    (index), `group_name`, `seed` (nullable integer: <NA> for a model without a known seed), `pred` (the argmax
+    of the scores), then `score_<class name>` per class. Long, so `frame.groupby("seed")` gives each seed's rows
+    and `frame.pivot(index="id", columns="seed", values="pred")` the wide view."""
     import pandas as pd
 
     group = np.asarray(group, dtype=np.int64)
