@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path, write_json
 
@@ -39,22 +40,24 @@ def compute_metrics(
     pred: np.ndarray,
     y: np.ndarray,
     group: np.ndarray,
-    *,
-    group_names: Sequence[str],
-    num_classes: int,
-    train_group_counts: np.ndarray,
+    groups: GroupVocabulary,
 ) -> dict:
-    """Every metric of the vocabulary for one set of predictions; accuracies are fractions in [0, 1]."""
+    """Every metric of the vocabulary for one set of predictions; accuracies are fractions in [0, 1].
+
+    `groups` numbers `group`, names the groups and gives the train proportions of `acc_adj_avg`.
+    """
     pred, y, group = (np.asarray(a, dtype=np.int64) for a in (pred, y, group))
     if not len(y) == len(pred) == len(group) or len(y) == 0:
         raise ValueError(f"need equally long, non-empty pred/y/group; got {len(pred)}, {len(y)}, {len(group)}")
+    if groups.train_counts is None:
+        raise ValueError("the group vocabulary has no training counts; acc_adj_avg needs them")
     correct = (pred == y).astype(np.float64)
-    n_groups = len(group_names)
+    n_groups, num_classes = groups.n_groups, groups.num_classes
     group_n = np.bincount(group, minlength=n_groups)
     group_correct = np.bincount(group, weights=correct, minlength=n_groups)
     present = np.flatnonzero(group_n)
     group_acc = group_correct[present] / group_n[present]
-    train_weights = np.asarray(train_group_counts, dtype=np.float64)[present]
+    train_weights = groups.train_counts.astype(np.float64)[present]
     if train_weights.sum() == 0:
         raise ValueError("no group of the evaluated split occurs in the train split; acc_adj_avg is undefined")
     class_n = np.bincount(y, minlength=num_classes)
@@ -67,7 +70,7 @@ def compute_metrics(
         "acc_adj_avg": float(np.dot(train_weights, group_acc) / train_weights.sum()),
         "acc_balanced": float(np.mean(class_correct[classes] / class_n[classes])),
         "per_group": {
-            group_names[g]: {"acc": float(acc), "n": int(group_n[g])} for g, acc in zip(present, group_acc)
+            groups.names[g]: {"acc": float(acc), "n": int(group_n[g])} for g, acc in zip(present, group_acc)
         },
     }
 
@@ -124,14 +127,14 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return float(numerator / denominator) if denominator else None
 
 
-def agreement(truth: np.ndarray, inferred: np.ndarray, group_names: list[str], groups_per_class: int) -> dict:
+def agreement(truth: np.ndarray, inferred: np.ndarray, vocabulary: GroupVocabulary) -> dict:
     """How inferred groups agree with the true ones: accuracy, per-group precision and recall, the confusion
-    matrix; both labellings of the same samples in the store's class-major vocabulary.
+    matrix; both labellings of the same samples numbered by the store's `vocabulary`.
 
     `accuracy_up_to_relabelling` lets each class's inferred groups be renamed one-to-one first: it measures how
     well the samples were *separated*, whatever names they got (e.g. clusters matched by size).
     """
-    n_groups = len(group_names)
+    n_groups, groups_per_class, group_names = vocabulary.n_groups, vocabulary.groups_per_class, vocabulary.names
     confusion = np.zeros((n_groups, n_groups), dtype=np.int64)  # rows: true group, columns: inferred
     np.add.at(confusion, (truth, inferred), 1)
     hits, true_n, inferred_n = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
@@ -177,36 +180,30 @@ def predictions_frame(
     group: np.ndarray,
     split: str,
     scores_by_seed: dict[int | None, np.ndarray],
-    *,
-    group_names: Sequence[str],
-    class_names: Sequence[str],
+    vocabulary: GroupVocabulary,
 ) -> "pd.DataFrame":
     """Per-sample predictions in long form, one row per (seed, sample), with columns `id`, `split`, `y`, `group`
     (index), `group_name`, `seed` (nullable integer: <NA> for a model without a known seed), `pred` (the argmax
-    of the scores), then `score_<class name>` per class. Long, so `frame.groupby("seed")` gives each seed's rows
+    of the scores), then `score_<class name>` per class of `vocabulary`. Long, so `frame.groupby("seed")` gives each seed's rows
     and `frame.pivot(index="id", columns="seed", values="pred")` the wide view."""
     import pandas as pd
 
     group = np.asarray(group, dtype=np.int64)
-    names = np.asarray(group_names, dtype=object)[group]
+    names = np.asarray(vocabulary.names, dtype=object)[group]
     blocks = []
     for seed, scores in scores_by_seed.items():
         scores = np.asarray(scores, dtype=np.float32)
         columns = {"id": np.asarray(ids).astype(str), "split": split, "y": np.asarray(y, dtype=np.int64), "group": group,
                    "group_name": names, "seed": pd.array([seed] * len(group), dtype="Int64"), "pred": scores.argmax(axis=1)}
-        columns.update({f"score_{name}": scores[:, c] for c, name in enumerate(class_names)})
+        columns.update({f"score_{name}": scores[:, c] for c, name in enumerate(vocabulary.class_names)})
         blocks.append(pd.DataFrame(columns))
     return pd.concat(blocks, ignore_index=True)
 
 
-def metrics_from_predictions(
-    frame: "pd.DataFrame", *, group_names: Sequence[str], num_classes: int, train_group_counts: Sequence[int]
-) -> dict:
+def metrics_from_predictions(frame: "pd.DataFrame", vocabulary: GroupVocabulary) -> dict:
     """`aggregate_seeds` of every seed's `compute_metrics`, plus `seeds`: {seed_key: metrics}, in seed order."""
     per_seed = {
-        seed_key(seed): compute_metrics(rows["pred"].to_numpy(), rows["y"].to_numpy(), rows["group"].to_numpy(),
-                                        group_names=group_names, num_classes=num_classes,
-                                        train_group_counts=np.asarray(train_group_counts))
+        seed_key(seed): compute_metrics(rows["pred"].to_numpy(), rows["y"].to_numpy(), rows["group"].to_numpy(), vocabulary)
         for seed, rows in frame.groupby("seed", sort=True, dropna=False)
     }
     return {**aggregate_seeds(list(per_seed.values())), "seeds": per_seed}
@@ -218,25 +215,25 @@ def predictions_path(metrics_path: str | os.PathLike) -> Path:
     return metrics_path.with_name(metrics_path.stem + PREDICTIONS_SUFFIX)
 
 
-def write_evaluation(out: str | os.PathLike, metrics: dict, predictions: "pd.DataFrame", vocabulary: dict) -> None:
+def write_evaluation(out: str | os.PathLike, metrics: dict, predictions: "pd.DataFrame", vocabulary: GroupVocabulary) -> None:
     """Write the metrics JSON `out` and its predictions Parquet, both or neither.
 
-    `vocabulary` ({group_names, num_classes, train_group_counts}, the keyword arguments of
-    `metrics_from_predictions`) travels in the Parquet schema metadata, so the file alone recomputes the metrics.
+    The `vocabulary` (with its training counts) travels in the Parquet schema metadata, so the file alone
+    recomputes the metrics (`metrics_from_predictions(*read_predictions(path))`).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     arrow = pa.Table.from_pandas(predictions, preserve_index=False)
-    described = json.dumps({**vocabulary, "train_group_counts": [int(n) for n in vocabulary["train_group_counts"]]})
+    described = json.dumps({"vocabulary": vocabulary.to_dict()})
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), _PARQUET_METADATA_KEY: described.encode()})
     with atomic_path(predictions_path(out)) as tmp:  # the JSON inside: if it fails, no Parquet is renamed into place
         pq.write_table(arrow, tmp)
         write_json(out, metrics)
 
 
-def read_predictions(path: str | os.PathLike) -> tuple["pd.DataFrame", dict]:
-    """A predictions file of `gcctl evaluate` and its vocabulary: `metrics_from_predictions(frame, **vocabulary)`."""
+def read_predictions(path: str | os.PathLike) -> tuple["pd.DataFrame", GroupVocabulary]:
+    """A predictions file of `gcctl evaluate` and its group vocabulary: `metrics_from_predictions(frame, vocabulary)`."""
     import pyarrow.parquet as pq
 
     if not Path(path).is_file():
@@ -245,4 +242,5 @@ def read_predictions(path: str | os.PathLike) -> tuple["pd.DataFrame", dict]:
     described = (arrow.schema.metadata or {}).get(_PARQUET_METADATA_KEY)
     if described is None:
         raise GcctlError(f"{path} is not a predictions file of `gcctl evaluate`; pass the *{PREDICTIONS_SUFFIX} it wrote")
-    return arrow.to_pandas(), json.loads(described)
+    vocabulary = GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
+    return arrow.to_pandas(), vocabulary

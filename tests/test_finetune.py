@@ -344,11 +344,12 @@ def test_checkpoints_are_evaluated_zero_shot_as_seeds_of_one_run(table, base, tm
     assert list(metrics["seeds"]) == ["2", "10"]
     assert [metrics["seeds"][seed]["acc_avg"] for seed in ("2", "10")] == [m["acc_avg"] for m in per_seed]
     provenance = metrics["provenance"]
-    assert provenance["run"] == "ft" and provenance["model"] == MICRO and provenance["seeds"] == [2, 10]
+    assert provenance["run"] == "ft" and provenance["seeds"] == [2, 10]
+    assert [reference["architecture"] for reference in provenance["checkpoints"]] == [MICRO, MICRO]
     assert provenance["dataset_fingerprint"] == table.fingerprint()
     assert provenance["checkpoints"][0]["sha256"] == sha256_file(tmp_path / "ft" / "seed-2" / "model.pt")
     predictions, vocabulary = read_predictions(tmp_path / "ft.predictions.parquet")
-    recomputed = metrics_from_predictions(predictions, **vocabulary)
+    recomputed = metrics_from_predictions(predictions, vocabulary)
     assert [recomputed[key] for key in ("acc_avg", "acc_wg")] == [metrics[key] for key in ("acc_avg", "acc_wg")]
     assert set(predictions.columns) >= {"id", "group_name", *(f"score_{name}" for name in table.class_names)}
 
@@ -384,7 +385,7 @@ def test_finetune_command_trains_and_reports(run_cli, tiny_waterbirds, base, tmp
                           "--model", MICRO, "--pretrained", base, "--method", "ft", "--epochs", "1", "--batch-size", "32",
                           "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"), "--json")
     assert code == 0 and json.loads(out)["best_epoch"] == 1
-    assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).provenance["model"] == MICRO
+    assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).reference.architecture == MICRO
 
 
 def test_bad_pool_and_foreign_checkpoint_are_one_line_errors(run_cli, tiny_waterbirds, base, tmp_path):
@@ -416,7 +417,7 @@ def test_evaluate_command_scores_a_checkpoint_on_images_and_reports_it(run_cli, 
     ([], "either --run"),
     (["--checkpoint", "X"], "needs the images"),
     (["--run", "R", "--checkpoint", "X"], "either --run"),
-    (["--checkpoint", "X", "--dataset", "waterbirds"], "--dataset and --root go together"),
+    (["--checkpoint", "X", "--dataset", "waterbirds"], "give --dataset and --root together, or --table"),
     (["--checkpoint", "X", "--target", "Blond_Hair"], "--target needs --dataset and --root"),
 ])
 def test_evaluate_needs_exactly_one_source_and_images_for_checkpoints(run_cli, tmp_path, args, message):

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.metrics import (METRIC_KEYS, aggregate_seeds, compute_metrics, metrics_from_predictions, predictions_frame,
                            predictions_path, read_predictions, write_evaluation)
 
-GROUPS = ["g0", "g1", "g2", "g3"]
+VOCABULARY = GroupVocabulary(["c0", "c1"], {"a": ["x", "y"]})  # groups g0..g3: c0/x, c0/y, c1/x, c1/y
 #                 g0 g0 g0 g1 g2 g2 g3 g3 g3 g3
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 GROUP = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3])
@@ -13,8 +14,8 @@ PRED = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 1])
 TRAIN_COUNTS = np.array([10, 0, 30, 60])
 
 
-def metrics(pred=PRED, y=Y, group=GROUP, names=GROUPS, counts=TRAIN_COUNTS):
-    return compute_metrics(pred, y, group, group_names=names, num_classes=2, train_group_counts=counts)
+def metrics(pred=PRED, y=Y, group=GROUP, vocabulary=VOCABULARY, counts=TRAIN_COUNTS):
+    return compute_metrics(pred, y, group, GroupVocabulary(vocabulary.class_names, vocabulary.attributes, counts))
 
 
 def test_hand_computed_case():
@@ -28,17 +29,18 @@ def test_hand_computed_case():
     # recall of class 0 is 2/4, of class 1 is 4/6
     assert m["acc_balanced"] == pytest.approx((2 / 4 + 4 / 6) / 2)
     assert m["per_group"] == {
-        "g0": {"acc": pytest.approx(2 / 3), "n": 3},
-        "g1": {"acc": 0.0, "n": 1},
-        "g2": {"acc": 0.5, "n": 2},
-        "g3": {"acc": 0.75, "n": 4},
+        "c0/x": {"acc": pytest.approx(2 / 3), "n": 3},
+        "c0/y": {"acc": 0.0, "n": 1},
+        "c1/x": {"acc": 0.5, "n": 2},
+        "c1/y": {"acc": 0.75, "n": 4},
     }
 
 
 def test_group_absent_from_split_is_left_out():
-    names = GROUPS + ["g4"]
-    m = metrics(names=names, counts=np.append(TRAIN_COUNTS, 1000))
-    assert "g4" not in m["per_group"]
+    wider = GroupVocabulary(["c0", "c1"], {"a": ["x", "y", "z"]})  # c0/z (2) and c1/z (5) have no sample
+    m = metrics(group=wider.group_of(Y, VOCABULARY.within(GROUP)), vocabulary=wider,
+                counts=[10, 0, 1000, 30, 60, 1000])
+    assert set(m["per_group"]) == {"c0/x", "c0/y", "c1/x", "c1/y"}
     assert m["acc_wg"] == pytest.approx(0.0)
     assert m["acc_mean_group"] == pytest.approx(metrics()["acc_mean_group"])
     assert m["acc_adj_avg"] == pytest.approx(metrics()["acc_adj_avg"])
@@ -59,8 +61,8 @@ def test_seed_aggregate_has_mean_and_population_std():
     better = metrics(pred=np.where(np.arange(10) == 2, 0, PRED))  # fixes one g0 sample
     aggregated = aggregate_seeds([worse, better])
     assert aggregated["acc_avg"] == {"mean": pytest.approx(0.65), "std": pytest.approx(0.05)}
-    assert aggregated["per_group"]["g0"]["acc"] == {"mean": pytest.approx(5 / 6), "std": pytest.approx(1 / 6)}
-    assert aggregated["per_group"]["g0"]["n"] == 3
+    assert aggregated["per_group"]["c0/x"]["acc"] == {"mean": pytest.approx(5 / 6), "std": pytest.approx(1 / 6)}
+    assert aggregated["per_group"]["c0/x"]["n"] == 3
     assert set(aggregated) == set(METRIC_KEYS) | {"per_group"}
 
 
@@ -75,37 +77,36 @@ def _scores(pred):
 
 
 BETTER = np.where(np.arange(10) == 2, 0, PRED)  # fixes one g0 sample
-VOCABULARY = {"group_names": GROUPS, "num_classes": 2, "train_group_counts": TRAIN_COUNTS.tolist()}
+COUNTED = GroupVocabulary(VOCABULARY.class_names, VOCABULARY.attributes, TRAIN_COUNTS)
 
 
 def _frame(scores_by_seed):
-    return predictions_frame([f"img{i}" for i in range(10)], Y, GROUP, "test", scores_by_seed,
-                             group_names=GROUPS, class_names=["land", "water"])
+    return predictions_frame([f"img{i}" for i in range(10)], Y, GROUP, "test", scores_by_seed, COUNTED)
 
 
 def test_predictions_frame_is_long_with_one_score_column_per_class():
     frame = _frame({10: _scores(PRED), 2: _scores(BETTER)})
-    assert list(frame.columns) == ["id", "split", "y", "group", "group_name", "seed", "pred", "score_land", "score_water"]
+    assert list(frame.columns) == ["id", "split", "y", "group", "group_name", "seed", "pred", "score_c0", "score_c1"]
     assert len(frame) == 20 and list(frame.loc[frame["seed"] == 10, "pred"]) == list(PRED)
-    assert list(frame.loc[frame["seed"] == 2, "group_name"]) == [GROUPS[g] for g in GROUP]
+    assert list(frame.loc[frame["seed"] == 2, "group_name"]) == [VOCABULARY.names[g] for g in GROUP]
 
 
 def test_metrics_from_predictions_are_keyed_by_seed_in_numeric_order():
-    recomputed = metrics_from_predictions(_frame({10: _scores(PRED), 2: _scores(BETTER)}), **VOCABULARY)
+    recomputed = metrics_from_predictions(_frame({10: _scores(PRED), 2: _scores(BETTER)}), COUNTED)
     assert list(recomputed["seeds"]) == ["2", "10"]
     assert recomputed["seeds"]["10"] == metrics()
     assert recomputed["acc_avg"] == aggregate_seeds([metrics(), metrics(pred=BETTER)])["acc_avg"]
-    unseeded = metrics_from_predictions(_frame({None: _scores(PRED)}), **VOCABULARY)
+    unseeded = metrics_from_predictions(_frame({None: _scores(PRED)}), COUNTED)
     assert list(unseeded["seeds"]) == ["none"] and unseeded["acc_wg"]["mean"] == metrics()["acc_wg"]
 
 
 def test_evaluation_is_written_with_predictions_that_recompute_its_metrics(tmp_path):
     frame = _frame({0: _scores(PRED), 1: _scores(BETTER)})
-    written = metrics_from_predictions(frame, **VOCABULARY)
-    write_evaluation(tmp_path / "run.json", written, frame, VOCABULARY)
+    written = metrics_from_predictions(frame, COUNTED)
+    write_evaluation(tmp_path / "run.json", written, frame, COUNTED)
     assert predictions_path(tmp_path / "run.json") == tmp_path / "run.predictions.parquet"
     read, vocabulary = read_predictions(tmp_path / "run.predictions.parquet")
-    assert vocabulary == VOCABULARY and metrics_from_predictions(read, **vocabulary) == written
+    assert vocabulary == COUNTED and metrics_from_predictions(read, vocabulary) == written
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json", "run.predictions.parquet"]
     with pytest.raises(GcctlError, match="not found"):
         read_predictions(tmp_path / "absent.parquet")

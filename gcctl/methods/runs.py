@@ -1,7 +1,8 @@
 """Run directories: train a method on a feature store over several seeds, save it, and evaluate it later.
 
 A run directory holds
-- `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
+- `config.json`: the method, its resolved options, the seeds, the store's model reference (its weights path
+  relative to the run directory) and other provenance, its group vocabulary and the source of the train groups;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
 - `curve.png`: that curve drawn by the `plot` given to `train_run` (the CLI gives `gcctl.report.plot_run_curve`);
@@ -20,17 +21,16 @@ from typing import Callable, Sequence
 import torch
 
 from gcctl import __version__
-from gcctl.clip.factory import build_clip_for_store
+from gcctl.clip.factory import build_from_reference
+from gcctl.clip.reference import ModelRef
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
-from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, load_training_data
+from gcctl.methods.data import check_split_groups, load_split, load_training_data
 from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
 from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
-
-# What must agree between the store a run was trained on and the one it is evaluated on.
-_FEATURE_IDENTITY = ("model", "embed_dim", "weights_sha256")
 
 
 def train_run(
@@ -42,24 +42,31 @@ def train_run(
     groups: str | os.PathLike | None = None,
     seeds: Sequence[int] = (0,),
     device: str = "auto",
+    pretrained: str | None = None,
     plot: Callable[[list[dict], Path], None] | None = None,
 ) -> dict:
     """Train `method` on the store `features` once per seed and write the run directory `out`, with
     `curve.png` drawn by `plot(curve records, path)` when given.
 
+    A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
     Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
     """
     spec = get_method(method)
     config = make_config(method, options or {})
     if not seeds:
         raise GcctlError("--seeds is empty; give at least one seed, e.g. --seeds 0")
+    if pretrained and not spec.uses_clip:
+        raise GcctlError(f"--pretrained applies to methods with the text tower, not to {method}; drop it")
     out = Path(out)
     _refuse_foreign_directory(out)
     device = resolve_device(device)
     with FeatureStore(features) as store:
         data = load_training_data(store, device, groups)
+        reference = store.model_ref()
     seed_everything(seeds[0])  # so a model without pretrained weights is built the same in every run
-    bundle = build_clip_for_store(data.provenance, device) if spec.uses_clip else None
+    bundle = None
+    if spec.uses_clip:
+        bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained, device=device)
     results = {}
     for seed in seeds:
         seed_everything(seed)
@@ -69,9 +76,10 @@ def train_run(
         "config": asdict(config),
         "seeds": list(seeds),
         "device": str(device),
-        "features": {"path": str(features), "provenance": data.provenance},
+        "model_ref": reference.recorded_for(out).to_dict(),
+        "features": {"path": str(features), "provenance": {k: v for k, v in data.provenance.items() if k != "model_ref"}},
         "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
-        "class_names": data.class_names,
+        "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
     _write_run(out, run_config, results, plot)
@@ -123,13 +131,14 @@ def read_run_config(run: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def _check_same_features(run: Path, trained: dict, store: FeatureStore, class_names: list[str]) -> None:
-    differing = [key for key in _FEATURE_IDENTITY if trained.get(key) != store.provenance.get(key)]
+def _check_same_features(run: Path, trained: ModelRef, store: FeatureStore, vocabulary: GroupVocabulary) -> None:
+    trained_on, offered = trained.identity(), store.model_ref().identity()
+    differing = [key for key in trained_on if trained_on[key] != offered[key]]
     if differing:
-        detail = ", ".join(f"{key} {trained.get(key)} vs {store.provenance.get(key)}" for key in differing)
+        detail = ", ".join(f"{key} {str(trained_on[key])[:16]} vs {str(offered[key])[:16]}" for key in differing)
         raise GcctlError(f"run {run} was trained on other features than {store.path} ({detail}); evaluate it on a store of the same model and weights")
-    if list(store.class_names) != class_names:
-        raise GcctlError(f"run {run} predicts classes {class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
+    if store.class_names != vocabulary.class_names:
+        raise GcctlError(f"run {run} predicts classes {vocabulary.class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
 
 
 def evaluate_run(
@@ -147,20 +156,20 @@ def evaluate_run(
     params = torch.load(run / "params.pt", map_location="cpu", weights_only=True)
     features = features or run_config["features"]["path"]
     device = resolve_device(device)
+    trained = ModelRef.from_dict(run_config["model_ref"], anchor=run)
     with FeatureStore(features) as store:
-        _check_same_features(run, run_config["features"]["provenance"], store, run_config["class_names"])
+        # Runs written before the vocabulary was recorded name their classes at the top level.
+        trained_vocabulary = GroupVocabulary.from_dict(run_config.get("vocabulary", run_config), str(run / "config.json"))
+        _check_same_features(run, trained, store, trained_vocabulary)
         check_split_groups(store, split)
-        vocabulary = GroupVocabulary.of(store)
+        vocabulary = store.vocabulary
         data = load_split(store, split, device)
         ids = store.ids[store.split_index(split)]
         provenance = store.provenance
     scores = {seed: Classifier.from_state(state["classifier"], device).scores(data.features) for seed, state in sorted(params.items())}
-    predictions = predictions_frame(ids, data.y.cpu().numpy(), data.group.cpu().numpy(), split, scores,
-                                    group_names=vocabulary.group_names, class_names=run_config["class_names"])
-    metric_inputs = {"group_names": vocabulary.group_names, "num_classes": vocabulary.num_classes,
-                     "train_group_counts": vocabulary.train_group_counts.tolist()}
+    predictions = predictions_frame(ids, data.y.cpu().numpy(), data.group.cpu().numpy(), split, scores, vocabulary)
     metrics = {
-        **metrics_from_predictions(predictions, **metric_inputs),
+        **metrics_from_predictions(predictions, vocabulary),
         "provenance": {
             "run": run.name,
             "run_dir": str(run),
@@ -168,9 +177,7 @@ def evaluate_run(
             "split": split,
             "seeds": sorted(params),
             "features": str(features),
-            "model": provenance.get("model"),
-            "pretrained": provenance.get("pretrained"),
-            "weights_sha256": provenance.get("weights_sha256"),
+            "model_ref": run_config["model_ref"],  # its weights path relative to run_dir
             "embed_dim": provenance.get("embed_dim"),
             "dataset": provenance.get("dataset"),
             "dataset_fingerprint": provenance.get("dataset_fingerprint"),
@@ -178,5 +185,5 @@ def evaluate_run(
         },
     }
     if out is not None:
-        write_evaluation(out, metrics, predictions, metric_inputs)
+        write_evaluation(out, metrics, predictions, vocabulary)
     return metrics

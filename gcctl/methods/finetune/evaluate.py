@@ -82,13 +82,7 @@ def zeroshot_metrics(bundle: ClipBundle, table: DatasetTable, split: str, *, dev
     """Every metric of `gcctl.metrics` for zero-shot prediction on `split` (options: those of `zeroshot_scores`)."""
     scores, rows = zeroshot_scores(bundle, table, split, device=device, **options)
     frame = table.frame.iloc[rows]
-    return compute_metrics(scores.argmax(axis=1), frame["y"].to_numpy(), frame["group"].to_numpy(), **_metric_inputs(table))
-
-
-def _metric_inputs(table: DatasetTable) -> dict:
-    """What the metrics need besides predictions (the keyword arguments of `compute_metrics`)."""
-    return {"group_names": list(table.group_names), "num_classes": len(table.class_names),
-            "train_group_counts": table.group_counts()["train"].to_numpy().tolist()}
+    return compute_metrics(scores.argmax(axis=1), frame["y"].to_numpy(), frame["group"].to_numpy(), table.vocabulary)
 
 
 def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -153,7 +147,7 @@ def evaluate_checkpoints(
     and std in the same form as `evaluate_run`, and written like it with `out`; `model_name` defaults to the
     architecture each checkpoint records."""
     torch_device = resolve_device(device)
-    scores, weights = {}, []
+    scores, references = {}, []
     for seed, path in _seeded(find_checkpoints(checkpoints)).items():
         architecture = model_name or checkpoint_model_name(path)
         if not architecture:
@@ -161,13 +155,12 @@ def evaluate_checkpoints(
         bundle = build_clip(architecture, str(path), device=torch_device)
         scores[seed], rows = zeroshot_scores(bundle, table, split, device=torch_device, caption=caption,
                                              batch_size=batch_size, workers=workers)
-        weights.append({"path": str(path), "seed": seed, "model": architecture, "sha256": bundle.provenance["weights_sha256"]})
+        references.append(bundle.reference.recorded_for(Path.cwd()).to_dict())
     frame = table.frame.iloc[rows]
     predictions = predictions_frame(frame["id"].to_numpy(), frame["y"].to_numpy(), frame["group"].to_numpy(), split, scores,
-                                    group_names=table.group_names, class_names=table.class_names)
-    metric_inputs = _metric_inputs(table)
+                                    table.vocabulary)
     metrics = {
-        **metrics_from_predictions(predictions, **metric_inputs),
+        **metrics_from_predictions(predictions, table.vocabulary),
         "provenance": {
             "run": name or _label(checkpoints),
             "run_dir": None,
@@ -175,14 +168,14 @@ def evaluate_checkpoints(
             "caption": caption,
             "split": split,
             "seeds": list(scores),
-            "checkpoints": weights,
-            "model": weights[0]["model"],
+            # model references in the order of `seeds`, their paths relative to the current directory
+            "checkpoints": references,
             "dataset": table.dataset,
             "dataset_fingerprint": table.fingerprint(),
         },
     }
     if out is not None:
-        write_evaluation(out, metrics, predictions, metric_inputs)
+        write_evaluation(out, metrics, predictions, table.vocabulary)
     return metrics
 
 
