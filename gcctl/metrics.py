@@ -10,13 +10,28 @@
 
 Groups with no sample in the evaluated split are left out of every group-based metric and of `per_group`;
 whether such a split is acceptable at all is the caller's decision.
+
+Also here: the agreement of inferred (pseudo) groups with the true ones, and the predictions artifact that
+`gcctl evaluate` writes beside its metrics JSON (`X.json` → `X.predictions.parquet`), from which
+`metrics_from_predictions` recomputes the metrics.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
 import numpy as np
 
 from gcctl.datasets.groups import GroupVocabulary
+from gcctl.errors import GcctlError
+from gcctl.runtime import atomic_path, corrupt_file_error, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRIC_KEYS = ("acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced")
 
@@ -78,3 +93,158 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
         for name, stats in per_seed[0]["per_group"].items()
     }
     return aggregated
+
+
+# ---------------------------------------------------------------------------- agreement of inferred groups
+
+# 8! = 40320 permutations are scored at once; beyond that the matching is greedy.
+_EXHAUSTIVE_UP_TO = 8
+
+
+def best_assignment(score: np.ndarray) -> np.ndarray:
+    """`match[i]` = the column matched to row i of the square `score`, maximising Σ score[i, match[i]].
+
+    Exact for up to 8 rows (every group count of a real benchmark); greedy on the largest entries beyond.
+    Here because `accuracy_up_to_relabelling` is defined by it; pseudo-labelling strategies match with it too.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    n = len(score)
+    if n <= _EXHAUSTIVE_UP_TO:
+        permutations = np.array(list(itertools.permutations(range(n))), dtype=np.int64)
+        totals = score[np.arange(n), permutations].sum(axis=1)
+        return permutations[int(np.argmax(totals))]
+    match = np.full(n, -1, dtype=np.int64)
+    remaining = score.copy()
+    for _ in range(n):
+        row, column = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
+        match[row] = column
+        remaining[row, :] = -np.inf
+        remaining[:, column] = -np.inf
+    return match
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return float(numerator / denominator) if denominator else None
+
+
+def agreement(truth: np.ndarray, inferred: np.ndarray, vocabulary: GroupVocabulary) -> dict:
+    """How inferred groups agree with the true ones: accuracy, per-group precision and recall, the confusion
+    matrix; both labellings of the same samples numbered by the store's `vocabulary`.
+
+    `accuracy_up_to_relabelling` lets each class's inferred groups be renamed one-to-one first: it measures how
+    well the samples were *separated*, whatever names they got (e.g. clusters matched by size).
+    """
+    n_groups, groups_per_class, group_names = vocabulary.n_groups, vocabulary.groups_per_class, vocabulary.names
+    confusion = np.zeros((n_groups, n_groups), dtype=np.int64)  # rows: true group, columns: inferred
+    np.add.at(confusion, (truth, inferred), 1)
+    hits, true_n, inferred_n = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)
+    separated = 0
+    for start in range(0, n_groups, groups_per_class):
+        block = confusion[start : start + groups_per_class, start : start + groups_per_class]
+        match = best_assignment(block.T)  # inferred group i of the class → true group match[i]
+        separated += int(block.T[np.arange(groups_per_class), match].sum())
+    return {
+        "n": int(len(truth)),
+        "accuracy": float(hits.sum() / len(truth)),
+        "accuracy_up_to_relabelling": float(separated / len(truth)),
+        "per_group": {
+            name: {
+                "true_n": int(true_n[g]),
+                "inferred_n": int(inferred_n[g]),
+                "precision": _ratio(int(hits[g]), int(inferred_n[g])),
+                "recall": _ratio(int(hits[g]), int(true_n[g])),
+            }
+            for g, name in enumerate(group_names)
+        },
+        "confusion": {"rows": "true group", "columns": "inferred group", "groups": list(group_names), "matrix": confusion.tolist()},
+    }
+
+
+# ---------------------------------------------------------------------------- predictions
+
+
+PREDICTIONS_SUFFIX = ".predictions.parquet"
+_PARQUET_METADATA_KEY = b"gcctl.predictions"
+
+
+def seed_key(seed: Any) -> str:
+    """How a seed names its entry in a metrics file: '0', '1', …; 'none' for a model without a known seed."""
+    import pandas as pd
+
+    return "none" if pd.isna(seed) else str(int(seed))
+
+
+def predictions_frame(
+    ids: Sequence[str],
+    y: np.ndarray,
+    group: np.ndarray,
+    split: str,
+    scores_by_seed: dict[int | None, np.ndarray],
+    vocabulary: GroupVocabulary,
+) -> "pd.DataFrame":
+    """Per-sample predictions in long form, one row per (seed, sample), with columns `id`, `split`, `y`, `group`
+    (index), `group_name`, `seed` (nullable integer: <NA> for a model without a known seed), `pred` (the argmax
+    of the scores), then `score_<class name>` per class of `vocabulary`. Long, so `frame.groupby("seed")` gives each seed's rows
+    and `frame.pivot(index="id", columns="seed", values="pred")` the wide view."""
+    import pandas as pd
+
+    group = np.asarray(group, dtype=np.int64)
+    names = np.asarray(vocabulary.names, dtype=object)[group]
+    blocks = []
+    for seed, scores in scores_by_seed.items():
+        scores = np.asarray(scores, dtype=np.float32)
+        columns = {"id": np.asarray(ids).astype(str), "split": split, "y": np.asarray(y, dtype=np.int64), "group": group,
+                   "group_name": names, "seed": pd.array([seed] * len(group), dtype="Int64"), "pred": scores.argmax(axis=1)}
+        columns.update({f"score_{name}": scores[:, c] for c, name in enumerate(vocabulary.class_names)})
+        blocks.append(pd.DataFrame(columns))
+    return pd.concat(blocks, ignore_index=True)
+
+
+def metrics_from_predictions(frame: "pd.DataFrame", vocabulary: GroupVocabulary) -> dict:
+    """`aggregate_seeds` of every seed's `compute_metrics`, plus `seeds`: {seed_key: metrics}, in seed order."""
+    per_seed = {
+        seed_key(seed): compute_metrics(rows["pred"].to_numpy(), rows["y"].to_numpy(), rows["group"].to_numpy(), vocabulary)
+        for seed, rows in frame.groupby("seed", sort=True, dropna=False)
+    }
+    return {**aggregate_seeds(list(per_seed.values())), "seeds": per_seed}
+
+
+def predictions_path(metrics_path: str | os.PathLike) -> Path:
+    """Where the predictions of the metrics file `X.json` live: `X.predictions.parquet` beside it."""
+    metrics_path = Path(metrics_path)
+    return metrics_path.with_name(metrics_path.stem + PREDICTIONS_SUFFIX)
+
+
+def write_evaluation(out: str | os.PathLike, metrics: dict, predictions: "pd.DataFrame", vocabulary: GroupVocabulary) -> None:
+    """Write the metrics JSON `out` and its predictions Parquet, both or neither.
+
+    The `vocabulary` (with its training counts) travels in the Parquet schema metadata, so the file alone
+    recomputes the metrics (`metrics_from_predictions(*read_predictions(path))`).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(predictions, preserve_index=False)
+    described = json.dumps({"vocabulary": vocabulary.to_dict()})
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), _PARQUET_METADATA_KEY: described.encode()})
+    with atomic_path(predictions_path(out)) as tmp:  # the JSON inside: if it fails, no Parquet is renamed into place
+        pq.write_table(arrow, tmp)
+        write_json(out, metrics)
+
+
+def read_predictions(path: str | os.PathLike) -> tuple["pd.DataFrame", GroupVocabulary]:
+    """A predictions file of `gcctl evaluate` and its group vocabulary: `metrics_from_predictions(frame, vocabulary)`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise GcctlError(f"predictions file {path} not found; `gcctl evaluate --out X.json` writes X{PREDICTIONS_SUFFIX}")
+    try:
+        arrow = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:  # ArrowInvalid for a truncated file
+        raise corrupt_file_error(path, error) from None
+    described = (arrow.schema.metadata or {}).get(_PARQUET_METADATA_KEY)
+    if described is None:
+        raise GcctlError(f"{path} is not a predictions file of `gcctl evaluate`; pass the *{PREDICTIONS_SUFFIX} it wrote")
+    vocabulary = GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
+    return arrow.to_pandas(), vocabulary

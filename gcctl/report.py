@@ -1,7 +1,12 @@
-"""Presenting evaluated runs: rich tables for the terminal, PNG plots and the Markdown comparison table.
+"""Every table and figure of gcctl: rich tables for the terminal, PNG plots and the Markdown comparison table.
 
-Reads the metrics JSON written by `gcctl evaluate` (keys of `gcctl.metrics`, each {mean, std} over seeds)
-and a run directory's `curve.json`.
+Reads the metrics JSON written by `gcctl evaluate` (keys of `gcctl.metrics`, each {mean, std} over seeds),
+a run directory's `curve.json`, the pseudo-labelling agreement report and the pretraining loss history.
+
+The top library layer: nothing but the CLI imports it. A library function that writes a figure as part of
+its artifact (a run's `curve.png`, pretraining's `loss.png`, pseudo-labelling's confusion PNG) takes the
+drawing function as its `plot=` argument, which the CLI fills from here. Figures use `matplotlib.figure.Figure`,
+never pyplot, so no global backend is set.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from rich.table import Table
 
 from gcctl.errors import GcctlError
@@ -50,10 +56,15 @@ def percent(stat: dict) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
 
 
+def seeds_text(seeds: list) -> str:
+    """'0,1,2'; '-' stands for a model without a known seed."""
+    return ",".join("-" if seed is None else str(seed) for seed in seeds)
+
+
 def group_table(metrics: dict) -> Table:
     """One run's accuracy per group, then its summary metrics."""
     provenance = metrics["provenance"]
-    table = Table(title=f"{label(metrics)} ({provenance['method']}) on {provenance['split']}, seeds {provenance['seeds']}")
+    table = Table(title=f"{label(metrics)} ({provenance['method']}) on {provenance['split']}, seeds {seeds_text(provenance['seeds'])}")
     table.add_column("group")
     table.add_column("n", justify="right")
     table.add_column("accuracy %", justify="right")
@@ -83,7 +94,7 @@ def markdown_table(runs: list[dict]) -> str:
     ]
     for metrics in runs:
         provenance = metrics["provenance"]
-        cells = [label(metrics), provenance["method"], ",".join(map(str, provenance["seeds"]))]
+        cells = [label(metrics), provenance["method"], seeds_text(provenance["seeds"])]
         lines.append("| " + " | ".join(cells + [percent(metrics[key]) for key in METRIC_KEYS]) + " |")
     return f"Accuracy in % on the {split} split, mean ± std over seeds.\n\n" + "\n".join(lines) + "\n"
 
@@ -147,14 +158,69 @@ def plot_curves(curves: dict[str, list[dict]], path: str | os.PathLike) -> None:
     _save(figure, Path(path))
 
 
-def plot_run_curve(run_dir: str | os.PathLike) -> Path:
-    """`curve.png` of one run directory: one line per seed."""
-    run_dir = Path(run_dir)
-    curve = read_curve(run_dir)
+def plot_run_curve(curve: list[dict], path: str | os.PathLike) -> None:
+    """One run's `curve.png` from its `curve.json` records: one line per seed (`train_run(plot=...)`)."""
     seeds = sorted({record["seed"] for record in curve})
-    path = run_dir / "curve.png"
     plot_curves({f"seed {seed}": [r for r in curve if r["seed"] == seed] for seed in seeds}, path)
-    return path
+
+
+def plot_pretraining_loss(history: list[dict], path: str | os.PathLike, model_name: str) -> None:
+    """Pretraining's `loss.png`: InfoNCE loss per step, and the learning rate on a second axis (`pretrain(plot=...)`)."""
+    from matplotlib.figure import Figure
+
+    steps = [record["step"] for record in history]
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    loss_axis = figure.add_subplot()
+    loss_axis.plot(steps, [record["loss"] for record in history], color="tab:blue", linewidth=1)
+    loss_axis.set(xlabel="step", ylabel="InfoNCE loss", title=f"pretraining {model_name}")
+    lr_axis = loss_axis.twinx()
+    lr_axis.plot(steps, [record["lr"] for record in history], color="tab:orange", linestyle="--", linewidth=1)
+    lr_axis.set_ylabel("learning rate", color="tab:orange")
+    _save(figure, Path(path))
+
+
+def _percent_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def agreement_table(summary: dict) -> Table:
+    """Pseudo-labelling's agreement report per group: true and inferred counts, precision and recall."""
+    result = summary["agreement"]
+    table = Table(
+        title=(f"{summary['strategy']} pseudo groups vs true groups: accuracy {_percent_or_dash(result['accuracy'])}% "
+               f"({_percent_or_dash(result['accuracy_up_to_relabelling'])}% up to relabelling), "
+               f"{summary['fallback']} of {result['n']} below confidence {summary['options']['min_confidence']:g}")
+    )
+    table.add_column("group")
+    for column in ("true n", "inferred n", "precision %", "recall %"):
+        table.add_column(column, justify="right")
+    for name, stats in result["per_group"].items():
+        table.add_row(name, str(stats["true_n"]), str(stats["inferred_n"]),
+                      _percent_or_dash(stats["precision"]), _percent_or_dash(stats["recall"]))
+    return table
+
+
+def plot_confusion(summary: dict, path: str | os.PathLike) -> None:
+    """The agreement report's confusion matrix (`pseudo_label(plot=...)`): colour = share of the true group's
+    samples, text = counts."""
+    from matplotlib.figure import Figure
+
+    confusion = np.array(summary["agreement"]["confusion"]["matrix"])
+    names = summary["agreement"]["confusion"]["groups"]
+    share = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.7 * len(names)
+    figure = Figure(figsize=(size + 1.5, size), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), count in np.ndenumerate(confusion):
+        axes.text(column, row, str(count), ha="center", va="center", fontsize=8, color="white" if share[row, column] > 0.5 else "black")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    axes.set_yticks(range(len(names)), names, fontsize=8)
+    axes.set_xlabel("inferred group")
+    axes.set_ylabel("true group")
+    axes.set_title(f"{summary['strategy']}: accuracy {_percent_or_dash(summary['agreement']['accuracy'])}%")
+    figure.colorbar(image, ax=axes, label="share of the true group")
+    _save(figure, Path(path))
 
 
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:

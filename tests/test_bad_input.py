@@ -324,3 +324,13 @@ def test_seeds_at_the_ends_of_the_range_are_accepted():
 
     check_seeds([0, MAX_SEED])
     seed_everything(MAX_SEED)
+
+
+def test_a_truncated_predictions_file_is_one_line(tmp_path):
+    from gcctl.errors import GcctlError
+    from gcctl.metrics import read_predictions
+
+    path = tmp_path / "m.predictions.parquet"
+    path.write_bytes(b"PAR1\x00\x01")
+    with pytest.raises(GcctlError, match="incomplete or corrupt"):
+        read_predictions(path)

@@ -19,6 +19,7 @@ from gcctl.clip import build_clip, export_local_dir, list_models, preprocess_uin
 from gcctl.clip import pretrain as pretrain_module
 from gcctl.clip.pretrain import pretrain
 from gcctl.errors import GcctlError
+from gcctl.report import plot_pretraining_loss
 from gcctl.runtime import sha256_file
 
 MICRO = "gcctl-micro"
@@ -175,7 +176,7 @@ def test_vectorised_preprocessing_matches_the_eval_transform(micro):
 
 
 def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
-    settings = dict(model_name=MICRO, epochs=6, batch_size=32, lr=5e-3, seed=3, device="cpu")
+    settings = dict(model_name=MICRO, epochs=6, batch_size=32, lr=5e-3, seed=3, device="cpu", plot=plot_pretraining_loss)
     summary = pretrain(corpus, tmp_path / "a", **settings)
     again = pretrain(corpus, tmp_path / "b", **settings)
     assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"] - 0.3

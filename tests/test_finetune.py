@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from gcctl.methods.finetune import train as train_module
 from gcctl.methods.finetune.evaluate import evaluate_checkpoints, zeroshot_metrics
 from gcctl.methods.finetune.losses import starft_regulariser
 from gcctl.methods.finetune.pools import SHIPPED_POOLS, fill
+from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.synth.render import BACKGROUNDS, COLOURS
 
 MICRO = "gcctl-micro"
@@ -333,17 +335,34 @@ def test_wise_refuses_checkpoints_of_two_architectures_and_a_bad_alpha(base, tmp
 
 
 def test_checkpoints_are_evaluated_zero_shot_as_seeds_of_one_run(table, base, tmp_path):
-    for seed in (0, 1):
+    for seed in (2, 10):  # sorted paths put seed-10 first
         run(table, base, tmp_path / "ft" / f"seed-{seed}", method="ft", seed=seed)
-    metrics = evaluate_checkpoints([tmp_path / "ft"], table, "test", device="cpu")
+    metrics = evaluate_checkpoints([tmp_path / "ft"], table, "test", device="cpu", out=tmp_path / "ft.json")
     per_seed = [zeroshot_metrics(build_clip(MICRO, str(tmp_path / "ft" / f"seed-{seed}" / "model.pt")), table, "test",
-                                 device=torch.device("cpu")) for seed in (0, 1)]
+                                 device=torch.device("cpu")) for seed in (2, 10)]
     assert metrics["acc_wg"]["mean"] == pytest.approx((per_seed[0]["acc_wg"] + per_seed[1]["acc_wg"]) / 2)
-    assert [metrics["seeds"][str(i)]["acc_avg"] for i in (0, 1)] == [m["acc_avg"] for m in per_seed]
+    assert list(metrics["seeds"]) == ["2", "10"]
+    assert [metrics["seeds"][seed]["acc_avg"] for seed in ("2", "10")] == [m["acc_avg"] for m in per_seed]
     provenance = metrics["provenance"]
-    assert provenance["run"] == "ft" and provenance["checkpoints"][0]["architecture"] == MICRO and len(provenance["checkpoints"]) == 2
+    assert provenance["run"] == "ft" and provenance["seeds"] == [2, 10]
+    assert [reference["architecture"] for reference in provenance["checkpoints"]] == [MICRO, MICRO]
     assert provenance["dataset_fingerprint"] == table.fingerprint()
-    assert provenance["checkpoints"][0]["sha256"] == sha256_file(tmp_path / "ft" / "seed-0" / "model.pt")
+    assert provenance["checkpoints"][0]["sha256"] == sha256_file(tmp_path / "ft" / "seed-2" / "model.pt")
+    predictions, vocabulary = read_predictions(tmp_path / "ft.predictions.parquet")
+    recomputed = metrics_from_predictions(predictions, vocabulary)
+    assert [recomputed[key] for key in ("acc_avg", "acc_wg")] == [metrics[key] for key in ("acc_avg", "acc_wg")]
+    assert set(predictions.columns) >= {"id", "group_name", *(f"score_{name}" for name in table.class_names)}
+
+
+def test_a_checkpoint_without_a_run_takes_its_seed_folder(table, base, tmp_path):
+    for folder in ("wise/seed-10", "wise/seed-2", "bare/a", "bare/b", "again/seed-2"):  # a model.pt without summary.json
+        (tmp_path / folder).mkdir(parents=True)
+        shutil.copy(base, tmp_path / folder / "model.pt")
+    assert evaluate_checkpoints([tmp_path / "wise"], table, device="cpu")["provenance"]["seeds"] == [2, 10]
+    with pytest.raises(GcctlError, match="cannot tell the seed of .*pass the `gcctl finetune` run folders"):
+        evaluate_checkpoints([tmp_path / "bare"], table, device="cpu")
+    with pytest.raises(GcctlError, match="both trained with seed 2"):
+        evaluate_checkpoints([tmp_path / "wise", tmp_path / "again"], table, device="cpu")
 
 
 def test_a_folder_without_checkpoints_is_a_user_error(table, tmp_path):
@@ -387,6 +406,8 @@ def test_evaluate_command_scores_a_checkpoint_on_images_and_reports_it(run_cli, 
     assert code == 0, err
     metrics = json.loads(out.read_text())
     assert metrics["provenance"]["run"] == "base" and 0 <= metrics["acc_wg"]["mean"] <= metrics["acc_avg"]["mean"]
+    assert metrics["provenance"]["seeds"] == [None] and list(metrics["seeds"]) == ["none"]  # a lone checkpoint without a run
+    assert (out.parent / "base.predictions.parquet").is_file()
     code, _, err = run_cli("report", str(out), "--out", str(tmp_path / "report"))
     assert code == 0, err
     assert "base" in (tmp_path / "report" / "results.md").read_text()

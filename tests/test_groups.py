@@ -12,9 +12,9 @@ from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.groups import GROUP_FILE_COLUMNS, STRATEGIES, pseudo_label
-from gcctl.groups.agreement import agreement
-from gcctl.groups.matching import best_assignment
 from gcctl.groups.zeroshot import DEFAULT_TEMPLATE, attribute_prompts
+from gcctl.metrics import agreement, best_assignment
+from gcctl.report import plot_confusion
 from gcctl.store import write_store
 
 DIM = 16
@@ -81,7 +81,7 @@ def _minority_recall(summary):
 
 def test_oracle_writes_the_true_groups_with_the_exact_columns(tmp_path, toy):
     out = tmp_path / "groups.parquet"
-    summary = pseudo_label(toy, "oracle", out)
+    summary = pseudo_label(toy, "oracle", out, plot=plot_confusion)
     frame = pd.read_parquet(out)
     assert tuple(frame.columns) == GROUP_FILE_COLUMNS
     from gcctl.store import FeatureStore

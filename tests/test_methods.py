@@ -18,7 +18,8 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import make_config
 from gcctl.methods.runs import evaluate_run, train_run
-from gcctl.report import write_report
+from gcctl.metrics import metrics_from_predictions, read_predictions
+from gcctl.report import plot_run_curve, write_report
 from gcctl.runtime import seed_everything
 from gcctl.store import write_store
 
@@ -176,19 +177,27 @@ def test_same_seed_same_model(tmp_path, spurious):
 
 def test_run_round_trip_and_seeds(tmp_path, spurious):
     run = tmp_path / "run"
-    train_run(spurious, "groupcoop", run, options={"epochs": 4}, seeds=[0, 1])
-    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "curve.json", "selection.json"}
+    train_run(spurious, "groupcoop", run, options={"epochs": 4}, seeds=[10, 2], plot=plot_run_curve)
+    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "curve.json", "curve.png", "selection.json"}
     selection = json.loads((run / "selection.json").read_text())
     curve = json.loads((run / "curve.json").read_text())
-    assert len(curve) == 8 and {r["seed"] for r in curve} == {0, 1}
-    assert [p["group"] for p in selection["0"]["prompts"]] == GROUPS
-    # reloading the run reproduces the validation metrics of the kept epoch
-    val = evaluate_run(run, "val")
-    for seed in ("0", "1"):
+    assert len(curve) == 8 and {r["seed"] for r in curve} == {2, 10}
+    assert [p["group"] for p in selection["2"]["prompts"]] == GROUPS
+    # reloading the run reproduces the validation metrics of the kept epoch, keyed by the run's seeds in numeric order
+    val = evaluate_run(run, "val", out=tmp_path / "val.json")
+    assert list(val["seeds"]) == ["2", "10"] and val["provenance"]["seeds"] == [2, 10]
+    for seed in ("2", "10"):
         assert val["seeds"][seed]["acc_wg"] == pytest.approx(selection[seed]["val_metrics"]["acc_wg"])
-    values = [val["seeds"][s]["acc_avg"] for s in ("0", "1")]
+    values = [val["seeds"][s]["acc_avg"] for s in ("2", "10")]
     assert val["acc_avg"] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
-    assert val["provenance"]["model_ref"]["architecture"] == MODEL and val["provenance"]["seeds"] == [0, 1]
+    assert val["provenance"]["model_ref"]["architecture"] == MODEL
+    # the predictions written beside the metrics recompute them
+    written = json.loads((tmp_path / "val.json").read_text())
+    predictions, vocabulary = read_predictions(tmp_path / "val.predictions.parquet")
+    assert len(predictions) == 2 * 400 and set(predictions["split"]) == {"val"}
+    recomputed = metrics_from_predictions(predictions, vocabulary)
+    for key in ("acc_avg", "acc_wg"):
+        assert recomputed[key] == written[key] and recomputed["seeds"]["10"][key] == written["seeds"]["10"][key]
 
 
 def test_group_file_with_the_true_groups_trains_the_same_model(tmp_path, spurious):
@@ -293,6 +302,7 @@ def test_cli_train_evaluate_report(tmp_path, spurious):
         assert (tmp_path / method / "curve.png").stat().st_size > 0
         result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / method), "--out", str(tmp_path / f"{method}.json")])
         assert result.exit_code == 0, result.output
+        assert (tmp_path / f"{method}.predictions.parquet").is_file()
         assert "waterbird/land" in result.output
     metrics = json.loads((tmp_path / "groupcoop.json").read_text())
     assert {"acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced", "per_group"} <= set(metrics)

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from gcctl.datasets.groups import GroupVocabulary
-from gcctl.metrics import METRIC_KEYS, aggregate_seeds, compute_metrics
+from gcctl.errors import GcctlError
+from gcctl.metrics import (METRIC_KEYS, aggregate_seeds, compute_metrics, metrics_from_predictions, predictions_frame,
+                           predictions_path, read_predictions, write_evaluation)
 
 VOCABULARY = GroupVocabulary(["c0", "c1"], {"a": ["x", "y"]})  # groups g0..g3: c0/x, c0/y, c1/x, c1/y
 #                 g0 g0 g0 g1 g2 g2 g3 g3 g3 g3
@@ -67,3 +69,44 @@ def test_seed_aggregate_has_mean_and_population_std():
 def test_single_seed_has_zero_std():
     aggregated = aggregate_seeds([metrics()])
     assert aggregated["acc_wg"] == {"mean": 0.0, "std": 0.0}
+
+
+def _scores(pred):
+    """Two-class scores whose argmax is `pred`."""
+    return np.stack([1.0 - pred, pred.astype(float)], axis=1)
+
+
+BETTER = np.where(np.arange(10) == 2, 0, PRED)  # fixes one g0 sample
+COUNTED = GroupVocabulary(VOCABULARY.class_names, VOCABULARY.attributes, TRAIN_COUNTS)
+
+
+def _frame(scores_by_seed):
+    return predictions_frame([f"img{i}" for i in range(10)], Y, GROUP, "test", scores_by_seed, COUNTED)
+
+
+def test_predictions_frame_is_long_with_one_score_column_per_class():
+    frame = _frame({10: _scores(PRED), 2: _scores(BETTER)})
+    assert list(frame.columns) == ["id", "split", "y", "group", "group_name", "seed", "pred", "score_c0", "score_c1"]
+    assert len(frame) == 20 and list(frame.loc[frame["seed"] == 10, "pred"]) == list(PRED)
+    assert list(frame.loc[frame["seed"] == 2, "group_name"]) == [VOCABULARY.names[g] for g in GROUP]
+
+
+def test_metrics_from_predictions_are_keyed_by_seed_in_numeric_order():
+    recomputed = metrics_from_predictions(_frame({10: _scores(PRED), 2: _scores(BETTER)}), COUNTED)
+    assert list(recomputed["seeds"]) == ["2", "10"]
+    assert recomputed["seeds"]["10"] == metrics()
+    assert recomputed["acc_avg"] == aggregate_seeds([metrics(), metrics(pred=BETTER)])["acc_avg"]
+    unseeded = metrics_from_predictions(_frame({None: _scores(PRED)}), COUNTED)
+    assert list(unseeded["seeds"]) == ["none"] and unseeded["acc_wg"]["mean"] == metrics()["acc_wg"]
+
+
+def test_evaluation_is_written_with_predictions_that_recompute_its_metrics(tmp_path):
+    frame = _frame({0: _scores(PRED), 1: _scores(BETTER)})
+    written = metrics_from_predictions(frame, COUNTED)
+    write_evaluation(tmp_path / "run.json", written, frame, COUNTED)
+    assert predictions_path(tmp_path / "run.json") == tmp_path / "run.predictions.parquet"
+    read, vocabulary = read_predictions(tmp_path / "run.predictions.parquet")
+    assert vocabulary == COUNTED and metrics_from_predictions(read, vocabulary) == written
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json", "run.predictions.parquet"]
+    with pytest.raises(GcctlError, match="not found"):
+        read_predictions(tmp_path / "absent.parquet")

@@ -99,7 +99,8 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     assert set(changed) == {"train@waterbirds-groupcoop"}, changed
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
 
-    # A change in the methods' code reruns what trains and evaluates, not what makes data, models or features.
+    # A change in the methods' code reruns what trains and evaluates (fine-tuning builds on methods/base.py too),
+    # not what makes data, models or features.
     with open(repo / "gcctl/methods/base.py", "a") as handle:
         handle.write("# a change\n")
     changed = set(_changed_stages(repo))

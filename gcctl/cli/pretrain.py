@@ -29,9 +29,10 @@ def pretrain(
     Example: gcctl pretrain --corpus pipeline/data/corpus.npz --out pipeline/models/tiny --model gcctl-tiny --epochs 3
     """
     from gcctl.clip.pretrain import pretrain as run_pretraining
+    from gcctl.report import plot_pretraining_loss
 
     summary = run_pretraining(corpus, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, warmup=warmup, seed=seed, device=device)
+                              weight_decay=weight_decay, warmup=warmup, seed=seed, device=device, plot=plot_pretraining_loss)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -41,19 +41,18 @@ def pseudo_label(
     Example: gcctl pseudo-label --features pipeline/features/waterbirds.h5 --strategy val-probe --out pipeline/groups/waterbirds.parquet
     """
     from gcctl.groups import pseudo_label as run
+    from gcctl.report import agreement_table, plot_confusion
 
     summary = run(
         features, strategy, out, report=report, min_confidence=min_confidence, val_fraction=val_fraction,
         val_label_noise=val_label_noise, attribute_prompts=attribute_prompt or (),
         class_names=[name.strip() for name in class_names.split(",")] if class_names else None,
-        clusters_per_group=clusters_per_group, pretrained=pretrained, seed=seed, device=device,
+        clusters_per_group=clusters_per_group, pretrained=pretrained, seed=seed, device=device, plot=plot_confusion,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     from rich.console import Console
-
-    from gcctl.groups.agreement import agreement_table
 
     console = Console()
     console.print(agreement_table(summary))

@@ -76,9 +76,8 @@ def train(
         "target": target, "init": init, "templates": template or None,
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
     }
-    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"), device=device,
-                        pretrained=pretrained)
-    plot_run_curve(out)
+    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
+                        device=device, pretrained=pretrained, plot=plot_run_curve)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -96,11 +95,13 @@ def train(
 
 @reads_dataset(optional=True)
 def evaluate(
-    out: Annotated[Path, typer.Option("--out", help="The metrics JSON to write.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="The metrics JSON to write; X.json gets its per-sample predictions in X.predictions.parquet.")],
     run: Annotated[Optional[Path], typer.Option("--run", help="A run directory written by `gcctl train`.")] = None,
     checkpoint: Annotated[Optional[list[Path]], typer.Option(
         "--checkpoint", help="Instead of --run: weights to evaluate zero-shot on --dataset's images; a folder stands for "
-        "every model.pt in it (e.g. a `gcctl finetune` run). Repeat for seeds: the metrics are their mean and std.")] = None,
+        "every model.pt in it (e.g. a `gcctl finetune` run). Repeat for seeds: the metrics are their mean and std; "
+        "each checkpoint's seed is read from its run's summary.json, else from a seed-N folder.")] = None,
     table: DatasetTable = None,
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     features: Annotated[Optional[Path], typer.Option(
@@ -114,13 +115,13 @@ def evaluate(
     as_json: AsJson = False,
 ) -> None:
     """Evaluate every seed of a run on a split, or fine-tuned checkpoints zero-shot on a dataset's images:
-    per-group table and a metrics JSON (mean and std over seeds).
+    per-group table, a metrics JSON (mean and std over seeds) and the per-sample predictions (Parquet).
 
     Example: gcctl evaluate --run pipeline/runs/groupcoop --split test --out pipeline/metrics/groupcoop.json
 
     Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
     """
-    from gcctl.runtime import refuse_directory, write_json
+    from gcctl.runtime import refuse_directory
 
     refuse_directory(out)
     if (run is None) == (not checkpoint):
@@ -130,14 +131,14 @@ def evaluate(
 
         if table is not None:
             raise GcctlError("--run evaluates on its feature store; --dataset and --root go with --checkpoint")
-        metrics = evaluate_run(run, split, features=features, device=device)
+        metrics = evaluate_run(run, split, features=features, device=device, out=out)
     else:
         from gcctl.methods.finetune.evaluate import evaluate_checkpoints
 
         if table is None:
             raise GcctlError("--checkpoint needs the images to evaluate on: --dataset and --root")
-        metrics = evaluate_checkpoints(checkpoint, table, split, model_name=model, caption=caption, name=name, device=device)
-    write_json(out, metrics)
+        metrics = evaluate_checkpoints(checkpoint, table, split, model_name=model, caption=caption, name=name,
+                                       device=device, out=out)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return

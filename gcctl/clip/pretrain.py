@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,9 +30,11 @@ def pretrain(
     warmup: float = 0.1,
     seed: int = 0,
     device: str = "auto",
+    plot: Callable[[list[dict], Path, str], None] | None = None,
 ) -> dict:
     """Train `model_name` from random weights on `corpus` (an .npz with uint8 `images` [N,S,S,3] and
-    `captions` [N]); write model.pt, loss.json, loss.png and summary.json to `out`; return the summary.
+    `captions` [N]); write model.pt, loss.json, summary.json and, drawn by `plot(history, path, model_name)`
+    (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
 
     Batches are full (the last partial batch of an epoch is dropped): InfoNCE depends on batch size.
     The learning rate warms up linearly over the first `warmup` fraction of steps, then decays on a cosine.
@@ -97,7 +100,8 @@ def pretrain(
         write_checkpoint(model, model_tmp, model_name)
         summary["model_sha256"] = sha256_file(model_tmp)
         write_json(out / "loss.json", history)
-        _plot_loss(history, out / "loss.png", model_name)
+        if plot is not None:
+            plot(history, out / "loss.png", model_name)
         write_json(out / "summary.json", summary)
     return summary
 
@@ -175,17 +179,3 @@ def _check_settings(epochs: int, batch_size: int, lr: float, weight_decay: float
     if not 0 <= warmup < 1:
         raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {warmup}")
 
-
-def _plot_loss(history: list[dict], path: Path, model_name: str) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
-
-    steps = [record["step"] for record in history]
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    loss_axis = figure.add_subplot()
-    loss_axis.plot(steps, [record["loss"] for record in history], color="tab:blue", linewidth=1)
-    loss_axis.set(xlabel="step", ylabel="InfoNCE loss", title=f"pretraining {model_name}")
-    lr_axis = loss_axis.twinx()
-    lr_axis.plot(steps, [record["lr"] for record in history], color="tab:orange", linestyle="--", linewidth=1)
-    lr_axis.set_ylabel("learning rate", color="tab:orange")
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=120)

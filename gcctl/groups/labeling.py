@@ -20,10 +20,10 @@ import numpy as np
 
 from gcctl.datasets.table import PARQUET_METADATA_KEY
 from gcctl.errors import GcctlError
-from gcctl.groups.agreement import agreement, plot_confusion
 from gcctl.groups.data import LabelingData, load_labeling_data
 from gcctl.groups.strategies import Inference, erm_error, kmeans, oracle, val_probe
 from gcctl.groups.zeroshot import zeroshot_attr
+from gcctl.metrics import agreement
 from gcctl.runtime import atomic_path, refuse_directory, resolve_device, seed_everything, write_json
 from gcctl.store import FeatureStore
 
@@ -73,9 +73,11 @@ def pseudo_label(
     pretrained: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    plot: Callable[[dict, Path], None] | None = None,
 ) -> dict:
     """Infer the train groups of the store `features` with `strategy`; write the group file `out`, the agreement
-    report and its confusion-matrix PNG (all or nothing). Returns the report."""
+    report and, drawn by `plot(report, path)` (e.g. `gcctl.report.plot_confusion`), its confusion-matrix PNG
+    (all or nothing). Returns the report; its `figure` is None without `plot`."""
     if strategy not in STRATEGIES:
         raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
     given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group,
@@ -107,7 +109,7 @@ def pseudo_label(
         "dataset": data.provenance.get("dataset"),
         "group_file": str(out),
         "report": str(report_path),
-        "figure": str(figure_path),
+        "figure": str(figure_path) if plot is not None else None,
         "options": {
             "min_confidence": min_confidence,
             "val_fraction": val_fraction,
@@ -120,7 +122,7 @@ def pseudo_label(
         "notes": inference.notes,
         "agreement": agreement(data.train_truth, group, data.vocabulary),
     }
-    _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary)
+    _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary, plot)
     return summary
 
 
@@ -139,13 +141,15 @@ def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, 
     return table.replace_schema_metadata({PARQUET_METADATA_KEY: json.dumps(described).encode()})
 
 
-def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict) -> None:
+def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict,
+                   plot: Callable[[dict, Path], None] | None) -> None:
     import pyarrow.parquet as pq
 
     table = _group_table(data, group, confidence, summary["strategy"])
-    # Nested: if any artifact fails, none of the three is renamed into place.
+    # Nested: if any artifact fails, none of them is renamed into place.
     with contextlib.ExitStack() as stack:
-        table_tmp, figure_tmp = stack.enter_context(atomic_path(out)), stack.enter_context(atomic_path(figure_path))
+        table_tmp = stack.enter_context(atomic_path(out))
         pq.write_table(table, table_tmp)
-        plot_confusion(summary, figure_tmp)
+        if plot is not None:
+            plot(summary, stack.enter_context(atomic_path(figure_path)))
         write_json(report_path, summary)

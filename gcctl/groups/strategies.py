@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData
-from gcctl.groups.matching import best_assignment
 from gcctl.groups.probe import fit_probe
+from gcctl.metrics import best_assignment
 
 _KMEANS_RESTARTS = 4
 _KMEANS_MAX_ITER = 100

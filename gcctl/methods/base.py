@@ -49,8 +49,13 @@ class Classifier:
     @torch.no_grad()
     def predict(self, features: torch.Tensor) -> np.ndarray:
         """Predicted classes, computed in blocks so a large float16 split is never converted whole."""
-        blocks = [self.class_scores(features[i : i + _PREDICT_ROWS]).argmax(dim=1) for i in range(0, len(features), _PREDICT_ROWS)]
-        return torch.cat(blocks).cpu().numpy()
+        return self.scores(features).argmax(axis=1)
+
+    @torch.no_grad()
+    def scores(self, features: torch.Tensor) -> np.ndarray:
+        """Class scores [N, C] (float32), computed in blocks like `predict`."""
+        blocks = [self.class_scores(features[i : i + _PREDICT_ROWS]).cpu() for i in range(0, len(features), _PREDICT_ROWS)]
+        return torch.cat(blocks).numpy()
 
     def state(self) -> dict:
         return {

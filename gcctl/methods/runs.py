@@ -5,6 +5,7 @@ A run directory holds
   relative to the run directory) and other provenance, its group vocabulary and the source of the train groups;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
+- `curve.png`: that curve drawn by the `plot` given to `train_run` (the CLI gives `gcctl.report.plot_run_curve`);
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
 """
 
@@ -14,7 +15,7 @@ import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -25,8 +26,8 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
-from gcctl.methods.data import check_split_groups, load_split, load_training_data, split_metrics
-from gcctl.metrics import aggregate_seeds
+from gcctl.methods.data import check_split_groups, load_split, load_training_data
+from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
 from gcctl.runtime import check_seeds, load_torch_file, read_json, resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
 
@@ -41,8 +42,10 @@ def train_run(
     seeds: Sequence[int] = (0,),
     device: str = "auto",
     pretrained: str | None = None,
+    plot: Callable[[list[dict], Path], None] | None = None,
 ) -> dict:
-    """Train `method` on the store `features` once per seed and write the run directory `out`.
+    """Train `method` on the store `features` once per seed and write the run directory `out`, with
+    `curve.png` drawn by `plot(curve records, path)` when given.
 
     A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
     Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
@@ -80,7 +83,7 @@ def train_run(
         "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
-    _write_run(out, run_config, results)
+    _write_run(out, run_config, results, plot)
     return {
         "run": str(out),
         "method": method,
@@ -97,7 +100,7 @@ def _refuse_foreign_directory(out: Path) -> None:
         raise GcctlError(f"{out} exists and is not a run directory; choose another --out")
 
 
-def _write_run(out: Path, run_config: dict, results: dict) -> None:
+def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[dict], Path], None] | None) -> None:
     """Write everything into a sibling `.partial` directory, then swap it in: a failure leaves `out` untouched."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +112,10 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        write_json(tmp / "curve.json", [{"seed": seed, **record} for seed, r in results.items() for record in r.curve])
+        curve = [{"seed": seed, **record} for seed, r in results.items() for record in r.curve]
+        write_json(tmp / "curve.json", curve)
+        if plot is not None:
+            plot(curve, tmp / "curve.png")
         write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
         if out.exists():
             shutil.rmtree(out)
@@ -136,8 +142,16 @@ def _check_same_features(run: Path, trained: ModelRef, store: FeatureStore, voca
         raise GcctlError(f"run {run} predicts classes {vocabulary.class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
 
 
-def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str | os.PathLike | None = None, device: str = "auto") -> dict:
-    """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std."""
+def evaluate_run(
+    run: str | os.PathLike,
+    split: str = "test",
+    *,
+    features: str | os.PathLike | None = None,
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+) -> dict:
+    """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std;
+    with `out`, also written there, with the per-sample predictions beside it (`gcctl.metrics.write_evaluation`)."""
     run = Path(run)
     run_config = read_run_config(run)
     params = load_torch_file(run / "params.pt")
@@ -151,20 +165,18 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
         check_split_groups(store, split)
         vocabulary = store.vocabulary
         data = load_split(store, split, device)
+        ids = store.ids[store.split_index(split)]
         provenance = store.provenance
-    per_seed = {
-        str(seed): split_metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data, vocabulary)
-        for seed, state in params.items()
-    }
-    return {
-        **aggregate_seeds(list(per_seed.values())),
-        "seeds": per_seed,
+    scores = {seed: Classifier.from_state(state["classifier"], device).scores(data.features) for seed, state in sorted(params.items())}
+    predictions = predictions_frame(ids, data.y.cpu().numpy(), data.group.cpu().numpy(), split, scores, vocabulary)
+    metrics = {
+        **metrics_from_predictions(predictions, vocabulary),
         "provenance": {
             "run": run.name,
             "run_dir": str(run),
             "method": run_config["method"],
             "split": split,
-            "seeds": run_config["seeds"],
+            "seeds": sorted(params),
             "features": str(features),
             "model_ref": run_config["model_ref"],  # its weights path relative to run_dir
             "embed_dim": provenance.get("embed_dim"),
@@ -173,3 +185,6 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
             "train_groups": run_config["groups"],
         },
     }
+    if out is not None:
+        write_evaluation(out, metrics, predictions, vocabulary)
+    return metrics

@@ -3,11 +3,17 @@ fine-tuned checkpoint is scored (`gcctl evaluate --checkpoint`).
 
 The same classifier as the `zeroshot` method on cached features (one prompt per class), without the
 feature store in between, because the image tower changes every epoch.
+
+A checkpoint's seed is a fact of the run that trained it: the `summary.json` beside `model.pt` (a fine-tuning
+run's `config.seed`, or a pretraining run's `seed`); a checkpoint without one takes the N of a `seed-N` folder
+it sits in (the pipeline's layout, e.g. WiSE-FT interpolations). A single checkpoint with neither (e.g.
+downloaded weights) is evaluated as one model without a seed ('none'); several such checkpoints are refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -21,8 +27,8 @@ from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
 from gcctl.clip.prompts import check_template, class_words
 from gcctl.methods.zeroshot import class_text_features
-from gcctl.metrics import aggregate_seeds, compute_metrics
-from gcctl.runtime import autocast, resolve_device
+from gcctl.metrics import compute_metrics, metrics_from_predictions, predictions_frame, write_evaluation
+from gcctl.runtime import autocast, read_json, resolve_device
 
 CAPTION = "a photo of a {}."
 
@@ -31,7 +37,8 @@ def split_rows(table: DatasetTable, split: str) -> np.ndarray:
     rows = np.flatnonzero(table.frame["split"].to_numpy() == split)
     if len(rows) == 0:
         present = ", ".join(sorted(set(table.frame["split"])))
-        raise GcctlError(f"dataset {table.root} has no '{split}' images (its splits: {present}); fine-tuning needs train and val")
+        raise GcctlError(f"dataset {table.root} has no '{split}' images (its splits: {present}); "
+                         f"use one of those splits or a dataset with a '{split}' split")
     return rows
 
 
@@ -46,7 +53,7 @@ def _encode_images(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     return torch.cat(features), np.concatenate(rows)
 
 
-def zeroshot_metrics(
+def zeroshot_scores(
     bundle: ClipBundle,
     table: DatasetTable,
     split: str,
@@ -55,8 +62,8 @@ def zeroshot_metrics(
     caption: str = CAPTION,
     batch_size: int = 256,
     workers: int = 0,
-) -> dict:
-    """Every metric of `gcctl.metrics` for zero-shot prediction with `caption` per class on `split`."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity [N, C] of every image of `split` to each class's `caption`, and the table rows they belong to."""
     model = bundle.model
     was_training = model.training
     model.eval()
@@ -67,14 +74,14 @@ def zeroshot_metrics(
         features, rows = _encode_images(model, loader, device)
     finally:
         model.train(was_training)
-    pred = (features @ text.T).argmax(dim=1).cpu().numpy()
+    return (features @ text.T).cpu().numpy(), rows
+
+
+def zeroshot_metrics(bundle: ClipBundle, table: DatasetTable, split: str, *, device: torch.device, **options) -> dict:
+    """Every metric of `gcctl.metrics` for zero-shot prediction on `split` (options: those of `zeroshot_scores`)."""
+    scores, rows = zeroshot_scores(bundle, table, split, device=device, **options)
     frame = table.frame.iloc[rows]
-    return compute_metrics(
-        pred,
-        frame["y"].to_numpy(),
-        frame["group"].to_numpy(),
-        table.vocabulary,
-    )
+    return compute_metrics(scores.argmax(axis=1), frame["y"].to_numpy(), frame["group"].to_numpy(), table.vocabulary)
 
 
 def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -94,6 +101,34 @@ def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def checkpoint_seed(path: Path) -> int | None:
+    """The seed that trained the checkpoint `path` (see the module notes), or None when nothing records it."""
+    from gcctl.methods.finetune.train import SUMMARY  # here: train imports this module
+
+    summary = path.parent / SUMMARY
+    if summary.is_file():
+        recorded = read_json(summary)
+        seed = recorded.get("config", {}).get("seed", recorded.get("seed"))
+        if seed is not None:
+            return int(seed)
+    folder = re.fullmatch(r"seed-(\d+)", path.parent.name)
+    return int(folder.group(1)) if folder else None
+
+
+def _seeded(paths: list[Path]) -> dict[int | None, Path]:
+    """The checkpoints by their seed, in seed order; two with one seed, or several without one, are refused."""
+    by_seed: dict[int | None, Path] = {}
+    for path in paths:
+        seed = checkpoint_seed(path)
+        if seed is None and len(paths) > 1:
+            raise GcctlError(f"cannot tell the seed of {path}: no run's summary.json beside it and no seed-N folder; "
+                             "pass the `gcctl finetune` run folders, or put each checkpoint in a seed-N folder")
+        if seed in by_seed:
+            raise GcctlError(f"{by_seed[seed]} and {path} were both trained with seed {seed}; evaluate one run's seeds at a time")
+        by_seed[seed] = path
+    return dict(sorted(by_seed.items(), key=lambda item: -1 if item[0] is None else item[0]))
+
+
 def evaluate_checkpoints(
     checkpoints: Sequence[str | os.PathLike],
     table: DatasetTable,
@@ -105,36 +140,43 @@ def evaluate_checkpoints(
     device: str = "auto",
     batch_size: int = 256,
     workers: int = 0,
+    out: str | os.PathLike | None = None,
 ) -> dict:
-    """Zero-shot metrics on `split` of each checkpoint (each counts as one seed), aggregated as mean and std,
-    in the same form as `evaluate_run`; `model_name` defaults to the architecture each checkpoint records."""
+    """Zero-shot metrics on `split` of each checkpoint, keyed by the seed that trained it, aggregated as mean
+    and std in the same form as `evaluate_run`, and written like it with `out`; `model_name` defaults to the
+    architecture each checkpoint records."""
     check_template(caption, "in --caption")
-    paths = find_checkpoints(checkpoints)
     torch_device = resolve_device(device)
-    per_seed, references = {}, []
-    for index, path in enumerate(paths):
+    scores, references = {}, []
+    for seed, path in _seeded(find_checkpoints(checkpoints)).items():
         architecture = model_name or checkpoint_model_name(path)
         if not architecture:
             raise GcctlError(f"cannot tell the architecture of {path}; pass --model (see `gcctl models`)")
         bundle = build_clip(architecture, str(path), device=torch_device)
-        per_seed[str(index)] = zeroshot_metrics(bundle, table, split, device=torch_device, caption=caption,
-                                                batch_size=batch_size, workers=workers)
+        scores[seed], rows = zeroshot_scores(bundle, table, split, device=torch_device, caption=caption,
+                                             batch_size=batch_size, workers=workers)
         references.append(bundle.reference.recorded_for(Path.cwd()).to_dict())
-    return {
-        **aggregate_seeds(list(per_seed.values())),
-        "seeds": per_seed,
+    frame = table.frame.iloc[rows]
+    predictions = predictions_frame(frame["id"].to_numpy(), frame["y"].to_numpy(), frame["group"].to_numpy(), split, scores,
+                                    table.vocabulary)
+    metrics = {
+        **metrics_from_predictions(predictions, table.vocabulary),
         "provenance": {
             "run": name or _label(checkpoints),
             "run_dir": None,
             "method": "zeroshot",
             "caption": caption,
             "split": split,
-            "seeds": list(range(len(paths))),
-            "checkpoints": references,  # model references, their paths relative to the current directory
+            "seeds": list(scores),
+            # model references in the order of `seeds`, their paths relative to the current directory
+            "checkpoints": references,
             "dataset": table.dataset,
             "dataset_fingerprint": table.fingerprint(),
         },
     }
+    if out is not None:
+        write_evaluation(out, metrics, predictions, table.vocabulary)
+    return metrics
 
 
 def _label(checkpoints: Sequence[str | os.PathLike]) -> str:
