@@ -1,7 +1,7 @@
 """Presenting evaluated runs: rich tables for the terminal, PNG plots and the Markdown comparison table.
 
 Reads the metrics JSON written by `gcctl evaluate` (keys of `gcctl.metrics`, each {mean, std} over seeds)
-and a run directory's `curve.json`.
+and a run directory's training curves (`gcctl.methods.runs.read_run_curve`).
 """
 
 from __future__ import annotations
@@ -119,8 +119,9 @@ def plot_per_group(runs: list[dict], path: str | os.PathLike) -> None:
 
 def read_curve(run_dir: str | os.PathLike | None) -> list[dict]:
     """A feature run's curve; empty for runs without one (zero-shot, evaluated checkpoints)."""
-    path = Path(run_dir) / "curve.json" if run_dir else None
-    return json.loads(path.read_text()) if path and path.is_file() else []
+    from gcctl.methods.runs import read_run_curve  # here: it imports torch, which tables and bar charts do not need
+
+    return read_run_curve(run_dir) if run_dir and Path(run_dir).is_dir() else []
 
 
 def _mean_by_epoch(curve: list[dict], key: str) -> tuple[list[int], list[float]]:

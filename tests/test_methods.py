@@ -15,7 +15,7 @@ from gcctl.clip.factory import build_clip
 from gcctl.clip.prompts import PromptLearner, TextTower, encode_texts
 from gcctl.errors import GcctlError
 from gcctl.methods import make_config
-from gcctl.methods.runs import evaluate_run, train_run
+from gcctl.methods.runs import evaluate_run, read_run_curve, train_run
 from gcctl.report import write_report
 from gcctl.runtime import seed_everything
 from gcctl.store import write_store
@@ -174,10 +174,15 @@ def test_same_seed_same_model(tmp_path, spurious):
 def test_run_round_trip_and_seeds(tmp_path, spurious):
     run = tmp_path / "run"
     train_run(spurious, "groupcoop", run, options={"epochs": 4}, seeds=[0, 1])
-    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "curve.json", "selection.json"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "dvclive", "selection.json"}
     selection = json.loads((run / "selection.json").read_text())
-    curve = json.loads((run / "curve.json").read_text())
-    assert len(curve) == 8 and {r["seed"] for r in curve} == {0, 1}
+    curve = read_run_curve(run)
+    assert [(r["seed"], r["epoch"]) for r in curve] == [(seed, epoch) for seed in (0, 1) for epoch in range(1, 5)]
+    assert {"loss", "val_acc_avg", "val_acc_wg", "seconds"} <= set(curve[0])
+    tsvs = sorted(p.name for p in (run / "dvclive" / "seed-1" / "plots" / "metrics").iterdir())
+    assert tsvs == ["loss.tsv", "seconds.tsv", "val_acc_avg.tsv", "val_acc_wg.tsv"]
+    kept = next(r for r in curve if r["seed"] == 1 and r["epoch"] == selection["1"]["best_epoch"])
+    assert kept["val_acc_wg"] == selection["1"]["val_metrics"]["acc_wg"]
     assert [p["group"] for p in selection["0"]["prompts"]] == GROUPS
     # reloading the run reproduces the validation metrics of the kept epoch
     val = evaluate_run(run, "val")
@@ -216,13 +221,17 @@ def test_evaluating_on_a_store_of_another_model_is_refused(tmp_path, spurious):
         evaluate_run(tmp_path / "run", "test", features=other)
 
 
+def tree_bytes(directory):
+    return {path.relative_to(directory): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
 def test_nan_features_are_refused_and_nothing_is_overwritten(tmp_path, spurious):
     run = tmp_path / "run"
     train_run(spurious, "linear", run, options=QUICK)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = tree_bytes(run)
     with pytest.raises(GcctlError, match="NaN"):
         train_run(make_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert tree_bytes(run) == before
 
 
 def test_diverging_loss_is_a_clear_error(tmp_path, spurious):

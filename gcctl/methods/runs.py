@@ -3,7 +3,8 @@
 A run directory holds
 - `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
-- `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
+- `dvclive/seed-S/`: per trained seed, its curve as DVCLive logs (gcctl.curves): per epoch the loss, validation
+  accuracy and worst-group accuracy, and the epoch's seconds;
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from gcctl import __version__
 from gcctl.clip.factory import build_clip_for_store
+from gcctl.curves import read_curve, write_curve
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
@@ -27,6 +29,8 @@ from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, 
 from gcctl.metrics import aggregate_seeds
 from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
+
+CURVES = "dvclive"
 
 # What must agree between the store a run was trained on and the one it is evaluated on.
 _FEATURE_IDENTITY = ("model", "embed_dim", "weights_sha256")
@@ -100,7 +104,9 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        write_json(tmp / "curve.json", [{"seed": seed, **record} for seed, r in results.items() for record in r.curve])
+        for seed, r in results.items():
+            if r.curve:  # methods without training (zeroshot) have none
+                write_curve(tmp / CURVES / f"seed-{seed}", r.curve, step_key="epoch")
         write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
         if out.exists():
             shutil.rmtree(out)
@@ -108,6 +114,16 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_run_curve(run: str | os.PathLike) -> list[dict]:
+    """Every seed's curve of a run, one record per (seed, epoch); empty for a run without training."""
+    run = Path(run)
+    return [
+        {"seed": seed, "epoch": record.pop("step"), **record}
+        for seed in read_run_config(run)["seeds"]
+        for record in read_curve(run / CURVES / f"seed-{seed}")
+    ]
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
