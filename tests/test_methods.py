@@ -1,6 +1,8 @@
 """The feature-based methods on tiny stores of made-up features, with the `gcctl-micro` model."""
 
 import json
+import subprocess
+import sys
 import logging
 
 import numpy as np
@@ -179,7 +181,7 @@ def test_run_round_trip_and_seeds(tmp_path, spurious):
     curve = read_run_curve(run)
     assert [(r["seed"], r["epoch"]) for r in curve] == [(seed, epoch) for seed in (0, 1) for epoch in range(1, 5)]
     assert {"loss", "val_acc_avg", "val_acc_wg", "seconds"} <= set(curve[0])
-    tsvs = sorted(p.name for p in (run / "dvclive" / "seed-1" / "plots" / "metrics").iterdir())
+    tsvs = sorted(p.name for p in (run / "dvclive" / "plots" / "metrics" / "seed-1").iterdir())
     assert tsvs == ["loss.tsv", "seconds.tsv", "val_acc_avg.tsv", "val_acc_wg.tsv"]
     kept = next(r for r in curve if r["seed"] == 1 and r["epoch"] == selection["1"]["best_epoch"])
     assert kept["val_acc_wg"] == selection["1"]["val_metrics"]["acc_wg"]
@@ -294,3 +296,25 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert readme.read_text() == "intro\n<!-- results:wb:start -->\n| new |\n<!-- results:wb:end -->\noutro\n"
     with pytest.raises(GcctlError, match="markers"):
         update_readme(readme, "other", "x")
+
+
+def test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl(tmp_path, spurious):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    train_run(spurious, "linear", repo / "run", options={**QUICK, "epochs": 3}, seeds=[0, 1])
+    (repo / "dvc.yaml").write_text("plots:\n  - run/dvclive/plots/metrics:\n      x: step\nmetrics:\n  - run/dvclive/metrics.json\n")
+
+    def dvc(*args):
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    dvc("init", "--no-scm", "-q")
+    plots = json.loads(dvc("plots", "show", "--json"))
+    assert not plots.get("errors")
+    loss = plots["data"]["run/dvclive/plots/metrics/seed-1/loss.tsv"][0]
+    assert loss["type"] == "vega" and [int(point["step"]) for point in loss["content"]["data"]["values"]] == [1, 2, 3]
+    assert "run/dvclive/plots/metrics/seed-0/val_acc_wg.tsv" in plots["data"]
+    metrics = json.loads(dvc("metrics", "show", "--json"))
+    last = metrics[""]["data"]["run/dvclive/metrics.json"]["data"]
+    assert last["step"] == 3 and last["seed-0"]["val_acc_wg"] == read_run_curve(repo / "run")[2]["val_acc_wg"]

@@ -3,8 +3,8 @@
 A run directory holds
 - `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
-- `dvclive/seed-S/`: per trained seed, its curve as DVCLive logs (gcctl.curves): per epoch the loss, validation
-  accuracy and worst-group accuracy, and the epoch's seconds;
+- `dvclive/`: the curves as DVCLive logs (gcctl.curves), metric `seed-S/<name>` per seed: per epoch the loss,
+  validation accuracy and worst-group accuracy, and the epoch's seconds (none for a method without training);
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
 """
 
@@ -104,9 +104,10 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        for seed, r in results.items():
-            if r.curve:  # methods without training (zeroshot) have none
-                write_curve(tmp / CURVES / f"seed-{seed}", r.curve, step_key="epoch")
+        points = [{"epoch": record["epoch"], **{f"seed-{seed}/{key}": value for key, value in record.items() if key != "epoch"}}
+                  for seed, r in results.items() for record in r.curve]
+        if points:  # a method without training (zeroshot) has no curve
+            write_curve(tmp / CURVES, points, step_key="epoch")
         write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
         if out.exists():
             shutil.rmtree(out)
@@ -119,11 +120,13 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
 def read_run_curve(run: str | os.PathLike) -> list[dict]:
     """Every seed's curve of a run, one record per (seed, epoch); empty for a run without training."""
     run = Path(run)
-    return [
-        {"seed": seed, "epoch": record.pop("step"), **record}
-        for seed in read_run_config(run)["seeds"]
-        for record in read_curve(run / CURVES / f"seed-{seed}")
-    ]
+    points, records = read_curve(run / CURVES), []
+    for seed in read_run_config(run)["seeds"]:
+        prefix = f"seed-{seed}/"
+        for point in points:
+            values = {name[len(prefix):]: value for name, value in point.items() if name.startswith(prefix)}
+            records += [{"seed": seed, "epoch": point["step"], **values}] if values else []
+    return records
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
