@@ -104,7 +104,7 @@ def _write_run(out: Path, run_config: dict, results: dict) -> None:
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        points = [{"epoch": record["epoch"], **{f"seed-{seed}/{key}": value for key, value in record.items() if key != "epoch"}}
+        points = [{"epoch": record["epoch"], **{_seed_prefix(seed) + key: value for key, value in record.items() if key != "epoch"}}
                   for seed, r in results.items() for record in r.curve]
         if points:  # a method without training (zeroshot) has no curve
             write_curve(tmp / CURVES, points, step_key="epoch")
@@ -122,11 +122,17 @@ def read_run_curve(run: str | os.PathLike) -> list[dict]:
     run = Path(run)
     points, records = read_curve(run / CURVES), []
     for seed in read_run_config(run)["seeds"]:
-        prefix = f"seed-{seed}/"
+        prefix = _seed_prefix(seed)
         for point in points:
             values = {name[len(prefix):]: value for name, value in point.items() if name.startswith(prefix)}
-            records += [{"seed": seed, "epoch": point["step"], **values}] if values else []
+            if values:
+                records.append({"seed": seed, "epoch": point["step"], **values})
     return records
+
+
+def _seed_prefix(seed: int) -> str:
+    """One seed's curves sit in their own folder of the run's log: one dvc.yaml entry shows every seed."""
+    return f"seed-{seed}/"
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
