@@ -12,7 +12,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gcctl.groups import pseudo_label
@@ -36,15 +35,10 @@ VARIANTS = [  # (label, strategy, options of gcctl.groups.pseudo_label)
 def minority_groups(features: str) -> list[str]:
     """Groups with fewer training samples than the largest group of their class."""
     with FeatureStore(features) as store:
-        train = store.split_index("train")
-        y, group = store.y[train], store.group[train]
-        names = store.group_names
-    minority = []
-    for label in np.unique(y):
-        counts = {g: int(np.sum(group[y == label] == g)) for g in np.unique(group[y == label])}
-        largest = max(counts.values())
-        minority += [names[g] for g, n in counts.items() if n < largest]
-    return minority
+        vocabulary = store.vocabulary
+    counts = vocabulary.train_counts.reshape(vocabulary.num_classes, vocabulary.groups_per_class)
+    minority = (counts > 0) & (counts < counts.max(axis=1, keepdims=True))
+    return [name for name, small in zip(vocabulary.names, minority.ravel()) if small]
 
 
 def _percent(metric: dict) -> str:

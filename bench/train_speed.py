@@ -27,6 +27,7 @@ from PIL import Image
 from gcctl.clip.factory import build_clip
 from gcctl.clip.prompts import PromptLearner, TextTower, logit_scale
 from gcctl.datasets import load_dataset
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.coop import PromptScorer
 from gcctl.methods.data import load_training_data
 from gcctl.methods.loop import group_units, inverse_frequency
@@ -34,11 +35,12 @@ from gcctl.store import FeatureStore, extract, write_store
 from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds
 
 
-def _scorer(bundle, class_names, train):
-    unit, pairs = group_units(train.y, train.group)
-    learner = PromptLearner(TextTower(bundle.model), bundle.tokenizer, [class_names[c] for c in pairs[:, 0].tolist()],
-                            list(range(len(pairs))))
-    scorer = PromptScorer(learner, pairs[:, 0], len(class_names), logit_scale(bundle.model), "max")
+def _scorer(bundle, vocabulary, train):
+    unit, groups = group_units(train.group)
+    prompt_class = torch.from_numpy(vocabulary.class_of(groups.numpy()))
+    learner = PromptLearner(TextTower(bundle.model), bundle.tokenizer, [vocabulary.class_names[c] for c in prompt_class.tolist()],
+                            list(range(len(groups))))
+    scorer = PromptScorer(learner, prompt_class, vocabulary.num_classes, logit_scale(bundle.model), "max")
     return scorer, unit, inverse_frequency(unit)
 
 
@@ -68,7 +70,7 @@ def speed(model: str, images: int, batch_size: int) -> dict:
             train_rows = store.split_index("train")
         pixels = torch.stack([bundle.preprocess(Image.open(table.root / table.frame["path"][row]).convert("RGB")) for row in train_rows])
     batches = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0)).split(batch_size)
-    scorer, unit, sample_weights = _scorer(bundle, data.class_names, data.train)
+    scorer, unit, sample_weights = _scorer(bundle, data.vocabulary, data.train)
 
     def encoded(batch):
         with torch.no_grad():
@@ -96,15 +98,14 @@ def memory(rows: int = 1_000_000, model: str = "ViT-B-16") -> dict:
         for start in range(0, rows, 100_000):  # generated in blocks, never whole in float32
             block = rng.standard_normal((min(100_000, rows - start), dim), dtype=np.float32)
             features[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-        write_store(path, features, y, y * 2 + place, rng.choice(3, rows, p=[0.8, 0.1, 0.1]), [str(i) for i in range(rows)],
-                    {"place": place}, class_names=["circle", "square"],
-                    group_names=["circle/grass", "circle/water", "square/grass", "square/water"],
-                    attribute_values={"place": ["grass", "water"]}, provenance={"model": model, "pretrained": "none"})
+        write_store(path, features, y, rng.choice(3, rows, p=[0.8, 0.1, 0.1]), [str(i) for i in range(rows)],
+                    {"place": place}, vocabulary=GroupVocabulary(["circle", "square"], {"place": ["grass", "water"]}),
+                    provenance={"model": model, "pretrained": "none"})
         del features
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with FeatureStore(path) as store:
             data = load_training_data(store, torch.device("cpu"))
-        scorer, unit, sample_weights = _scorer(bundle, data.class_names, data.train)
+        scorer, unit, sample_weights = _scorer(bundle, data.vocabulary, data.train)
         batches = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0)).split(8192)
         seconds = _epoch(scorer, unit, sample_weights, batches, lambda batch: data.train.features[batch].float())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -14,9 +14,9 @@ whether such a split is acceptable at all is the caller's decision.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
+
+from gcctl.datasets.groups import GroupVocabulary
 
 METRIC_KEYS = ("acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced")
 
@@ -25,22 +25,24 @@ def compute_metrics(
     pred: np.ndarray,
     y: np.ndarray,
     group: np.ndarray,
-    *,
-    group_names: Sequence[str],
-    num_classes: int,
-    train_group_counts: np.ndarray,
+    groups: GroupVocabulary,
 ) -> dict:
-    """Every metric of the vocabulary for one set of predictions; accuracies are fractions in [0, 1]."""
+    """Every metric of the vocabulary for one set of predictions; accuracies are fractions in [0, 1].
+
+    `groups` numbers `group`, names the groups and gives the train proportions of `acc_adj_avg`.
+    """
     pred, y, group = (np.asarray(a, dtype=np.int64) for a in (pred, y, group))
     if not len(y) == len(pred) == len(group) or len(y) == 0:
         raise ValueError(f"need equally long, non-empty pred/y/group; got {len(pred)}, {len(y)}, {len(group)}")
+    if groups.train_counts is None:
+        raise ValueError("the group vocabulary has no training counts; acc_adj_avg needs them")
     correct = (pred == y).astype(np.float64)
-    n_groups = len(group_names)
+    n_groups, num_classes = groups.n_groups, groups.num_classes
     group_n = np.bincount(group, minlength=n_groups)
     group_correct = np.bincount(group, weights=correct, minlength=n_groups)
     present = np.flatnonzero(group_n)
     group_acc = group_correct[present] / group_n[present]
-    train_weights = np.asarray(train_group_counts, dtype=np.float64)[present]
+    train_weights = groups.train_counts.astype(np.float64)[present]
     if train_weights.sum() == 0:
         raise ValueError("no group of the evaluated split occurs in the train split; acc_adj_avg is undefined")
     class_n = np.bincount(y, minlength=num_classes)
@@ -53,7 +55,7 @@ def compute_metrics(
         "acc_adj_avg": float(np.dot(train_weights, group_acc) / train_weights.sum()),
         "acc_balanced": float(np.mean(class_correct[classes] / class_n[classes])),
         "per_group": {
-            group_names[g]: {"acc": float(acc), "n": int(group_n[g])} for g, acc in zip(present, group_acc)
+            groups.names[g]: {"acc": float(acc), "n": int(group_n[g])} for g, acc in zip(present, group_acc)
         },
     }
 

@@ -4,8 +4,10 @@ One file holds every image of a dataset encoded once by a frozen image tower:
 
 - datasets `features` [N, D] (float16 or float32), `y`, `group`, `split` (0 train, 1 val, 2 test), `id`,
   and one integer dataset per spurious attribute under `attributes/`;
-- root attributes: the provenance (model, pretrained, weights_sha256, embed_dim, normalized, preprocess,
-  dataset fingerprint, gcctl version, creation time) and the vocabularies (class, group and attribute names).
+- root attributes: the provenance (`model_ref`: the model reference, its weights path relative to the store's
+  folder when inside the project; embed_dim, normalized, dataset fingerprint, gcctl version, creation time)
+  and `group_vocabulary`, the dataset's `gcctl.datasets.groups.GroupVocabulary` (class and attribute names,
+  training counts) that numbers `group`.
 
 Extraction writes into `<out>.partial` and records after every batch how many rows are done, so a killed run
 resumes where it stopped; the finished file appears by an atomic rename.
@@ -24,28 +26,24 @@ import h5py
 import numpy as np
 
 from gcctl import __version__
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path, partial_path
 
-if TYPE_CHECKING:  # the store sits above datasets and models in the layering
+if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
+    from gcctl.clip.reference import ModelRef
     from gcctl.datasets.table import DatasetTable
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
-# Attributes that describe the extraction itself; two shards of one dataset must agree on all of them.
-_IDENTITY_KEYS = (
-    "model",
-    "pretrained",
-    "weights_sha256",
-    "embed_dim",
-    "normalized",
-    "preprocess",
-    "dataset",
-    "dataset_fingerprint",
-    "dtype",
-)
-_JSON_KEYS = ("class_names", "group_names", "attribute_values", "preprocess")
+# Attributes that describe how the model was applied to which data; with the model's identity they make an
+# extraction's identity, on which the shards of one dataset must agree.
+_EXTRACTION_KEYS = ("embed_dim", "normalized", "dataset", "dataset_fingerprint", "dtype")
+VOCABULARY_KEY = "group_vocabulary"
+# The names stores recorded before the vocabulary did; still read, never written.
+_OLD_NAME_KEYS = ("class_names", "group_names", "attribute_values")
+_JSON_KEYS = (VOCABULARY_KEY, *_OLD_NAME_KEYS, "model_ref")
 _READ_BLOCK_ROWS = 65536
 
 
@@ -120,20 +118,20 @@ def write_store(
     path: str | os.PathLike,
     features: np.ndarray,
     y: np.ndarray,
-    group: np.ndarray,
     split: np.ndarray,
     ids: Sequence[str],
     attributes: dict[str, np.ndarray],
     *,
-    class_names: list[str],
-    group_names: list[str],
-    attribute_values: dict[str, list[str]],
+    vocabulary: GroupVocabulary,
     provenance: dict,
 ) -> Path:
-    """Write a complete store from arrays in one go (used by merge, tests and benchmarks)."""
+    """Write a complete store from arrays in one go (used by merge, tests and benchmarks); `vocabulary`
+    numbers the groups from `y` and the attribute codes and counts the train split's."""
     path = Path(path)
     features = np.asarray(features)
     dtype = "float16" if features.dtype == np.float16 else "float32"
+    group = vocabulary.encode(y, attributes)
+    vocabulary = vocabulary.counted(group[np.asarray(split) == SPLIT_CODES["train"]])
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         _create_layout(handle, len(features), features.shape[1], dtype, y, group, split, ids, attributes)
         handle["features"][...] = features.astype(FEATURE_DTYPES[dtype], copy=False)
@@ -145,9 +143,7 @@ def write_store(
             "dtype": dtype,
             "n_rows": len(features),
             "rows_done": len(features),
-            "class_names": class_names,
-            "group_names": group_names,
-            "attribute_values": attribute_values,
+            VOCABULARY_KEY: vocabulary.to_dict(),
         }
         _set_attrs(handle, attrs)
     return path
@@ -171,15 +167,35 @@ class FeatureStore:
             self._file.close()
             raise GcctlError(f"{self.path} is not a gcctl feature store: datasets {missing} are missing")
         attrs = {key: _decode_attr(key, value) for key, value in self._file.attrs.items()}
-        self.provenance = {key: value for key, value in attrs.items() if key not in ("class_names", "group_names", "attribute_values")}
-        self.class_names: list[str] = attrs.get("class_names", [])
-        self.group_names: list[str] = attrs.get("group_names", [])
-        self.attribute_values: dict[str, list[str]] = attrs.get("attribute_values", {})
+        self.provenance = {key: value for key, value in attrs.items() if key not in (VOCABULARY_KEY, *_OLD_NAME_KEYS)}
         self.y = self._file["y"][()]
         self.group = self._file["group"][()]
         self.split = self._file["split"][()]
         self.ids = self._file["id"].asstr()[()]
         self.attributes = {name: dataset[()] for name, dataset in self._file.get("attributes", {}).items()}
+        try:
+            self.vocabulary = self._read_vocabulary(attrs)
+        except GcctlError:
+            self._file.close()
+            raise
+
+    def _read_vocabulary(self, attrs: dict) -> GroupVocabulary:
+        """The recorded vocabulary (or one made of an older store's names), checked against `group`."""
+        if VOCABULARY_KEY in attrs:
+            vocabulary = GroupVocabulary.from_dict(attrs[VOCABULARY_KEY], str(self.path))
+        else:
+            described = {"class_names": attrs.get("class_names"), "attributes": attrs.get("attribute_values", {})}
+            vocabulary = GroupVocabulary.from_dict(described, str(self.path))
+            vocabulary = vocabulary.counted(self.group[self.split == SPLIT_CODES["train"]])
+        stray = set(vocabulary.attributes) - set(self.attributes)
+        if stray or np.any(vocabulary.encode(self.y, self.attributes) != self.group):
+            raise GcctlError(f"the groups of {self.path} do not follow its classes and attributes "
+                             f"({vocabulary.names}); extract the store again with gcctl")
+        return vocabulary
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.vocabulary.class_names
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -229,10 +245,18 @@ class FeatureStore:
             out[order[lo:hi]] = block[sorted_rows[lo:hi] - start]
         return out
 
+    def model_ref(self) -> "ModelRef":
+        """The model the features were extracted with, its weights path anchored at the store's folder."""
+        from gcctl.clip.reference import ModelRef
+
+        if not isinstance(self.provenance.get("model_ref"), dict):
+            raise GcctlError(f"{self.path} records no model reference (made by an older gcctl); extract it again")
+        return ModelRef.from_dict(self.provenance["model_ref"], anchor=self.path.resolve().parent)
+
     def group_counts(self) -> dict[str, dict[str, int]]:
         """{group name: {split: count}} over the whole vocabulary."""
         counts = {}
-        for index, name in enumerate(self.group_names):
+        for index, name in enumerate(self.vocabulary.names):
             in_group = self.group == index
             counts[name] = {split: int(np.sum(in_group & (self.split == code))) for split, code in SPLIT_CODES.items()}
         return counts
@@ -245,8 +269,7 @@ class FeatureStore:
             "embed_dim": self.embed_dim,
             "dtype": str(self.dtype),
             "provenance": self.provenance,
-            "class_names": self.class_names,
-            "attribute_values": self.attribute_values,
+            "vocabulary": self.vocabulary.to_dict(),
             "group_counts": self.group_counts(),
         }
 
@@ -262,15 +285,11 @@ def _table_arrays(table: "DatasetTable", rows: range) -> dict:
     }
 
 
-def _extraction_identity(table: "DatasetTable", bundle: "ClipBundle", dtype: str, normalize: bool, shard: Shard) -> dict:
-    provenance = bundle.provenance
+def _extraction_attrs(table: "DatasetTable", bundle: "ClipBundle", dtype: str, normalize: bool, shard: Shard, folder: Path) -> dict:
     return {
-        "model": provenance["model"],
-        "pretrained": provenance["pretrained"],
-        "weights_sha256": provenance["weights_sha256"],
-        "embed_dim": int(provenance["embed_dim"]),
+        "model_ref": bundle.reference.recorded_for(folder).to_dict(),
+        "embed_dim": int(bundle.provenance["embed_dim"]),
         "normalized": bool(normalize),
-        "preprocess": provenance["preprocess"],
         "dataset": table.dataset,
         "dataset_fingerprint": table.fingerprint(),
         "dtype": dtype,
@@ -278,7 +297,16 @@ def _extraction_identity(table: "DatasetTable", bundle: "ClipBundle", dtype: str
     }
 
 
-def _open_partial(tmp: Path, identity: dict) -> h5py.File | None:
+def _extraction_identity(provenance: dict, keys: Sequence[str] = _EXTRACTION_KEYS) -> dict:
+    """The model's identity (not where its weights lie) and the `keys` of how it was applied."""
+    from gcctl.clip.reference import ModelRef
+
+    record = provenance.get("model_ref")
+    model = ModelRef.from_dict(record).identity() if isinstance(record, dict) else None
+    return {"model": model, **{key: provenance.get(key) for key in keys}}
+
+
+def _open_partial(tmp: Path, attrs: dict) -> h5py.File | None:
     """Reopen an interrupted extraction if it was made with the same identity; otherwise discard it."""
     if not tmp.exists():
         return None
@@ -287,8 +315,9 @@ def _open_partial(tmp: Path, identity: dict) -> h5py.File | None:
     except OSError:  # killed in the middle of an HDF5 metadata write: start over
         tmp.unlink()
         return None
-    stored = {key: _decode_attr(key, handle.attrs.get(key)) for key in identity}
-    if stored != identity:
+    stored = {key: _decode_attr(key, value) for key, value in handle.attrs.items()}
+    keys = (*_EXTRACTION_KEYS, "shard")
+    if _extraction_identity(stored, keys) != _extraction_identity(attrs, keys):
         handle.close()
         tmp.unlink()
         return None
@@ -332,9 +361,9 @@ def extract(
         raise GcctlError(f"image {table.root / missing[0]} not found ({len(missing)}+ missing); check --root")
     device = resolve_device("auto") if device is None else device
     rows = shard.rows(len(table.frame))
-    identity = _extraction_identity(table, bundle, dtype, normalize, shard)
     tmp = partial_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    identity = _extraction_attrs(table, bundle, dtype, normalize, shard, out.parent)
 
     handle = _open_partial(tmp, identity)
     if handle is None:
@@ -350,9 +379,7 @@ def extract(
                 "n_rows": len(rows),
                 "row_offset": rows.start,
                 "rows_done": 0,
-                "class_names": table.class_names,
-                "group_names": table.group_names,
-                "attribute_values": table.attributes,
+                VOCABULARY_KEY: table.vocabulary.to_dict(),
             },
         )
     done = int(handle.attrs["rows_done"])
@@ -402,10 +429,10 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Join the shards of one extraction (any order) into a single store; they must be complete and agree."""
     stores = [FeatureStore(part) for part in parts]
     try:
-        identities = [{key: store.provenance.get(key) for key in _IDENTITY_KEYS} for store in stores]
+        identities = [_extraction_identity(store.provenance) for store in stores]
         for store, identity in zip(stores, identities):
             if identity != identities[0]:
-                differing = [key for key in _IDENTITY_KEYS if identity[key] != identities[0][key]]
+                differing = [key for key in identity if identity[key] != identities[0][key]]
                 raise GcctlError(f"{store.path} was extracted differently from {stores[0].path} ({', '.join(differing)}); merge only shards of one extraction")
         shards = [Shard.parse(store.provenance.get("shard", "0/1")) for store in stores]
         counts = {shard.count for shard in shards}
@@ -415,20 +442,18 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
             raise GcctlError(f"merge needs every shard exactly once; got {found}")
         ordered = [store for _, store in sorted(zip((shard.index for shard in shards), stores), key=lambda pair: pair[0])]
         first = ordered[0]
-        provenance = {key: first.provenance[key] for key in _IDENTITY_KEYS if key in first.provenance}
+        provenance = {key: first.provenance[key] for key in _EXTRACTION_KEYS if key in first.provenance}
+        provenance["model_ref"] = first.model_ref().recorded_for(Path(out).resolve().parent).to_dict()
         provenance["shard"] = "0/1"
         provenance["merged_from"] = len(ordered)
         return write_store(
             out,
             np.concatenate([store.load_features() for store in ordered]),
             np.concatenate([store.y for store in ordered]),
-            np.concatenate([store.group for store in ordered]),
             np.concatenate([store.split for store in ordered]),
             [i for store in ordered for i in store.ids],
             {name: np.concatenate([store.attributes[name] for store in ordered]) for name in first.attributes},
-            class_names=first.class_names,
-            group_names=first.group_names,
-            attribute_values=first.attribute_values,
+            vocabulary=first.vocabulary,
             provenance=provenance,
         )
     finally:

@@ -24,8 +24,10 @@ def test_unknown_command_is_a_usage_error(run_cli):
 
 
 def test_missing_option_is_a_usage_error(run_cli):
-    code, _, err = run_cli("extract", "--dataset", "waterbirds")
-    assert code == 2 and "--root" in err
+    code, _, err = run_cli("extract", "--dataset", "waterbirds", "--root", "data", "--out", "x.h5")
+    assert code == 2 and "--model" in err
+    code, _, err = run_cli("extract", "--dataset", "waterbirds", "--model", "gcctl-micro", "--out", "x.h5")
+    assert code == 1 and "give --dataset and --root together, or --table" in err
 
 
 def test_user_error_is_one_line_and_exit_1(run_cli, tmp_path):

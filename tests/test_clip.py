@@ -76,7 +76,8 @@ def test_random_micro_model_warns_and_encodes(micro, caplog):
         bundle = build_clip(MICRO, "none")
     assert "random weights" in caplog.text
     assert not bundle.model.training
-    assert bundle.provenance["weights_sha256"] == "none"
+    assert bundle.reference.sha256 == "none" and bundle.reference.kind == "none"
+    assert bundle.provenance["model_ref"] == bundle.reference.to_dict()
     assert bundle.provenance["embed_dim"] == 32 and bundle.provenance["image_size"] == 32
     assert bundle.provenance["context_length"] == 16
     json.dumps(bundle.provenance)  # provenance goes into HDF5 attributes and JSON summaries
@@ -95,7 +96,8 @@ def test_checkpoint_file_round_trip(micro, tmp_path):
     path = save_checkpoint(micro, tmp_path / "model.pt")
     loaded = build_clip(MICRO, str(path))
     assert weights_equal(micro.model, loaded.model)
-    assert loaded.provenance["weights_sha256"] == sha256_file(path)
+    assert loaded.reference.sha256 == sha256_file(path)
+    assert (loaded.reference.kind, loaded.reference.source) == ("file", str(path.resolve()))
     assert not list(tmp_path.glob("*.partial"))
 
 
@@ -109,9 +111,9 @@ def test_bare_and_wrapped_state_dicts_load(micro, tmp_path):
 def test_local_dir_round_trip_names_the_model(micro, tmp_path):
     folder = export_local_dir(micro, None, tmp_path / "exported")
     loaded = build_clip(None, f"local-dir:{folder}")
-    assert loaded.provenance["model"] == MICRO
+    assert loaded.reference.architecture == MICRO and loaded.reference.kind == "local-dir"
     assert weights_equal(micro.model, loaded.model)
-    assert loaded.provenance["weights_sha256"] == sha256_file(folder / "open_clip_model.safetensors")
+    assert loaded.reference.sha256 == sha256_file(folder / "open_clip_model.safetensors")
     assert weights_equal(micro.model, open_clip.create_model(f"local-dir:{folder}"))  # open_clip reads it too
     with pytest.raises(GcctlError, match="different architecture than gcctl-tiny"):
         build_clip("gcctl-tiny", f"local-dir:{folder}")
@@ -123,7 +125,7 @@ def test_checkpoint_records_weights_preprocessing(micro, tmp_path):
     path = save_checkpoint(model, tmp_path / "model.pt", MICRO)
     loaded = build_clip(MICRO, str(path))
     assert any(isinstance(module, open_clip.transformer.QuickGELU) for module in loaded.model.modules())
-    assert loaded.provenance["preprocess"]["mean"] == [0.5] * 3 and loaded.provenance["preprocess"]["std"] == [0.25] * 3
+    assert loaded.reference.preprocess["mean"] == [0.5] * 3 and loaded.reference.preprocess["std"] == [0.25] * 3
 
 
 def test_wrong_architecture_names_the_mismatch(micro, tmp_path):

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gcctl.cli import data as data_cli
-from gcctl.datasets import DatasetTable, load_dataset
+from gcctl.datasets import DatasetTable, GroupVocabulary, load_dataset
 from gcctl.datasets.images import ImageDataset
 from gcctl.errors import GcctlError
 
@@ -124,7 +124,7 @@ def test_waterbirds_original_layout_gives_four_named_groups(waterbirds_root):
     assert list(frame.columns) == ["id", "path", "split", "y", "class_name", "place", "group", "group_name"]
     assert table.class_names == ["landbird", "waterbird"]
     assert table.attributes == {"place": ["land", "water"]}
-    assert table.group_names == ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
+    assert table.vocabulary.names == ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
     assert frame["y"].tolist() == [y for y, _, _ in WATERBIRDS_ROWS]
     assert frame["place"].tolist() == [place for _, place, _ in WATERBIRDS_ROWS]
     assert frame["split"].tolist() == [("train", "val", "test")[s] for _, _, s in WATERBIRDS_ROWS]
@@ -206,9 +206,9 @@ def test_celeba_kaggle_csv_pair_with_nested_images_matches_the_text_files(tmp_pa
 
 def test_celeba_two_biases_give_multiceleba_eight_groups(celeba_root):
     table = load_dataset("celeba", celeba_root, target="High_Cheekbones", bias=("Young", "Male"))
-    assert len(table.group_names) == 8
-    assert table.group_names[0] == "not_High_Cheekbones/not_Young/not_Male"
-    assert table.group_names[5] == "High_Cheekbones/not_Young/Male"
+    assert len(table.vocabulary.names) == 8
+    assert table.vocabulary.names[0] == "not_High_Cheekbones/not_Young/not_Male"
+    assert table.vocabulary.names[5] == "High_Cheekbones/not_Young/Male"
     # 000003.jpg: High_Cheekbones 1, Young -1, Male 1 -> 1*4 + 0*2 + 1.
     assert table.frame.loc[2, "group"] == 5
     assert table.frame.loc[2, "group_name"] == "High_Cheekbones/not_Young/Male"
@@ -282,7 +282,7 @@ def test_names_sidecar_overrides_defaults_and_class_names_override_both(waterbir
     sidecar = {"classes": ["circle", "square"], "attributes": {"place": ["grass", "sea"]}}
     (waterbirds_root / "gcctl-names.json").write_text(json.dumps(sidecar))
     table = load_dataset("waterbirds", waterbirds_root)
-    assert table.group_names == ["circle/grass", "circle/sea", "square/grass", "square/sea"]
+    assert table.vocabulary.names == ["circle/grass", "circle/sea", "square/grass", "square/sea"]
     explicit = load_dataset("waterbirds", waterbirds_root, class_names=["land bird", "water bird"])
     assert explicit.class_names == ["land bird", "water bird"]
     assert explicit.attributes == {"place": ["grass", "sea"]}
@@ -321,6 +321,11 @@ def test_save_and_load_round_trip(tmp_path, celeba_root):
     table.save(tmp_path / "out" / "table.parquet")
     loaded = DatasetTable.load(tmp_path / "out" / "table.parquet")
     assert loaded == table
+    assert loaded.vocabulary == table.vocabulary and table.vocabulary.train_counts.sum() == 3  # three train images
+    import pyarrow.parquet as pq
+
+    described = json.loads(pq.read_schema(tmp_path / "out" / "table.parquet").metadata[b"gcctl"])
+    assert GroupVocabulary.from_dict(described["vocabulary"], "table") == table.vocabulary
     assert loaded.fingerprint() == table.fingerprint()
     assert list(loaded.frame.columns) == list(table.frame.columns)
     assert not list((tmp_path / "out").glob("*.partial"))
@@ -424,3 +429,55 @@ def test_dataset_options_leave_out_unset_options():
                                        class_name=["x", "y"])
     assert options == {"bias": ("Young", "Male"), "file": Path("m.csv"), "attribute_columns": ("a",),
                        "class_names": ["x", "y"]}
+
+
+def test_data_table_writes_the_table_later_commands_take_with_table(tmp_path, waterbirds_root, run_cli):
+    project = tmp_path / "project"
+    shutil.copytree(waterbirds_root, project / "data" / "waterbirds")
+    code, _, err = run_cli("data", "table", "--layout", "waterbirds", "--root", str(project / "data" / "waterbirds"),
+                           "--out", str(project / "tables" / "waterbirds.parquet"))
+    assert code == 0, err
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)  # the table records its root relative to itself: a moved folder still works
+    table = DatasetTable.load(moved / "tables" / "waterbirds.parquet")
+    assert table.root == moved / "data" / "waterbirds" and not table.missing_files()
+    assert table.fingerprint() == load_dataset("waterbirds", waterbirds_root).fingerprint()
+    code, out, _ = run_cli("data", "show", "--table", str(moved / "tables" / "waterbirds.parquet"), "--json")
+    assert code == 0 and json.loads(out)["fingerprint"] == table.fingerprint()
+
+
+def test_table_and_dataset_options_do_not_mix(tmp_path, waterbirds_root, run_cli):
+    table_file = tmp_path / "t.parquet"
+    load_dataset("waterbirds", waterbirds_root).save(table_file)
+    code, _, err = run_cli("data", "show", "--table", str(table_file), "--root", str(waterbirds_root))
+    assert code == 1 and "--table already describes the dataset" in err
+    code, _, err = run_cli("data", "show")
+    assert code == 1 and "give --dataset and --root together, or --table" in err
+
+
+def test_group_vocabulary_numbers_names_and_counts_groups():
+    vocabulary = GroupVocabulary(["landbird", "waterbird"], {"place": ["land", "water"], "size": ["small", "big"]})
+    assert (vocabulary.num_classes, vocabulary.groups_per_class, vocabulary.n_groups) == (2, 4, 8)
+    assert vocabulary.names[:3] == ["landbird/land/small", "landbird/land/big", "landbird/water/small"]
+    assert vocabulary.names[7] == "waterbird/water/big"
+    y, place, size = np.array([0, 1, 1, 0]), np.array([1, 0, 1, 0]), np.array([0, 1, 1, 1])
+    group = vocabulary.encode(y, {"place": place, "size": size})
+    np.testing.assert_array_equal(group, [2, 5, 7, 1])  # class-major, first attribute most significant
+    decoded_y, decoded = vocabulary.decode(group)
+    np.testing.assert_array_equal(decoded_y, y)
+    np.testing.assert_array_equal(decoded["place"], place)
+    np.testing.assert_array_equal(decoded["size"], size)
+    np.testing.assert_array_equal(vocabulary.within(group), [2, 1, 3, 1])
+    np.testing.assert_array_equal(vocabulary.group_of(y, vocabulary.within(group)), group)
+    np.testing.assert_array_equal(vocabulary.ids_of(["waterbird/water/big", "bird"]), [7, -1])
+    np.testing.assert_array_equal(vocabulary.inconsistent([0, 0, 1], [3, 4, 8]), [False, True, True])
+    assert vocabulary.train_counts is None
+    counted = vocabulary.counted(group[:3])
+    np.testing.assert_array_equal(counted.train_counts, [0, 0, 1, 0, 0, 1, 0, 1])
+    assert counted != vocabulary and counted.same_groups(vocabulary)
+    for original in (vocabulary, counted):
+        assert GroupVocabulary.from_dict(json.loads(json.dumps(original.to_dict())), "test") == original
+    flat = GroupVocabulary(["cat", "dog"])
+    assert flat.names == ["cat", "dog"] and list(flat.encode(np.array([1, 0]), {})) == [1, 0]
+    with pytest.raises(GcctlError, match="no valid group vocabulary"):
+        GroupVocabulary.from_dict({"class_names": ["a"], "train_counts": [1, 2]}, "x.json")

@@ -33,10 +33,10 @@ def test_extract_round_trip_with_provenance(tiny_waterbirds, micro_bundle, tmp_p
         np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=2e-3)
         assert list(store.ids) == table.frame["id"].astype(str).tolist()
         np.testing.assert_array_equal(store.group, table.frame["group"])
-        assert store.group_names == table.group_names
-        assert store.provenance["model"] == "gcctl-micro"
+        assert store.vocabulary == table.vocabulary
+        assert store.model_ref().architecture == "gcctl-micro" and store.model_ref().kind == "none"
         assert store.provenance["dataset_fingerprint"] == table.fingerprint()
-        assert store.provenance["preprocess"]["resize"] == 32
+        assert store.model_ref().preprocess["resize"] == 32
         assert "place" in store.attributes
 
 

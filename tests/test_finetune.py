@@ -352,7 +352,7 @@ def test_checkpoints_are_evaluated_zero_shot_as_seeds_of_one_run(table, base, tm
     assert metrics["acc_wg"]["mean"] == pytest.approx((per_seed[0]["acc_wg"] + per_seed[1]["acc_wg"]) / 2)
     assert [metrics["seeds"][str(i)]["acc_avg"] for i in (0, 1)] == [m["acc_avg"] for m in per_seed]
     provenance = metrics["provenance"]
-    assert provenance["run"] == "ft" and provenance["model"] == MICRO and len(provenance["checkpoints"]) == 2
+    assert provenance["run"] == "ft" and provenance["checkpoints"][0]["architecture"] == MICRO and len(provenance["checkpoints"]) == 2
     assert provenance["dataset_fingerprint"] == table.fingerprint()
     assert provenance["checkpoints"][0]["sha256"] == sha256_file(tmp_path / "ft" / "seed-0" / "model.pt")
 
@@ -377,7 +377,7 @@ def test_finetune_command_trains_and_reports(run_cli, tiny_waterbirds, base, tmp
                           "--model", MICRO, "--pretrained", base, "--method", "ft", "--epochs", "1", "--batch-size", "32",
                           "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"), "--json")
     assert code == 0 and json.loads(out)["best_epoch"] == 1
-    assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).provenance["model"] == MICRO
+    assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).reference.architecture == MICRO
 
 
 def test_bad_pool_and_foreign_checkpoint_are_one_line_errors(run_cli, tiny_waterbirds, base, tmp_path):
@@ -407,7 +407,7 @@ def test_evaluate_command_scores_a_checkpoint_on_images_and_reports_it(run_cli, 
     ([], "either --run"),
     (["--checkpoint", "X"], "needs the images"),
     (["--run", "R", "--checkpoint", "X"], "either --run"),
-    (["--checkpoint", "X", "--dataset", "waterbirds"], "--dataset and --root go together"),
+    (["--checkpoint", "X", "--dataset", "waterbirds"], "give --dataset and --root together, or --table"),
     (["--checkpoint", "X", "--target", "Blond_Hair"], "--target needs --dataset and --root"),
 ])
 def test_evaluate_needs_exactly_one_source_and_images_for_checkpoints(run_cli, tmp_path, args, message):

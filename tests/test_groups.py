@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gcctl.clip.reference import ModelRef
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.groups import GROUP_FILE_COLUMNS, STRATEGIES, pseudo_label
 from gcctl.groups.agreement import agreement
@@ -17,7 +19,7 @@ from gcctl.store import write_store
 
 DIM = 16
 CLASSES = ["circle", "square"]
-PROVENANCE = {"model": "gcctl-micro", "pretrained": "none", "weights_sha256": "none", "dataset": "toy", "dataset_fingerprint": "toy"}
+PROVENANCE = {"model_ref": ModelRef("gcctl-micro", "none", "", "none").to_dict(), "dataset": "toy", "dataset_fingerprint": "toy"}
 
 
 @pytest.fixture(autouse=True)
@@ -47,25 +49,15 @@ def _splits(rng, n, minority):
     return np.concatenate(y), np.concatenate(attr), np.concatenate(split)
 
 
-def _write(path, features, y, attributes, split, attribute_values, *, group_names=None):
-    """Groups follow the dataset layer's class-major, mixed-radix numbering."""
-    per_class = int(np.prod([len(v) for v in attribute_values.values()])) if attribute_values else 2
-    within = np.zeros(len(y), dtype=np.int64)
-    for name, values in attribute_values.items():
-        within = within * len(values) + attributes[name]
-    if group_names is None:
-        combos = [[]]
-        for values in attribute_values.values():
-            combos = [c + [v] for c in combos for v in values]
-        group_names = [f"{c}/{'/'.join(combo)}" for c in CLASSES for combo in combos]
+def _write(path, features, y, attributes, split, attribute_values):
     return write_store(
-        path, features.astype(np.float16), y, y * per_class + within, split, [f"img{i}" for i in range(len(y))],
-        attributes, class_names=CLASSES, group_names=group_names, attribute_values=attribute_values,
+        path, features.astype(np.float16), y, split, [f"img{i}" for i in range(len(y))], attributes,
+        vocabulary=GroupVocabulary(CLASSES, attribute_values),
         provenance={**PROVENANCE, "embed_dim": features.shape[1], "normalized": True},
     )
 
 
-def make_store(path, *, n=(600, 200, 200), minority=0.2, seed=0, attribute_values=None):
+def make_store(path, *, n=(600, 200, 200), minority=0.2, seed=0):
     """Features = class direction e0 + a stronger attribute direction e1 + noise, L2-normalised: as in
     Waterbirds, the spurious attribute is the easier feature."""
     rng = np.random.default_rng(seed)
@@ -74,9 +66,7 @@ def make_store(path, *, n=(600, 200, 200), minority=0.2, seed=0, attribute_value
     features[:, 0] += 0.5 * (2 * y - 1)
     features[:, 1] += 2 * (2 * attr - 1)
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    values = {"place": ["grass", "water"]} if attribute_values is None else attribute_values
-    return _write(path, features, y, {"place": attr}, split, values,
-                  group_names=None if values else ["circle/grass", "circle/water", "square/grass", "square/water"])
+    return _write(path, features, y, {"place": attr}, split, {"place": ["grass", "water"]})
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +90,7 @@ def test_oracle_writes_the_true_groups_with_the_exact_columns(tmp_path, toy):
         train = store.split_index("train")
         assert list(frame["id"]) == list(store.ids[train])
         np.testing.assert_array_equal(frame["group"], store.group[train])
+        assert list(frame["group_name"]) == [store.vocabulary.names[g] for g in store.group[train]]
     assert (frame["strategy"] == "oracle").all() and (frame["confidence"] == 1).all()
     assert summary["agreement"]["accuracy"] == 1.0
     report = json.loads((tmp_path / "groups.report.json").read_text())
@@ -170,15 +161,13 @@ def test_zeroshot_attr_reads_the_attribute_from_its_prompts(tmp_path):
 
 def test_attribute_prompts_fill_templates_in_the_store_order():
     values = {"Young": ["purple", "orange"], "Male": ["snow", "forest"]}
-    prompts = attribute_prompts(["Young=a photo of a {value} {class}.", "Male:1=a {class} in a forest"], values, 4)
+    prompts = attribute_prompts(["Young=a photo of a {value} {class}.", "Male:1=a {class} in a forest"], values)
     assert list(prompts) == ["Young", "Male"]
     assert prompts["Young"] == ["a photo of a purple {class}.", "a photo of a orange {class}."]
     assert prompts["Male"] == ["a photo of a {class} on snow.", "a {class} in a forest"]
     for bad in (["Old=a {value}"], ["Young=a photo"], ["Young:grey=a grey {class}"], ["no equals sign"]):
         with pytest.raises(GcctlError):
-            attribute_prompts(bad, values, 4)
-    with pytest.raises(GcctlError, match="names of the store's attribute values"):
-        attribute_prompts([], {}, 4)
+            attribute_prompts(bad, values)
 
 
 def test_two_attributes_use_the_mixed_radix_vocabulary(tmp_path):
@@ -213,11 +202,8 @@ def test_the_group_file_is_what_training_reads(tmp_path, toy):
     out = tmp_path / "groups.parquet"
     pseudo_label(toy, "val-probe", out)
     with FeatureStore(toy) as store:
-        groups, names = read_group_file(out, store.ids[store.split_index("train")], store.ids)
-    np.testing.assert_array_equal(np.array(names, dtype=int)[groups], pd.read_parquet(out)["group"])
-    other_ids = np.array([f"other{i}" for i in range(20)])
-    with pytest.raises(GcctlError, match="not in the feature store"):
-        read_group_file(out, other_ids[:10], other_ids)
+        groups = read_group_file(out, store)
+    np.testing.assert_array_equal(groups, pd.read_parquet(out)["group"])
 
 
 def test_low_confidence_samples_take_their_class_majority_group(tmp_path, toy):
@@ -253,19 +239,11 @@ def test_without_validation_groups_kmeans_matches_by_size_and_val_probe_refuses(
 def test_a_store_with_one_group_per_class_is_refused_and_nothing_is_written(tmp_path, strategy):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 30)
-    store = write_store(tmp_path / "flat.h5", rng.standard_normal((30, 4)).astype(np.float32), y, y, np.arange(30) % 3,
-                        [f"i{k}" for k in range(30)], {}, class_names=CLASSES, group_names=CLASSES, attribute_values={},
-                        provenance=PROVENANCE)
+    store = write_store(tmp_path / "flat.h5", rng.standard_normal((30, 4)).astype(np.float32), y, np.arange(30) % 3,
+                        [f"i{k}" for k in range(30)], {}, vocabulary=GroupVocabulary(CLASSES), provenance=PROVENANCE)
     with pytest.raises(GcctlError, match="single group per class"):
         pseudo_label(store, strategy, tmp_path / "groups.parquet")
     assert list(tmp_path.iterdir()) == [store]
-
-
-def test_zeroshot_attr_without_attribute_names_is_refused(tmp_path):
-    store = make_store(tmp_path / "nameless.h5", attribute_values={})
-    with pytest.raises(GcctlError, match="attribute values"):
-        pseudo_label(store, "zeroshot-attr", tmp_path / "groups.parquet")
-    assert not (tmp_path / "groups.parquet").exists()
 
 
 @pytest.mark.parametrize("options", [{"strategy": "magic"}, {"val_fraction": 1.5}, {"val_label_noise": 1.0},
@@ -279,7 +257,7 @@ def test_bad_options_are_refused(tmp_path, toy, options):
 def test_agreement_counts_separation_up_to_relabelling():
     truth = np.array([0, 0, 1, 2, 3, 3])
     swapped = np.array([1, 1, 0, 3, 2, 2])  # every group renamed within its class
-    result = agreement(truth, swapped, ["a/x", "a/y", "b/x", "b/y"], 2)
+    result = agreement(truth, swapped, GroupVocabulary(["a", "b"], {"v": ["x", "y"]}))
     assert result["accuracy"] == 0.0 and result["accuracy_up_to_relabelling"] == 1.0
     assert result["per_group"]["a/x"] == {"true_n": 2, "inferred_n": 1, "precision": 0.0, "recall": 0.0}
 

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from gcctl.clip.factory import build_clip
 from gcctl.clip.prompts import PromptLearner, TextTower, encode_texts
+from gcctl.clip.reference import ModelRef
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import make_config
 from gcctl.methods.runs import evaluate_run, read_run_curve, train_run
@@ -25,7 +27,8 @@ from gcctl.store import write_store
 MODEL = "gcctl-micro"
 DIM = 32
 CLASSES = ["landbird", "waterbird"]
-GROUPS = ["landbird_land", "landbird_water", "waterbird_land", "waterbird_water"]
+VOCABULARY = GroupVocabulary(CLASSES, {"place": ["land", "water"]})
+GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
 QUICK = {"epochs": 8}
 
 
@@ -58,9 +61,9 @@ def make_store(path, *, corr=0.95, bg_strength=2.0, n=(1200, 400, 800), seed=0, 
     if nan:
         features[5, 3] = np.nan
     write_store(
-        path, features.astype(np.float16), y, 2 * y + bg, split, [f"img{i}" for i in range(len(y))], {"place": bg},
-        class_names=CLASSES, group_names=GROUPS, attribute_values={"place": ["land", "water"]},
-        provenance={"model": model, "pretrained": "none", "weights_sha256": "none", "embed_dim": dim, "normalized": True,
+        path, features.astype(np.float16), y, split, [f"img{i}" for i in range(len(y))], {"place": bg},
+        vocabulary=VOCABULARY,
+        provenance={"model_ref": ModelRef(model, "none", "", "none").to_dict(), "embed_dim": dim, "normalized": True,
                     "dataset": "toy", "dataset_fingerprint": "toy"},
     )
     return path
@@ -192,7 +195,7 @@ def test_run_round_trip_and_seeds(tmp_path, spurious):
         assert val["seeds"][seed]["acc_wg"] == pytest.approx(selection[seed]["val_metrics"]["acc_wg"])
     values = [val["seeds"][s]["acc_avg"] for s in ("0", "1")]
     assert val["acc_avg"] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
-    assert val["provenance"]["model"] == MODEL and val["provenance"]["seeds"] == [0, 1]
+    assert val["provenance"]["model_ref"]["architecture"] == MODEL and val["provenance"]["seeds"] == [0, 1]
 
 
 def test_group_file_with_the_true_groups_trains_the_same_model(tmp_path, spurious):
@@ -214,6 +217,39 @@ def test_group_file_with_other_ids_is_refused(tmp_path, spurious):
     with pytest.raises(GcctlError, match="not in the feature store"):
         train_run(spurious, "groupcoop", tmp_path / "run", groups=tmp_path / "groups.parquet")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("groups", "message"), [(["landbird/land", "waterbird/water"], "group of another class"),
+                                                 (["landbird_land", "waterbird/water"], "not one of the store's groups")])
+def test_group_files_are_checked_against_the_store_vocabulary(tmp_path, spurious, groups, message):
+    from gcctl.store import FeatureStore
+
+    with FeatureStore(spurious) as store:
+        train = store.split_index("train")
+        names = np.array(GROUPS)[store.group[train]]
+        names[np.flatnonzero(store.y[train] == 1)[0]] = groups[0]  # a waterbird labelled with groups[0]
+    pd.DataFrame({"id": store.ids[train], "group": names}).to_parquet(tmp_path / "groups.parquet")
+    with pytest.raises(GcctlError, match=message):
+        train_run(spurious, "groupcoop", tmp_path / "run", groups=tmp_path / "groups.parquet")
+
+
+def test_groupcoop_on_pseudo_groups_names_them_as_the_dataset_does(tmp_path, spurious):
+    """Pseudo groups keep the dataset's group names through the group file, the run and its metrics."""
+    from gcctl.groups import pseudo_label
+    from gcctl.store import FeatureStore
+
+    pseudo_label(spurious, "val-probe", tmp_path / "groups.parquet")
+    assert set(pd.read_parquet(tmp_path / "groups.parquet")["group_name"]) == set(GROUPS)
+    train_run(spurious, "groupcoop", tmp_path / "run", options={"epochs": 2, "init": "words"}, groups=tmp_path / "groups.parquet")
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())["0"]
+    assert [prompt["group"] for prompt in selection["prompts"]] == GROUPS
+    assert [prompt["class"] for prompt in selection["prompts"]] == ["landbird", "landbird", "waterbird", "waterbird"]
+    assert set(selection["val_metrics"]["per_group"]) == set(GROUPS)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["groups"]["source"] == "file"
+    with FeatureStore(spurious) as store:  # the store's vocabulary, true training counts included
+        assert GroupVocabulary.from_dict(config["vocabulary"], "config") == store.vocabulary
+    assert set(evaluate_run(tmp_path / "run", "test")["per_group"]) == set(GROUPS)
 
 
 def test_evaluating_on_a_store_of_another_model_is_refused(tmp_path, spurious):
@@ -268,7 +304,7 @@ def test_cli_train_evaluate_report(tmp_path, spurious):
         assert (tmp_path / method / "curve.png").stat().st_size > 0
         result = runner.invoke(app, ["evaluate", "--run", str(tmp_path / method), "--out", str(tmp_path / f"{method}.json")])
         assert result.exit_code == 0, result.output
-        assert "waterbird_land" in result.output
+        assert "waterbird/land" in result.output
     metrics = json.loads((tmp_path / "groupcoop.json").read_text())
     assert {"acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced", "per_group"} <= set(metrics)
     result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), str(tmp_path / "groupcoop.json"), "--out", str(tmp_path / "report")])

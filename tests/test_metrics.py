@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.metrics import METRIC_KEYS, aggregate_seeds, compute_metrics
 
-GROUPS = ["g0", "g1", "g2", "g3"]
+VOCABULARY = GroupVocabulary(["c0", "c1"], {"a": ["x", "y"]})  # groups g0..g3: c0/x, c0/y, c1/x, c1/y
 #                 g0 g0 g0 g1 g2 g2 g3 g3 g3 g3
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 GROUP = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3])
@@ -11,8 +12,8 @@ PRED = np.array([0, 0, 1, 1, 1, 0, 1, 1, 0, 1])
 TRAIN_COUNTS = np.array([10, 0, 30, 60])
 
 
-def metrics(pred=PRED, y=Y, group=GROUP, names=GROUPS, counts=TRAIN_COUNTS):
-    return compute_metrics(pred, y, group, group_names=names, num_classes=2, train_group_counts=counts)
+def metrics(pred=PRED, y=Y, group=GROUP, vocabulary=VOCABULARY, counts=TRAIN_COUNTS):
+    return compute_metrics(pred, y, group, GroupVocabulary(vocabulary.class_names, vocabulary.attributes, counts))
 
 
 def test_hand_computed_case():
@@ -26,17 +27,18 @@ def test_hand_computed_case():
     # recall of class 0 is 2/4, of class 1 is 4/6
     assert m["acc_balanced"] == pytest.approx((2 / 4 + 4 / 6) / 2)
     assert m["per_group"] == {
-        "g0": {"acc": pytest.approx(2 / 3), "n": 3},
-        "g1": {"acc": 0.0, "n": 1},
-        "g2": {"acc": 0.5, "n": 2},
-        "g3": {"acc": 0.75, "n": 4},
+        "c0/x": {"acc": pytest.approx(2 / 3), "n": 3},
+        "c0/y": {"acc": 0.0, "n": 1},
+        "c1/x": {"acc": 0.5, "n": 2},
+        "c1/y": {"acc": 0.75, "n": 4},
     }
 
 
 def test_group_absent_from_split_is_left_out():
-    names = GROUPS + ["g4"]
-    m = metrics(names=names, counts=np.append(TRAIN_COUNTS, 1000))
-    assert "g4" not in m["per_group"]
+    wider = GroupVocabulary(["c0", "c1"], {"a": ["x", "y", "z"]})  # c0/z (2) and c1/z (5) have no sample
+    m = metrics(group=wider.group_of(Y, VOCABULARY.within(GROUP)), vocabulary=wider,
+                counts=[10, 0, 1000, 30, 60, 1000])
+    assert set(m["per_group"]) == {"c0/x", "c0/y", "c1/x", "c1/y"}
     assert m["acc_wg"] == pytest.approx(0.0)
     assert m["acc_mean_group"] == pytest.approx(metrics()["acc_mean_group"])
     assert m["acc_adj_avg"] == pytest.approx(metrics()["acc_adj_avg"])
@@ -57,8 +59,8 @@ def test_seed_aggregate_has_mean_and_population_std():
     better = metrics(pred=np.where(np.arange(10) == 2, 0, PRED))  # fixes one g0 sample
     aggregated = aggregate_seeds([worse, better])
     assert aggregated["acc_avg"] == {"mean": pytest.approx(0.65), "std": pytest.approx(0.05)}
-    assert aggregated["per_group"]["g0"]["acc"] == {"mean": pytest.approx(5 / 6), "std": pytest.approx(1 / 6)}
-    assert aggregated["per_group"]["g0"]["n"] == 3
+    assert aggregated["per_group"]["c0/x"]["acc"] == {"mean": pytest.approx(5 / 6), "std": pytest.approx(1 / 6)}
+    assert aggregated["per_group"]["c0/x"]["n"] == 3
     assert set(aggregated) == set(METRIC_KEYS) | {"per_group"}
 
 

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,40 +14,31 @@ from gcctl.store import FeatureStore
 REPO = Path(__file__).resolve().parents[1]
 TINY_PARAMS = {
     "synth": {"seed": 0, "corpus_size": 256, "image_size": 32, "scale": 0.02, "minority_fraction": 0.05},
-    "pretrain": {"runs": {"micro": {"model": "gcctl-micro", "epochs": 1, "batch-size": 64, "lr": 0.002, "seed": 0}}},
-    "fetch": {"runs": {}},
-    "extract": {
-        "model": "gcctl-micro",
-        "pretrained": "pipeline/models/micro/model.pt",
-        "batch_size": 64,
-        "dtype": "float16",
-        "datasets": {
-            "waterbirds": {"dataset": "waterbirds", "root": "pipeline/data/waterbirds"},
-            "multiceleba": {"dataset": "celeba", "root": "pipeline/data/multiceleba", "target": "High_Cheekbones", "bias": ["Young", "Male"]},
-        },
+    "datasets": {
+        "waterbirds": {"layout": "waterbirds", "root": "pipeline/data/waterbirds"},
+        "multiceleba": {"layout": "celeba", "root": "pipeline/data/multiceleba", "target": "High_Cheekbones",
+                        "bias": ["Young", "Male"]},
     },
+    "pretrain": {"runs": {"micro": {"model": "gcctl-micro", "epochs": 1, "batch_size": 64, "lr": 0.002, "seed": 0}}},
+    "fetch": {"runs": {}},
+    "extract": {"model": "gcctl-micro", "pretrained": "pipeline/models/micro/model.pt", "batch_size": 64, "dtype": "float16"},
     "pseudo_label": {"strategy": "val-probe", "seed": 0},
     "train": {
         "seeds": "0",
         "datasets": ["waterbirds"],
-        "runs": [
-            {"name": "zeroshot", "args": {"method": "zeroshot"}},
-            {"name": "groupcoop", "args": {"method": "groupcoop", "epochs": 2}},
-        ],
-        "pseudo": {"method": "groupcoop", "epochs": 2},
+        "runs": {"zeroshot": {"method": "zeroshot"}, "groupcoop": {"method": "groupcoop", "epochs": 2}},
+        "pseudo_runs": {"groupcoop-pseudo": {"method": "groupcoop", "epochs": 2}},
     },
+    "evaluate": {"split": "test"},
     "finetune": {
-        "on": "waterbirds",
-        "data": {"dataset": "waterbirds", "root": "pipeline/data/waterbirds"},
+        "dataset": "waterbirds",
         "seeds": [0],
-        "runs": [
-            {"name": "ft", "args": {"method": "ft", "epochs": 1, "batch-size": 32, "lr": 0.001}},
-            {"name": "starft", "args": {"method": "starft", "epochs": 1, "batch-size": 32, "lr": 0.001, "pool": "synthetic"}},
-        ],
+        "runs": {
+            "ft": {"method": "ft", "epochs": 1, "batch_size": 32, "lr": 0.001},
+            "starft": {"method": "starft", "epochs": 1, "batch_size": 32, "lr": 0.001, "pool": "synthetic"},
+        },
         "wise_alpha": 0.5,
-        "evaluate": ["ft", "wise-starft"],
     },
-    "evaluate": {"split": "test", "runs": ["zeroshot", "groupcoop", "groupcoop-pseudo"]},
 }
 
 
@@ -56,39 +48,126 @@ def _run(*args, cwd):
     return result.stdout
 
 
-@pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("gcctl") is None, reason="needs the installed CLIs")
-def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
+def _project_copy(tmp_path: Path) -> Path:
+    """The pipeline's files and the gcctl code its stages depend on, in a fresh git + DVC repository."""
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, tmp_path / name)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+    for folder in ("gcctl", "conf"):
+        shutil.copytree(REPO / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     _run("git", "init", "-q", cwd=tmp_path)
     _run("dvc", "init", "-q", cwd=tmp_path)
     shutil.copy(REPO / ".dvc" / "config", tmp_path / ".dvc" / "config")
+    return tmp_path
 
-    _run("dvc", "repro", cwd=tmp_path)
 
-    with FeatureStore(tmp_path / "pipeline/features/multiceleba.h5") as store:
-        assert len(store.group_names) == 8
-        assert store.provenance["model"] == "gcctl-micro"
-    with FeatureStore(tmp_path / "pipeline/features/waterbirds.h5") as store:
-        assert store.provenance["weights_sha256"] != "none"
-    metrics = json.loads(_run("dvc", "metrics", "show", "--json", cwd=tmp_path))
-    shown = json.dumps(metrics)
-    for run in ("zeroshot", "groupcoop", "groupcoop-pseudo", "ft", "wise-starft"):
+def _changed_stages(cwd: Path) -> dict:
+    return json.loads(_run("dvc", "status", "--json", cwd=cwd))
+
+
+needs_clis = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("gcctl") is None,
+                                reason="needs the installed CLIs")
+
+
+@needs_clis
+def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
+    repo = _project_copy(tmp_path)
+    (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+
+    _run("dvc", "repro", cwd=repo)
+
+    with FeatureStore(repo / "pipeline/features/multiceleba.h5") as store:
+        assert store.vocabulary.n_groups == 8
+        assert store.model_ref().architecture == "gcctl-micro"
+    with FeatureStore(repo / "pipeline/features/waterbirds.h5") as store:
+        assert store.model_ref().sha256 != "none" and store.model_ref().locate().is_file()
+    shown = json.dumps(json.loads(_run("dvc", "metrics", "show", "--json", cwd=repo)))
+    for run in ("zeroshot", "groupcoop", "groupcoop-pseudo"):
         assert f"pipeline/metrics/waterbirds/{run}.json" in shown
-    assert "wise-starft" in (tmp_path / "pipeline/report/waterbirds/results.md").read_text()
-    assert (tmp_path / "pipeline/runs/waterbirds/starft/seed-0/state.pt").is_file()  # kept for resuming
-    assert (tmp_path / "pipeline/groups/multiceleba.parquet").is_file()
-    assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=tmp_path)
+    for run in ("ft", "starft-wise"):
+        assert f"pipeline/metrics/finetuned/waterbirds/{run}.json" in shown
+    assert "starft-wise" in (repo / "pipeline/report/finetuned-waterbirds/results.md").read_text()
+    assert (repo / "pipeline/finetuned/waterbirds/starft/seed-0/state.pt").is_file()  # kept for resuming
+    assert (repo / "pipeline/tables/multiceleba.parquet").is_file()
+    assert (repo / "pipeline/groups/waterbirds.parquet").is_file()
+    assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=repo)
+
+    # Editing one run's options changes that run's stage only.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["runs"]["groupcoop"]["epochs"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    changed = _changed_stages(repo)
+    assert set(changed) == {"train@waterbirds-groupcoop"}, changed
+    (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
+
+    # A change in the methods' code reruns what trains and evaluates, not what makes data, models or features.
+    with open(repo / "gcctl/methods/base.py", "a") as handle:
+        handle.write("# a change\n")
+    changed = set(_changed_stages(repo))
+    assert {"train@waterbirds-zeroshot", "train_pseudo@waterbirds-groupcoop-pseudo", "evaluate@waterbirds-zeroshot",
+            "finetune@ft-0"} <= changed
+    assert not changed & {"synth", "data@waterbirds", "pretrain@micro", "extract@waterbirds", "pseudo_label@waterbirds"}
 
 
-@pytest.mark.parametrize("preset", sorted((REPO / "pipeline/presets").glob("*.yaml")), ids=lambda path: path.stem)
-def test_presets_define_every_section_the_pipeline_reads(preset):
-    default = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = yaml.safe_load(preset.read_text())
+TINY_PRESET = """# @package _global_
+defaults:
+  - override /model: micro
+synth:
+  corpus_size: 256
+  scale: 0.02
+train:
+  datasets: [waterbirds]
+"""
+MICRO_MODEL = """# @package _global_
+pretrain:
+  runs:
+    micro: {model: gcctl-micro, epochs: 1, batch_size: 64, lr: 0.002, seed: 0}
+fetch:
+  runs: {}
+extract:
+  model: gcctl-micro
+  pretrained: pipeline/models/micro/model.pt
+"""
+
+
+@needs_clis
+def test_dvc_exp_run_selects_a_preset(tmp_path):
+    repo = _project_copy(tmp_path)
+    (repo / "conf/preset/tiny.yaml").write_text(TINY_PRESET)
+    (repo / "conf/model/micro.yaml").write_text(MICRO_MODEL)
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    _run("git", "add", "-A", cwd=repo)
+    _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=repo)
+
+    _run("dvc", "exp", "run", "-S", "preset=tiny", "train@waterbirds-groupcoop", cwd=repo)
+
+    composed = yaml.safe_load((repo / "params.yaml").read_text())
+    assert composed["extract"]["model"] == "gcctl-micro"
+    assert composed["pretrain"]["runs"] == {"micro": yaml.safe_load(MICRO_MODEL)["pretrain"]["runs"]["micro"]}
+    assert composed["train"]["datasets"] == ["waterbirds"]
+    assert composed["train"]["runs"]["groupcoop"] == {"method": "groupcoop"}  # the default's runs stay
+    assert (repo / "pipeline/runs/waterbirds/groupcoop/config.json").is_file()
+    shown = _run("dvc", "exp", "show", "--json", cwd=repo)
+    assert "gcctl-micro" in shown and "gcctl-tiny" in shown  # the experiment beside the default it came from
+
+
+def _compose(overrides: list[str]) -> dict:
+    from dvc.utils.hydra import compose_and_dump
+
+    out = Path(tempfile.mkdtemp()) / "params.yaml"
+    compose_and_dump(out, str(REPO / "conf"), None, "config", "", overrides)
+    return yaml.safe_load(out.read_text())
+
+
+def test_params_yaml_is_the_composition_of_conf():
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == _compose([])
+
+
+@pytest.mark.parametrize("preset", sorted(path.stem for path in (REPO / "conf/preset").glob("*.yaml")))
+def test_presets_compose_into_a_complete_pipeline(preset):
+    default, params = _compose([]), _compose([f"preset={preset}"])
     assert set(params) == set(default)
-    for section in default:
-        assert set(params[section]) == set(default[section]), section
+    assert set(params["train"]["datasets"]) <= set(params["datasets"])
+    assert params["finetune"]["dataset"] in params["datasets"]
+    assert params["pretrain"]["runs"] == {}  # real weights are fetched, not pretrained
     for name, run in params["fetch"]["runs"].items():
         assert params["extract"]["pretrained"] == f"pipeline/models/{name}/model.pt"
-    assert set(params["train"]["datasets"]) <= set(params["extract"]["datasets"])

@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 
+from gcctl.clip.reference import ModelRef
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.store import FeatureStore, Shard, merge, write_store
+
+VOCABULARY = GroupVocabulary(["landbird", "waterbird"], {"place": ["land", "water"]})
 
 
 def _arrays(n=10, dim=4, seed=0):
@@ -12,26 +16,22 @@ def _arrays(n=10, dim=4, seed=0):
     return {
         "features": rng.normal(size=(n, dim)).astype(np.float16),
         "y": rng.integers(0, 2, n),
-        "group": rng.integers(0, 4, n),
         "split": np.arange(n) % 3,
         "ids": [f"img{i}" for i in range(n)],
         "attributes": {"place": rng.integers(0, 2, n)},
     }
 
 
-def _write(path, arrays, **provenance):
+def _write(path, arrays, sha256="abc", **provenance):
     return write_store(
         path,
         arrays["features"],
         arrays["y"],
-        arrays["group"],
         arrays["split"],
         arrays["ids"],
         arrays["attributes"],
-        class_names=["landbird", "waterbird"],
-        group_names=["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"],
-        attribute_values={"place": ["land", "water"]},
-        provenance={"model": "gcctl-micro", "weights_sha256": "abc", **provenance},
+        vocabulary=VOCABULARY,
+        provenance={"model_ref": ModelRef("gcctl-micro", "file", "model.pt", sha256).to_dict(), **provenance},
     )
 
 
@@ -43,9 +43,12 @@ def test_round_trip_keeps_arrays_names_and_stored_dtype(tmp_path):
         np.testing.assert_array_equal(store.load_features(), arrays["features"])
         np.testing.assert_array_equal(store.y, arrays["y"])
         assert list(store.ids) == arrays["ids"]
-        assert store.group_names[1] == "landbird/water"
-        assert store.attribute_values == {"place": ["land", "water"]}
-        assert store.provenance["model"] == "gcctl-micro"
+        assert store.vocabulary.same_groups(VOCABULARY) and store.class_names == ["landbird", "waterbird"]
+        np.testing.assert_array_equal(store.group, 2 * arrays["y"] + arrays["attributes"]["place"])
+        train = arrays["split"] == 0
+        np.testing.assert_array_equal(store.vocabulary.train_counts, np.bincount(store.group[train], minlength=4))
+        assert store.model_ref().architecture == "gcctl-micro"
+        assert store.model_ref().anchor == tmp_path.resolve()
         assert store.provenance["embed_dim"] == 4
         np.testing.assert_array_equal(store.split_index("val"), [1, 4, 7])
     assert not (tmp_path / "f.h5.partial").exists()
@@ -63,7 +66,7 @@ def test_load_features_gathers_rows_in_the_requested_order(tmp_path, monkeypatch
 
 def test_group_counts_cover_the_whole_vocabulary(tmp_path):
     arrays = _arrays()
-    arrays["group"] = np.zeros(10, dtype=int)
+    arrays["y"] = arrays["attributes"]["place"] = np.zeros(10, dtype=int)
     with FeatureStore(_write(tmp_path / "f.h5", arrays)) as store:
         counts = store.group_counts()
     assert counts["landbird/land"] == {"train": 4, "val": 3, "test": 3}
@@ -93,8 +96,8 @@ def test_merge_joins_shards_in_order_and_checks_them(tmp_path):
         np.testing.assert_array_equal(store.attributes["place"], whole["attributes"]["place"])
     with pytest.raises(GcctlError, match="every shard exactly once"):
         merge(parts[:2], tmp_path / "bad.h5")
-    other = _write(tmp_path / "other.h5", _arrays(n=3), shard="1/3", weights_sha256="def")
-    with pytest.raises(GcctlError, match="weights_sha256"):
+    other = _write(tmp_path / "other.h5", _arrays(n=3), shard="1/3", sha256="def")
+    with pytest.raises(GcctlError, match=r"\(model\)"):
         merge([parts[1], other, parts[0]], tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
 
@@ -105,3 +108,26 @@ def test_opening_a_missing_or_foreign_file_is_a_user_error(tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(GcctlError, match="not a readable HDF5"):
         FeatureStore(tmp_path / "text.h5")
+
+
+def test_groups_that_disagree_with_the_vocabulary_are_refused(tmp_path):
+    import h5py
+
+    path = _write(tmp_path / "f.h5", _arrays())
+    with h5py.File(path, "r+") as handle:
+        handle["group"][0] = (handle["group"][0] + 1) % 4
+    with pytest.raises(GcctlError, match="do not follow its classes and attributes"):
+        FeatureStore(path)
+
+
+def test_a_store_that_records_names_instead_of_a_vocabulary_is_still_read(tmp_path):
+    import h5py
+
+    arrays = _arrays()
+    path = _write(tmp_path / "f.h5", arrays)
+    with h5py.File(path, "r+") as handle:
+        del handle.attrs["group_vocabulary"]
+        handle.attrs["class_names"] = '["landbird", "waterbird"]'
+        handle.attrs["attribute_values"] = '{"place": ["land", "water"]}'
+    with FeatureStore(path) as store, FeatureStore(_write(tmp_path / "new.h5", arrays)) as new:
+        assert store.vocabulary == new.vocabulary

@@ -39,10 +39,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (they are also off when stderr is not a terminal)."),
+    config: Optional[str] = typer.Option(
+        None, "--config", metavar="FILE:KEY",
+        help="Take the command's option values from a YAML mapping, e.g. params.yaml:train.runs.groupcoop "
+        "(how the DVC stages pass a named run); options given on the command line still win."),
 ) -> None:
     set_quiet(quiet)
+    if config is not None:
+        from gcctl.cli.config import option_defaults
+
+        ctx.default_map = option_defaults(config, ctx)
 
 
 def _register() -> None:

@@ -24,7 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DatasetName = Annotated[str, typer.Option("--dataset", help=f"Source layout: {', '.join(DATASETS)}.")]
+DatasetLayout = Annotated[str, typer.Option("--dataset", "--layout", help=f"Source layout: {', '.join(DATASETS)}.")]
+TableFile = Annotated[Optional[Path], typer.Option(
+    "--table", help="Instead of --dataset/--root and their options: a dataset table written by `gcctl data table`.")]
 DatasetRoot = Annotated[Path, typer.Option("--root", help="Folder that holds the dataset's metadata and images.")]
 Target = Annotated[Optional[str], typer.Option("--target", help="celeba: attribute to classify (default Blond_Hair).")]
 Bias = Annotated[Optional[list[str]], typer.Option(
@@ -43,8 +45,9 @@ ClassName = Annotated[Optional[list[str]], typer.Option(
 
 
 _DATASET_OPTIONS = {  # parameter name: (annotation, default)
-    "dataset": (DatasetName, inspect.Parameter.empty),
-    "root": (DatasetRoot, inspect.Parameter.empty),
+    "table_file": (TableFile, None),
+    "layout": (DatasetLayout, None),
+    "root": (DatasetRoot, None),
     "target": (Target, None),
     "bias": (Bias, None),
     "manifest_file": (ManifestFile, None),
@@ -64,8 +67,7 @@ def reads_dataset(command=None, *, optional: bool = False):
         return functools.partial(reads_dataset, optional=optional)
     signature = inspect.signature(command, eval_str=True)  # typer needs real annotations, not strings
     dataset_parameters = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                          default=None if optional and default is inspect.Parameter.empty else default)
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
         for name, (annotation, default) in _DATASET_OPTIONS.items()
     ]
     parameters = []
@@ -85,14 +87,19 @@ def reads_dataset(command=None, *, optional: bool = False):
     return with_table
 
 
-def _load_table(dataset, root, *, optional: bool, **options) -> DatasetTable | None:
-    if optional and dataset is None and root is None:
-        if any(value for value in options.values()):
-            raise GcctlError(f"--{next(k for k, v in options.items() if v).replace('_', '-')} needs --dataset and --root")
+def _load_table(table_file, layout, root, *, optional: bool, **options) -> DatasetTable | None:
+    given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value]
+    if table_file is not None:
+        if layout is not None or root is not None or given:
+            raise GcctlError("--table already describes the dataset; leave out --dataset, --root and their options")
+        return DatasetTable.load(table_file)
+    if optional and layout is None and root is None:
+        if given:
+            raise GcctlError(f"{given[0]} needs --dataset and --root")
         return None
-    if dataset is None or root is None:
-        raise GcctlError("--dataset and --root go together; give both")
-    return load_dataset(dataset, root, **dataset_options(**options))
+    if layout is None or root is None:
+        raise GcctlError("give --dataset and --root together, or --table")
+    return load_dataset(layout, root, **dataset_options(**options))
 
 
 def dataset_options(
@@ -135,6 +142,30 @@ def show(
     """
     if as_json:
         typer.echo(json.dumps(_summary(table), indent=2))
+    else:
+        _print_table(table)
+
+
+@app.command("table")
+@reads_dataset
+def write_table(
+    table: DatasetTable,
+    out: Annotated[Path, typer.Option("--out", help="The Parquet file to write (appears only when complete).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Read a dataset once into gcctl's canonical table (Parquet: one row per image, names, fingerprint).
+
+    Later stages take `--table FILE` instead of re-reading the source layout.
+
+    Example: gcctl data table --dataset waterbirds --root pipeline/data/waterbirds --out pipeline/tables/waterbirds.parquet
+    """
+    missing = table.missing_files()
+    if missing:
+        raise GcctlError(f"{table.root} lacks {missing[0]} (and maybe more) that its metadata lists; "
+                         "point --root at the complete dataset")
+    table.save(out)
+    if as_json:
+        typer.echo(json.dumps({"out": str(out), **_summary(table)}, indent=2))
     else:
         _print_table(table)
 

@@ -11,7 +11,7 @@ import typer
 
 def pseudo_label(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store whose train split is labelled.")],
-    out: Annotated[Path, typer.Option("--out", help="The Parquet group file to write (id, group, confidence, strategy).")],
+    out: Annotated[Path, typer.Option("--out", help="The Parquet group file to write (id, group, group_name, confidence, strategy).")],
     strategy: Annotated[str, typer.Option(
         "--strategy", help="val-probe, zeroshot-attr, kmeans, erm-error or oracle.")] = "val-probe",
     report: Annotated[Optional[Path], typer.Option(
@@ -30,6 +30,8 @@ def pseudo_label(
         "--class-names", help="zeroshot-attr: comma-separated words naming the classes in prompts.")] = None,
     clusters_per_group: Annotated[int, typer.Option(
         "--clusters-per-group", help="kmeans: clusters per group; above 1 each cluster takes its nearest validation group.")] = 1,
+    pretrained: Annotated[Optional[str], typer.Option(
+        "--pretrained", help="zeroshot-attr: the store's model weights, if they moved since extraction (checked by sha256).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the validation cut and noise, k-means and the ERM folds.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
@@ -44,7 +46,7 @@ def pseudo_label(
         features, strategy, out, report=report, min_confidence=min_confidence, val_fraction=val_fraction,
         val_label_noise=val_label_noise, attribute_prompts=attribute_prompt or (),
         class_names=[name.strip() for name in class_names.split(",")] if class_names else None,
-        clusters_per_group=clusters_per_group, seed=seed, device=device,
+        clusters_per_group=clusters_per_group, pretrained=pretrained, seed=seed, device=device,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -28,7 +28,7 @@ def train(
     method: Annotated[str, typer.Option("--method", help="zeroshot, linear, dfr, coop or groupcoop.")],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (replaced only on success).")],
     groups: Annotated[Optional[Path], typer.Option(
-        "--groups", help="Parquet group labels (id, group, ...) for the train split; default: the store's true groups.")] = None,
+        "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, one trained model each, e.g. 0,1,2.")] = "0",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs (method default).")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Samples per step.")] = None,
@@ -56,6 +56,9 @@ def train(
         "--target", help="groupcoop loss: prompt (the sample's group prompt among all) or class (aggregated scores).")] = None,
     init: Annotated[Optional[str], typer.Option(
         "--init", help="groupcoop contexts start from: coop (a CoOp trained first) or words (--ctx-init).")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        "--pretrained", help="zeroshot, coop, groupcoop: the store's model weights, if they moved since extraction "
+        "(checked against the store's sha256).")] = None,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -73,7 +76,8 @@ def train(
         "target": target, "init": init, "templates": template or None,
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
     }
-    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"), device=device)
+    summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"), device=device,
+                        pretrained=pretrained)
     plot_run_curve(out)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -5,6 +5,7 @@ from gcctl.clip.factory import (
     PACKAGED_MODELS,
     ClipBundle,
     build_clip,
+    build_from_reference,
     checkpoint_model_name,
     describe_model,
     export_local_dir,
@@ -13,11 +14,14 @@ from gcctl.clip.factory import (
     preprocess_uint8,
     save_checkpoint,
 )
+from gcctl.clip.reference import ModelRef
 
 __all__ = [
     "PACKAGED_MODELS",
     "ClipBundle",
+    "ModelRef",
     "build_clip",
+    "build_from_reference",
     "checkpoint_model_name",
     "describe_model",
     "export_local_dir",

@@ -3,7 +3,8 @@
 A model is an architecture (a config registered with open_clip; ours live in `configs/`) plus a
 `pretrained` source: an open_clip tag, a checkpoint file, `local-dir:PATH`, `hf-hub:ORG/REPO`, or
 `none`. Every source is resolved to (architecture, weights file) first, so the weights actually
-loaded can be hashed into the provenance that travels with features and predictions.
+loaded are hashed into the model reference (`reference.ModelRef`) that travels with features, runs and
+predictions, and from which `build_from_reference` builds the same model again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from open_clip.pretrained import download_pretrained, download_pretrained_from_h
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import QuickGELU
 
+from gcctl.clip.reference import NO_WEIGHTS, ModelRef
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path, resolve_device, sha256_file, write_json
 
@@ -55,21 +57,24 @@ register_packaged_configs()
 
 @dataclass
 class ClipBundle:
-    """A model in eval mode with what it needs around it: eval transform, tokenizer, provenance."""
+    """A model in eval mode with what it needs around it: eval transform, tokenizer, reference, provenance."""
 
     model: torch.nn.Module
     preprocess: Callable  # PIL image -> normalised tensor
     tokenizer: Callable  # list[str] -> LongTensor [n, context_length]
-    provenance: dict = field(default_factory=dict)
+    reference: ModelRef  # which model this is; a local source as an absolute path
+    provenance: dict = field(default_factory=dict)  # the reference serialised, and the architecture's sizes
 
 
 @dataclass(frozen=True)
 class _Source:
     """Where the architecture and the weights of one `build_clip` call come from."""
 
-    name: str  # the model name recorded in provenance
+    name: str  # the model name recorded in the reference
     architecture: str  # what open_clip.create_model takes: a registered name or local-dir:PATH
     model_cfg: dict
+    kind: str  # the weights source's kind and value, as the reference records them
+    source: str
     weights: Path | None = None
     tokenizer: str = ""  # what open_clip.get_tokenizer takes; defaults to `architecture`
     preprocess: dict = field(default_factory=dict)  # preprocessing that belongs to the weights
@@ -122,32 +127,47 @@ def build_clip(model_name: str | None, pretrained: str = "none", device="cpu") -
     source = _resolve_source(model_name, pretrained)
     if source.weights is None:
         log.warning("model %s has random weights (pretrained=none): fine for pretraining, meaningless for evaluation", source.name)
-    return _bundle(source, pretrained, resolve_device(device))
+    return _bundle(source, resolve_device(device))
 
 
 def fresh_clip(model_name: str, device="cpu") -> ClipBundle:
     """Randomly initialised on purpose (pretraining from scratch): `build_clip(..., "none")` without the warning."""
-    return _bundle(_resolve_source(model_name, "none"), "none", resolve_device(device))
+    return _bundle(_resolve_source(model_name, "none"), resolve_device(device))
 
 
-def _bundle(source: _Source, pretrained: str, device: torch.device) -> ClipBundle:
+def build_from_reference(reference: ModelRef, *, recorded_in: str, pretrained: str | None = None, device="cpu") -> ClipBundle:
+    """The model an artifact (`recorded_in`, for messages) was made with, from `pretrained` when given (the same
+    weights elsewhere), else from where the reference points; weights whose hash differs are refused."""
+    pretrained = pretrained or reference.pretrained()
+    from_folder = pretrained.startswith((LOCAL_DIR, HF_HUB))  # the folder names its own architecture
+    bundle = build_clip(None if from_folder else reference.architecture, pretrained, device=device)
+    reference.check_built(bundle.reference, pretrained, recorded_in)
+    return bundle
+
+
+def _bundle(source: _Source, device: torch.device) -> ClipBundle:
     model = _instantiate(source, device)
     model.eval()
     network = _hub_access() if source.tokenizer.startswith(HF_HUB) else contextlib.nullcontext()
     with _quiet_open_clip(), network:
         tokenizer = open_clip.get_tokenizer(source.tokenizer or source.architecture)
     preprocess_cfg = model.visual.preprocess_cfg
+    reference = ModelRef(
+        architecture=source.name,
+        kind=source.kind,
+        source=source.source,
+        sha256=sha256_file(source.weights) if source.weights else NO_WEIGHTS,
+        preprocess=describe_preprocess(preprocess_cfg),
+    )
     return ClipBundle(
         model=model,
         preprocess=image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False),
         tokenizer=tokenizer,
+        reference=reference,
         provenance={
-            "model": source.name,
-            "pretrained": pretrained,
-            "weights_sha256": sha256_file(source.weights) if source.weights else "none",
+            "model_ref": reference.to_dict(),
             "embed_dim": source.model_cfg["embed_dim"],
             "image_size": _square_or_pair(model.visual.image_size),
-            "preprocess": describe_preprocess(preprocess_cfg),
             "context_length": tokenizer.context_length,
         },
     )
@@ -163,16 +183,17 @@ def _resolve_source(model_name: str | None, pretrained: str) -> _Source:
         raise GcctlError("a model name is needed (e.g. --model gcctl-tiny) unless pretrained is local-dir:PATH or hf-hub:ORG/REPO")
     cfg = _registered_config(model_name)
     if pretrained.lower() == "none":
-        return _Source(model_name, model_name, cfg)
+        return _Source(model_name, model_name, cfg, "none", "")
     tag = get_pretrained_cfg(model_name, pretrained)
     if tag:
         return _Source(
-            model_name, model_name, cfg,
+            model_name, model_name, cfg, "tag", pretrained,
             weights=_download_tag(model_name, pretrained, tag),
             preprocess={key: tag[key] for key in ("mean", "std", "interpolation", "resize_mode") if key in tag},
             quick_gelu=bool(tag.get("quick_gelu", False)),
         )
-    return _Source(model_name, model_name, cfg, weights=_checkpoint_file(model_name, pretrained))
+    weights = _checkpoint_file(model_name, pretrained)
+    return _Source(model_name, model_name, cfg, "file", str(weights.resolve()), weights=weights)
 
 
 def _checkpoint_file(model_name: str, pretrained: str) -> Path:
@@ -196,7 +217,8 @@ def _local_dir_source(model_name: str | None, directory: Path) -> _Source:
     if "model_cfg" not in config:
         raise GcctlError(f"{config_file} has no 'model_cfg'; it is not an open_clip model folder")
     name = _name_for_folder(model_name, config, default=directory.name)
-    return _Source(name, f"{LOCAL_DIR}{directory}", config["model_cfg"], weights=_weights_in_dir(directory))
+    return _Source(name, f"{LOCAL_DIR}{directory}", config["model_cfg"], "local-dir", str(directory.resolve()),
+                   weights=_weights_in_dir(directory))
 
 
 def _hub_source(model_name: str | None, repo_id: str) -> _Source:
@@ -209,7 +231,8 @@ def _hub_source(model_name: str | None, repo_id: str) -> _Source:
     config = json.loads(config_file.read_text())
     name = _name_for_folder(model_name, config, default=f"{HF_HUB}{repo_id}")
     # The downloaded config sits in a cache folder that open_clip reads like any local-dir:.
-    return _Source(name, f"{LOCAL_DIR}{config_file.parent}", config["model_cfg"], weights=weights, tokenizer=f"{HF_HUB}{repo_id}")
+    return _Source(name, f"{LOCAL_DIR}{config_file.parent}", config["model_cfg"], "hf-hub", repo_id,
+                   weights=weights, tokenizer=f"{HF_HUB}{repo_id}")
 
 
 def _name_for_folder(model_name: str | None, config: dict, default: str) -> str:
@@ -515,7 +538,7 @@ def export_local_dir(bundle_or_model: ClipBundle | torch.nn.Module, model_name: 
 
 def _model_and_name(bundle_or_model: ClipBundle | torch.nn.Module, model_name: str | None) -> tuple[torch.nn.Module, str]:
     if isinstance(bundle_or_model, ClipBundle):
-        model, model_name = bundle_or_model.model, model_name or bundle_or_model.provenance["model"]
+        model, model_name = bundle_or_model.model, model_name or bundle_or_model.reference.architecture
     elif model_name:
         model = bundle_or_model
     else:
@@ -537,14 +560,3 @@ def _weights_preprocess(model: torch.nn.Module) -> dict:
 def _cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
 
-
-def build_clip_for_store(provenance: dict, device="cpu") -> ClipBundle:
-    """The model a feature store was extracted with; refuses weights whose hash changed since."""
-    bundle = build_clip(provenance.get("model"), provenance.get("pretrained", "none"), device=device)
-    built, stored = bundle.provenance.get("weights_sha256"), provenance.get("weights_sha256")
-    if built != stored:
-        raise GcctlError(
-            f"the weights of model '{provenance.get('model')}' ({provenance.get('pretrained')}) now hash to {str(built)[:12]}, "
-            f"but the features were extracted with {str(stored)[:12]}; extract the store again with these weights"
-        )
-    return bundle

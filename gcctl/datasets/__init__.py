@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from gcctl.datasets import celeba, manifest, waterbirds
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.table import NAMES_SIDECAR, SPLITS, DatasetTable, read_name_overrides
 from gcctl.errors import GcctlError
 
@@ -53,4 +54,4 @@ def _check_options(name: str, options: dict) -> None:
                          f"it takes: {', '.join(adapter_options(name))}")
 
 
-__all__ = ["DATASETS", "NAMES_SIDECAR", "SPLITS", "DatasetTable", "adapter_options", "load_dataset"]
+__all__ = ["DATASETS", "NAMES_SIDECAR", "SPLITS", "DatasetTable", "GroupVocabulary", "adapter_options", "load_dataset"]

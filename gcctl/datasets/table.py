@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path
 
@@ -78,20 +79,16 @@ class DatasetTable:
             frame[column] = _checked_codes(core[column], len(names), column, source)
         table = cls(frame=frame, root=Path(root), dataset=dataset, class_names=list(class_names),
                     attributes={column: list(names) for column, names in attributes.items()})
-        frame["group"] = table._group_ids()
-        frame["group_name"] = _names_of(frame["group"], table.group_names)
+        groups = GroupVocabulary(table.class_names, table.attributes)
+        frame["group"] = groups.encode(frame["y"].to_numpy(), {column: frame[column].to_numpy() for column in attributes})
+        frame["group_name"] = _names_of(frame["group"], groups.names)
         return table
 
-    @property
-    def group_names(self) -> list[str]:
-        """Every (class, attribute values...) combination, index = group id, first factor most significant."""
-        return ["/".join(parts) for parts in itertools.product(self.class_names, *self.attributes.values())]
-
-    def _group_ids(self) -> np.ndarray:
-        group = self.frame["y"].to_numpy(dtype=np.int64)
-        for column, names in self.attributes.items():
-            group = group * len(names) + self.frame[column].to_numpy(dtype=np.int64)
-        return group
+    @cached_property
+    def vocabulary(self) -> GroupVocabulary:
+        """The groups of the classes and attributes, with the train split's counts."""
+        train = self.frame["split"].to_numpy() == "train"
+        return GroupVocabulary(self.class_names, self.attributes).counted(self.frame["group"].to_numpy()[train])
 
     def fingerprint(self) -> str:
         """sha256 over the canonical columns and the names: equal for the same data wherever its root is."""
@@ -106,10 +103,11 @@ class DatasetTable:
 
     def group_counts(self) -> pd.DataFrame:
         """Images per group (rows, every group even when empty) and split (columns train, val, test)."""
-        counts = np.zeros((len(self.group_names), len(SPLITS)), dtype=np.int64)
+        names = self.vocabulary.names
+        counts = np.zeros((len(names), len(SPLITS)), dtype=np.int64)
         split_index = self.frame["split"].map({split: i for i, split in enumerate(SPLITS)}).to_numpy()
         np.add.at(counts, (self.frame["group"].to_numpy(), split_index), 1)
-        return pd.DataFrame(counts, index=pd.Index(self.group_names, name="group_name"), columns=list(SPLITS))
+        return pd.DataFrame(counts, index=pd.Index(names, name="group_name"), columns=list(SPLITS))
 
     def missing_files(self, limit: int = 5) -> list[str]:
         """Up to `limit` relative paths with no file under root, so a run can stop before any work."""
@@ -123,10 +121,13 @@ class DatasetTable:
         return missing
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write Parquet atomically; the names and root travel in the schema metadata."""
+        """Write Parquet atomically; the group vocabulary, the fingerprint and the root travel in the schema
+        metadata. The root is recorded relative to the table's folder, so a pipeline folder moved as a whole
+        still finds its images."""
+        path = Path(path)
         arrow = pa.Table.from_pandas(self.frame, preserve_index=False)
-        described = {"dataset": self.dataset, "root": str(self.root), "class_names": self.class_names,
-                     "attributes": self.attributes}
+        described = {"dataset": self.dataset, "root": os.path.relpath(self.root.resolve(), path.parent.resolve()),
+                     "vocabulary": self.vocabulary.to_dict(), "fingerprint": self.fingerprint()}
         metadata = {**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY: json.dumps(described).encode()}
         with atomic_path(path) as tmp:
             pq.write_table(arrow.replace_schema_metadata(metadata), tmp)
@@ -135,14 +136,19 @@ class DatasetTable:
     def load(cls, path: str | os.PathLike) -> DatasetTable:
         path = Path(path)
         if not path.is_file():
-            raise GcctlError(f"dataset table {path} does not exist; write it first with the dataset stage")
-        arrow = pq.read_table(path)
+            raise GcctlError(f"dataset table {path} does not exist; write it first with `gcctl data table`")
+        try:
+            arrow = pq.read_table(path)
+        except (pa.ArrowException, OSError):
+            raise GcctlError(f"{path} is not a readable Parquet file; rerun `gcctl data table` to write it") from None
         described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
         if described is None:
             raise GcctlError(f"{path} is a Parquet file but not a gcctl dataset table; pass a table written by gcctl")
         described = json.loads(described)
-        return cls(frame=arrow.to_pandas(), root=Path(described["root"]), dataset=described["dataset"],
-                   class_names=described["class_names"], attributes=described["attributes"])
+        # Tables written before the vocabulary was recorded name their classes and attributes directly.
+        vocabulary = GroupVocabulary.from_dict(described.get("vocabulary", described), str(path))
+        return cls(frame=arrow.to_pandas(), root=Path(os.path.normpath(path.parent / described["root"])),
+                   dataset=described["dataset"], class_names=vocabulary.class_names, attributes=vocabulary.attributes)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DatasetTable):

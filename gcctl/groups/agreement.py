@@ -8,6 +8,7 @@ import os
 import numpy as np
 from rich.table import Table
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.groups.matching import best_assignment
 
 
@@ -15,13 +16,13 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return float(numerator / denominator) if denominator else None
 
 
-def agreement(truth: np.ndarray, inferred: np.ndarray, group_names: list[str], groups_per_class: int) -> dict:
-    """Compare two group labellings of the same samples, both in the store's class-major vocabulary.
+def agreement(truth: np.ndarray, inferred: np.ndarray, vocabulary: GroupVocabulary) -> dict:
+    """Compare two group labellings of the same samples, both numbered by the store's `vocabulary`.
 
     `accuracy_up_to_relabelling` lets each class's inferred groups be renamed one-to-one first: it measures how
     well the samples were *separated*, whatever names they got (e.g. clusters matched by size).
     """
-    n_groups = len(group_names)
+    n_groups, groups_per_class, group_names = vocabulary.n_groups, vocabulary.groups_per_class, vocabulary.names
     confusion = np.zeros((n_groups, n_groups), dtype=np.int64)  # rows: true group, columns: inferred
     np.add.at(confusion, (truth, inferred), 1)
     hits, true_n, inferred_n = np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)

@@ -1,8 +1,8 @@
 """What a pseudo-labelling strategy sees: train features with class labels, and validation features with the
 group labels it may use (all of them, a seeded fraction, or a seeded noisy copy, for robustness checks).
 
-Groups are numbered class-major: group = y · G + w, where G is the number of groups per class and w the
-sample's *within-class* index (the mixed-radix index of its attribute values). Strategies predict w.
+Strategies predict each sample's *within-class* group index; the store's group vocabulary
+(`gcctl.datasets.groups.GroupVocabulary`) turns it into a group id and name.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.store import FeatureStore
 
@@ -27,37 +28,35 @@ class LabelingData:
     val_features: torch.Tensor  # float32 [M, D]: the validation samples whose group labels are used
     val_y: np.ndarray  # [M]
     val_within: np.ndarray  # [M] their within-class group index (after the cut and the label noise)
-    groups_per_class: int
-    class_names: list[str]
-    group_names: list[str]
-    attribute_values: dict[str, list[str]]
+    vocabulary: GroupVocabulary  # the store's
     provenance: dict
     device: torch.device
     seed: int
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return self.vocabulary.num_classes
+
+    @property
+    def groups_per_class(self) -> int:
+        return self.vocabulary.groups_per_class
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.vocabulary.class_names
 
     def has_val_groups(self, label: int) -> bool:
         """Whether the validation labels show at least two groups of class `label`."""
         return len(np.unique(self.val_within[self.val_y == label])) >= 2
 
 
-def groups_per_class(store: FeatureStore) -> int:
-    """G of the class-major vocabulary; a store with one group per class has nothing to infer."""
-    n_classes, n_groups = len(store.class_names), len(store.group_names)
-    if n_classes == 0 or n_groups % n_classes:
-        raise GcctlError(f"{store.path} has {n_groups} group names for {n_classes} classes; extract the store again with gcctl")
-    per_class = n_groups // n_classes
-    if per_class < 2:
+def _require_groups_within_classes(store: FeatureStore) -> None:
+    """A store with one group per class has nothing to infer."""
+    if store.vocabulary.groups_per_class < 2:
         raise GcctlError(
             f"{store.path} has a single group per class (no spurious attribute): nothing to infer; "
             "extract a dataset with attributes (e.g. --bias or --attribute-column)"
         )
-    if np.any(store.group // per_class != store.y):
-        raise GcctlError(f"the groups of {store.path} are not numbered class by class (group = y·{per_class} + w); extract the store again with gcctl")
-    return per_class
 
 
 def _float32(store: FeatureStore, index: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -107,13 +106,14 @@ def load_labeling_data(
         raise GcctlError(f"--val-fraction {val_fraction} must be between 0 (no validation groups) and 1 (all)")
     if not 0.0 <= val_label_noise < 1.0:
         raise GcctlError(f"--val-label-noise {val_label_noise} must be at least 0 and below 1")
-    per_class = groups_per_class(store)
+    _require_groups_within_classes(store)
+    vocabulary = store.vocabulary
     train = store.split_index("train")
     if len(train) == 0:
         raise GcctlError(f"{store.path} has no train split to label; check the dataset's split column")
     val = store.split_index("val")
-    val_within_all = store.group[val] - per_class * store.y[val]
-    kept, val_within = _val_subset(val_within_all, store.y[val], per_class, val_fraction, val_label_noise, np.random.default_rng(seed))
+    kept, val_within = _val_subset(vocabulary.within(store.group[val]), store.y[val], vocabulary.groups_per_class,
+                                   val_fraction, val_label_noise, np.random.default_rng(seed))
     return LabelingData(
         train_features=_float32(store, train, device),
         train_y=store.y[train].astype(np.int64),
@@ -122,10 +122,7 @@ def load_labeling_data(
         val_features=_float32(store, val[kept], device),
         val_y=store.y[val[kept]].astype(np.int64),
         val_within=val_within.astype(np.int64),
-        groups_per_class=per_class,
-        class_names=list(store.class_names),
-        group_names=list(store.group_names),
-        attribute_values=dict(store.attribute_values),
+        vocabulary=vocabulary,
         provenance=dict(store.provenance),
         device=device,
         seed=seed,

@@ -1,21 +1,24 @@
 """The pseudo-labelling stage: infer every train sample's group, write the group file and the agreement report.
 
-The group file (Parquet) has one row per train sample: `id`, `group` (in the store's vocabulary), `confidence`
-(the strategy's confidence in its own prediction) and `strategy`. Every train sample keeps a group, since
-GroupCoOp gives a prompt to every (class, group) present: a sample whose confidence is below `min_confidence`
-carries its class's majority group (the group the strategy gave most of the class's confident samples) and
-keeps its low confidence, so filtering on the column recovers the confident rows.
+The group file (Parquet) has one row per train sample: `id`, `group` (the id in the store's group vocabulary),
+`group_name` (its name, e.g. `waterbird/water`), `confidence` (the strategy's confidence in its own prediction)
+and `strategy`; its schema metadata records the vocabulary, with the training counts of the inferred groups.
+Every train sample keeps a group, since GroupCoOp gives a prompt to every (class, group) present: a sample whose
+confidence is below `min_confidence` carries its class's majority group (the group the strategy gave most of the
+class's confident samples) and keeps its low confidence, so filtering on the column recovers the confident rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from gcctl.datasets.table import PARQUET_METADATA_KEY
 from gcctl.errors import GcctlError
 from gcctl.groups.agreement import agreement, plot_confusion
 from gcctl.groups.data import LabelingData, load_labeling_data
@@ -24,7 +27,7 @@ from gcctl.groups.zeroshot import zeroshot_attr
 from gcctl.runtime import atomic_path, resolve_device, seed_everything, write_json
 from gcctl.store import FeatureStore
 
-GROUP_FILE_COLUMNS = ("id", "group", "confidence", "strategy")
+GROUP_FILE_COLUMNS = ("id", "group", "group_name", "confidence", "strategy")
 
 
 STRATEGIES = ("val-probe", "zeroshot-attr", "kmeans", "erm-error", "oracle")
@@ -34,6 +37,7 @@ _STRATEGY_OPTIONS = {
     "attribute_prompts": ("--attribute-prompt", "zeroshot-attr", ()),
     "class_names": ("--class-names", "zeroshot-attr", None),
     "clusters_per_group": ("--clusters-per-group", "kmeans", 1),
+    "pretrained": ("--pretrained", "zeroshot-attr", None),
 }
 
 
@@ -66,6 +70,7 @@ def pseudo_label(
     attribute_prompts: Sequence[str] = (),
     class_names: Sequence[str] | None = None,
     clusters_per_group: int = 1,
+    pretrained: str | None = None,
     seed: int = 0,
     device: str = "auto",
 ) -> dict:
@@ -73,7 +78,8 @@ def pseudo_label(
     report and its confusion-matrix PNG (all or nothing). Returns the report."""
     if strategy not in STRATEGIES:
         raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
-    given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group}
+    given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group,
+             "pretrained": pretrained}
     for option, (flag, owner, default) in _STRATEGY_OPTIONS.items():
         if strategy != owner and given[option] != default:
             raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
@@ -83,15 +89,16 @@ def pseudo_label(
     seed_everything(seed)
     with FeatureStore(features) as store:
         data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise, seed=seed)
+        reference = store.model_ref() if strategy == "zeroshot-attr" else None
     if strategy == "zeroshot-attr":
-        inference = zeroshot_attr(data, attribute_prompts, class_names)
+        inference = zeroshot_attr(data, reference, attribute_prompts, class_names, pretrained)
     elif strategy == "kmeans":
         inference = kmeans(data, clusters_per_group)
     else:
         inference = _WITHOUT_OPTIONS[strategy](data)
     confident = inference.confidence >= min_confidence
     within = _fall_back_to_majority(data, inference.within, confident)
-    group = data.train_y * data.groups_per_class + within
+    group = data.vocabulary.group_of(data.train_y, within)
     summary = {
         "strategy": strategy,
         "features": str(features),
@@ -109,27 +116,34 @@ def pseudo_label(
         },
         "fallback": int(np.sum(~confident)),
         "notes": inference.notes,
-        "agreement": agreement(data.train_truth, group, data.group_names, data.groups_per_class),
+        "agreement": agreement(data.train_truth, group, data.vocabulary),
     }
     _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary)
     return summary
 
 
-def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict) -> None:
-    import pandas as pd
+def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, strategy: str):
+    """The group file's rows, with the vocabulary (counting the inferred groups) in the schema metadata."""
+    import pyarrow as pa
 
-    frame = pd.DataFrame(
-        {
-            "id": data.train_ids.astype(str),
-            "group": group.astype(np.int64),
-            "confidence": confidence.astype(np.float32),
-            "strategy": summary["strategy"],
-        },
-        columns=list(GROUP_FILE_COLUMNS),
-    )
+    table = pa.table({
+        "id": data.train_ids.astype(str),
+        "group": group.astype(np.int64),
+        "group_name": np.asarray(data.vocabulary.names, dtype=object)[group],
+        "confidence": confidence.astype(np.float32),
+        "strategy": np.full(len(group), strategy, dtype=object),
+    })
+    described = {"vocabulary": data.vocabulary.counted(group).to_dict()}
+    return table.replace_schema_metadata({PARQUET_METADATA_KEY: json.dumps(described).encode()})
+
+
+def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict) -> None:
+    import pyarrow.parquet as pq
+
+    table = _group_table(data, group, confidence, summary["strategy"])
     # Nested: if any artifact fails, none of the three is renamed into place.
     with contextlib.ExitStack() as stack:
         table_tmp, figure_tmp = stack.enter_context(atomic_path(out)), stack.enter_context(atomic_path(figure_path))
-        frame.to_parquet(table_tmp, index=False)
+        pq.write_table(table, table_tmp)
         plot_confusion(summary, figure_tmp)
         write_json(report_path, summary)

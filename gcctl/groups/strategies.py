@@ -68,7 +68,7 @@ def val_probe(data: LabelingData) -> Inference:
 
 def oracle(data: LabelingData) -> Inference:
     """The store's true train groups, for comparison."""
-    return Inference(data.train_truth - data.groups_per_class * data.train_y, np.ones(len(data.train_y)))
+    return Inference(data.vocabulary.within(data.train_truth), np.ones(len(data.train_y)))
 
 
 def _by_size(sizes: np.ndarray) -> np.ndarray:

@@ -10,14 +10,14 @@ softmax probabilities (at the model's logit scale), each among the values of one
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.factory import build_clip_for_store
+from gcctl.clip.factory import build_from_reference
+from gcctl.clip.reference import ModelRef
 from gcctl.clip.prompts import class_words
 from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData
@@ -42,14 +42,8 @@ def _value_index(attribute: str, value: str, names: list[str]) -> int:
     raise GcctlError(f"--attribute-prompt: attribute '{attribute}' has no value '{value}'; its values are {', '.join(names)}")
 
 
-def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]], groups_per_class: int) -> dict[str, list[str]]:
+def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]]) -> dict[str, list[str]]:
     """For each attribute, in the store's order, one prompt template per value ({class} still to fill in)."""
-    sizes = [len(values) for values in attribute_values.values()]
-    if not attribute_values or math.prod(sizes) != groups_per_class:
-        raise GcctlError(
-            "zeroshot-attr needs the names of the store's attribute values to build its prompts, and this store "
-            "does not record them; extract the store again with gcctl"
-        )
     templates: dict[str, str] = {}
     texts: dict[str, dict[int, str]] = {name: {} for name in attribute_values}
     for spec in specs:
@@ -72,24 +66,29 @@ def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str
     return prompts
 
 
-def zeroshot_attr(data: LabelingData, specs: Sequence[str] = (), class_names: Sequence[str] | None = None) -> Inference:
+def zeroshot_attr(
+    data: LabelingData,
+    reference: ModelRef,
+    specs: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    pretrained: str | None = None,
+) -> Inference:
+    """Groups from the text tower of `reference` (the store's model), built from `pretrained` when given."""
     from gcctl.clip.prompts import encode_texts, logit_scale
 
-    prompts = attribute_prompts(specs, data.attribute_values, data.groups_per_class)
+    prompts = attribute_prompts(specs, data.vocabulary.attributes)
     words = class_words(class_names, data.class_names)
     seed_everything(data.seed)  # so a model without pretrained weights is built the same on every run
-    bundle = build_clip_for_store(data.provenance, data.device)
+    bundle = build_from_reference(reference, recorded_in=f"the feature store in {reference.anchor}", pretrained=pretrained, device=data.device)
     scale = logit_scale(bundle.model)
-    within = np.zeros(len(data.train_y), dtype=np.int64)
+    values = {attribute: np.zeros(len(data.train_y), dtype=np.int64) for attribute in prompts}
     confidence = np.ones(len(data.train_y))
-    stride = data.groups_per_class  # mixed radix: the first attribute is the most significant
-    for templates in prompts.values():
-        stride //= len(templates)
+    for attribute, templates in prompts.items():
         for label, word in enumerate(words):
             rows = np.flatnonzero(data.train_y == label)
             text = encode_texts(bundle.model, bundle.tokenizer, [_fill(t, **{"class": word}) for t in templates]).to(data.device)
             image = F.normalize(data.train_features[torch.from_numpy(rows).to(data.device)], dim=-1)
             best, value = torch.softmax(scale * image @ text.T, dim=1).max(dim=1)
-            within[rows] += stride * value.cpu().numpy()
+            values[attribute][rows] = value.cpu().numpy()
             confidence[rows] *= best.cpu().numpy()
-    return Inference(within, confidence, {"prompts": prompts})
+    return Inference(data.vocabulary.within_index(values), confidence, {"prompts": prompts})

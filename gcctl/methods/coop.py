@@ -100,8 +100,8 @@ def fit_coop(data: TrainingData, config: CoOpConfig, *, seed: int, bundle, devic
 def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
     words = class_words(config.class_names, data.class_names)
     num_classes = len(words)
-    unit, pairs = group_units(data.train.y, data.train.group)
-    unit_class = pairs[:, 0]
+    unit, unit_group = group_units(data.train.group)
+    unit_class = torch.from_numpy(data.vocabulary.class_of(unit_group.cpu().numpy())).to(device)
     learner = _learner(bundle, [words[c] for c in unit_class.tolist()], list(range(len(unit_class))), config, seed)
     init_log = {"init": config.init}
     if config.init == "coop":
@@ -118,6 +118,7 @@ def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bun
         to_class = partial(aggregate, prompt_class=unit_class, num_classes=num_classes, how=config.aggregation)
         loss_fn = cross_entropy_loss(data.train.y, to_class)
     result = fit_loop(scorer, loss_fn, data.train, data.val, data.vocabulary, config, seed=seed, label="groupcoop")
-    result.selection["prompts"] = [{"class": data.class_names[c], "group": data.train_group_names[g]} for c, g in pairs.tolist()]
+    result.selection["prompts"] = [{"class": data.class_names[c], "group": data.vocabulary.names[g]}
+                                   for c, g in zip(unit_class.tolist(), unit_group.tolist())]
     result.selection.update(init_log)
     return result

@@ -1,17 +1,20 @@
 """What the feature-based methods train and evaluate on: splits of a feature store, with their group labels.
 
 Train groups come from the store (true groups) or from a group file (the pseudo-labelling output); validation
-and test always use the store's true groups.
+and test always use the store's true groups. Both are numbered and named by the store's group vocabulary.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gcctl.datasets.groups import GroupVocabulary
+from gcctl.datasets.table import PARQUET_METADATA_KEY
 from gcctl.errors import GcctlError
 from gcctl.metrics import compute_metrics
 from gcctl.store import FeatureStore
@@ -34,39 +37,21 @@ class Split:
         return Split(self.features[index], self.y[index], self.group[index])
 
 
-@dataclass
-class GroupVocabulary:
-    """What the metrics need besides predictions: the true groups, the classes and the train proportions."""
-
-    group_names: list[str]
-    num_classes: int
-    train_group_counts: np.ndarray
-
-    @classmethod
-    def of(cls, store: FeatureStore) -> "GroupVocabulary":
-        train_groups = store.group[store.split_index("train")]
-        counts = np.bincount(train_groups, minlength=len(store.group_names))
-        return cls(list(store.group_names), len(store.class_names), counts)
-
-    def metrics(self, pred: np.ndarray, split: Split) -> dict:
-        return compute_metrics(
-            pred,
-            split.y.cpu().numpy(),
-            split.group.cpu().numpy(),
-            group_names=self.group_names,
-            num_classes=self.num_classes,
-            train_group_counts=self.train_group_counts,
-        )
+def split_metrics(pred: np.ndarray, split: Split, vocabulary: GroupVocabulary) -> dict:
+    """Every metric of `gcctl.metrics` for predictions on `split`, its groups numbered by `vocabulary`."""
+    return compute_metrics(pred, split.y.cpu().numpy(), split.group.cpu().numpy(), vocabulary)
 
 
 @dataclass
 class TrainingData:
-    train: Split  # groups: true, or from the group file
+    train: Split  # groups: true, or from the group file (in the same vocabulary)
     val: Split  # true groups
-    class_names: list[str]
-    train_group_names: list[str]  # names of train.group's values
-    vocabulary: GroupVocabulary  # true groups, for validation metrics
+    vocabulary: GroupVocabulary  # the store's: numbers and names both splits' groups; true training counts
     provenance: dict
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.vocabulary.class_names
 
 
 def check_split_groups(store: FeatureStore, split: str) -> None:
@@ -75,7 +60,7 @@ def check_split_groups(store: FeatureStore, split: str) -> None:
     for index in np.unique(store.group):
         if not np.any(in_split == index):
             raise GcctlError(
-                f"split '{split}' of {store.path} has no sample of group '{store.group_names[index]}'; "
+                f"split '{split}' of {store.path} has no sample of group '{store.vocabulary.names[index]}'; "
                 "every group needs samples in train, val and test: rebuild the store with more data"
             )
 
@@ -95,50 +80,83 @@ def load_split(store: FeatureStore, split: str, device: torch.device, group: np.
     )
 
 
-def read_group_file(path: str | Path, train_ids: np.ndarray, store_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Group indices aligned with `train_ids` and the group names, from a Parquet file with columns `id` and `group`.
-
-    Every train id needs exactly one row; rows of the store's other ids (val/test) are ignored, since
-    evaluation uses true groups. Group values may be integers or names; they are numbered in sorted order.
-    """
+def _read_group_frame(path: Path):
+    """The group file's rows and the vocabulary it records (None for a file gcctl did not write)."""
     import pandas as pd
+    import pyarrow.parquet as pq
 
-    path = Path(path)
     if not path.is_file():
-        raise GcctlError(f"group file {path} not found; create it with `gcctl groups` or drop --groups")
+        raise GcctlError(f"group file {path} not found; create it with `gcctl pseudo-label` or drop --groups")
     try:
-        frame = pd.read_parquet(path)
+        arrow = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a non-Parquet file
         raise GcctlError(f"group file {path} is not a readable Parquet file ({type(error).__name__})") from None
+    described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    recorded = None if described is None else GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
+    frame: pd.DataFrame = arrow.to_pandas()
     missing = {"id", "group"} - set(frame.columns)
     if missing:
         raise GcctlError(f"group file {path} lacks column(s) {sorted(missing)}; it needs id and group")
     if frame["group"].isna().any():
         raise GcctlError(f"group file {path} has rows without a group; label every train id")
+    return frame, recorded
+
+
+def _group_ids(values, vocabulary: GroupVocabulary, path: Path) -> np.ndarray:
+    """Group ids from the `group` column: ids of `vocabulary`, or its names (`waterbird/water`)."""
+    import pandas as pd
+
+    ids = values.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(values) else vocabulary.ids_of(values)
+    unknown = (ids < 0) | (ids >= vocabulary.n_groups)
+    if unknown.any():
+        raise GcctlError(f"group file {path} has group '{values[unknown].iloc[0]}', not one of the store's groups "
+                         f"({', '.join(vocabulary.names)}); give their names or ids 0..{vocabulary.n_groups - 1}")
+    return ids
+
+
+def read_group_file(path: str | Path, store: FeatureStore) -> np.ndarray:
+    """The groups of the store's train split, in its vocabulary, from a Parquet file with columns `id` and `group`.
+
+    `group` holds the store's group ids or names. Every train id needs exactly one row, in a group of its class;
+    rows of the store's other ids (val/test) are ignored, since evaluation uses true groups. A file gcctl wrote
+    records its vocabulary, which must be the store's.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    frame, recorded = _read_group_frame(path)
+    vocabulary = store.vocabulary
+    if recorded is not None and not recorded.same_groups(vocabulary):
+        raise GcctlError(f"group file {path} numbers other groups ({', '.join(recorded.names)}) than {store.path} "
+                         f"({', '.join(vocabulary.names)}); pseudo-label this store")
     ids = pd.Index(frame["id"].astype(str))
     if ids.has_duplicates:
         raise GcctlError(f"group file {path} lists id '{ids[ids.duplicated()][0]}' twice; give one group per id")
-    foreign = ~ids.isin(store_ids)
+    foreign = ~ids.isin(store.ids)
     if foreign.any():
         raise GcctlError(f"group file {path} has {int(foreign.sum())} id(s) not in the feature store, e.g. '{ids[foreign][0]}'; it was made for another store")
+    train = store.split_index("train")
+    train_ids = store.ids[train]
     absent = ~pd.Index(train_ids).isin(ids)
     if absent.any():
         raise GcctlError(f"group file {path} has no group for {int(absent.sum())} train id(s), e.g. '{train_ids[absent][0]}'; label the whole train split")
-    codes, values = pd.factorize(frame["group"], sort=True)
-    return pd.Series(codes, index=ids).loc[train_ids].to_numpy(), [str(value) for value in values]
+    groups = pd.Series(_group_ids(frame["group"], vocabulary, path), index=ids).loc[train_ids].to_numpy()
+    wrong = np.flatnonzero(vocabulary.inconsistent(store.y[train], groups))
+    if len(wrong):
+        first = wrong[0]
+        raise GcctlError(f"group file {path} puts {len(wrong)} train sample(s) in a group of another class, e.g. "
+                         f"'{train_ids[first]}' (class {vocabulary.class_names[store.y[train][first]]}) in "
+                         f"'{vocabulary.names[groups[first]]}'; give every sample a group of its class")
+    return groups
 
 
 def load_training_data(store: FeatureStore, device: torch.device, groups_path: str | Path | None = None) -> TrainingData:
     for split in ("train", "val"):
         check_split_groups(store, split)
-    train_groups, train_group_names = None, list(store.group_names)
-    if groups_path is not None:
-        train_groups, train_group_names = read_group_file(groups_path, store.ids[store.split_index("train")], store.ids)
+    train_groups = None if groups_path is None else read_group_file(groups_path, store)
     return TrainingData(
         train=load_split(store, "train", device, train_groups),
         val=load_split(store, "val", device),
-        class_names=list(store.class_names),
-        train_group_names=train_group_names,
-        vocabulary=GroupVocabulary.of(store),
+        vocabulary=store.vocabulary,
         provenance=dict(store.provenance),
     )

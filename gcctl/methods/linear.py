@@ -72,7 +72,7 @@ def fit_dfr(data: TrainingData, config: DFRConfig, *, seed: int, bundle=None, de
 def _halves_per_group(data: TrainingData, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A random half of every (class, group) unit of the validation split, and the rest."""
     generator = torch.Generator().manual_seed(seed)
-    unit, _ = group_units(data.val.y, data.val.group)
+    unit, _ = group_units(data.val.group)
     unit = unit.cpu()
     first, second = [], []
     for u in range(int(unit.max()) + 1):

@@ -18,7 +18,8 @@ from torch import nn
 
 from gcctl.errors import GcctlError
 from gcctl.methods.base import FitResult, LoopOptions
-from gcctl.methods.data import GroupVocabulary, Split
+from gcctl.datasets.groups import GroupVocabulary
+from gcctl.methods.data import Split, split_metrics
 from gcctl.runtime import autocast, progress
 
 # (prompt scores [B, P] float32, indices of the batch's samples in the train split) -> loss per sample [B]
@@ -35,14 +36,13 @@ def cross_entropy_loss(targets: torch.Tensor, to_logits: Callable[[torch.Tensor]
     return loss
 
 
-def group_units(y: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Number each (class, group) pair present: the unit balanced over and, for GroupCoOp, given a prompt.
+def group_units(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number each group present: the unit balanced over and, for GroupCoOp, given a prompt.
 
-    Returns the unit of every sample [N] and the (class, group) of every unit [U, 2]. Pairs rather than
-    groups, so group labels only unique within a class (e.g. clusters per class) still form distinct units.
+    Returns the unit of every sample [N] and the group id of every unit [U], in group-id order.
     """
-    pairs, unit = torch.unique(torch.stack([y, group], dim=1), dim=0, return_inverse=True)
-    return unit, pairs
+    present, unit = torch.unique(group, return_inverse=True)
+    return unit, present
 
 
 def inverse_frequency(unit: torch.Tensor) -> torch.Tensor:
@@ -71,7 +71,7 @@ def fit_loop(
     optimizer = torch.optim.SGD(params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
     generator = torch.Generator().manual_seed(seed)
-    unit, _ = group_units(train.y, train.group)
+    unit, _ = group_units(train.group)
     weights = inverse_frequency(unit.cpu())
     curve, best = [], None
     with _one_cpu_thread(device), progress() as bar:
@@ -83,7 +83,7 @@ def fit_loop(
                 raise GcctlError(f"{label}: the loss became NaN or infinite in epoch {epoch}; lower --lr")
             scheduler.step()
             classifier = scorer.classifier()
-            metrics = vocabulary.metrics(classifier.predict(select.features), select)
+            metrics = split_metrics(classifier.predict(select.features), select, vocabulary)
             curve.append(
                 {
                     "epoch": epoch,

@@ -1,7 +1,8 @@
 """Run directories: train a method on a feature store over several seeds, save it, and evaluate it later.
 
 A run directory holds
-- `config.json`: the method, its resolved options, the seeds, the store's provenance and the group source;
+- `config.json`: the method, its resolved options, the seeds, the store's model reference (its weights path
+  relative to the run directory) and other provenance, its group vocabulary and the source of the train groups;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `dvclive/`: the curves as DVCLive logs (gcctl.curves), metric `seed-S/<name>` per seed: per epoch the loss,
   validation accuracy and worst-group accuracy, and the epoch's seconds (none for a method without training);
@@ -20,20 +21,19 @@ from typing import Sequence
 import torch
 
 from gcctl import __version__
-from gcctl.clip.factory import build_clip_for_store
+from gcctl.clip.factory import build_from_reference
+from gcctl.clip.reference import ModelRef
 from gcctl.curves import read_curve, write_curve
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
-from gcctl.methods.data import GroupVocabulary, check_split_groups, load_split, load_training_data
+from gcctl.methods.data import check_split_groups, load_split, load_training_data, split_metrics
 from gcctl.metrics import aggregate_seeds
 from gcctl.runtime import resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
 
 CURVES = "dvclive"
-
-# What must agree between the store a run was trained on and the one it is evaluated on.
-_FEATURE_IDENTITY = ("model", "embed_dim", "weights_sha256")
 
 
 def train_run(
@@ -45,22 +45,29 @@ def train_run(
     groups: str | os.PathLike | None = None,
     seeds: Sequence[int] = (0,),
     device: str = "auto",
+    pretrained: str | None = None,
 ) -> dict:
     """Train `method` on the store `features` once per seed and write the run directory `out`.
 
+    A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
     Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
     """
     spec = get_method(method)
     config = make_config(method, options or {})
     if not seeds:
         raise GcctlError("--seeds is empty; give at least one seed, e.g. --seeds 0")
+    if pretrained and not spec.uses_clip:
+        raise GcctlError(f"--pretrained applies to methods with the text tower, not to {method}; drop it")
     out = Path(out)
     _refuse_foreign_directory(out)
     device = resolve_device(device)
     with FeatureStore(features) as store:
         data = load_training_data(store, device, groups)
+        reference = store.model_ref()
     seed_everything(seeds[0])  # so a model without pretrained weights is built the same in every run
-    bundle = build_clip_for_store(data.provenance, device) if spec.uses_clip else None
+    bundle = None
+    if spec.uses_clip:
+        bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained, device=device)
     results = {}
     for seed in seeds:
         seed_everything(seed)
@@ -70,9 +77,10 @@ def train_run(
         "config": asdict(config),
         "seeds": list(seeds),
         "device": str(device),
-        "features": {"path": str(features), "provenance": data.provenance},
+        "model_ref": reference.recorded_for(out).to_dict(),
+        "features": {"path": str(features), "provenance": {k: v for k, v in data.provenance.items() if k != "model_ref"}},
         "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
-        "class_names": data.class_names,
+        "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
     _write_run(out, run_config, results)
@@ -142,13 +150,14 @@ def read_run_config(run: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def _check_same_features(run: Path, trained: dict, store: FeatureStore, class_names: list[str]) -> None:
-    differing = [key for key in _FEATURE_IDENTITY if trained.get(key) != store.provenance.get(key)]
+def _check_same_features(run: Path, trained: ModelRef, store: FeatureStore, vocabulary: GroupVocabulary) -> None:
+    trained_on, offered = trained.identity(), store.model_ref().identity()
+    differing = [key for key in trained_on if trained_on[key] != offered[key]]
     if differing:
-        detail = ", ".join(f"{key} {trained.get(key)} vs {store.provenance.get(key)}" for key in differing)
+        detail = ", ".join(f"{key} {str(trained_on[key])[:16]} vs {str(offered[key])[:16]}" for key in differing)
         raise GcctlError(f"run {run} was trained on other features than {store.path} ({detail}); evaluate it on a store of the same model and weights")
-    if list(store.class_names) != class_names:
-        raise GcctlError(f"run {run} predicts classes {class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
+    if store.class_names != vocabulary.class_names:
+        raise GcctlError(f"run {run} predicts classes {vocabulary.class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
 
 
 def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str | os.PathLike | None = None, device: str = "auto") -> dict:
@@ -158,14 +167,17 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
     params = torch.load(run / "params.pt", map_location="cpu", weights_only=True)
     features = features or run_config["features"]["path"]
     device = resolve_device(device)
+    trained = ModelRef.from_dict(run_config["model_ref"], anchor=run)
     with FeatureStore(features) as store:
-        _check_same_features(run, run_config["features"]["provenance"], store, run_config["class_names"])
+        # Runs written before the vocabulary was recorded name their classes at the top level.
+        trained_vocabulary = GroupVocabulary.from_dict(run_config.get("vocabulary", run_config), str(run / "config.json"))
+        _check_same_features(run, trained, store, trained_vocabulary)
         check_split_groups(store, split)
-        vocabulary = GroupVocabulary.of(store)
+        vocabulary = store.vocabulary
         data = load_split(store, split, device)
         provenance = store.provenance
     per_seed = {
-        str(seed): vocabulary.metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data)
+        str(seed): split_metrics(Classifier.from_state(state["classifier"], device).predict(data.features), data, vocabulary)
         for seed, state in params.items()
     }
     return {
@@ -178,9 +190,7 @@ def evaluate_run(run: str | os.PathLike, split: str = "test", *, features: str |
             "split": split,
             "seeds": run_config["seeds"],
             "features": str(features),
-            "model": provenance.get("model"),
-            "pretrained": provenance.get("pretrained"),
-            "weights_sha256": provenance.get("weights_sha256"),
+            "model_ref": run_config["model_ref"],  # its weights path relative to run_dir
             "embed_dim": provenance.get("embed_dim"),
             "dataset": provenance.get("dataset"),
             "dataset_fingerprint": provenance.get("dataset_fingerprint"),

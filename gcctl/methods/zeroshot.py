@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from gcctl.clip.prompts import class_words, encode_texts, logit_scale
 from gcctl.errors import GcctlError
 from gcctl.methods.base import Classifier, FitResult
-from gcctl.methods.data import TrainingData
+from gcctl.methods.data import TrainingData, split_metrics
 
 
 @dataclass
@@ -38,5 +38,5 @@ def fit(data: TrainingData, config: ZeroShotConfig, *, seed: int, bundle, device
         prompt_class=torch.arange(num_classes, device=device),
         num_classes=num_classes,
     )
-    val_metrics = data.vocabulary.metrics(classifier.predict(data.val.features), data.val)
+    val_metrics = split_metrics(classifier.predict(data.val.features), data.val, data.vocabulary)
     return FitResult(classifier, learned={}, selection={"select_by": None, "val_metrics": val_metrics})

@@ -73,9 +73,7 @@ def zeroshot_metrics(
         pred,
         frame["y"].to_numpy(),
         frame["group"].to_numpy(),
-        group_names=table.group_names,
-        num_classes=len(table.class_names),
-        train_group_counts=table.group_counts()["train"].to_numpy(),
+        table.vocabulary,
     )
 
 
@@ -112,7 +110,7 @@ def evaluate_checkpoints(
     in the same form as `evaluate_run`; `model_name` defaults to the architecture each checkpoint records."""
     paths = find_checkpoints(checkpoints)
     torch_device = resolve_device(device)
-    per_seed, weights = {}, []
+    per_seed, references = {}, []
     for index, path in enumerate(paths):
         architecture = model_name or checkpoint_model_name(path)
         if not architecture:
@@ -120,7 +118,7 @@ def evaluate_checkpoints(
         bundle = build_clip(architecture, str(path), device=torch_device)
         per_seed[str(index)] = zeroshot_metrics(bundle, table, split, device=torch_device, caption=caption,
                                                 batch_size=batch_size, workers=workers)
-        weights.append({"path": str(path), "model": architecture, "sha256": bundle.provenance["weights_sha256"]})
+        references.append(bundle.reference.recorded_for(Path.cwd()).to_dict())
     return {
         **aggregate_seeds(list(per_seed.values())),
         "seeds": per_seed,
@@ -131,8 +129,7 @@ def evaluate_checkpoints(
             "caption": caption,
             "split": split,
             "seeds": list(range(len(paths))),
-            "checkpoints": weights,
-            "model": weights[0]["model"],
+            "checkpoints": references,  # model references, their paths relative to the current directory
             "dataset": table.dataset,
             "dataset_fingerprint": table.fingerprint(),
         },

@@ -6,7 +6,8 @@ A run directory holds
 - `best.pt`: the weights of the best validation epoch so far, renamed to `model.pt` when the run ends;
 - `dvclive/`: the curve as DVCLive logs (gcctl.curves), one step per epoch (0: the zero-shot start), rewritten
   from the state when a run resumes, so it never holds an epoch twice or one the state does not;
-- at the end, `model.pt` (loads with `build_clip(model, "DIR/model.pt")`) and `summary.json`.
+- at the end, `model.pt` (loads with `build_clip(model, "DIR/model.pt")`) and `summary.json` (with `base`, the
+  model reference of the starting weights, their path relative to the run directory).
 
 Running the same command again continues an interrupted run from its last finished epoch; a directory
 holding a run of another config is refused, or discarded with `restart=True` (always) or
@@ -147,7 +148,7 @@ class FinetuneRun:
     def __init__(self, table: DatasetTable, out: Path, *, model_name: str, pretrained: str, config: FinetuneConfig,
                  device: torch.device, world: parallel.World = parallel.World(), workers: int = 0, restart: bool = False,
                  restart_if_changed: bool = False):
-        self.table, self.out, self.model_name, self.pretrained, self.config = table, out, model_name, pretrained, config
+        self.table, self.out, self.model_name, self.config = table, out, model_name, config
         self.device, self.world, self.workers = device, world, workers
         self.train_rows = torch.as_tensor(split_rows(table, "train"))
         split_rows(table, "val")  # selection needs a val split: fail before any training
@@ -180,14 +181,13 @@ class FinetuneRun:
 
     def _identity(self) -> dict:
         """What makes two runs the same run: resuming is only allowed when this is equal.
-        The base weights count by their hash, so moving the checkpoint file does not matter."""
+        The base model counts by its identity, so moving the checkpoint file does not matter."""
         config = asdict(self.config)
         config["pools"] = list(config["pools"])
         return {
             "config": config,
             "templates": self.templates,
-            "model": self.model_name,
-            "weights_sha256": self.bundle.provenance["weights_sha256"],
+            "model": self.bundle.reference.identity(),
             "dataset": self.table.dataset,
             "dataset_fingerprint": self.table.fingerprint(),
         }
@@ -400,11 +400,9 @@ class FinetuneRun:
         trained = [record for record in self.curve if record["epoch"] > 0]
         summary = {
             "method": self.config.method,
-            "model": self.model_name,
-            "pretrained": self.pretrained,
+            "base": self.bundle.reference.recorded_for(self.out).to_dict(),
             "run": str(self.out),
             "config": self.identity["config"],
-            "base_weights_sha256": self.identity["weights_sha256"],
             "dataset": self.table.dataset,
             "dataset_fingerprint": self.identity["dataset_fingerprint"],
             "templates": len(self.templates),

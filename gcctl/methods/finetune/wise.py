@@ -38,9 +38,9 @@ def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike,
         "model": model_name,
         "alpha": alpha,
         "zeroshot": str(zeroshot),
-        "zeroshot_sha256": start.provenance["weights_sha256"],
+        "zeroshot_sha256": start.reference.sha256,
         "finetuned": str(finetuned),
-        "finetuned_sha256": end.provenance["weights_sha256"],
+        "finetuned_sha256": end.reference.sha256,
         "out_sha256": sha256_file(path),
     }
 

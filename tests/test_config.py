@@ -1,0 +1,36 @@
+"""`gcctl --config FILE:KEY`: a named run's options from params.yaml, checked against the command."""
+
+import yaml
+
+
+def _params(tmp_path, runs):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": {"runs": runs}}))
+    return path
+
+
+def test_config_supplies_option_values_and_the_command_line_wins(tmp_path, run_cli):
+    params = _params(tmp_path, {"zs": {"method": "zeroshot", "seeds": "0,1", "batch-size": 8}})
+    code, out, _ = run_cli("--config", f"{params}:train.runs.zs", "train", "--help")
+    assert code == 0
+    assert "[default: zeroshot]" in out and "[default: 0,1]" in out and "[default: 8]" in out
+
+
+def test_an_unknown_option_in_a_run_is_one_line_naming_it(tmp_path, run_cli):
+    params = _params(tmp_path, {"bad": {"methd": "zeroshot"}})
+    code, _, err = run_cli("--config", f"{params}:train.runs.bad", "train", "--features", "x.h5", "--out", "run")
+    assert code == 1
+    assert err.count("\n") == 1 and "'methd' is not an option of gcctl train" in err and "method" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_run_names_the_runs_there(tmp_path, run_cli):
+    params = _params(tmp_path, {"zs": {"method": "zeroshot"}})
+    code, _, err = run_cli("--config", f"{params}:train.runs.nope", "train", "--features", "x.h5", "--out", "run")
+    assert code == 1 and "no 'train.runs.nope'" in err and "known there: zs" in err
+
+
+def test_config_is_for_a_command_not_a_group(tmp_path, run_cli):
+    params = _params(tmp_path, {"zs": {"method": "zeroshot"}})
+    code, _, err = run_cli("--config", f"{params}:train.runs.zs", "models", "fetch", "--help")
+    assert code == 1 and "not to 'models'" in err
