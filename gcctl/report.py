@@ -1,7 +1,8 @@
 """Every table and figure of gcctl: rich tables for the terminal, PNG plots and the Markdown comparison table.
 
 Reads the metrics JSON written by `gcctl evaluate` (keys of `gcctl.metrics`, each {mean, std} over seeds),
-a run directory's `curve.json`, the pseudo-labelling agreement report and the pretraining loss history.
+a run directory's training curves (`gcctl.methods.runs.read_run_curve`), the pseudo-labelling agreement report
+and the pretraining loss history.
 
 The top library layer: nothing but the CLI imports it. A library function that writes a figure as part of
 its artifact (a run's `curve.png`, pretraining's `loss.png`, pseudo-labelling's confusion PNG) takes the
@@ -126,8 +127,9 @@ def plot_per_group(runs: list[dict], path: str | os.PathLike) -> None:
 
 def read_curve(run_dir: str | os.PathLike | None) -> list[dict]:
     """A feature run's curve; empty for runs without one (zero-shot, evaluated checkpoints)."""
-    path = Path(run_dir) / "curve.json" if run_dir else None
-    return read_json(path) if path and path.is_file() else []
+    from gcctl.methods.runs import read_run_curve  # here: it imports torch, which tables and bar charts do not need
+
+    return read_run_curve(run_dir) if run_dir and Path(run_dir).is_dir() else []
 
 
 def _mean_by_epoch(curve: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -159,7 +161,7 @@ def plot_curves(curves: dict[str, list[dict]], path: str | os.PathLike) -> None:
 
 
 def plot_run_curve(curve: list[dict], path: str | os.PathLike) -> None:
-    """One run's `curve.png` from its `curve.json` records: one line per seed (`train_run(plot=...)`)."""
+    """One run's `curve.png` from its curve records (one per seed and epoch): one line per seed (`train_run(plot=...)`)."""
     seeds = sorted({record["seed"] for record in curve})
     plot_curves({f"seed {seed}": [r for r in curve if r["seed"] == seed] for seed in seeds}, path)
 

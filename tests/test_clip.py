@@ -18,6 +18,7 @@ from gcctl.cli import models as models_cli
 from gcctl.clip import build_clip, export_local_dir, list_models, preprocess_uint8, save_checkpoint
 from gcctl.clip import pretrain as pretrain_module
 from gcctl.clip.pretrain import pretrain
+from gcctl.curves import read_curve
 from gcctl.errors import GcctlError
 from gcctl.report import plot_pretraining_loss
 from gcctl.runtime import sha256_file
@@ -182,9 +183,11 @@ def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
     assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"] - 0.3
     assert summary["corpus_sha256"] == sha256_file(corpus)
     assert again["model_sha256"] == summary["model_sha256"]  # same seed, same bytes
-    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["loss.json", "loss.png", "model.pt", "summary.json"]
-    history = json.loads((tmp_path / "a" / "loss.json").read_text())
-    assert [record["step"] for record in history] == list(range(1, 13))
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["dvclive", "loss.png", "model.pt", "summary.json"]
+    curve = read_curve(tmp_path / "a" / "dvclive")
+    assert [record["step"] for record in curve] == list(range(1, 13)) and {"loss", "lr"} <= set(curve[0])
+    assert curve[0]["loss"] == summary["first_loss"] and curve == read_curve(tmp_path / "b" / "dvclive")
+    assert sorted(p.name for p in (tmp_path / "a" / "dvclive" / "plots" / "metrics").iterdir()) == ["loss.tsv", "lr.tsv"]
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["model_sha256"] == sha256_file(tmp_path / "a" / "model.pt")
     first, second = build_clip(MICRO, str(tmp_path / "a" / "model.pt")), build_clip(MICRO, str(tmp_path / "b" / "model.pt"))
     assert weights_equal(first.model, second.model)
@@ -207,7 +210,7 @@ def test_interrupted_pretraining_leaves_no_model(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_module, "_contrastive_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu")
-    assert list(out.iterdir()) == []
+    assert [path.name for path in out.iterdir()] == ["dvclive"]  # the log of what ran, but no model
 
 
 def test_pretraining_rejects_a_corpus_without_captions(tmp_path):

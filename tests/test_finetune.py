@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gcctl.clip import build_clip, save_checkpoint
+from gcctl.curves import read_curve
 from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
 from gcctl.runtime import sha256_file
@@ -64,6 +65,11 @@ def weights(path) -> dict:
 def final_weights(run_dir) -> dict:
     """The weights after the last epoch (model.pt holds the selected one)."""
     return torch.load(run_dir / "state.pt", weights_only=True)["model"]
+
+
+def tsv_steps(path) -> list[int]:
+    """The steps of one dvclive metric file, in file order (read_curve would hide a repeated step)."""
+    return [int(line.split("\t")[0]) for line in path.read_text().splitlines()[1:]]
 
 
 def without_key_bias(state: dict) -> dict:
@@ -174,15 +180,16 @@ def test_regulariser_is_zero_for_the_zero_shot_model_and_ignores_same_class_capt
 def test_finetune_writes_a_loadable_model_of_the_best_validation_epoch(table, base, tmp_path):
     summary = run(table, base, tmp_path / "run", method="starft", epochs=2, select_by="acc_avg")
     out = tmp_path / "run"
-    assert {path.name for path in out.iterdir()} == {"state.pt", "model.pt", "curve.json", "summary.json"}
-    curve = json.loads((out / "curve.json").read_text())
-    assert [record["epoch"] for record in curve] == [0, 1, 2]  # 0 = the zero-shot starting point
+    assert {path.name for path in out.iterdir()} == {"state.pt", "model.pt", "dvclive", "summary.json"}
+    curve = read_curve(out / "dvclive")
+    assert [record["step"] for record in curve] == [0, 1, 2]  # 0 = the zero-shot starting point
+    assert "loss" not in curve[0] and curve[0]["val_acc_wg"] == summary["zeroshot_val_acc_wg"]
     assert [record["lambda"] for record in curve[1:]] == [0.5, 0.25]  # decayed linearly over the epochs
     trained = curve[1:]
-    best = max(trained, key=lambda record: record["val"]["acc_avg"])  # the earliest of equals
-    assert summary["best_epoch"] == best["epoch"] and summary["val_acc_avg"] == best["val"]["acc_avg"]
+    best = max(trained, key=lambda record: record["val_acc_avg"])  # the earliest of equals
+    assert summary["best_epoch"] == best["step"] and summary["val_acc_avg"] == best["val_acc_avg"]
     kept = build_clip(MICRO, str(out / "model.pt"))
-    assert zeroshot_metrics(kept, table, "val", device=torch.device("cpu"))["acc_avg"] == best["val"]["acc_avg"]
+    assert zeroshot_metrics(kept, table, "val", device=torch.device("cpu"))["acc_avg"] == best["val_acc_avg"]
     assert any(not torch.equal(kept.model.state_dict()[key], value) for key, value in weights(base).items())
     assert curve[1]["regulariser"] > 0 and curve[1]["loss"] > curve[1]["base_loss"]
 
@@ -243,8 +250,12 @@ def test_an_interrupted_run_resumes_without_losing_finished_epochs(table, base, 
     run(table, base, out, method="starft", epochs=2)
     assert calls == [0, 1, 1]  # the finished epoch is not trained again
     assert_close(final_weights(out), final_weights(tmp_path / "straight"), atol=1e-6)
-    straight = json.loads((tmp_path / "straight" / "curve.json").read_text())
-    assert [r["epoch"] for r in json.loads((out / "curve.json").read_text())] == [r["epoch"] for r in straight]
+    # The resumed curve is the straight one: no epoch twice (dvclive appends), none lost.
+    assert tsv_steps(out / "dvclive" / "plots" / "metrics" / "loss.tsv") == [1, 2]
+    assert tsv_steps(out / "dvclive" / "plots" / "metrics" / "val_acc_wg.tsv") == [0, 1, 2]
+    resumed, straight = read_curve(out / "dvclive"), read_curve(tmp_path / "straight" / "dvclive")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    assert [r["loss"] for r in resumed[1:]] == pytest.approx([r["loss"] for r in straight[1:]], abs=1e-5)
 
 
 def test_a_run_directory_of_another_config_is_refused_unless_restarted(table, base, tmp_path):
@@ -273,7 +284,7 @@ def test_restart_if_changed_resumes_the_same_config_and_starts_another_over(tabl
     assert calls == []  # same config, already finished: nothing to train
     summary = again(lr=2e-3)
     assert calls == [0, 1] and summary["config"]["lr"] == 2e-3
-    assert [r["epoch"] for r in json.loads((out / "curve.json").read_text())] == [0, 1, 2]
+    assert tsv_steps(out / "dvclive" / "plots" / "metrics" / "val_acc_wg.tsv") == [0, 1, 2]
 
 
 def test_data_parallel_run_matches_one_process_with_the_same_global_batch(table, base, tmp_path):

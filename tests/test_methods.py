@@ -1,6 +1,8 @@
 """The feature-based methods on tiny stores of made-up features, with the `gcctl-micro` model."""
 
 import json
+import subprocess
+import sys
 import logging
 
 import numpy as np
@@ -17,7 +19,7 @@ from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import make_config
-from gcctl.methods.runs import evaluate_run, train_run
+from gcctl.methods.runs import evaluate_run, read_run_curve, train_run
 from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.report import plot_run_curve, write_report
 from gcctl.runtime import seed_everything
@@ -178,10 +180,15 @@ def test_same_seed_same_model(tmp_path, spurious):
 def test_run_round_trip_and_seeds(tmp_path, spurious):
     run = tmp_path / "run"
     train_run(spurious, "groupcoop", run, options={"epochs": 4}, seeds=[10, 2], plot=plot_run_curve)
-    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "curve.json", "curve.png", "selection.json"}
+    assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "dvclive", "curve.png", "selection.json"}
     selection = json.loads((run / "selection.json").read_text())
-    curve = json.loads((run / "curve.json").read_text())
-    assert len(curve) == 8 and {r["seed"] for r in curve} == {2, 10}
+    curve = read_run_curve(run)
+    assert sorted((r["seed"], r["epoch"]) for r in curve) == [(seed, epoch) for seed in (2, 10) for epoch in range(1, 5)]
+    assert {"loss", "val_acc_avg", "val_acc_wg", "seconds"} <= set(curve[0])
+    tsvs = sorted(p.name for p in (run / "dvclive" / "plots" / "metrics" / "seed-2").iterdir())
+    assert tsvs == ["loss.tsv", "seconds.tsv", "val_acc_avg.tsv", "val_acc_wg.tsv"]
+    kept = next(r for r in curve if r["seed"] == 2 and r["epoch"] == selection["2"]["best_epoch"])
+    assert kept["val_acc_wg"] == selection["2"]["val_metrics"]["acc_wg"]
     assert [p["group"] for p in selection["2"]["prompts"]] == GROUPS
     # reloading the run reproduces the validation metrics of the kept epoch, keyed by the run's seeds in numeric order
     val = evaluate_run(run, "val", out=tmp_path / "val.json")
@@ -261,13 +268,17 @@ def test_evaluating_on_a_store_of_another_model_is_refused(tmp_path, spurious):
         evaluate_run(tmp_path / "run", "test", features=other)
 
 
+def tree_bytes(directory):
+    return {path.relative_to(directory): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
 def test_nan_features_are_refused_and_nothing_is_overwritten(tmp_path, spurious):
     run = tmp_path / "run"
     train_run(spurious, "linear", run, options=QUICK)
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = tree_bytes(run)
     with pytest.raises(GcctlError, match="NaN"):
         train_run(make_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK)
-    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert tree_bytes(run) == before
 
 
 def test_diverging_loss_is_a_clear_error(tmp_path, spurious):
@@ -331,3 +342,25 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     assert readme.read_text() == "intro\n<!-- results:wb:start -->\n| new |\n<!-- results:wb:end -->\noutro\n"
     with pytest.raises(GcctlError, match="markers"):
         update_readme(readme, "other", "x")
+
+
+def test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl(tmp_path, spurious):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    train_run(spurious, "linear", repo / "run", options={**QUICK, "epochs": 3}, seeds=[0, 1])
+    (repo / "dvc.yaml").write_text("plots:\n  - run/dvclive/plots/metrics:\n      x: step\nmetrics:\n  - run/dvclive/metrics.json\n")
+
+    def dvc(*args):
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    dvc("init", "--no-scm", "-q")
+    plots = json.loads(dvc("plots", "show", "--json"))
+    assert not plots.get("errors")
+    loss = plots["data"]["run/dvclive/plots/metrics/seed-1/loss.tsv"][0]
+    assert loss["type"] == "vega" and [int(point["step"]) for point in loss["content"]["data"]["values"]] == [1, 2, 3]
+    assert "run/dvclive/plots/metrics/seed-0/val_acc_wg.tsv" in plots["data"]
+    metrics = json.loads(dvc("metrics", "show", "--json"))
+    last = metrics[""]["data"]["run/dvclive/metrics.json"]["data"]
+    assert last["step"] == 3 and last["seed-0"]["val_acc_wg"] == read_run_curve(repo / "run")[2]["val_acc_wg"]

@@ -19,7 +19,7 @@ def finetune(
     table: DatasetTable,
     model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")],
     out: Annotated[Path, typer.Option(
-        "--out", help="Run directory: state.pt after every epoch, then model.pt, curve.json, summary.json.")],
+        "--out", help="Run directory: state.pt and the curve dvclive/ after every epoch, then model.pt, summary.json.")],
     pretrained: Annotated[str, typer.Option(
         "--pretrained", help="The zero-shot weights to start from: an open_clip tag, a checkpoint file, local-dir:PATH...")] = "none",
     method: Annotated[str, typer.Option("--method", help="ft (the base loss) or starft (plus spuriosity alignment).")] = "starft",

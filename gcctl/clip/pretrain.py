@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from gcctl.clip.factory import fresh_clip, preprocess_uint8, write_checkpoint
+from gcctl.curves import CurveLog
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path, autocast, progress, resolve_device, seed_everything, sha256_file, write_json
 
-OUTPUTS = ("model.pt", "loss.json", "loss.png", "summary.json")
+OUTPUTS = ("model.pt", "summary.json")
+CURVE = "dvclive"  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's cap: a larger temperature makes the loss unstable
 
 
@@ -33,11 +35,12 @@ def pretrain(
     plot: Callable[[list[dict], Path, str], None] | None = None,
 ) -> dict:
     """Train `model_name` from random weights on `corpus` (an .npz with uint8 `images` [N,S,S,3] and
-    `captions` [N]); write model.pt, loss.json, summary.json and, drawn by `plot(history, path, model_name)`
-    (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
+    `captions` [N]); write model.pt, summary.json, the curve `dvclive/` and, drawn by
+    `plot(history, path, model_name)` (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
 
     Batches are full (the last partial batch of an epoch is dropped): InfoNCE depends on batch size.
     The learning rate warms up linearly over the first `warmup` fraction of steps, then decays on a cosine.
+    The curve grows after every epoch, so an unfinished run shows its progress (model.pt marks a finished one).
     """
     _check_settings(epochs, batch_size, lr, weight_decay, warmup)
     corpus, out = Path(corpus), Path(out)
@@ -51,6 +54,7 @@ def pretrain(
     model = bundle.model
     for name in OUTPUTS:  # an interrupted run must not leave a previous run's model behind
         (out / name).unlink(missing_ok=True)
+    curve = CurveLog(out / CURVE)
 
     tokens = _tokenize(bundle.tokenizer, captions).to(torch_device)
     pixels = torch.from_numpy(images).to(torch_device)
@@ -64,14 +68,15 @@ def pretrain(
     started = time.perf_counter()
     with progress() as bar:
         task = bar.add_task(f"pretrain {model_name}", total=total_steps)
-        for epoch in range(1, epochs + 1):
+        for _ in range(epochs):
             order = torch.randperm(len(images), generator=shuffler)[: steps_per_epoch * batch]
             for rows in order.view(steps_per_epoch, batch).to(torch_device):
                 step_lr = schedule.get_last_lr()[0]
                 loss = _contrastive_step(model, preprocess_uint8(pixels[rows], model), tokens[rows], optimizer, scaler, torch_device)
                 schedule.step()
-                history.append({"step": len(history) + 1, "epoch": epoch, "loss": loss, "lr": step_lr})
+                history.append({"step": len(history) + 1, "loss": loss, "lr": step_lr})
                 bar.update(task, advance=1, description=f"pretrain {model_name} loss {loss:.3f}")
+            curve.log_records(history[-steps_per_epoch:], step_key="step")
     seconds = time.perf_counter() - started
     model.eval()
 
@@ -99,7 +104,6 @@ def pretrain(
     with atomic_path(out / "model.pt") as model_tmp:
         write_checkpoint(model, model_tmp, model_name)
         summary["model_sha256"] = sha256_file(model_tmp)
-        write_json(out / "loss.json", history)
         if plot is not None:
             plot(history, out / "loss.png", model_name)
         write_json(out / "summary.json", summary)
@@ -178,4 +182,3 @@ def _check_settings(epochs: int, batch_size: int, lr: float, weight_decay: float
         raise GcctlError(f"--lr must be > 0 and --weight-decay >= 0, got {lr} and {weight_decay}")
     if not 0 <= warmup < 1:
         raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {warmup}")
-

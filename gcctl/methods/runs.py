@@ -4,7 +4,8 @@ A run directory holds
 - `config.json`: the method, its resolved options, the seeds, the store's model reference (its weights path
   relative to the run directory) and other provenance, its group vocabulary and the source of the train groups;
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
-- `curve.json`: one record per (seed, epoch): loss, validation accuracy and worst-group accuracy;
+- `dvclive/`: the curves as DVCLive logs (gcctl.curves), metric `seed-S/<name>` per seed: per epoch the loss,
+  validation accuracy and worst-group accuracy, and the epoch's seconds (none for a method without training);
 - `curve.png`: that curve drawn by the `plot` given to `train_run` (the CLI gives `gcctl.report.plot_run_curve`);
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
 """
@@ -22,6 +23,7 @@ import torch
 from gcctl import __version__
 from gcctl.clip.factory import build_from_reference
 from gcctl.clip.reference import ModelRef
+from gcctl.curves import read_curve, write_curve
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, make_config
@@ -30,6 +32,8 @@ from gcctl.methods.data import check_split_groups, load_split, load_training_dat
 from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
 from gcctl.runtime import check_seeds, load_torch_file, read_json, resolve_device, seed_everything, sha256_file, write_json
 from gcctl.store import FeatureStore
+
+CURVES = "dvclive"
 
 
 def train_run(
@@ -112,10 +116,12 @@ def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        curve = [{"seed": seed, **record} for seed, r in results.items() for record in r.curve]
-        write_json(tmp / "curve.json", curve)
-        if plot is not None:
-            plot(curve, tmp / "curve.png")
+        points = [{"epoch": record["epoch"], **{_seed_prefix(seed) + key: value for key, value in record.items() if key != "epoch"}}
+                  for seed, r in results.items() for record in r.curve]
+        if points:  # a method without training (zeroshot) has no curve
+            write_curve(tmp / CURVES, points, step_key="epoch")
+            if plot is not None:
+                plot([{"seed": seed, **record} for seed, r in results.items() for record in r.curve], tmp / "curve.png")
         write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
         if out.exists():
             shutil.rmtree(out)
@@ -123,6 +129,24 @@ def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_run_curve(run: str | os.PathLike) -> list[dict]:
+    """Every seed's curve of a run, one record per (seed, epoch); empty for a run without training."""
+    run = Path(run)
+    points, records = read_curve(run / CURVES), []
+    for seed in read_run_config(run)["seeds"]:
+        prefix = _seed_prefix(seed)
+        for point in points:
+            values = {name[len(prefix):]: value for name, value in point.items() if name.startswith(prefix)}
+            if values:
+                records.append({"seed": seed, "epoch": point["step"], **values})
+    return records
+
+
+def _seed_prefix(seed: int) -> str:
+    """One seed's curves sit in their own folder of the run's log: one dvc.yaml entry shows every seed."""
+    return f"seed-{seed}/"
 
 
 def read_run_config(run: str | os.PathLike) -> dict:

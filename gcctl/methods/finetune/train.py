@@ -4,8 +4,10 @@ A run directory holds
 - `state.pt`: everything to continue after the last finished epoch (weights, optimizer, schedule, curve,
   the selection so far, and the run's identity: its config, templates, base weights and data);
 - `best.pt`: the weights of the best validation epoch so far, renamed to `model.pt` when the run ends;
-- at the end, `model.pt` (loads with `build_clip(model, "DIR/model.pt")`), `curve.json`, `summary.json` (with
-  `base`, the model reference of the starting weights, their path relative to the run directory).
+- `dvclive/`: the curve as DVCLive logs (gcctl.curves), one step per epoch (0: the zero-shot start), rewritten
+  from the state when a run resumes, so it never holds an epoch twice or one the state does not;
+- at the end, `model.pt` (loads with `build_clip(model, "DIR/model.pt")`) and `summary.json` (with `base`, the
+  model reference of the starting weights, their path relative to the run directory).
 
 Running the same command again continues an interrupted run from its last finished epoch; a directory
 holding a run of another config is refused, or discarded with `restart=True` (always) or
@@ -33,6 +35,7 @@ from gcctl import __version__
 from gcctl.clip.factory import build_clip, save_checkpoint
 from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
 from gcctl.clip.prompts import check_template, class_words, logit_scale
+from gcctl.curves import CurveLog
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 METHODS = ("ft", "starft")
 LOSSES = ("contrastive", "ce")
 TOWERS = ("both", "image", "text")
-STATE, BEST, MODEL, CURVE, SUMMARY = "state.pt", "best.pt", "model.pt", "curve.json", "summary.json"
+STATE, BEST, MODEL, CURVE, SUMMARY = "state.pt", "best.pt", "model.pt", "dvclive", "summary.json"
 
 
 @dataclass(frozen=True)
@@ -284,9 +287,11 @@ class FinetuneRun:
         if self.world.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.start_epoch == 0:
-                for name in (STATE, BEST, MODEL, CURVE, SUMMARY):  # a fresh run leaves nothing of an older one
+                for name in (STATE, BEST, MODEL, SUMMARY):  # a fresh run leaves nothing of an older one
                     (self.out / name).unlink(missing_ok=True)
                 self.curve = [{"epoch": 0, "val": self._validate()}]  # the zero-shot starting point
+            self.curve_log = CurveLog(self.out / CURVE)  # starts empty, then holds the state's epochs
+            self.curve_log.log_records(map(_curve_point, self.curve), step_key="epoch")
         with progress() as bar:
             task = bar.add_task(f"{self.config.method} {self.model_name}", total=self.config.epochs * self.steps_per_epoch,
                                 completed=self.start_epoch * self.steps_per_epoch, visible=self.world.is_main)
@@ -377,14 +382,15 @@ class FinetuneRun:
                                 batch_size=self.batch_size, workers=self.workers)
 
     def _finish_epoch(self, record: dict) -> None:
-        """Validate, keep the weights if they are the best so far, then checkpoint the epoch."""
+        """Validate, keep the weights if they are the best so far, checkpoint the epoch, then log it."""
         record["val"] = self._validate()
         self.curve.append(record)
         value = record["val"][self.config.select_by]
         if self.best is None or value > self.best["value"]:
             self.best = {"epoch": record["epoch"], "value": value}
             save_checkpoint(self.model, self.out / BEST, self.model_name)
-        self._save_state(record["epoch"])  # last: a state never points at a best.pt not yet written
+        self._save_state(record["epoch"])  # after best.pt: a state never points at a best.pt not yet written
+        self.curve_log.log_records([_curve_point(record)], step_key="epoch")
 
     def _finalize(self) -> dict:
         if (self.out / BEST).is_file():
@@ -412,9 +418,14 @@ class FinetuneRun:
             "model_sha256": sha256_file(self.out / MODEL),
             "gcctl_version": __version__,
         }
-        write_json(self.out / CURVE, self.curve)
         write_json(self.out / SUMMARY, summary)
         return summary
+
+
+def _curve_point(record: dict) -> dict:
+    """A curve record with its validation metrics as `val_<name>` fields (per-group accuracies left out)."""
+    flat = {key: value for key, value in record.items() if key != "val"}
+    return {**flat, **{f"val_{name}": value for name, value in record["val"].items() if name != "per_group"}}
 
 
 def _differences(saved: dict, wanted: dict) -> str:
