@@ -139,6 +139,11 @@ def test_dvc_exp_run_selects_a_preset(tmp_path):
     _run("git", "add", "-A", cwd=repo)
     _run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init", cwd=repo)
 
+    unknown = subprocess.run(["dvc", "exp", "run", "-S", "preset=nope"], cwd=repo, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "Could not find 'preset/nope'" in unknown.stderr
+    assert "tiny" in unknown.stderr.split("Available options in 'preset':")[1]  # the fix: the names there are
+    assert not (repo / "pipeline").exists()
+
     _run("dvc", "exp", "run", "-S", "preset=tiny", "train@waterbirds-groupcoop", cwd=repo)
 
     composed = yaml.safe_load((repo / "params.yaml").read_text())

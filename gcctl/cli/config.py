@@ -12,25 +12,37 @@ from pathlib import Path
 from gcctl.errors import GcctlError
 
 
-def read_mapping(spec: str) -> tuple[str, dict]:
-    """The mapping at KEY (dotted) of the YAML file FILE, from `FILE:KEY`."""
+def _load(path: str | Path):
     import yaml
 
-    path, _, key = spec.rpartition(":")
-    if not path or not key:
-        raise GcctlError(f"--config '{spec}' is not FILE:KEY, e.g. params.yaml:train.runs.groupcoop")
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text())
     except OSError as error:
-        raise GcctlError(f"--config: cannot read {path} ({error.strerror}); pass an existing YAML file") from None
+        raise GcctlError(f"cannot read {path} ({error.strerror}); pass an existing YAML file") from None
     except yaml.YAMLError as error:
-        raise GcctlError(f"--config: {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+        raise GcctlError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+
+
+def _section(document, key: str):
+    """The value at dotted `key`, or None where the document has none."""
     node = document
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            known = ", ".join(map(str, node)) if isinstance(node, dict) else "nothing"
-            raise GcctlError(f"--config: {path} has no '{key}' (no '{part}'; known there: {known}); declare it or fix the name")
+            return None
         node = node[part]
+    return node
+
+
+def read_mapping(spec: str) -> tuple[str, dict]:
+    """The mapping at KEY (dotted) of the YAML file FILE, from `FILE:KEY`."""
+    path, _, key = spec.rpartition(":")
+    if not path or not key:
+        raise GcctlError(f"--config '{spec}' is not FILE:KEY, e.g. params.yaml:train.runs.groupcoop")
+    node = _section(_load(path), key)
+    if node is None:
+        parent = _section(_load(path), key.rpartition(".")[0]) if "." in key else _load(path)
+        known = ", ".join(map(str, parent)) if isinstance(parent, dict) else "nothing"
+        raise GcctlError(f"--config: {path} has no '{key}' (known there: {known}); declare it or fix the name")
     if not isinstance(node, dict):
         raise GcctlError(f"--config: {key} in {path} is not a mapping of option names to values")
     return key, node
@@ -46,16 +58,63 @@ def option_defaults(spec: str, ctx) -> dict:
     return {name: _checked(key, mapping, command)}
 
 
-def _checked(key: str, mapping: dict, command) -> dict:
+def _checked(key: str, mapping: dict, command, name: str | None = None) -> dict:
     """`mapping` keyed by `command`'s parameter names; an unknown option is a user error."""
     by_flag = {flag.lstrip("-").replace("-", "_"): parameter
                for parameter in command.params for flag in getattr(parameter, "opts", []) if flag.startswith("--")}
     defaults = {}
-    for name, value in mapping.items():
-        parameter = by_flag.get(str(name).replace("-", "_"))
+    for option, value in mapping.items():
+        parameter = by_flag.get(str(option).replace("-", "_"))
         if parameter is None:
             known = ", ".join(sorted(flag.replace("_", "-") for flag in by_flag if flag != "help"))
-            raise GcctlError(f"{key}: '{name}' is not an option of gcctl {command.name}; it takes: {known}")
+            raise GcctlError(f"{key}: '{option}' is not an option of gcctl {name or command.name}; it takes: {known}")
         repeatable = getattr(parameter, "multiple", False)
         defaults[parameter.name] = [value] if repeatable and not isinstance(value, list) else value
     return defaults
+
+
+# Which sections of params.yaml are option mappings of which command, as dvc.yaml hands them over.
+_RUN_SECTIONS = {
+    "pretrain.runs": ("pretrain",),
+    "fetch.runs": ("models", "fetch"),
+    "train.runs": ("train",),
+    "train.pseudo_runs": ("train",),
+    "finetune.runs": ("finetune",),
+    "datasets": ("data", "table"),
+}
+_SINGLE_SECTIONS = {"pseudo_label": ("pseudo-label",)}
+
+
+def _command(root, ctx, names: tuple[str, ...]):
+    command = root
+    for name in names:
+        command = command.get_command(ctx, name)
+    return command
+
+
+def check_params(path: Path, root_command, ctx) -> dict:
+    """Check a params.yaml before `dvc repro`: every run's options exist for its command and every dataset a
+    stage names is declared under `datasets:`. The first problem is a user error; returns what was checked."""
+    document = _load(path)
+    checked = 0
+    for section, command_path in {**_RUN_SECTIONS, **_SINGLE_SECTIONS}.items():
+        node = _section(document, section)
+        if node is None:
+            continue
+        command = _command(root_command, ctx, command_path)
+        runs = {section: node} if section in _SINGLE_SECTIONS else {f"{section}.{name}": run for name, run in node.items()}
+        for key, run in runs.items():
+            if not isinstance(run, dict):
+                raise GcctlError(f"{path}: {key} is not a mapping of `gcctl {' '.join(command_path)}` options")
+            _checked(key, run, command, " ".join(command_path))
+            checked += 1
+    declared = set(_section(document, "datasets") or {})
+    named = [("train.datasets", name) for name in _section(document, "train.datasets") or []]
+    if _section(document, "finetune.dataset") is not None:
+        named.append(("finetune.dataset", _section(document, "finetune.dataset")))
+    for key, name in named:
+        if name not in declared:
+            raise GcctlError(f"{path}: {key} names dataset '{name}', which is not declared under datasets: "
+                             f"({', '.join(sorted(declared)) or 'none'}); declare it or fix the name")
+    return {"params": str(path), "runs_checked": checked, "datasets": sorted(declared)}
+

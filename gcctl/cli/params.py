@@ -1,0 +1,32 @@
+"""`gcctl params check`: the pipeline's params.yaml checked before `dvc repro`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gcctl.cli.config import check_params
+from gcctl.cli.output import print_summary
+
+app = typer.Typer(help="Check the pipeline's params.yaml before `dvc repro`.", no_args_is_help=True)
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="The params file dvc.yaml reads.")] = Path("params.yaml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+) -> None:
+    """Check that every named run's options exist for its command and that every dataset a stage names is
+    declared under `datasets:`; the first problem is one line naming it and the fix.
+
+    Example: gcctl params check params.yaml
+    """
+    top = ctx.find_root()
+    print_summary(check_params(path, top.command, top), "params", as_json)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="params")
