@@ -238,3 +238,12 @@ def test_models_command_lists_ours_first_with_sizes():
     assert tiny["source"] == "gcctl" and tiny["embed_dim"] == 128 and tiny["image_size"] == 32
     assert 7.5e6 < tiny["parameters"] < 8.5e6  # the reference config: about 8.0M, mostly token embeddings
     assert any(row["name"] == "ViT-B-32" and "openai" in row["pretrained_tags"] for row in rows)
+
+
+def test_commands_that_build_no_model_do_not_import_open_clip():
+    """Evaluating a trained run, reports and feature-only methods stay fast: open_clip costs seconds to import."""
+    import subprocess
+    import sys
+
+    code = "import sys, gcctl.methods.runs, gcctl.report, gcctl.groups; print('open_clip' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

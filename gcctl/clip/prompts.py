@@ -14,7 +14,6 @@ import string
 from typing import Sequence
 
 import torch
-from open_clip.transformer import text_global_pool
 from torch import nn
 
 from gcctl.errors import GcctlError
@@ -119,6 +118,8 @@ class TextTower(nn.Module):
         mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
         x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
+        from open_clip.transformer import text_global_pool  # here: open_clip costs 2 s to import
+
         x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
         if self.text_projection is None:
             return x

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.factory import build_from_reference
 from gcctl.clip.reference import ModelRef
 from gcctl.clip.prompts import class_words
 from gcctl.errors import GcctlError
@@ -74,6 +73,7 @@ def zeroshot_attr(
     pretrained: str | None = None,
 ) -> Inference:
     """Groups from the text tower of `reference` (the store's model), built from `pretrained` when given."""
+    from gcctl.clip.factory import build_from_reference  # here: the other strategies need no model (open_clip is slow to import)
     from gcctl.clip.prompts import encode_texts, logit_scale
 
     prompts = attribute_prompts(specs, data.vocabulary.attributes)

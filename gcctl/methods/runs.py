@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 import torch
 
 from gcctl import __version__
-from gcctl.clip.factory import build_from_reference
 from gcctl.clip.reference import ModelRef
 from gcctl.curves import read_curve, write_curve
 from gcctl.datasets.groups import GroupVocabulary
@@ -70,6 +69,8 @@ def train_run(
     seed_everything(seeds[0])  # so a model without pretrained weights is built the same in every run
     bundle = None
     if spec.uses_clip:
+        from gcctl.clip.factory import build_from_reference  # here: only methods with a text tower build one
+
         bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained,
                                       embed_dim=embed_dim, device=device)
     results = {}
