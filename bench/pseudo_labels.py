@@ -53,7 +53,7 @@ def measure(features: str, seeds: list[int], scratch: Path) -> list[list[str]]:
         groups = scratch / f"{strategy}.parquet"
         report = pseudo_label(features, strategy, groups, seed=0, **options)
         recall = min(report["agreement"]["per_group"][name]["recall"] for name in minority)
-        train_run(features, "groupcoop", scratch / "run", groups=groups, seeds=seeds)
+        train_run(features, "groupcoop", scratch / "run", groups=groups, seeds=seeds, overwrite=True)  # the last variant's
         metrics = evaluate_run(scratch / "run", "test")
         rows.append([label, f"{100 * report['agreement']['accuracy']:.1f}", f"{100 * recall:.1f}",
                      _percent(metrics["acc_wg"]), _percent(metrics["acc_avg"])])

@@ -1,4 +1,4 @@
-"""Cross-cutting run-time helpers: device choice, autocast, seeding, atomic writes, progress."""
+"""Cross-cutting run-time helpers: device choice, autocast, seeding, atomic writes, output locks, progress."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import random
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -125,6 +125,58 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock file of an output: beside it, never inside it (a DVC-tracked folder stays as its stage wrote it)."""
+    out = Path(out)
+    return out.with_name(out.name + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of `out` while it is written: a second gcctl process writing the same `out`
+    refuses at once instead of deleting or mixing in the first one's work. The kernel frees the lock of a
+    killed process, so a left-over lock file never blocks the rerun that resumes it."""
+    import fcntl
+
+    out, path = Path(out), lock_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise GcctlError(f"{out} is being written by another gcctl process (lock {path}); "
+                             "wait for it or choose another --out") from None
+        if os.fstat(descriptor).st_nlink:
+            break
+        os.close(descriptor)  # its holder finished and removed it between our open and our lock: take a new one
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held, so no one can lock the removed file after us
+        os.close(descriptor)
+
+
+def check_output(out: str | os.PathLike, command: str, *, is_own: Callable[[Path], bool], replace_own: bool) -> None:
+    """`out` is written only where nothing is, or over the previous output of the same `command` when
+    `replace_own` (its --overwrite); anything else there is never replaced."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not is_own(out):
+        raise GcctlError(f"--out {out} exists and is not the output of `gcctl {command}`; choose another --out")
+    if not replace_own:
+        raise GcctlError(f"--out {out} holds the output of an earlier `gcctl {command}`; "
+                         "pass --overwrite to replace it, or choose another --out")
+
+
+def refuse_inside(out: str | os.PathLike, folder: str | os.PathLike, what: str) -> None:
+    """An output must not land among a dataset's own files (e.g. over its metadata.csv)."""
+    if Path(out).resolve().is_relative_to(Path(folder).resolve()):
+        raise GcctlError(f"--out {out} is inside {what} {folder}; write outputs outside it")
 
 
 def refuse_directory(path: str | os.PathLike, option: str = "--out") -> None:

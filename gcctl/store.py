@@ -10,7 +10,10 @@ One file holds every image of a dataset encoded once by a frozen image tower:
   training counts) that numbers `group`.
 
 Extraction writes into `<out>.partial` and records after every batch how many rows are done, so a killed run
-resumes where it stopped; the finished file appears by an atomic rename.
+resumes where it stopped; the finished file appears by an atomic rename. Its last write before the rename is the
+root attribute `complete`, which every reader requires: a store without it (cut short, or made before gcctl
+marked finished stores) is refused with the advice to extract it again. One process at a time writes an --out
+(`gcctl.runtime.output_lock`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import numpy as np
 from gcctl import __version__
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, corrupt_file_error, partial_path
+from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, output_lock, partial_path,
+                            refuse_directory, refuse_inside, resolve_device)
 
 if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
@@ -42,6 +46,8 @@ FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 # extraction's identity, on which the shards of one dataset must agree.
 _EXTRACTION_KEYS = ("embed_dim", "normalized", "dataset", "dataset_fingerprint", "dtype")
 VOCABULARY_KEY = "group_vocabulary"
+# Set last, once every row is written: a reader trusts nothing else to tell a finished store from a cut-short one.
+COMPLETE_KEY = "complete"
 # The names stores recorded before the vocabulary did; still read, never written.
 _OLD_NAME_KEYS = ("class_names", "group_names", "attribute_values")
 _JSON_KEYS = (VOCABULARY_KEY, *_OLD_NAME_KEYS, "model_ref")
@@ -147,6 +153,7 @@ def write_store(
             VOCABULARY_KEY: vocabulary.to_dict(),
         }
         _set_attrs(handle, attrs)
+        handle.attrs[COMPLETE_KEY] = True
     return path
 
 
@@ -176,7 +183,11 @@ class FeatureStore:
         if missing:
             raise GcctlError(f"{self.path} is not a gcctl feature store: datasets {missing} are missing")
         attrs = {key: _decode_attr(key, value) for key, value in self._file.attrs.items()}
-        self.provenance = {key: value for key, value in attrs.items() if key not in (VOCABULARY_KEY, *_OLD_NAME_KEYS)}
+        if attrs.get(COMPLETE_KEY) is not True:
+            raise GcctlError(f"feature store {self.path} is incomplete (its writer was cut short, or an older gcctl "
+                             "wrote it); rerun `gcctl extract` with --overwrite to write it again")
+        skipped = (VOCABULARY_KEY, COMPLETE_KEY, *_OLD_NAME_KEYS)
+        self.provenance = {key: value for key, value in attrs.items() if key not in skipped}
         self.y = self._file["y"][()]
         self.group = self._file["group"][()]
         self.split = self._file["split"][()]
@@ -356,6 +367,25 @@ def _open_partial(tmp: Path, attrs: dict) -> h5py.File | None:
     return handle
 
 
+def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dict) -> h5py.File:
+    """A fresh `.partial` store with every dataset but the features filled in and no row done."""
+    handle = h5py.File(tmp, "w")
+    _create_layout(handle, len(rows), identity["embed_dim"], identity["dtype"], **_table_arrays(table, rows))
+    _set_attrs(
+        handle,
+        {
+            **identity,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gcctl_version": __version__,
+            "n_rows": len(rows),
+            "row_offset": rows.start,
+            "rows_done": 0,
+            VOCABULARY_KEY: table.vocabulary.to_dict(),
+        },
+    )
+    return handle
+
+
 def _first_line_of_worker_error(error: Exception) -> str:
     # DataLoader re-raises a worker's GcctlError with the worker traceback folded into the message.
     return str(error).rsplit("GcctlError: ", 1)[-1]
@@ -372,19 +402,14 @@ def extract(
     normalize: bool = True,
     shard: Shard = Shard(),
     device=None,
+    overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Encode every image of `table` (or of one shard of it) with the frozen image tower into an HDF5 store.
 
-    Resumes an interrupted run with the same identity; returns a summary with rows encoded and throughput.
+    Resumes an interrupted run with the same identity; replaces an earlier store only with `overwrite`, and
+    nothing else; returns a summary with rows encoded and throughput.
     """
-    import time
-
-    import torch
-
-    from gcctl.datasets.images import ImageDataset
-    from gcctl.runtime import autocast, resolve_device
-
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
     out = Path(out)
@@ -392,28 +417,44 @@ def extract(
     if missing:
         raise GcctlError(f"image {table.root / missing[0]} not found ({len(missing)}+ missing); check --root")
     device = resolve_device("auto") if device is None else device
+    with output_lock(out):  # held until the rename: the .partial is this process's alone
+        check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished
+        return _encode(table, bundle, out, batch_size, workers, dtype, normalize, shard, device, on_progress)
+
+
+def check_extract_out(table: "DatasetTable", out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a folder, lies among the dataset's files, or holds anything but an earlier store
+    (which only `overwrite` replaces); cheap, so the CLI asks before it builds the model."""
+    refuse_directory(out)
+    refuse_inside(out, table.root, "the dataset root")
+    check_output(out, "extract", is_own=is_feature_store, replace_own=overwrite)
+
+
+def is_feature_store(path: Path) -> bool:
+    """Whether `path` is an HDF5 file written by gcctl's store (finished or not)."""
+    if not path.is_file() or not h5py.is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as handle:
+            return "features" in handle and "gcctl_version" in handle.attrs
+    except OSError:
+        return False
+
+
+def _encode(table, bundle, out: Path, batch_size, workers, dtype, normalize, shard, device, on_progress) -> dict:
+    """`extract` once its --out is this process's: encode the rows not yet done, mark the file complete, publish."""
+    import time
+
+    import torch
+
+    from gcctl.datasets.images import ImageDataset
+
     rows = shard.rows(len(table.frame))
     tmp = partial_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     identity = _extraction_attrs(table, bundle, dtype, normalize, shard, out.parent)
-
     handle = _open_partial(tmp, identity)
     if handle is None:
-        handle = h5py.File(tmp, "w")
-        arrays = _table_arrays(table, rows)
-        _create_layout(handle, len(rows), identity["embed_dim"], dtype, **arrays)
-        _set_attrs(
-            handle,
-            {
-                **identity,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "gcctl_version": __version__,
-                "n_rows": len(rows),
-                "row_offset": rows.start,
-                "rows_done": 0,
-                VOCABULARY_KEY: table.vocabulary.to_dict(),
-            },
-        )
+        handle = _create_partial(tmp, table, rows, identity)
     done = int(handle.attrs["rows_done"])
     resumed_from = done
     model = bundle.model.to(device).eval()
@@ -437,6 +478,7 @@ def extract(
                 handle.flush()
                 if on_progress is not None:
                     on_progress(done, len(rows))
+        handle.attrs[COMPLETE_KEY] = True
     except GcctlError as error:
         if "Original Traceback" in str(error):
             raise GcctlError(_first_line_of_worker_error(error)) from None

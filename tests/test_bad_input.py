@@ -83,6 +83,15 @@ def narrow_features(handle) -> None:
     handle.attrs["embed_dim"] = 16
 
 
+def unmark_complete(handle) -> None:
+    """What a store looks like whose writer was cut short (or that an older gcctl wrote)."""
+    del handle.attrs["complete"]
+
+
+def incomplete_store(world: Path, tmp: Path) -> Path:
+    return edited_store(world, tmp, unmark_complete)
+
+
 def damaged_store(world: Path, tmp: Path, dataset: str) -> Path:
     """The store with the object header of `dataset` overwritten: the file opens, reading that dataset fails."""
     path = Path(shutil.copy(world / "store.h5", tmp / "store.h5"))
@@ -143,6 +152,18 @@ def run_without(world: Path, tmp: Path, name: str) -> Path:
     return run
 
 
+def text_file(tmp: Path) -> Path:
+    (tmp / "notes.txt").write_text("someone's notes\n")
+    return tmp / "notes.txt"
+
+
+def finished_pretraining(tmp: Path) -> Path:
+    out = tmp / "pretrained"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"an earlier run's weights")
+    return out
+
+
 def empty_state_out(tmp: Path) -> Path:
     """A fine-tuning --out whose resume state was cut short before its first byte."""
     out = tmp / "ft"
@@ -167,12 +188,41 @@ CASES = [
     # --out that is a directory: refused before anything else is looked at (the other inputs are bad too)
     ("table-out-directory", lambda w, t: ["data", "table", *dataset_args(w), "--out", str(folder(t))], "is a directory"),
     ("extract-out-directory", lambda w, t: extract_args(dataset_args(w), folder(t), model="no-such-model"), "is a directory"),
-    ("train-out-foreign-directory", lambda w, t: train_args(t / "missing.h5", folder(t)), "not a run directory"),
+    # --out that holds something else is never written over; an earlier output of the command only with --overwrite
+    ("train-out-foreign-directory", lambda w, t: train_args(t / "missing.h5", folder(t)), "not the output of `gcctl train`"),
+    ("train-out-earlier-run", lambda w, t: train_args(w / "store.h5", copy_run(w, t)), "pass --overwrite"),
+    ("extract-out-foreign-file", lambda w, t: extract_args(dataset_args(w), text_file(t)), "not the output of `gcctl extract`"),
+    ("extract-out-foreign-file-overwrite", lambda w, t: [*extract_args(dataset_args(w), text_file(t)), "--overwrite"],
+     "not the output of `gcctl extract`"),
+    ("extract-out-earlier-store", lambda w, t: extract_args(dataset_args(w), Path(shutil.copy(w / "store.h5", t / "f.h5"))),
+     "pass --overwrite"),
+    ("extract-out-dataset-metadata", lambda w, t: extract_args(dataset_args(w), w / "data" / "manifest.csv"),
+     "inside the dataset root"),
+    ("extract-out-new-file-in-dataset", lambda w, t: extract_args(dataset_args(w), w / "data" / "f.h5"), "inside the dataset root"),
+    ("finetune-out-foreign-directory", lambda w, t: ["finetune", *dataset_args(w), "--model", MICRO, "--out", str(folder(t)),
+                                                     "--epochs", "1", *CPU],
+     "not the output of `gcctl finetune`"),
+    ("finetune-out-in-dataset", lambda w, t: ["finetune", *dataset_args(w), "--model", MICRO, "--out", str(w / "data" / "ft"),
+                                              "--epochs", "1", *CPU],
+     "inside the dataset root"),
+    ("pretrain-out-foreign-directory", lambda w, t: ["pretrain", "--corpus", str(t / "c.npz"), "--out", str(folder(t)), *CPU],
+     "not the output of `gcctl pretrain`"),
+    ("pretrain-out-finished-run", lambda w, t: ["pretrain", "--corpus", str(t / "c.npz"), "--out", str(finished_pretraining(t)),
+                                                "--model", MICRO, *CPU],
+     "pass --overwrite"),
     ("evaluate-out-directory", lambda w, t: evaluate_args(t / "no-run", folder(t)), "is a directory"),
     ("pseudo-label-out-directory", lambda w, t: ["pseudo-label", "--features", str(t / "missing.h5"), "--out", str(folder(t)), *CPU],
      "is a directory"),
     # feature stores
     ("store-missing", lambda w, t: ["info", str(t / "missing.h5")], "gcctl extract"),
+    ("store-incomplete-info", lambda w, t: ["info", str(incomplete_store(w, t))], "is incomplete"),
+    ("store-incomplete-train", lambda w, t: train_args(incomplete_store(w, t), t / "run", method="linear"), "is incomplete"),
+    ("store-incomplete-evaluate", lambda w, t: [*evaluate_args(w / "run", t / "m.json"), "--features", str(incomplete_store(w, t))],
+     "is incomplete"),
+    ("store-incomplete-pseudo-label", lambda w, t: ["pseudo-label", "--features", str(incomplete_store(w, t)), "--strategy", "kmeans",
+                                                    "--out", str(t / "g.parquet"), *CPU],
+     "is incomplete"),
+    ("store-incomplete-merge", lambda w, t: ["merge", str(incomplete_store(w, t)), "--out", str(t / "merged.h5")], "is incomplete"),
     ("store-truncated", lambda w, t: ["info", str(truncate(Path(shutil.copy(w / "store.h5", t / "store.h5"))))], "not a readable HDF5"),
     ("store-damaged-header", lambda w, t: ["info", str(damaged_store(w, t, "y"))], "incomplete or corrupt"),
     ("store-damaged-features", lambda w, t: train_args(damaged_store(w, t, "features"), t / "run", method="linear"),
@@ -334,3 +384,28 @@ def test_a_truncated_predictions_file_is_one_line(tmp_path):
     path.write_bytes(b"PAR1\x00\x01")
     with pytest.raises(GcctlError, match="incomplete or corrupt"):
         read_predictions(path)
+
+
+@pytest.mark.parametrize("make_args", [
+    lambda w, out: train_args(w / "store.h5", out),
+    lambda w, out: ["finetune", *dataset_args(w), "--model", MICRO, "--out", str(out), "--epochs", "1", *CPU],
+    lambda w, out: ["pretrain", "--corpus", str(w / "corpus.npz"), "--out", str(out), *CPU],
+], ids=["train", "finetune", "pretrain"])
+def test_an_out_another_process_is_writing_is_refused_at_once(world, tmp_path, run_cli, make_args):
+    from gcctl.runtime import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # as a first gcctl process writing `out` holds it
+        code, stdout, err = run_cli(*make_args(world, out))
+    assert_one_line_error(code, stdout, err, f"{out} is being written by another gcctl process (lock {out}.lock)")
+    assert not list(tmp_path.iterdir())  # nothing written, and the first one's lock file is gone with its release
+
+
+def test_a_lock_file_left_by_a_killed_writer_does_not_block(tmp_path):
+    from gcctl.runtime import lock_path, output_lock
+
+    out = tmp_path / "f.h5"
+    lock_path(out).write_text("")  # the kernel freed the lock when its process died; the file stayed
+    with output_lock(out):
+        assert lock_path(out).exists()
+    assert not lock_path(out).exists()

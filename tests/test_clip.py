@@ -209,7 +209,7 @@ def test_interrupted_pretraining_leaves_no_model(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrain_module, "_contrastive_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu")
+        pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu", overwrite=True)
     assert [path.name for path in out.iterdir()] == ["dvclive"]  # the log of what ran, but no model
 
 

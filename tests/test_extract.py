@@ -129,3 +129,69 @@ def test_cli_bad_input_is_one_line_and_exit_1(tiny_waterbirds, tmp_path, run_cli
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and fragment in lines[0]
     assert not list(tmp_path.iterdir())
+
+
+class _PauseAfter:
+    """A transform that, after `limit` images, signals `paused` and waits for `resume`: a first extraction
+    caught in the middle of its work."""
+
+    def __init__(self, transform, limit):
+        import threading
+
+        self.transform, self.limit, self.calls = transform, limit, 0
+        self.paused, self.resume = threading.Event(), threading.Event()
+
+    def __call__(self, image):
+        self.calls += 1
+        if self.calls == self.limit + 1:
+            self.paused.set()
+            assert self.resume.wait(timeout=60)
+        return self.transform(image)
+
+
+def test_a_second_extraction_on_the_same_out_refuses_and_the_first_completes(tiny_waterbirds, micro_bundle, tmp_path, run_cli):
+    import threading
+    import time
+
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    extract(table, micro_bundle, tmp_path / "single.h5", batch_size=32, dtype="float32")
+    out = tmp_path / "f.h5"
+    pause = _PauseAfter(micro_bundle.preprocess, limit=64)
+    micro_bundle.preprocess = pause
+    first = threading.Thread(target=extract, args=(table, micro_bundle, out), kwargs={"batch_size": 32, "dtype": "float32"})
+    first.start()
+    try:
+        assert pause.paused.wait(timeout=60)
+        started = time.perf_counter()
+        code, _, stderr = run_cli("extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds), "--model", "gcctl-micro",
+                                  "--out", str(out), "--dtype", "float32", "--device", "cpu")
+        assert time.perf_counter() - started < 30  # refused at once, not after encoding anything
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert code == 1 and len(errors) == 1 and "being written by another gcctl process" in errors[0]
+        assert out.with_name("f.h5.partial").exists() and not out.exists()  # the first one's work is untouched
+    finally:
+        pause.resume.set()
+        first.join()
+    with FeatureStore(tmp_path / "single.h5") as single, FeatureStore(out) as published:
+        np.testing.assert_array_equal(published.load_features(), single.load_features())
+        np.testing.assert_array_equal(published.ids, single.ids)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["f.h5", "single.h5"]  # no partial, no lock left
+
+
+def test_a_cut_short_store_moved_into_place_is_refused(tiny_waterbirds, micro_bundle, tmp_path):
+    """What a second writer once published: a `.partial` with rows still zero. Nothing reads it as a store."""
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    micro_bundle.preprocess = _InterruptAfter(micro_bundle.preprocess, limit=40)
+    with pytest.raises(KeyboardInterrupt):
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16)
+    (tmp_path / "f.h5.partial").rename(tmp_path / "f.h5")
+    with pytest.raises(GcctlError, match="is incomplete .*rerun `gcctl extract`"):
+        FeatureStore(tmp_path / "f.h5")
+
+
+def test_an_earlier_store_is_replaced_only_with_overwrite(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64)
+    with pytest.raises(GcctlError, match="pass --overwrite"):
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64)
+    assert extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64, overwrite=True)["rows"] == len(table.frame)

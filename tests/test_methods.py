@@ -221,6 +221,16 @@ def test_group_file_with_the_true_groups_trains_the_same_model(tmp_path, spuriou
     assert json.loads((tmp_path / "file" / "config.json").read_text())["groups"]["source"] == "file"
 
 
+def test_an_earlier_run_is_replaced_only_with_overwrite(tmp_path, spurious):
+    train_run(spurious, "linear", tmp_path / "run", options={"epochs": 1})
+    with pytest.raises(GcctlError, match="pass --overwrite"):
+        train_run(spurious, "linear", tmp_path / "run", options={"epochs": 2})
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["epochs"] == 1
+    train_run(spurious, "linear", tmp_path / "run", options={"epochs": 2}, overwrite=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["epochs"] == 2
+    assert [path.name for path in tmp_path.iterdir()] == ["run"]  # neither a .partial nor a lock is left
+
+
 def test_group_file_with_other_ids_is_refused(tmp_path, spurious):
     pd.DataFrame({"id": ["elsewhere1", "elsewhere2"], "group": [0, 1]}).to_parquet(tmp_path / "groups.parquet")
     with pytest.raises(GcctlError, match="not in the feature store"):
@@ -277,7 +287,7 @@ def test_nan_features_are_refused_and_nothing_is_overwritten(tmp_path, spurious)
     train_run(spurious, "linear", run, options=QUICK)
     before = tree_bytes(run)
     with pytest.raises(GcctlError, match="NaN"):
-        train_run(make_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK)
+        train_run(make_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK, overwrite=True)
     assert tree_bytes(run) == before
 
 

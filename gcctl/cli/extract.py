@@ -28,6 +28,8 @@ def extract(
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the features.")] = True,
     shard: Annotated[str, typer.Option("--shard", help="Write only part i of n (0-based), e.g. 0/4; join with `gcctl merge`.")] = "0/1",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a store an earlier `gcctl extract` wrote at --out (nothing else is ever replaced).")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Encode every image once with the frozen image tower into an HDF5 feature store (resumable).
@@ -35,10 +37,10 @@ def extract(
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """
     from gcctl.clip.factory import build_clip
-    from gcctl.runtime import progress, refuse_directory, resolve_device
-    from gcctl.store import Shard, extract as extract_features
+    from gcctl.runtime import progress, resolve_device
+    from gcctl.store import Shard, check_extract_out, extract as extract_features
 
-    refuse_directory(out)
+    check_extract_out(table, out, overwrite)
     part = Shard.parse(shard)
     torch_device = resolve_device(device)
     bundle = build_clip(model, pretrained, device=torch_device)
@@ -46,7 +48,7 @@ def extract(
         task = bar.add_task(f"extract {table.dataset}", total=len(part.rows(len(table.frame))))
         summary = extract_features(
             table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize,
-            shard=part, device=torch_device, on_progress=lambda done, total: bar.update(task, completed=done),
+            shard=part, device=torch_device, overwrite=overwrite, on_progress=lambda done, total: bar.update(task, completed=done),
         )
     print_summary(summary, "extracted", as_json)
 

@@ -22,6 +22,8 @@ def pretrain(
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seeds initial weights and batch order.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a finished run an earlier `gcctl pretrain` wrote at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
 ) -> None:
     """Pretrain a CLIP from scratch with a symmetric InfoNCE loss (AdamW, warm-up + cosine schedule).
@@ -32,7 +34,8 @@ def pretrain(
     from gcctl.report import plot_pretraining_loss
 
     summary = run_pretraining(corpus, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, warmup=warmup, seed=seed, device=device, plot=plot_pretraining_loss)
+                              weight_decay=weight_decay, warmup=warmup, seed=seed, device=device, plot=plot_pretraining_loss,
+                              overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -26,7 +26,7 @@ def _int_list(text: str, option: str) -> list[int]:
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
     method: Annotated[str, typer.Option("--method", help="zeroshot, linear, dfr, coop or groupcoop.")],
-    out: Annotated[Path, typer.Option("--out", help="The run directory to write (replaced only on success).")],
+    out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, one trained model each, e.g. 0,1,2.")] = "0",
@@ -59,6 +59,8 @@ def train(
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="zeroshot, coop, groupcoop: the store's model weights, if they moved since extraction "
         "(checked against the store's sha256).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a run an earlier `gcctl train` wrote at --out (once the new one is complete).")] = False,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -77,7 +79,7 @@ def train(
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
     }
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
-                        device=device, pretrained=pretrained, plot=plot_run_curve)
+                        device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

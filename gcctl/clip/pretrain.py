@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from gcctl.clip.factory import fresh_clip, preprocess_uint8, write_checkpoint
 from gcctl.curves import CurveLog
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, autocast, progress, resolve_device, seed_everything, sha256_file, write_json
+from gcctl.runtime import (atomic_path, autocast, check_output, output_lock, progress, resolve_device, seed_everything,
+                            sha256_file, write_json)
 
 OUTPUTS = ("model.pt", "summary.json")
 CURVE = "dvclive"  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
@@ -33,6 +34,7 @@ def pretrain(
     seed: int = 0,
     device: str = "auto",
     plot: Callable[[list[dict], Path, str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train `model_name` from random weights on `corpus` (an .npz with uint8 `images` [N,S,S,3] and
     `captions` [N]); write model.pt, summary.json, the curve `dvclive/` and, drawn by
@@ -41,9 +43,22 @@ def pretrain(
     Batches are full (the last partial batch of an epoch is dropped): InfoNCE depends on batch size.
     The learning rate warms up linearly over the first `warmup` fraction of steps, then decays on a cosine.
     The curve grows after every epoch, so an unfinished run shows its progress (model.pt marks a finished one).
+    A finished run in `out` is replaced only with `overwrite`; a folder holding anything else never.
     """
     _check_settings(epochs, batch_size, lr, weight_decay, warmup)
     corpus, out = Path(corpus), Path(out)
+    with output_lock(out):
+        check_output(out, "pretrain", is_own=_is_pretrain_run, replace_own=overwrite or not (out / "model.pt").exists())
+        return _train(corpus, out, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot)
+
+
+def _is_pretrain_run(out: Path) -> bool:
+    """A folder a pretraining run wrote, finished (model.pt) or not (its curve)."""
+    return out.is_dir() and any((out / name).exists() for name in (*OUTPUTS, CURVE, "loss.png"))
+
+
+def _train(corpus: Path, out: Path, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot) -> dict:
+    """`pretrain` once its --out is this process's."""
     images, captions = _load_pairs(corpus)
     batch = min(batch_size, len(images))
     steps_per_epoch = len(images) // batch

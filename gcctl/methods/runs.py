@@ -29,7 +29,8 @@ from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
 from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
-from gcctl.runtime import check_seeds, load_torch_file, read_json, resolve_device, seed_everything, sha256_file, write_json
+from gcctl.runtime import (check_output, check_seeds, load_torch_file, output_lock, read_json, resolve_device,
+                            seed_everything, sha256_file, write_json)
 from gcctl.store import FeatureStore
 
 CURVES = "dvclive"
@@ -46,9 +47,11 @@ def train_run(
     device: str = "auto",
     pretrained: str | None = None,
     plot: Callable[[list[dict], Path], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train `method` on the store `features` once per seed and write the run directory `out`, with
-    `curve.png` drawn by `plot(curve records, path)` when given.
+    `curve.png` drawn by `plot(curve records, path)` when given. An earlier run in `out` is replaced only
+    with `overwrite`, and only once the new one is complete; anything else there never.
 
     A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
     Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
@@ -61,8 +64,14 @@ def train_run(
     if pretrained and not spec.uses_clip:
         raise GcctlError(f"--pretrained applies to methods with the text tower, not to {method}; drop it")
     out = Path(out)
-    _refuse_foreign_directory(out)
-    device = resolve_device(device)
+    with output_lock(out):
+        check_output(out, "train", is_own=lambda path: (path / "config.json").is_file(), replace_own=overwrite)
+        return _train_seeds(features, method, config, out, groups, seeds, resolve_device(device), pretrained, plot)
+
+
+def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot) -> dict:
+    """`train_run` once its --out is this process's."""
+    spec = get_method(method)
     with FeatureStore(features) as store:
         data = load_training_data(store, device, groups)
         reference, embed_dim = store.model_ref(), store.embed_dim
@@ -97,12 +106,6 @@ def train_run(
             for seed, r in results.items()
         },
     }
-
-
-def _refuse_foreign_directory(out: Path) -> None:
-    # A run replaces an older run in `out`, never a directory that holds something else.
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        raise GcctlError(f"{out} exists and is not a run directory; choose another --out")
 
 
 def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[dict], Path], None] | None) -> None:

@@ -12,10 +12,12 @@ A run directory holds
 Running the same command again continues an interrupted run from its last finished epoch; a directory
 holding a run of another config is refused, or discarded with `restart=True` (always) or
 `restart_if_changed=True` (only then: what a pipeline stage that keeps its output between runs wants).
+A directory holding anything else is never written into, and one process at a time writes a run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -44,7 +46,8 @@ from gcctl.methods.finetune import parallel
 from gcctl.methods.finetune.evaluate import CAPTION, split_rows, zeroshot_metrics
 from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
 from gcctl.methods.finetune.pools import draw_templates, fill, read_pools
-from gcctl.runtime import atomic_path, autocast, load_torch_file, progress, resolve_device, seed_everything, sha256_file, write_json
+from gcctl.runtime import (atomic_path, autocast, check_output, load_torch_file, output_lock, progress, refuse_inside,
+                            resolve_device, seed_everything, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -115,14 +118,24 @@ def finetune(
     and only rank 0 writes. Returns the summary (also written to `out/summary.json`).
     """
     config.check()
+    out = Path(out)
+    refuse_inside(out, table.root, "the dataset root")
     world = parallel.join_world(resolve_device(device))
     try:
-        run = FinetuneRun(table, Path(out), model_name=model_name, pretrained=pretrained, config=config,
-                          device=parallel.process_device(resolve_device(device), world), world=world,
-                          workers=workers, restart=restart, restart_if_changed=restart_if_changed)
-        return run.train()
+        with output_lock(out) if world.is_main else contextlib.nullcontext():  # only the main process writes
+            # its own earlier run is resumed (or discarded with restart): what --overwrite is elsewhere
+            check_output(out, "finetune", is_own=_is_finetune_run, replace_own=True)
+            run = FinetuneRun(table, out, model_name=model_name, pretrained=pretrained, config=config,
+                              device=parallel.process_device(resolve_device(device), world), world=world,
+                              workers=workers, restart=restart, restart_if_changed=restart_if_changed)
+            return run.train()
     finally:
         parallel.leave_world(world)
+
+
+def _is_finetune_run(out: Path) -> bool:
+    """A folder a fine-tuning run wrote, finished or not (the curve appears before the first state)."""
+    return out.is_dir() and any((out / name).exists() for name in (STATE, BEST, MODEL, SUMMARY, CURVE))
 
 
 class _Encoder(nn.Module):
