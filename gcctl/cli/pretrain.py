@@ -12,7 +12,8 @@ import typer
 def pretrain(
     corpus: Annotated[Path, typer.Option(
         "--corpus", help="An .npz with uint8 images [N,S,S,3] and captions [N] (see `gcctl data synth`).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for model.pt, summary.json, the loss curve dvclive/ (DVCLive logs) and, while training, state.pt.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder for model.pt, summary.json, the loss curve dvclive/ (DVCLive logs) and, while training, state.pt.")],
     model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")] = "gcctl-tiny",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the corpus.")] = 3,
     batch_size: Annotated[int, typer.Option(

@@ -3,8 +3,9 @@
 A model is an architecture (a config registered with open_clip; ours live in `configs/`) plus a
 `pretrained` source: an open_clip tag, a checkpoint file, `local-dir:PATH`, `hf-hub:ORG/REPO`, or
 `none` (random weights drawn from a seed). Every source is resolved to (architecture, weights file)
-first, so the weights actually loaded (or drawn) are hashed into the model reference (`reference.ModelRef`) that travels with features, runs and
-predictions, and from which `build_from_reference` builds the same model again.
+first, so the weights actually loaded (or drawn) are hashed into the model reference (`reference.ModelRef`)
+that travels with features, runs and predictions, and from which `build_from_reference` builds the same
+model again.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def build_from_reference(
     seed = reference.seed if reference.seed is not None else 0
     bundle = build_clip(None if from_folder else reference.architecture, pretrained, device=device, seed=seed)
     reference.check_built(bundle.reference, pretrained, recorded_in)
-    # Random weights pass the hash check, so a changed architecture config shows only in the width.
+    # Records of unseeded random weights pass the hash check, so a changed architecture config shows only in the width.
     built_dim = bundle.provenance["embed_dim"]
     if embed_dim is not None and built_dim != embed_dim:
         raise GcctlError(
