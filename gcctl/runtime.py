@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import sys
@@ -15,6 +16,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from gcctl.errors import GcctlError
+
+log = logging.getLogger(__name__)
 
 # Set by the CLI's --quiet flag; library code asks `progress_enabled()` instead of reading it.
 _QUIET = False
@@ -210,6 +213,52 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         raise
     except Exception as error:  # torch raises EOFError, UnpicklingError, RuntimeError, OSError, KeyError...
         raise corrupt_file_error(path, error) from None
+
+
+def save_torch_file(path: str | os.PathLike, content: Any) -> None:
+    """`torch.save` that appears only complete (the reader is `load_torch_file`)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(content, tmp)
+
+
+def load_resume_state(path: str | os.PathLike, identity: dict, *, restart: bool = False,
+                      restart_if_changed: bool = False) -> dict | None:
+    """The state an interrupted run saved at `path` (`save_torch_file` of a dict with an "identity"), if that
+    run had this `identity`; None to start over: nothing saved, `restart`, or another identity with
+    `restart_if_changed`. Another identity is otherwise refused, so a run never continues another's work."""
+    path = Path(path)
+    if restart or not path.is_file():
+        return None
+    state = load_torch_file(path)
+    if not isinstance(state, dict) or "identity" not in state:
+        raise corrupt_file_error(path, ValueError("no run identity"))
+    if state["identity"] == identity:
+        return state
+    differences = identity_differences(state["identity"], identity)
+    if restart_if_changed:
+        log.info("%s holds a run of another config (%s); starting over", path.parent, differences)
+        return None
+    raise GcctlError(f"{path.parent} holds a run of another config ({differences}); use another --out, or --restart to discard it")
+
+
+def identity_differences(saved: dict, wanted: dict) -> str:
+    """The first few fields that differ between two run identities, as `field saved → wanted`; the fields of
+    a nested "config" count as top-level fields."""
+    flat_saved, flat_wanted = _flatten_config(saved), _flatten_config(wanted)
+    keys = [key for key in dict.fromkeys([*flat_saved, *flat_wanted]) if flat_saved.get(key) != flat_wanted.get(key)]
+    shown = [f"{key} {_short(flat_saved.get(key))} → {_short(flat_wanted.get(key))}" for key in keys[:3]]
+    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def _flatten_config(identity: dict) -> dict:
+    return {**identity.get("config", {}), **{key: value for key, value in identity.items() if key != "config"}}
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def read_json(path: str | os.PathLike) -> Any:

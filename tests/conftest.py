@@ -13,12 +13,9 @@ def tiny_waterbirds(tmp_path_factory):
 
 @pytest.fixture()
 def micro_bundle():
-    """gcctl-micro with seeded random weights (fresh per test: extraction moves it between devices)."""
-    import torch
-
+    """gcctl-micro with random weights of seed 0 (fresh per test: extraction moves it between devices)."""
     from gcctl.clip.factory import build_clip
 
-    torch.manual_seed(0)
     return build_clip("gcctl-micro", "none")
 
 

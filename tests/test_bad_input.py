@@ -260,6 +260,7 @@ CASES = [
     ("template-two-slots", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a {} {}"), "2 fields"),
     ("template-no-slot", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a photo"), "has no {}"),
     ("caption-two-slots", lambda w, t: checkpoint_args(w, w / "run" / "params.pt", t / "m.json", "--caption", "{} {}"), "2 fields"),
+    ("extract-seed-negative", lambda w, t: [*extract_args(dataset_args(w), t / "f.h5"), "--seed", "-1"], "outside 0.."),
     ("synth-seed-negative", lambda w, t: ["data", "synth", "--out", str(t / "synth"), "--seed", "-1"], "outside 0.."),
     ("unknown-method", lambda w, t: train_args(w / "store.h5", t / "run", method="svm"), "unknown method"),
     ("report-metrics-truncated", lambda w, t: ["report", str(truncate(Path(shutil.copy(w / "run" / "config.json", t / "m.json")))),

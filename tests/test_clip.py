@@ -15,8 +15,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gcctl.cli import models as models_cli
-from gcctl.clip import build_clip, export_local_dir, list_models, preprocess_uint8, save_checkpoint
+from gcctl.clip import ModelRef, build_clip, build_from_reference, export_local_dir, list_models, preprocess_uint8, save_checkpoint
 from gcctl.clip import pretrain as pretrain_module
+from gcctl.clip.factory import state_dict_sha256
 from gcctl.clip.pretrain import pretrain
 from gcctl.curves import read_curve
 from gcctl.errors import GcctlError
@@ -77,7 +78,8 @@ def test_random_micro_model_warns_and_encodes(micro, caplog):
         bundle = build_clip(MICRO, "none")
     assert "random weights" in caplog.text
     assert not bundle.model.training
-    assert bundle.reference.sha256 == "none" and bundle.reference.kind == "none"
+    assert bundle.reference.kind == "none" and bundle.reference.seed == 0
+    assert bundle.reference.sha256 == state_dict_sha256(bundle.model.state_dict())
     assert bundle.provenance["model_ref"] == bundle.reference.to_dict()
     assert bundle.provenance["embed_dim"] == 32 and bundle.provenance["image_size"] == 32
     assert bundle.provenance["context_length"] == 16
@@ -86,6 +88,23 @@ def test_random_micro_model_warns_and_encodes(micro, caplog):
     with torch.no_grad():
         assert bundle.model.encode_image(image).shape == (1, 32)
         assert bundle.model.encode_text(bundle.tokenizer(["a photo of a cat"])).shape == (1, 32)
+
+
+def test_random_weights_are_drawn_from_the_seed_alone():
+    first = build_clip(MICRO, "none", seed=0)
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    again = build_clip(MICRO, "none", seed=0)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream is left alone
+    assert weights_equal(again.model, first.model) and again.reference == first.reference
+    other = build_clip(MICRO, "none", seed=1)
+    assert not weights_equal(other.model, first.model)
+    assert other.reference.identity() != first.reference.identity()  # two seeds are two models to every resume
+    rebuilt = build_from_reference(ModelRef.from_dict(other.reference.to_dict()), recorded_in="a store")
+    assert weights_equal(rebuilt.model, other.model)
+    with pytest.raises(GcctlError, match="--seed -1 is outside"):
+        build_clip(MICRO, "none", seed=-1)
 
 
 def test_unknown_model_suggests_close_names():
@@ -211,6 +230,32 @@ def test_interrupted_pretraining_leaves_no_model(corpus, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu", overwrite=True)
     assert [path.name for path in out.iterdir()] == ["dvclive"]  # the log of what ran, but no model
+
+
+def test_killed_pretraining_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
+    settings = dict(model_name=MICRO, epochs=2, batch_size=16, lr=5e-3, seed=1, device="cpu", checkpoint_every=3)
+    whole = pretrain(corpus, tmp_path / "whole", **settings)  # 8 steps; a resumable state after steps 3, 4 and 6
+    out = tmp_path / "resumed"
+    real_step, steps = pretrain_module._contrastive_step, []
+
+    def killed_in_step_seven(*args):
+        steps.append(1)
+        if len(steps) == 7:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(pretrain_module, "_contrastive_step", killed_in_step_seven)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(corpus, out, **settings)
+    assert [record["step"] for record in read_curve(out / "dvclive")] == list(range(1, 7))
+    assert (out / "state.pt").is_file() and not (out / "model.pt").exists()
+    monkeypatch.setattr(pretrain_module, "_contrastive_step", real_step)
+    with pytest.raises(GcctlError, match=r"another config \(lr 0.005 → 0.004\); .*--restart"):
+        pretrain(corpus, out, **{**settings, "lr": 4e-3})
+    resumed = pretrain(corpus, out, **settings)  # from step 6: the middle of the second epoch
+    assert resumed["model_sha256"] == whole["model_sha256"] == sha256_file(out / "model.pt")
+    assert read_curve(out / "dvclive") == read_curve(tmp_path / "whole" / "dvclive")  # every step once
+    assert sorted(path.name for path in out.iterdir()) == ["dvclive", "model.pt", "summary.json"]
 
 
 def test_pretraining_rejects_a_corpus_without_captions(tmp_path):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from gcctl.clip.factory import build_clip
 from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
 from gcctl.store import FeatureStore, Shard, extract, merge
@@ -70,6 +71,21 @@ def test_a_partial_file_of_another_extraction_is_not_resumed(tiny_waterbirds, mi
     assert summary["resumed_from"] == 0
 
 
+def test_a_partial_file_of_other_random_weights_is_restarted_not_mixed(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    other_seed = build_clip("gcctl-micro", "none", seed=1)
+    extract(table, other_seed, tmp_path / "whole.h5", batch_size=32, dtype="float32")
+    transform = micro_bundle.preprocess
+    micro_bundle.preprocess = _InterruptAfter(transform, limit=100)
+    with pytest.raises(KeyboardInterrupt):
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=32, dtype="float32")
+    summary = extract(table, other_seed, tmp_path / "f.h5", batch_size=32, dtype="float32")
+    assert summary["resumed_from"] == 0  # seed 0's rows are discarded, not continued with seed 1's model
+    with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "f.h5") as restarted:
+        np.testing.assert_array_equal(restarted.load_features(), whole.load_features())
+        assert restarted.model_ref().seed == 1
+
+
 def test_shards_merge_into_the_whole(tiny_waterbirds, micro_bundle, tmp_path):
     table = load_dataset("waterbirds", tiny_waterbirds)
     extract(table, micro_bundle, tmp_path / "whole.h5", batch_size=64)
@@ -110,6 +126,20 @@ def test_cli_extract_then_info(tiny_waterbirds, tmp_path, run_cli):
     code, stdout, _ = run_cli("info", str(out), "--json")
     assert code == 0
     assert json.loads(stdout)["group_counts"]["circle/water"]["test"] > 0
+
+
+def test_cli_random_weights_of_one_seed_give_one_store(tiny_waterbirds, tmp_path, run_cli):
+    def extract_with_seed(seed, name):
+        code, _, stderr = run_cli("extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds), "--model", "gcctl-micro",
+                                  "--pretrained", "none", "--seed", seed, "--out", str(tmp_path / name), "--json")
+        assert code == 0, stderr
+        return FeatureStore(tmp_path / name)
+
+    with extract_with_seed("0", "a.h5") as first, extract_with_seed("0", "b.h5") as again, extract_with_seed("1", "c.h5") as other:
+        np.testing.assert_array_equal(again.load_features(), first.load_features())
+        assert again.model_ref() == first.model_ref() and first.model_ref().seed == 0
+        assert not np.array_equal(other.load_features(), first.load_features())
+        assert other.model_ref().sha256 != first.model_ref().sha256
 
 
 @pytest.mark.parametrize(

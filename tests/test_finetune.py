@@ -50,7 +50,6 @@ def table(tiny_waterbirds):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A micro CLIP saved as the 'zero-shot' checkpoint every run starts from."""
-    torch.manual_seed(0)
     return str(save_checkpoint(build_clip(MICRO, "none"), tmp_path_factory.mktemp("base") / "model.pt"))
 
 
@@ -267,6 +266,13 @@ def test_a_run_directory_of_another_config_is_refused_unless_restarted(table, ba
     summary = finetune(table, out, model_name=MICRO, pretrained=base, device="cpu", restart=True,
                        config=FinetuneConfig(**{**QUICK, "method": "ft", "lr": 2e-3}))
     assert summary["config"]["lr"] == 2e-3
+
+
+def test_random_starting_weights_are_drawn_from_the_run_seed(table, tmp_path):
+    summary = finetune(table, tmp_path / "run", model_name=MICRO, pretrained="none", device="cpu",
+                       config=FinetuneConfig(**{**QUICK, "method": "ft", "seed": 2}))
+    drawn = build_clip(MICRO, "none", seed=2).reference
+    assert summary["base"]["seed"] == 2 and summary["base"]["sha256"] == drawn.sha256  # the run's identity holds it too
 
 
 def test_restart_if_changed_resumes_the_same_config_and_starts_another_over(table, base, tmp_path, monkeypatch):

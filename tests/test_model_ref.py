@@ -24,7 +24,6 @@ def project(tiny_waterbirds, tmp_path_factory):
     from the project's root."""
     root = tmp_path_factory.mktemp("project")
     (root / CHECKPOINT).parent.mkdir(parents=True)
-    torch.manual_seed(0)
     torch.save(build_clip(MICRO, "none").model.state_dict(), root / CHECKPOINT)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -76,8 +75,7 @@ def test_a_store_without_its_weights_needs_and_takes_pretrained(project, tmp_pat
 
 
 def test_other_weights_are_refused_naming_both_hashes(project, tmp_path, monkeypatch, run_cli):
-    torch.manual_seed(1)
-    torch.save(build_clip(MICRO, "none").model.state_dict(), tmp_path / "other.pt")
+    torch.save(build_clip(MICRO, "none", seed=1).model.state_dict(), tmp_path / "other.pt")
     monkeypatch.chdir(tmp_path)
     code, _, stderr = _train(run_cli, project / STORE, "--pretrained", str(tmp_path / "other.pt"))
     line = _one_error_line(stderr)

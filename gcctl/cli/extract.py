@@ -26,6 +26,8 @@ def extract(
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 0,
     dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")] = "float16",
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the features.")] = True,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Draws the random weights of --pretrained none (recorded in the store; same seed, same store).")] = 0,
     shard: Annotated[str, typer.Option("--shard", help="Write only part i of n (0-based), e.g. 0/4; join with `gcctl merge`.")] = "0/1",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     overwrite: Annotated[bool, typer.Option(
@@ -43,7 +45,7 @@ def extract(
     check_extract_out(table, out, overwrite)
     part = Shard.parse(shard)
     torch_device = resolve_device(device)
-    bundle = build_clip(model, pretrained, device=torch_device)
+    bundle = build_clip(model, pretrained, device=torch_device, seed=seed)
     with progress() as bar:
         task = bar.add_task(f"extract {table.dataset}", total=len(part.rows(len(table.frame))))
         summary = extract_features(

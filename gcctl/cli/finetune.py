@@ -39,7 +39,7 @@ def finetune(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.1,
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
     select_by: Annotated[str, typer.Option("--select-by", help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")] = "acc_wg",
-    seed: Annotated[int, typer.Option("--seed", help="Seeds batch order and template draws.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds batch order, template draws and the random weights of --pretrained none.")] = 0,
     restart: Annotated[bool, typer.Option(
         "--restart", help="Discard the state in --out instead of resuming from it.")] = False,
     restart_if_changed: Annotated[bool, typer.Option(

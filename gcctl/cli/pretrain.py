@@ -12,7 +12,8 @@ import typer
 def pretrain(
     corpus: Annotated[Path, typer.Option(
         "--corpus", help="An .npz with uint8 images [N,S,S,3] and captions [N] (see `gcctl data synth`).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for model.pt, summary.json and the loss curve dvclive/ (DVCLive logs).")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder for model.pt, summary.json, the loss curve dvclive/ (DVCLive logs) and, while training, state.pt.")],
     model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")] = "gcctl-tiny",
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the corpus.")] = 3,
     batch_size: Annotated[int, typer.Option(
@@ -21,12 +22,20 @@ def pretrain(
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on weight matrices.")] = 0.1,
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seeds initial weights and batch order.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(
+        "--checkpoint-every", min=1, help="Save the resumable state.pt every this many steps (and after every epoch).")] = 100,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the state in --out instead of resuming from it.")] = False,
+    restart_if_changed: Annotated[bool, typer.Option(
+        "--restart-if-changed", help="Resume a run of the same settings, discard one of other settings instead of "
+        "refusing it (for pipeline stages that keep --out between runs).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a finished run an earlier `gcctl pretrain` wrote at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
 ) -> None:
     """Pretrain a CLIP from scratch with a symmetric InfoNCE loss (AdamW, warm-up + cosine schedule).
+
+    The same command run again after an interruption resumes from the last saved state (--out/state.pt).
 
     Example: gcctl pretrain --corpus pipeline/data/corpus.npz --out pipeline/models/tiny --model gcctl-tiny --epochs 3
     """
@@ -35,7 +44,8 @@ def pretrain(
 
     summary = run_pretraining(corpus, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
                               weight_decay=weight_decay, warmup=warmup, seed=seed, device=device, plot=plot_pretraining_loss,
-                              overwrite=overwrite)
+                              overwrite=overwrite, checkpoint_every=checkpoint_every, restart=restart,
+                              restart_if_changed=restart_if_changed)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

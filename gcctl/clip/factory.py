@@ -2,9 +2,10 @@
 
 A model is an architecture (a config registered with open_clip; ours live in `configs/`) plus a
 `pretrained` source: an open_clip tag, a checkpoint file, `local-dir:PATH`, `hf-hub:ORG/REPO`, or
-`none`. Every source is resolved to (architecture, weights file) first, so the weights actually
-loaded are hashed into the model reference (`reference.ModelRef`) that travels with features, runs and
-predictions, and from which `build_from_reference` builds the same model again.
+`none` (random weights drawn from a seed). Every source is resolved to (architecture, weights file)
+first, so the weights actually loaded (or drawn) are hashed into the model reference (`reference.ModelRef`)
+that travels with features, runs and predictions, and from which `build_from_reference` builds the same
+model again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -30,9 +32,10 @@ from open_clip.pretrained import download_pretrained, download_pretrained_from_h
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import QuickGELU
 
-from gcctl.clip.reference import NO_WEIGHTS, ModelRef
+from gcctl.clip.reference import ModelRef
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, corrupt_file_error, load_torch_file, read_json, resolve_device, sha256_file, write_json
+from gcctl.runtime import (atomic_path, check_seeds, corrupt_file_error, load_torch_file, read_json, resolve_device, sha256_file,
+                           write_json)
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +120,23 @@ def _registered_config(name: str) -> dict:
 # ---------------------------------------------------------------------------- building
 
 
-def build_clip(model_name: str | None, pretrained: str = "none", device="cpu") -> ClipBundle:
+def build_clip(model_name: str | None, pretrained: str = "none", device="cpu", seed: int = 0) -> ClipBundle:
     """The model `model_name` with weights from `pretrained`, in eval mode on `device`.
 
     `pretrained`: an open_clip tag (`openai`...), a checkpoint file (.pt/.bin/.pth/.safetensors, a bare
-    state_dict or {"state_dict": ...}), `local-dir:PATH`, `hf-hub:ORG/REPO`, or `none` (random weights).
-    With `local-dir:`/`hf-hub:` the architecture comes from the folder and `model_name` may be None.
+    state_dict or {"state_dict": ...}), `local-dir:PATH`, `hf-hub:ORG/REPO`, or `none` (random weights,
+    drawn from `seed`: the same seed gives the same weights). With `local-dir:`/`hf-hub:` the architecture
+    comes from the folder and `model_name` may be None.
     """
     source = _resolve_source(model_name, pretrained)
     if source.weights is None:
         log.warning("model %s has random weights (pretrained=none): fine for pretraining, meaningless for evaluation", source.name)
-    return _bundle(source, resolve_device(device))
+    return _bundle(source, resolve_device(device), seed)
 
 
-def fresh_clip(model_name: str, device="cpu") -> ClipBundle:
+def fresh_clip(model_name: str, device="cpu", seed: int = 0) -> ClipBundle:
     """Randomly initialised on purpose (pretraining from scratch): `build_clip(..., "none")` without the warning."""
-    return _bundle(_resolve_source(model_name, "none"), resolve_device(device))
+    return _bundle(_resolve_source(model_name, "none"), resolve_device(device), seed)
 
 
 def build_from_reference(
@@ -143,9 +147,10 @@ def build_from_reference(
     a model that does not embed into `embed_dim` (the width of the artifact's features, when it has any)."""
     pretrained = pretrained or reference.pretrained()
     from_folder = pretrained.startswith((LOCAL_DIR, HF_HUB))  # the folder names its own architecture
-    bundle = build_clip(None if from_folder else reference.architecture, pretrained, device=device)
+    seed = reference.seed if reference.seed is not None else 0
+    bundle = build_clip(None if from_folder else reference.architecture, pretrained, device=device, seed=seed)
     reference.check_built(bundle.reference, pretrained, recorded_in)
-    # Random weights pass the hash check, so a changed architecture config shows only in the width.
+    # Records of unseeded random weights pass the hash check, so a changed architecture config shows only in the width.
     built_dim = bundle.provenance["embed_dim"]
     if embed_dim is not None and built_dim != embed_dim:
         raise GcctlError(
@@ -155,8 +160,8 @@ def build_from_reference(
     return bundle
 
 
-def _bundle(source: _Source, device: torch.device) -> ClipBundle:
-    model = _instantiate(source, device)
+def _bundle(source: _Source, device: torch.device, seed: int) -> ClipBundle:
+    model = _instantiate(source, device, seed)
     model.eval()
     network = _hub_access() if source.tokenizer.startswith(HF_HUB) else contextlib.nullcontext()
     with _quiet_open_clip(), network:
@@ -166,8 +171,9 @@ def _bundle(source: _Source, device: torch.device) -> ClipBundle:
         architecture=source.name,
         kind=source.kind,
         source=source.source,
-        sha256=sha256_file(source.weights) if source.weights else NO_WEIGHTS,
+        sha256=sha256_file(source.weights) if source.weights else state_dict_sha256(model.state_dict()),
         preprocess=describe_preprocess(preprocess_cfg),
+        seed=None if source.weights else seed,
     )
     return ClipBundle(
         model=model,
@@ -318,9 +324,13 @@ def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
     return True
 
 
-def _instantiate(source: _Source, device: torch.device) -> torch.nn.Module:
+def _instantiate(source: _Source, device: torch.device, seed: int) -> torch.nn.Module:
     checkpoint = _read_checkpoint(source.weights) if source.weights else _Checkpoint({})
-    with _quiet_open_clip():
+    check_seeds([seed], "--seed")
+    # open_clip draws the initial weights on the CPU, then moves them: seeding the CPU generator makes random
+    # weights a function of the seed on every device; forking it leaves the caller's random stream alone.
+    with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         model = open_clip.create_model(
             source.architecture,
             load_weights=False,  # loaded below, from the file we resolved and hash
@@ -332,6 +342,16 @@ def _instantiate(source: _Source, device: torch.device) -> torch.nn.Module:
     if source.weights is not None:
         _load_weights(model, checkpoint, source.weights, source.name)
     return model
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """The sha256 of weights held in memory (names, dtypes, shapes and bytes): the identity of random weights."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,11 @@
-"""Contrastive pretraining of a CLIP from scratch on an image-caption corpus (symmetric InfoNCE)."""
+"""Contrastive pretraining of a CLIP from scratch on an image-caption corpus (symmetric InfoNCE), resumable.
+
+While a run trains, `state.pt` in its folder holds everything to continue it (weights, optimiser, schedule,
+random state, the curve so far, and the run's identity: its settings, initial weights and corpus); it is saved
+every `checkpoint_every` steps and at the end of every epoch, and removed once `model.pt` is written. Running
+the same command again continues from it to the same final weights as an uninterrupted run (bit for bit on
+CPU); a state of other settings is refused, or discarded with `restart` (always) or `restart_if_changed`.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +21,11 @@ import torch.nn.functional as F
 from gcctl.clip.factory import fresh_clip, preprocess_uint8, write_checkpoint
 from gcctl.curves import CurveLog
 from gcctl.errors import GcctlError
-from gcctl.runtime import (atomic_path, autocast, check_output, output_lock, progress, resolve_device, seed_everything,
-                            sha256_file, write_json)
+from gcctl.runtime import (atomic_path, autocast, check_output, load_resume_state, output_lock, progress, resolve_device,
+                           save_torch_file, seed_everything, sha256_file, write_json)
 
 OUTPUTS = ("model.pt", "summary.json")
+STATE = "state.pt"  # the resumable state of an unfinished run
 CURVE = "dvclive"  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's cap: a larger temperature makes the loss unstable
 
@@ -35,92 +43,169 @@ def pretrain(
     device: str = "auto",
     plot: Callable[[list[dict], Path, str], None] | None = None,
     overwrite: bool = False,
+    checkpoint_every: int = 100,
+    restart: bool = False,
+    restart_if_changed: bool = False,
 ) -> dict:
-    """Train `model_name` from random weights on `corpus` (an .npz with uint8 `images` [N,S,S,3] and
-    `captions` [N]); write model.pt, summary.json, the curve `dvclive/` and, drawn by
+    """Train `model_name` from random weights (drawn from `seed`) on `corpus` (an .npz with uint8 `images`
+    [N,S,S,3] and `captions` [N]); write model.pt, summary.json, the curve `dvclive/` and, drawn by
     `plot(history, path, model_name)` (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
 
     Batches are full (the last partial batch of an epoch is dropped): InfoNCE depends on batch size.
     The learning rate warms up linearly over the first `warmup` fraction of steps, then decays on a cosine.
-    The curve grows after every epoch, so an unfinished run shows its progress (model.pt marks a finished one).
+    The curve grows at every checkpoint, so an unfinished run shows its progress (model.pt marks a finished one).
     A finished run in `out` is replaced only with `overwrite`; a folder holding anything else never.
     """
-    _check_settings(epochs, batch_size, lr, weight_decay, warmup)
+    _check_settings(epochs, batch_size, lr, weight_decay, warmup, checkpoint_every)
     corpus, out = Path(corpus), Path(out)
     with output_lock(out):
         check_output(out, "pretrain", is_own=_is_pretrain_run, replace_own=overwrite or not (out / "model.pt").exists())
-        return _train(corpus, out, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot)
+        return _train(corpus, out, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot,
+                      checkpoint_every, restart, restart_if_changed)
 
 
 def _is_pretrain_run(out: Path) -> bool:
     """A folder a pretraining run wrote, finished (model.pt) or not (its curve)."""
-    return out.is_dir() and any((out / name).exists() for name in (*OUTPUTS, CURVE, "loss.png"))
+    return out.is_dir() and any((out / name).exists() for name in (*OUTPUTS, STATE, CURVE, "loss.png"))
 
 
-def _train(corpus: Path, out: Path, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot) -> dict:
+def _train(corpus: Path, out: Path, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot,
+           checkpoint_every, restart, restart_if_changed) -> dict:
     """`pretrain` once its --out is this process's."""
     images, captions = _load_pairs(corpus)
-    batch = min(batch_size, len(images))
-    steps_per_epoch = len(images) // batch
-    total_steps = epochs * steps_per_epoch
     torch_device = resolve_device(device)
     seed_everything(seed)
-    bundle = fresh_clip(model_name, torch_device)
-    model = bundle.model
-    for name in OUTPUTS:  # an interrupted run must not leave a previous run's model behind
+    bundle = fresh_clip(model_name, torch_device, seed=seed)
+    settings = {"model": model_name, "epochs": epochs, "batch_size": min(batch_size, len(images)), "lr": lr,
+                "weight_decay": weight_decay, "warmup": warmup, "seed": seed}
+    identity = {"config": settings, "model": bundle.reference.identity(), "corpus_sha256": sha256_file(corpus)}
+    run = _Run(bundle.model, settings, len(images), torch_device)
+    state = load_resume_state(out / STATE, identity, restart=restart, restart_if_changed=restart_if_changed)
+    for name in OUTPUTS if state else (*OUTPUTS, STATE):  # an interrupted run must not leave another run's files behind
         (out / name).unlink(missing_ok=True)
-    curve = CurveLog(out / CURVE)
+    if state:
+        run.load(state)
+    curve = CurveLog(out / CURVE)  # rewritten from the state: it never holds a step twice, or one the state lacks
+    if run.history:
+        curve.log_records(run.history, step_key="step")
+    logged = len(run.history)
+
+    def checkpoint() -> None:
+        nonlocal logged
+        if len(run.history) < run.total_steps:  # the last step's state is model.pt itself
+            save_torch_file(out / STATE, run.state(identity))
+        curve.log_records(run.history[logged:], step_key="step")
+        logged = len(run.history)
 
     tokens = _tokenize(bundle.tokenizer, captions).to(torch_device)
     pixels = torch.from_numpy(images).to(torch_device)
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup))
-    scaler = torch.amp.GradScaler(torch_device.type, enabled=torch_device.type == "cuda")
-    shuffler = torch.Generator().manual_seed(seed)
-
-    history = []
-    model.train()
-    started = time.perf_counter()
     with progress() as bar:
-        task = bar.add_task(f"pretrain {model_name}", total=total_steps)
-        for _ in range(epochs):
-            order = torch.randperm(len(images), generator=shuffler)[: steps_per_epoch * batch]
-            for rows in order.view(steps_per_epoch, batch).to(torch_device):
-                step_lr = schedule.get_last_lr()[0]
-                loss = _contrastive_step(model, preprocess_uint8(pixels[rows], model), tokens[rows], optimizer, scaler, torch_device)
-                schedule.step()
-                history.append({"step": len(history) + 1, "loss": loss, "lr": step_lr})
-                bar.update(task, advance=1, description=f"pretrain {model_name} loss {loss:.3f}")
-            curve.log_records(history[-steps_per_epoch:], step_key="step")
-    seconds = time.perf_counter() - started
-    model.eval()
+        task = bar.add_task(f"pretrain {model_name}", total=run.total_steps, completed=len(run.history))
+        run.train(pixels, tokens, checkpoint_every, checkpoint,
+                  on_step=lambda loss: bar.update(task, advance=1, description=f"pretrain {model_name} loss {loss:.3f}"))
+    summary = _write_outputs(run, out, corpus, identity, torch_device, plot)
+    (out / STATE).unlink(missing_ok=True)  # model.pt is complete: nothing is left to resume
+    return summary
 
+
+class _Run:
+    """The model and everything that changes while it trains; `state` and `load` make a run resumable."""
+
+    def __init__(self, model: torch.nn.Module, settings: dict, corpus_size: int, device: torch.device):
+        self.model, self.settings, self.device = model, settings, device
+        self.batch = settings["batch_size"]
+        self.steps_per_epoch = corpus_size // self.batch
+        self.total_steps = settings["epochs"] * self.steps_per_epoch
+        self.corpus_size = corpus_size
+        self.optimizer = torch.optim.AdamW(_param_groups(model, settings["weight_decay"]), lr=settings["lr"], betas=(0.9, 0.98), eps=1e-6)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: warmup_cosine(step, self.total_steps, settings["warmup"]))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        self.history: list[dict] = []  # one record per step taken: step, loss, lr
+        self.seconds = 0.0  # training time over every session of the run
+
+    def train(self, pixels: torch.Tensor, tokens: torch.Tensor, checkpoint_every: int, checkpoint: Callable[[], None],
+              on_step: Callable[[float], None]) -> None:
+        """The steps not yet taken; `checkpoint` after every `checkpoint_every` steps and every epoch."""
+        self.model.train()
+        first_epoch, done_in_epoch = divmod(len(self.history), self.steps_per_epoch)
+        for epoch in range(first_epoch, self.settings["epochs"]):
+            for rows in self._epoch_batches(epoch)[done_in_epoch if epoch == first_epoch else 0 :]:
+                started = time.perf_counter()
+                step_lr = self.schedule.get_last_lr()[0]
+                images = preprocess_uint8(pixels[rows], self.model)
+                loss = _contrastive_step(self.model, images, tokens[rows], self.optimizer, self.scaler, self.device)
+                self.schedule.step()
+                self.seconds += time.perf_counter() - started
+                self.history.append({"step": len(self.history) + 1, "loss": loss, "lr": step_lr})
+                on_step(loss)
+                if len(self.history) % checkpoint_every == 0 or len(self.history) % self.steps_per_epoch == 0:
+                    checkpoint()
+        self.model.eval()
+
+    def _epoch_batches(self, epoch: int) -> torch.Tensor:
+        """Epoch `epoch`'s batches of corpus rows: a function of the seed and the epoch, so a resumed run
+        draws the same ones."""
+        shuffler = torch.Generator().manual_seed(self.settings["seed"] * 1_000_003 + epoch)
+        order = torch.randperm(self.corpus_size, generator=shuffler)[: self.steps_per_epoch * self.batch]
+        return order.view(self.steps_per_epoch, self.batch).to(self.device)
+
+    def state(self, identity: dict) -> dict:
+        random_state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            random_state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "identity": identity,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "random": random_state,
+            "history": self.history,
+            "seconds": self.seconds,
+        }
+
+    def load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["random"]["cpu"])
+        if "cuda" in state["random"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["random"]["cuda"], self.device)
+        self.history, self.seconds = state["history"], state["seconds"]
+
+
+def _write_outputs(run: _Run, out: Path, corpus: Path, identity: dict, device: torch.device, plot) -> dict:
+    """summary.json, loss.png, then model.pt: renamed into place last, so its presence means every other
+    output is complete."""
+    settings, history = run.settings, run.history
     tail = [record["loss"] for record in history[-10:]]
     summary = {
-        "model": model_name,
+        "model": settings["model"],
         "corpus": str(corpus),
-        "corpus_sha256": sha256_file(corpus),
-        "images": len(images),
-        "epochs": epochs,
-        "batch_size": batch,
-        "steps": total_steps,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup": warmup,
-        "seed": seed,
-        "device": str(torch_device),
-        "seconds": round(seconds, 2),
-        "seconds_per_step": round(seconds / total_steps, 4),
+        "corpus_sha256": identity["corpus_sha256"],
+        "images": run.corpus_size,
+        "epochs": settings["epochs"],
+        "batch_size": run.batch,
+        "steps": run.total_steps,
+        "lr": settings["lr"],
+        "weight_decay": settings["weight_decay"],
+        "warmup": settings["warmup"],
+        "seed": settings["seed"],
+        "init_sha256": identity["model"]["sha256"],
+        "device": str(device),
+        "seconds": round(run.seconds, 2),
+        "seconds_per_step": round(run.seconds / run.total_steps, 4),
         "first_loss": history[0]["loss"],
         "final_loss": float(np.mean(tail)),  # mean of the last 10 steps: one batch is noisy
-        "logit_scale": round(model.logit_scale.detach().exp().item(), 3),
+        "logit_scale": round(run.model.logit_scale.detach().exp().item(), 3),
     }
-    # model.pt is renamed into place last, so its presence means every other output is complete.
     with atomic_path(out / "model.pt") as model_tmp:
-        write_checkpoint(model, model_tmp, model_name)
+        write_checkpoint(run.model, model_tmp, settings["model"])
         summary["model_sha256"] = sha256_file(model_tmp)
         if plot is not None:
-            plot(history, out / "loss.png", model_name)
+            plot(history, out / "loss.png", settings["model"])
         write_json(out / "summary.json", summary)
     return summary
 
@@ -188,9 +273,9 @@ def _load_pairs(corpus: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, captions.astype(str)
 
 
-def _check_settings(epochs: int, batch_size: int, lr: float, weight_decay: float, warmup: float) -> None:
-    if epochs < 1:
-        raise GcctlError(f"--epochs must be at least 1, got {epochs}")
+def _check_settings(epochs: int, batch_size: int, lr: float, weight_decay: float, warmup: float, checkpoint_every: int) -> None:
+    if epochs < 1 or checkpoint_every < 1:
+        raise GcctlError(f"--epochs and --checkpoint-every must be at least 1, got {epochs} and {checkpoint_every}")
     if batch_size < 2:
         raise GcctlError(f"--batch-size must be at least 2 (contrastive pairs need negatives), got {batch_size}")
     if lr <= 0 or weight_decay < 0:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
 import os
 import time
@@ -46,8 +44,8 @@ from gcctl.methods.finetune import parallel
 from gcctl.methods.finetune.evaluate import CAPTION, split_rows, zeroshot_metrics
 from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
 from gcctl.methods.finetune.pools import draw_templates, fill, read_pools
-from gcctl.runtime import (atomic_path, autocast, check_output, load_torch_file, output_lock, progress, refuse_inside,
-                            resolve_device, seed_everything, sha256_file, write_json)
+from gcctl.runtime import (atomic_path, autocast, check_output, load_resume_state, output_lock, progress, refuse_inside,
+                           resolve_device, save_torch_file, seed_everything, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ class FinetuneConfig:
     weight_decay: float = 0.1
     warmup: float = 0.1  # fraction of the steps with a linear warm-up, then a cosine decay
     select_by: str = "acc_wg"  # validation metric that picks the kept epoch
-    seed: int = 0
+    seed: int = 0  # batch order, template draws, and the initial weights when they are random
 
     def check(self) -> None:
         choices = {"method": METHODS, "loss": LOSSES, "towers": TOWERS, "select_by": SELECT_BY}
@@ -169,7 +167,7 @@ class FinetuneRun:
             raise GcctlError(f"the batch of {self.batch_size} does not split evenly over {world.size} processes; choose a multiple")
         self.steps_per_epoch = len(self.train_rows) // self.batch_size
         seed_everything(config.seed)
-        self.bundle = build_clip(model_name, pretrained, device=device)
+        self.bundle = build_clip(model_name, pretrained, device=device, seed=config.seed)
         self.model = self.bundle.model
         self.templates = read_pools(config.pools) if config.method == "starft" else []
         self.identity = self._identity()
@@ -260,16 +258,9 @@ class FinetuneRun:
 
     def _resume(self, restart: bool, restart_if_changed: bool) -> int:
         """The first epoch to train: after the last finished one of a run with the same identity."""
-        path = self.out / STATE
-        if not path.is_file() or restart:
+        state = load_resume_state(self.out / STATE, self.identity, restart=restart, restart_if_changed=restart_if_changed)
+        if state is None:
             return 0
-        state = load_torch_file(path)
-        if state["identity"] != self.identity and restart_if_changed:
-            log.info("%s holds a run of another config (%s); starting over", self.out, _differences(state["identity"], self.identity))
-            return 0
-        if state["identity"] != self.identity:
-            raise GcctlError(f"{self.out} holds a run of another config ({_differences(state['identity'], self.identity)}); "
-                             "use another --out, or --restart to discard it")
         self.model.load_state_dict(state["model"])
         if self.head is not None:
             self.head.load_state_dict(state["head"])
@@ -291,8 +282,7 @@ class FinetuneRun:
             "curve": self.curve,
             "best": self.best,
         }
-        with atomic_path(self.out / STATE) as tmp:
-            torch.save(state, tmp)
+        save_torch_file(self.out / STATE, state)
 
     # ------------------------------------------------------------------ training
 
@@ -439,20 +429,3 @@ def _curve_point(record: dict) -> dict:
     """A curve record with its validation metrics as `val_<name>` fields (per-group accuracies left out)."""
     flat = {key: value for key, value in record.items() if key != "val"}
     return {**flat, **{f"val_{name}": value for name, value in record["val"].items() if name != "per_group"}}
-
-
-def _differences(saved: dict, wanted: dict) -> str:
-    """The first few fields that differ between two run identities, as `field saved → wanted`."""
-    flat_saved, flat_wanted = _flatten(saved), _flatten(wanted)
-    keys = [key for key in dict.fromkeys([*flat_saved, *flat_wanted]) if flat_saved.get(key) != flat_wanted.get(key)]
-    shown = [f"{key} {_short(flat_saved.get(key))} → {_short(flat_wanted.get(key))}" for key in keys[:3]]
-    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-
-def _flatten(identity: dict) -> dict:
-    return {**identity["config"], **{key: value for key, value in identity.items() if key != "config"}}
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
