@@ -100,7 +100,7 @@ def memory(rows: int = 1_000_000, model: str = "ViT-B-16") -> dict:
             features[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
         write_store(path, features, y, rng.choice(3, rows, p=[0.8, 0.1, 0.1]), [str(i) for i in range(rows)],
                     {"place": place}, vocabulary=GroupVocabulary(["circle", "square"], {"place": ["grass", "water"]}),
-                    provenance={"model": model, "pretrained": "none"})
+                    provenance={"model_ref": bundle.reference.to_dict(), "embed_dim": dim})
         del features
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with FeatureStore(path) as store:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from gcctl.runtime import corrupt_file_error
+
 METRICS_SUBDIR = Path("plots") / "metrics"
 
 
@@ -61,10 +63,13 @@ def read_curve(directory: str | os.PathLike) -> list[dict]:
     by_step: dict[int, dict] = {}
     for path in sorted(root.rglob("*.tsv")) if root.is_dir() else []:
         name = path.relative_to(root).with_suffix("").as_posix()
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                step = int(row["step"])
-                by_step.setdefault(step, {"step": step})[name] = float(row[path.stem])
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle, delimiter="\t"):
+                    step = int(row["step"])
+                    by_step.setdefault(step, {"step": step})[name] = float(row[path.stem])
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
+            raise corrupt_file_error(path, error) from None
     return [by_step[step] for step in sorted(by_step)]
 
 

@@ -89,6 +89,12 @@ def check_seeds(seeds: Sequence[int], option: str = "--seeds") -> None:
         raise GcctlError(f"{option} repeats seed {repeated[0]}; give each seed once")
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s batch order: a function of the run's seed and the epoch alone, so a resumed
+    run draws the same batches."""
+    return seed * 1_000_003 + epoch
+
+
 def seed_everything(seed: int) -> None:
     import torch
 

@@ -101,6 +101,8 @@ def check_params(path: Path, root_command, ctx) -> dict:
         node = _section(document, section)
         if node is None:
             continue
+        if not isinstance(node, dict):
+            raise GcctlError(f"{path}: {section} is not a mapping (of named runs or options); fix its shape")
         command = _command(root_command, ctx, command_path)
         runs = {section: node} if section in _SINGLE_SECTIONS else {f"{section}.{name}": run for name, run in node.items()}
         for key, run in runs.items():
@@ -109,7 +111,10 @@ def check_params(path: Path, root_command, ctx) -> dict:
             _checked(key, run, command, " ".join(command_path))
             checked += 1
     declared = set(_section(document, "datasets") or {})
-    named = [("train.datasets", name) for name in _section(document, "train.datasets") or []]
+    listed = _section(document, "train.datasets") or []
+    if not isinstance(listed, list):
+        raise GcctlError(f"{path}: train.datasets is not a list of dataset names, e.g. [waterbirds]")
+    named = [("train.datasets", name) for name in listed]
     if _section(document, "finetune.dataset") is not None:
         named.append(("finetune.dataset", _section(document, "finetune.dataset")))
     for key, name in named:

@@ -105,7 +105,6 @@ def merge(
     print_summary(summary, "merged", as_json)
 
 
-
 def register(app: typer.Typer) -> None:
     app.command()(extract)
     app.command()(info)

@@ -9,6 +9,7 @@ import typer
 
 from gcctl.cli.data import reads_dataset
 from gcctl.cli.output import print_summary
+from gcctl.clip.captions import DEFAULT_CAPTION
 from gcctl.datasets import DatasetTable
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
@@ -32,7 +33,7 @@ def finetune(
     pool: Annotated[Optional[list[str]], typer.Option(
         "--pool", help="Spurious templates: a shipped pool (background, texture, resolution, synthetic) or a file, "
         "one template with {} per line; repeat to join pools. Default: background.")] = None,
-    caption: Annotated[str, typer.Option("--caption", help="Each image's class caption; {} is the class name.")] = "a photo of a {}.",
+    caption: Annotated[str, typer.Option("--caption", help="Each image's class caption; {} is the class name.")] = DEFAULT_CAPTION,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the train split.")] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (split over torchrun processes).")] = 256,
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 1e-5,
@@ -85,7 +86,6 @@ def wise(
 
     summary = wise_ft(zeroshot, finetuned, alpha, out, model_name=model)
     print_summary(summary, f"WiSE-FT α={alpha} → {out}", as_json)
-
 
 
 def register(app: typer.Typer) -> None:

@@ -71,6 +71,5 @@ def fetch(
     print_summary(fetch_checkpoint(model, pretrained, out), "fetched", as_json)
 
 
-
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="models")

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from gcctl.cli.data import reads_dataset
+from gcctl.clip.captions import DEFAULT_CAPTION
 from gcctl.datasets import DatasetTable
 from gcctl.errors import GcctlError
 
@@ -110,7 +111,7 @@ def evaluate(
         "--features", help="--run: evaluate on this store instead of the one the run was trained on (same model and weights).")] = None,
     model: Annotated[Optional[str], typer.Option(
         "--model", help="--checkpoint: the architecture (default: the one the checkpoint records).")] = None,
-    caption: Annotated[str, typer.Option("--caption", help="--checkpoint: each class's prompt; {} is the class name.")] = "a photo of a {}.",
+    caption: Annotated[str, typer.Option("--caption", help="--checkpoint: each class's prompt; {} is the class name.")] = DEFAULT_CAPTION,
     name: Annotated[Optional[str], typer.Option(
         "--name", help="--checkpoint: the label in reports (default: the folder the checkpoints share).")] = None,
     device: Device = "auto",

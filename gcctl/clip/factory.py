@@ -32,7 +32,7 @@ from open_clip.pretrained import download_pretrained, download_pretrained_from_h
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import QuickGELU
 
-from gcctl.clip.reference import ModelRef
+from gcctl.clip.reference import HF_HUB, LOCAL_DIR, ModelRef
 from gcctl.errors import GcctlError
 from gcctl.runtime import (atomic_path, check_seeds, corrupt_file_error, load_torch_file, read_json, resolve_device, sha256_file,
                            write_json)
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PACKAGED_MODELS = tuple(sorted(path.stem for path in CONFIG_DIR.glob("*.json")))
-LOCAL_DIR = "local-dir:"
-HF_HUB = "hf-hub:"
 LOCAL_DIR_CONFIG = "open_clip_config.json"  # the names open_clip's local-dir: reader looks for
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")

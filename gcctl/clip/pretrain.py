@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from gcctl.clip.factory import fresh_clip, preprocess_uint8, write_checkpoint
 from gcctl.curves import CurveLog
 from gcctl.errors import GcctlError
-from gcctl.runtime import (atomic_path, autocast, check_output, load_resume_state, output_lock, progress, resolve_device,
+from gcctl.runtime import (atomic_path, autocast, check_output, epoch_seed, load_resume_state, output_lock, progress, resolve_device,
                            save_torch_file, seed_everything, sha256_file, write_json)
 
-OUTPUTS = ("model.pt", "summary.json")
+OUTPUTS = ("model.pt", "summary.json", "loss.png")
 STATE = "state.pt"  # the resumable state of an unfinished run
 CURVE = "dvclive"  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's cap: a larger temperature makes the loss unstable
@@ -66,7 +66,7 @@ def pretrain(
 
 def _is_pretrain_run(out: Path) -> bool:
     """A folder a pretraining run wrote, finished (model.pt) or not (its curve)."""
-    return out.is_dir() and any((out / name).exists() for name in (*OUTPUTS, STATE, CURVE, "loss.png"))
+    return out.is_dir() and any((out / name).exists() for name in (*OUTPUTS, STATE, CURVE))
 
 
 def _train(corpus: Path, out: Path, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot,
@@ -146,7 +146,7 @@ class _Run:
     def _epoch_batches(self, epoch: int) -> torch.Tensor:
         """Epoch `epoch`'s batches of corpus rows: a function of the seed and the epoch, so a resumed run
         draws the same ones."""
-        shuffler = torch.Generator().manual_seed(self.settings["seed"] * 1_000_003 + epoch)
+        shuffler = torch.Generator().manual_seed(epoch_seed(self.settings["seed"], epoch))
         order = torch.randperm(self.corpus_size, generator=shuffler)[: self.steps_per_epoch * self.batch]
         return order.view(self.steps_per_epoch, self.batch).to(self.device)
 

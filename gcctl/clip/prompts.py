@@ -10,7 +10,6 @@ prompt of 8 tokens costs 8 positions instead of the context length (77 for OpenA
 
 from __future__ import annotations
 
-import string
 from typing import Sequence
 
 import torch
@@ -22,19 +21,6 @@ _POOL_TYPES = ("argmax", "eos", "first", "last")
 CLASS_POSITIONS = ("end", "middle", "front")
 # Stands for one context token in the tokenised template; replaced by a learned vector.
 _PLACEHOLDER = "X"
-
-
-def check_template(template: str, where: str, slot: str = "the class name") -> None:
-    """A prompt template takes exactly one `{}`, filled with `slot`, and no other braces (`str.format` would
-    fail on them, or leave a second `{}` unfilled)."""
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as error:
-        raise GcctlError(f"template '{template}' {where} is malformed ({error}); use {{}} once and no other braces") from None
-    if fields != [""]:
-        count = "no {}" if not fields else f"{{{fields[0]}}}" if len(fields) == 1 else f"{len(fields)} fields"
-        raise GcctlError(f"template '{template}' {where} has {count}; it needs exactly one {{}} for {slot}, "
-                         "e.g. 'a photo of a {}.'")
 
 
 def _text_parts(model: nn.Module) -> dict:

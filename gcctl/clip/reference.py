@@ -18,7 +18,8 @@ from pathlib import Path
 from gcctl.errors import GcctlError
 
 _LOCAL_KINDS = ("file", "local-dir")  # sources that are paths on this machine
-_PREFIXES = {"local-dir": "local-dir:", "hf-hub": "hf-hub:"}
+LOCAL_DIR, HF_HUB = "local-dir:", "hf-hub:"  # the --pretrained prefixes of model folders and hub repos
+_PREFIXES = {"local-dir": LOCAL_DIR, "hf-hub": HF_HUB}
 NO_WEIGHTS = "none"  # the sha256 that records made before random weights were seeded hold
 
 
@@ -41,8 +42,13 @@ class ModelRef:
     @classmethod
     def from_dict(cls, record: dict, anchor: str | os.PathLike | None = None) -> "ModelRef":
         """The reference an artifact recorded; `anchor` is the artifact's folder."""
-        return cls(**{key: record[key] for key in ("architecture", "kind", "source", "sha256", "preprocess")},
-                   seed=record.get("seed"), anchor=Path(anchor) if anchor is not None else None)
+        try:
+            fields = {key: record[key] for key in ("architecture", "kind", "source", "sha256", "preprocess")}
+        except (KeyError, TypeError):
+            where = f" in {anchor}" if anchor is not None else ""
+            raise GcctlError(f"the model reference recorded{where} is incomplete ({record!r:.80}); "
+                             "rerun the stage that wrote it") from None
+        return cls(**fields, seed=record.get("seed"), anchor=Path(anchor) if anchor is not None else None)
 
     def identity(self) -> dict:
         """What makes two models the same model, wherever their weights lie: features made with one are

@@ -22,6 +22,9 @@ import numpy as np
 from gcctl.errors import GcctlError
 
 
+GROUP_FILE_METADATA_KEY = b"gcctl.groups"  # where a group file (pseudo-labels) records its vocabulary
+
+
 class GroupVocabulary:
     """Classes and attribute values (names in order), and optionally the train images per group."""
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gcctl.datasets.table import PARQUET_METADATA_KEY
+from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
 from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData, load_labeling_data
 from gcctl.groups.strategies import Inference, erm_error, kmeans, oracle, val_probe
@@ -138,7 +138,7 @@ def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, 
         "strategy": np.full(len(group), strategy, dtype=object),
     })
     described = {"vocabulary": data.vocabulary.counted(group).to_dict()}
-    return table.replace_schema_metadata({PARQUET_METADATA_KEY: json.dumps(described).encode()})
+    return table.replace_schema_metadata({GROUP_FILE_METADATA_KEY: json.dumps(described).encode()})
 
 
 def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gcctl.datasets.groups import GroupVocabulary
-from gcctl.datasets.table import PARQUET_METADATA_KEY
+from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
 from gcctl.errors import GcctlError
 from gcctl.metrics import compute_metrics
 from gcctl.store import FeatureStore
@@ -91,7 +91,7 @@ def _read_group_frame(path: Path):
         arrow = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a non-Parquet file
         raise GcctlError(f"group file {path} is not a readable Parquet file ({type(error).__name__})") from None
-    described = (arrow.schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    described = (arrow.schema.metadata or {}).get(GROUP_FILE_METADATA_KEY)
     recorded = None if described is None else GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
     frame: pd.DataFrame = arrow.to_pandas()
     missing = {"id", "group"} - set(frame.columns)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.prompts import check_template, class_words, encode_texts, logit_scale
+from gcctl.clip.captions import DEFAULT_CAPTION, check_template
+from gcctl.clip.prompts import class_words, encode_texts, logit_scale
 from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import TrainingData, split_metrics
 
@@ -15,7 +16,7 @@ from gcctl.methods.data import TrainingData, split_metrics
 @dataclass
 class ZeroShotConfig:
     class_names: list[str] | None = None  # prompt words per class; default: the store's class names
-    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])  # several = an ensemble
+    templates: list[str] = field(default_factory=lambda: [DEFAULT_CAPTION])  # several = an ensemble
 
     def __post_init__(self) -> None:
         for template in self.templates:
@@ -23,9 +24,8 @@ class ZeroShotConfig:
 
 
 def class_text_features(bundle, words: list[str], templates: list[str]) -> torch.Tensor:
-    """One normalised text feature per class: the renormalised mean of its templates' features."""
-    for template in templates:
-        check_template(template, "in the prompts")
+    """One normalised text feature per class: the renormalised mean of its templates' features (checked
+    where they enter: ZeroShotConfig, evaluate's --caption, FinetuneConfig)."""
     per_template = torch.stack([encode_texts(bundle.model, bundle.tokenizer, [t.format(w) for w in words]) for t in templates])
     return F.normalize(per_template.mean(dim=0), dim=-1)
 

@@ -21,16 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.factory import ClipBundle, build_clip, checkpoint_model_name
+from gcctl.clip.prompts import class_words
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
-from gcctl.clip.prompts import check_template, class_words
 from gcctl.methods.zeroshot import class_text_features
 from gcctl.metrics import compute_metrics, metrics_from_predictions, predictions_frame, write_evaluation
 from gcctl.runtime import autocast, read_json, resolve_device
-
-CAPTION = "a photo of a {}."
 
 
 def split_rows(table: DatasetTable, split: str) -> np.ndarray:
@@ -59,7 +58,7 @@ def zeroshot_scores(
     split: str,
     *,
     device: torch.device,
-    caption: str = CAPTION,
+    caption: str = DEFAULT_CAPTION,
     batch_size: int = 256,
     workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +134,7 @@ def evaluate_checkpoints(
     split: str = "test",
     *,
     model_name: str | None = None,
-    caption: str = CAPTION,
+    caption: str = DEFAULT_CAPTION,
     name: str | None = None,
     device: str = "auto",
     batch_size: int = 256,

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from gcctl.clip.prompts import check_template
+from gcctl.clip.captions import check_template
 from gcctl.errors import GcctlError
 
 POOL_DIR = Path(__file__).resolve().parents[2] / "data" / "pools"

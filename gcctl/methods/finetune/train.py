@@ -32,19 +32,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gcctl import __version__
+from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.factory import build_clip, save_checkpoint
 from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
-from gcctl.clip.prompts import check_template, class_words, logit_scale
+from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.curves import CurveLog
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
 from gcctl.methods.base import SELECT_BY
 from gcctl.methods.finetune import parallel
-from gcctl.methods.finetune.evaluate import CAPTION, split_rows, zeroshot_metrics
+from gcctl.methods.finetune.evaluate import split_rows, zeroshot_metrics
 from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
 from gcctl.methods.finetune.pools import draw_templates, fill, read_pools
-from gcctl.runtime import (atomic_path, autocast, check_output, load_resume_state, output_lock, progress, refuse_inside,
+from gcctl.runtime import (autocast, check_output, epoch_seed, load_resume_state, output_lock, progress, refuse_inside,
                            resolve_device, save_torch_file, seed_everything, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class FinetuneConfig:
     reg_lambda: float = 0.5  # weight of the StarFT regulariser
     lambda_decay: bool = True  # decay the weight linearly over the epochs
     pools: tuple[str, ...] = ("background",)  # shipped pool names or files of spurious templates
-    caption: str = CAPTION  # each image's class caption; {} is the class name
+    caption: str = DEFAULT_CAPTION  # each image's class caption; {} is the class name
     epochs: int = 10
     batch_size: int = 256  # the global batch, split over the processes of a data-parallel run
     lr: float = 1e-5
@@ -307,11 +308,11 @@ class FinetuneRun:
 
     def _epoch(self, epoch: int, on_step) -> dict:
         reg_lambda = self.config.lambda_at(epoch)
-        epoch_seed = self.config.seed * 1_000_003 + epoch
-        order = torch.randperm(len(self.train_rows), generator=torch.Generator().manual_seed(epoch_seed))
+        seed = epoch_seed(self.config.seed, epoch)
+        order = torch.randperm(len(self.train_rows), generator=torch.Generator().manual_seed(seed))
         batches = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
         local = [self.world.share(self.train_rows[batch]).tolist() for batch in batches]
-        templates = draw_templates(len(self.table.frame), max(1, len(self.templates)), epoch_seed)
+        templates = draw_templates(len(self.table.frame), max(1, len(self.templates)), seed)
         loader = DataLoader(ImageDataset(self.table, self.bundle.preprocess), batch_sampler=local, num_workers=self.workers)
         totals = {"loss": 0.0, "base_loss": 0.0, "regulariser": 0.0}
         self.model.train()
