@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -391,6 +392,11 @@ def _first_line_of_worker_error(error: Exception) -> str:
     return str(error).rsplit("GcctlError: ", 1)[-1]
 
 
+# A store's size beyond its features: labels, split, id and attributes per row, and HDF5's own bookkeeping.
+_ROW_OVERHEAD_BYTES = 128
+_FILE_OVERHEAD_BYTES = 1 << 20
+
+
 def extract(
     table: "DatasetTable",
     bundle: "ClipBundle",
@@ -419,7 +425,22 @@ def extract(
     device = resolve_device("auto") if device is None else device
     with output_lock(out):  # held until the rename: the .partial is this process's alone
         check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished
+        _check_free_space(out, len(shard.rows(len(table.frame))), bundle.provenance["embed_dim"], dtype)
         return _encode(table, bundle, out, batch_size, workers, dtype, normalize, shard, device, on_progress)
+
+
+def _check_free_space(out: Path, rows: int, embed_dim: int, dtype: str) -> None:
+    """Refuse before any work when the store cannot fit: HDF5 cannot recover from a full disk mid-write (its
+    cache is left broken and the process crashes when it exits), so the space is asked for up front. A
+    resumed run needs only what its .partial does not hold yet."""
+    needed = rows * (embed_dim * np.dtype(dtype).itemsize + _ROW_OVERHEAD_BYTES) + _FILE_OVERHEAD_BYTES
+    tmp = partial_path(out)
+    needed -= tmp.stat().st_size if tmp.is_file() else 0
+    folder = next(folder for folder in (out.parent, *out.parent.parents) if folder.exists())
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise GcctlError(f"the store needs about {needed / 2**20:.1f} MiB but {out.parent} has {free / 2**20:.1f} MiB "
+                         "free; free some space or choose another --out")
 
 
 def check_extract_out(table: "DatasetTable", out: Path, overwrite: bool) -> None:

@@ -225,3 +225,25 @@ def test_an_earlier_store_is_replaced_only_with_overwrite(tiny_waterbirds, micro
     with pytest.raises(GcctlError, match="pass --overwrite"):
         extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64)
     assert extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64, overwrite=True)["rows"] == len(table.frame)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 256 KiB file system (tmpfs), where the machine lets this process mount one."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_store_that_cannot_fit_is_refused_before_any_work(tiny_waterbirds, small_disk, run_cli):
+    out = small_disk / "features.h5"
+    code, out_text, err = run_cli("extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),
+                                  "--model", "gcctl-micro", "--pretrained", "none", "--out", str(out), "--device", "cpu")
+    assert code == 1 and out_text == "" and err.count("\n") == 1
+    assert "MiB free; free some space or choose another --out" in err
+    assert list(small_disk.iterdir()) == []  # no partial file, no lock left
