@@ -520,8 +520,16 @@ def _encode(table, bundle, out: Path, batch_size, workers, dtype, normalize, sha
     }
 
 
-def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Join the shards of one extraction (any order) into a single store; they must be complete and agree."""
+def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Join the shards of one extraction (any order) into a single store; they must be complete and agree.
+    One writer at a time, and an earlier store at `out` is replaced only with `overwrite`."""
+    out = Path(out)
+    with output_lock(out):
+        check_output(out, "merge", is_own=is_feature_store, replace_own=overwrite)
+        return _merge(parts, out)
+
+
+def _merge(parts: Sequence[str | os.PathLike], out: Path) -> Path:
     stores = [FeatureStore(part) for part in parts]
     try:
         identities = [_extraction_identity(store.provenance) for store in stores]
@@ -538,7 +546,7 @@ def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
         ordered = [store for _, store in sorted(zip((shard.index for shard in shards), stores), key=lambda pair: pair[0])]
         first = ordered[0]
         provenance = {key: first.provenance[key] for key in _EXTRACTION_KEYS if key in first.provenance}
-        provenance["model_ref"] = first.model_ref().recorded_for(Path(out).resolve().parent).to_dict()
+        provenance["model_ref"] = first.model_ref().recorded_for(out.resolve().parent).to_dict()
         provenance["shard"] = "0/1"
         provenance["merged_from"] = len(ordered)
         return write_store(

@@ -91,6 +91,7 @@ def info(
 def merge(
     parts: Annotated[list[Path], typer.Argument(help="The shard files written with --shard i/n, in any order.")],
     out: Annotated[Path, typer.Option("--out", help="The merged HDF5 file.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier feature store at --out.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Join the shards of one extraction into a single feature store.
@@ -99,7 +100,7 @@ def merge(
     """
     from gcctl.store import FeatureStore, merge as merge_stores
 
-    merged = merge_stores(parts, out)
+    merged = merge_stores(parts, out, overwrite=overwrite)
     with FeatureStore(merged) as store:
         summary = {"out": str(merged), "rows": len(store), "parts": len(parts)}
     print_summary(summary, "merged", as_json)
