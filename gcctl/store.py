@@ -419,9 +419,7 @@ def extract(
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
     out = Path(out)
-    missing = table.missing_files()
-    if missing:
-        raise GcctlError(f"image {table.root / missing[0]} not found ({len(missing)}+ missing); check --root")
+    table.require_files()
     device = resolve_device("auto") if device is None else device
     with output_lock(out):  # held until the rename: the .partial is this process's alone
         check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished

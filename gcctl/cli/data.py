@@ -164,10 +164,7 @@ def write_table(
 
     Example: gcctl data table --dataset waterbirds --root pipeline/data/waterbirds --out pipeline/tables/waterbirds.parquet
     """
-    missing = table.missing_files()
-    if missing:
-        raise GcctlError(f"{table.root} lacks {missing[0]} (and maybe more) that its metadata lists; "
-                         "point --root at the complete dataset")
+    table.require_files()
     table.save(out)
     if as_json:
         typer.echo(json.dumps({"out": str(out), **_summary(table)}, indent=2))

@@ -134,6 +134,13 @@ class DatasetTable:
                     break
         return outside
 
+    def require_files(self) -> None:
+        """Stop before any work when images the metadata lists are not under the root."""
+        missing = self.missing_files(limit=5)
+        if missing:
+            raise GcctlError(f"image {self.root / missing[0]} not found (of {len(missing)} missing images checked); "
+                             "point --root at the complete dataset")
+
     def save(self, path: str | os.PathLike) -> None:
         """Write Parquet atomically; the group vocabulary, the fingerprint and the root travel in the schema
         metadata. The root is recorded relative to the table's folder, so a pipeline folder moved as a whole

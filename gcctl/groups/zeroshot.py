@@ -21,7 +21,6 @@ from gcctl.clip.prompts import class_words
 from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData
 from gcctl.groups.strategies import Inference
-from gcctl.runtime import seed_everything
 
 DEFAULT_TEMPLATE = "a photo of a {class} on {value}."
 
@@ -78,7 +77,6 @@ def zeroshot_attr(
 
     prompts = attribute_prompts(specs, data.vocabulary.attributes)
     words = class_words(class_names, data.class_names)
-    seed_everything(data.seed)  # so a model without pretrained weights is built the same on every run
     bundle = build_from_reference(reference, recorded_in=f"the feature store in {reference.anchor}", pretrained=pretrained,
                                   embed_dim=data.train_features.shape[1], device=data.device)
     scale = logit_scale(bundle.model)

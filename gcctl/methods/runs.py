@@ -75,7 +75,6 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
     with FeatureStore(features) as store:
         data = load_training_data(store, device, groups)
         reference, embed_dim = store.model_ref(), store.embed_dim
-    seed_everything(seeds[0])  # so a model without pretrained weights is built the same in every run
     bundle = None
     if spec.uses_clip:
         from gcctl.clip.factory import build_from_reference  # here: only methods with a text tower build one
