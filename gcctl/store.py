@@ -434,11 +434,16 @@ def _check_free_space(out: Path, rows: int, embed_dim: int, dtype: str) -> None:
     needed = rows * (embed_dim * np.dtype(dtype).itemsize + _ROW_OVERHEAD_BYTES) + _FILE_OVERHEAD_BYTES
     tmp = partial_path(out)
     needed -= tmp.stat().st_size if tmp.is_file() else 0
-    folder = next(folder for folder in (out.parent, *out.parent.parents) if folder.exists())
-    free = shutil.disk_usage(folder).free
+    free = _free_bytes(out)
     if needed > free:
         raise GcctlError(f"the store needs about {needed / 2**20:.1f} MiB but {out.parent} has {free / 2**20:.1f} MiB "
                          "free; free some space or choose another --out")
+
+
+def _free_bytes(path: Path) -> int:
+    """Free space on the file system that holds (or will hold) `path`."""
+    folder = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    return shutil.disk_usage(folder).free
 
 
 def check_extract_out(table: "DatasetTable", out: Path, overwrite: bool) -> None:
@@ -491,7 +496,11 @@ def _encode(table, bundle, out: Path, batch_size, workers, dtype, normalize, sha
                     encoded = torch.nn.functional.normalize(encoded, dim=-1)
                 if not torch.isfinite(encoded).all():
                     raise GcctlError(f"the image tower produced NaN/inf features near row {done}; check the weights")
-                features[done : done + len(encoded)] = encoded.cpu().numpy().astype(FEATURE_DTYPES[dtype])
+                block = encoded.cpu().numpy().astype(FEATURE_DTYPES[dtype])
+                if _free_bytes(tmp) < block.nbytes + _FILE_OVERHEAD_BYTES:  # the disk filled since the check above
+                    raise GcctlError(f"{tmp.parent} is nearly full after {done} of {len(rows)} rows; free some space and "
+                                     "run the same command again: it resumes from there")
+                features[done : done + len(encoded)] = block
                 done += len(encoded)
                 handle.attrs["rows_done"] = done
                 handle.flush()

@@ -247,3 +247,31 @@ def test_a_store_that_cannot_fit_is_refused_before_any_work(tiny_waterbirds, sma
     assert code == 1 and out_text == "" and err.count("\n") == 1
     assert "MiB free; free some space or choose another --out" in err
     assert list(small_disk.iterdir()) == []  # no partial file, no lock left
+
+
+def test_a_disk_that_fills_mid_way_stops_cleanly_and_the_run_resumes(tiny_waterbirds, micro_bundle, tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from gcctl import store as store_module
+
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    out = tmp_path / "features.h5"
+    disk = real_shutil.disk_usage(tmp_path)
+    calls = {"n": 0}
+
+    def filling_disk(path):  # plenty at the start, nearly nothing after the second batch
+        calls["n"] += 1
+        return disk if calls["n"] <= 3 else disk._replace(free=1024)
+
+    monkeypatch.setattr(store_module.shutil, "disk_usage", filling_disk)
+    with pytest.raises(GcctlError, match=r"is nearly full after 64 of \d+ rows; free some space and run the same command again"):
+        extract(table, micro_bundle, out, batch_size=32)
+    assert not out.exists() and (tmp_path / "features.h5.partial").is_file()
+
+    monkeypatch.undo()
+    summary = extract(table, micro_bundle, out, batch_size=32)
+    assert summary["resumed_from"] == 64
+    whole = extract(table, micro_bundle, tmp_path / "whole.h5", batch_size=32)
+    with FeatureStore(out) as resumed, FeatureStore(tmp_path / "whole.h5") as uninterrupted:
+        assert whole["resumed_from"] == 0
+        np.testing.assert_array_equal(resumed.load_features(), uninterrupted.load_features())
