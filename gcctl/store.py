@@ -33,8 +33,8 @@ import numpy as np
 from gcctl import __version__
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, output_lock, partial_path,
-                            refuse_directory, refuse_inside, resolve_device)
+from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, identity_differences, output_lock,
+                            partial_path, refuse_directory, refuse_inside, resolve_device)
 
 if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
@@ -542,8 +542,8 @@ def _merge(parts: Sequence[str | os.PathLike], out: Path) -> Path:
         identities = [_extraction_identity(store.provenance) for store in stores]
         for store, identity in zip(stores, identities):
             if identity != identities[0]:
-                differing = [key for key in identity if identity[key] != identities[0][key]]
-                raise GcctlError(f"{store.path} was extracted differently from {stores[0].path} ({', '.join(differing)}); merge only shards of one extraction")
+                differing = identity_differences(identities[0], identity)
+                raise GcctlError(f"{store.path} was extracted differently from {stores[0].path} ({differing}); merge only shards of one extraction")
         shards = [Shard.parse(store.provenance.get("shard", "0/1")) for store in stores]
         counts = {shard.count for shard in shards}
         indices = sorted(shard.index for shard in shards)

@@ -29,8 +29,8 @@ from gcctl.methods import get_method, make_config
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
 from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
-from gcctl.runtime import (check_output, check_seeds, load_torch_file, output_lock, read_json, resolve_device,
-                            seed_everything, sha256_file, write_json)
+from gcctl.runtime import (check_output, check_seeds, identity_differences, load_torch_file, output_lock, read_json,
+                           resolve_device, seed_everything, sha256_file, write_json)
 from gcctl.store import FeatureStore
 
 CURVES = "dvclive"
@@ -160,11 +160,9 @@ def read_run_config(run: str | os.PathLike) -> dict:
 
 
 def _check_same_features(run: Path, trained: ModelRef, store: FeatureStore, vocabulary: GroupVocabulary) -> None:
-    trained_on, offered = trained.identity(), store.model_ref().identity()
-    differing = [key for key in trained_on if trained_on[key] != offered[key]]
+    differing = identity_differences(trained.identity(), store.model_ref().identity())
     if differing:
-        detail = ", ".join(f"{key} {str(trained_on[key])[:16]} vs {str(offered[key])[:16]}" for key in differing)
-        raise GcctlError(f"run {run} was trained on other features than {store.path} ({detail}); evaluate it on a store of the same model and weights")
+        raise GcctlError(f"run {run} was trained on other features than {store.path} ({differing}); evaluate it on a store of the same model and weights")
     if store.class_names != vocabulary.class_names:
         raise GcctlError(f"run {run} predicts classes {vocabulary.class_names} but {store.path} has {store.class_names}; use a store of the same dataset")
 
