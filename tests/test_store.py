@@ -97,7 +97,7 @@ def test_merge_joins_shards_in_order_and_checks_them(tmp_path):
     with pytest.raises(GcctlError, match="every shard exactly once"):
         merge(parts[:2], tmp_path / "bad.h5")
     other = _write(tmp_path / "other.h5", _arrays(n=3), shard="1/3", sha256="def")
-    with pytest.raises(GcctlError, match=r"\(model\)"):
+    with pytest.raises(GcctlError, match=r"\(model \w+ → \w+\); merge only shards of one extraction"):
         merge([parts[1], other, parts[0]], tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
 
