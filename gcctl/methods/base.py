@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gcctl.methods.transforms import FeatureTransform, transform_from_state
+
 
 AGGREGATIONS = ("max", "logsumexp", "mean")
 BALANCES = ("none", "weights", "sampling")
@@ -30,7 +32,9 @@ class Classifier:
     """Class scores from image features: prompt scores `features @ weight.T + bias`, aggregated per class.
 
     A linear probe has one "prompt" per class; a prompt method's `weight` is its text features times the
-    logit scale, applied to L2-normalised image features (`normalize`).
+    logit scale, applied to L2-normalised image features (`normalize`). A method that changes the image
+    embeddings themselves (a projection, a translation, an adapter) adds a `transform`, applied after
+    normalising and before the prompts.
     """
 
     weight: torch.Tensor  # [P, D] float32
@@ -39,11 +43,14 @@ class Classifier:
     num_classes: int
     aggregation: str = "max"
     normalize: bool = True
+    transform: FeatureTransform | None = None
 
     def class_scores(self, features: torch.Tensor) -> torch.Tensor:
         features = features.to(self.weight.device, torch.float32)
         if self.normalize:
             features = F.normalize(features, dim=-1)
+        if self.transform is not None:
+            features = self.transform(features)
         return aggregate(features @ self.weight.T + self.bias, self.prompt_class, self.num_classes, self.aggregation)
 
     @torch.no_grad()
@@ -65,12 +72,15 @@ class Classifier:
             "num_classes": self.num_classes,
             "aggregation": self.aggregation,
             "normalize": self.normalize,
+            "transform": None if self.transform is None else self.transform.state(),
         }
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "Classifier":
         tensors = {key: state[key].to(device) for key in ("weight", "bias", "prompt_class")}
-        return cls(**tensors, num_classes=state["num_classes"], aggregation=state["aggregation"], normalize=state["normalize"])
+        transform = transform_from_state(state.get("transform"), device)
+        return cls(**tensors, num_classes=state["num_classes"], aggregation=state["aggregation"],
+                   normalize=state["normalize"], transform=transform)
 
 
 @dataclass
