@@ -12,7 +12,7 @@ from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.groups import GROUP_FILE_COLUMNS, STRATEGIES, pseudo_label
-from gcctl.groups.zeroshot import DEFAULT_TEMPLATE, attribute_prompts
+from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, attribute_prompts
 from gcctl.metrics import agreement, best_assignment
 from gcctl.report import plot_confusion
 from gcctl.store import write_store
@@ -135,7 +135,7 @@ def _text_feature_store(path, bundle, seed=0):
 
     rng = np.random.default_rng(seed)
     y, attr, split = _splits(rng, (300, 100, 100), 0.2)
-    texts = [DEFAULT_TEMPLATE.replace("{class}", c).replace("{value}", v) for c in CLASSES for v in ("grass", "water")]
+    texts = [DEFAULT_ATTRIBUTE_PROMPT.replace("{class}", c).replace("{value}", v) for c in CLASSES for v in ("grass", "water")]
     with torch.no_grad():
         prompts = encode_texts(bundle.model, bundle.tokenizer, texts).numpy().reshape(2, 2, -1)
     spread = np.linalg.norm(prompts[:, 0] - prompts[:, 1], axis=1).min()

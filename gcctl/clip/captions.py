@@ -1,9 +1,11 @@
-"""Prompt templates as text: the default class caption and the check every template passes. No torch here,
-so the command line can show and check templates without loading a model."""
+"""Prompt templates as text: the default class caption, the spurious-attribute prompts (`--attribute-prompt`)
+and the check every template passes. No torch here, so the command line can show and check templates without
+loading a model."""
 
 from __future__ import annotations
 
 import string
+from typing import Sequence
 
 from gcctl.errors import GcctlError
 
@@ -21,3 +23,46 @@ def check_template(template: str, where: str, slot: str = "the class name") -> N
         count = "no {}" if not fields else f"{{{fields[0]}}}" if len(fields) == 1 else f"{len(fields)} fields"
         raise GcctlError(f"template '{template}' {where} has {count}; it needs exactly one {{}} for {slot}, "
                          "e.g. 'a photo of a {}.'")
+
+
+# The prompt naming one value of a spurious attribute, per class (zeroshot-attr, the debiasing methods).
+DEFAULT_ATTRIBUTE_PROMPT = "a photo of a {class} on {value}."
+
+
+def fill_prompt(text: str, **words: str) -> str:
+    # Plain replacement rather than str.format: prompts may contain other braces.
+    for key, word in words.items():
+        text = text.replace("{" + key + "}", word)
+    return text
+
+
+def _value_index(attribute: str, value: str, names: list[str]) -> int:
+    if value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise GcctlError(f"--attribute-prompt: attribute '{attribute}' has no value '{value}'; its values are {', '.join(names)}")
+
+
+def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]]) -> dict[str, list[str]]:
+    """For each attribute, in the store's order, one prompt template per value ({class} still to fill in)."""
+    templates: dict[str, str] = {}
+    texts: dict[str, dict[int, str]] = {name: {} for name in attribute_values}
+    for spec in specs:
+        key, sep, text = spec.partition("=")
+        attribute, _, value = key.strip().partition(":")
+        if not sep or not text.strip():
+            raise GcctlError(f"--attribute-prompt '{spec}' is not ATTR=TEMPLATE or ATTR:VALUE=TEXT, e.g. 'place=a photo of a {{class}} on {{value}}.'")
+        if attribute not in attribute_values:
+            raise GcctlError(f"--attribute-prompt '{spec}': the store has no attribute '{attribute}'; it has {', '.join(attribute_values)}")
+        if value:
+            texts[attribute][_value_index(attribute, value.strip(), attribute_values[attribute])] = text.strip()
+        elif "{value}" not in text:
+            raise GcctlError(f"--attribute-prompt '{spec}': a template for every value needs {{value}}; or give ATTR:VALUE=TEXT per value")
+        else:
+            templates[attribute] = text.strip()
+    prompts = {}
+    for attribute, names in attribute_values.items():
+        template = templates.get(attribute, DEFAULT_ATTRIBUTE_PROMPT)
+        prompts[attribute] = [texts[attribute].get(i, fill_prompt(template, value=name)) for i, name in enumerate(names)]
+    return prompts

@@ -16,53 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gcctl.clip.captions import attribute_prompts, fill_prompt
 from gcctl.clip.reference import ModelRef
 from gcctl.clip.prompts import class_words
-from gcctl.errors import GcctlError
 from gcctl.groups.data import LabelingData
 from gcctl.groups.strategies import Inference
-
-DEFAULT_TEMPLATE = "a photo of a {class} on {value}."
-
-
-def _fill(text: str, **words: str) -> str:
-    # Plain replacement rather than str.format: prompts may contain other braces.
-    for key, word in words.items():
-        text = text.replace("{" + key + "}", word)
-    return text
-
-
-def _value_index(attribute: str, value: str, names: list[str]) -> int:
-    if value in names:
-        return names.index(value)
-    if value.isdigit() and int(value) < len(names):
-        return int(value)
-    raise GcctlError(f"--attribute-prompt: attribute '{attribute}' has no value '{value}'; its values are {', '.join(names)}")
-
-
-def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]]) -> dict[str, list[str]]:
-    """For each attribute, in the store's order, one prompt template per value ({class} still to fill in)."""
-    templates: dict[str, str] = {}
-    texts: dict[str, dict[int, str]] = {name: {} for name in attribute_values}
-    for spec in specs:
-        key, sep, text = spec.partition("=")
-        attribute, _, value = key.strip().partition(":")
-        if not sep or not text.strip():
-            raise GcctlError(f"--attribute-prompt '{spec}' is not ATTR=TEMPLATE or ATTR:VALUE=TEXT, e.g. 'place=a photo of a {{class}} on {{value}}.'")
-        if attribute not in attribute_values:
-            raise GcctlError(f"--attribute-prompt '{spec}': the store has no attribute '{attribute}'; it has {', '.join(attribute_values)}")
-        if value:
-            texts[attribute][_value_index(attribute, value.strip(), attribute_values[attribute])] = text.strip()
-        elif "{value}" not in text:
-            raise GcctlError(f"--attribute-prompt '{spec}': a template for every value needs {{value}}; or give ATTR:VALUE=TEXT per value")
-        else:
-            templates[attribute] = text.strip()
-    prompts = {}
-    for attribute, names in attribute_values.items():
-        template = templates.get(attribute, DEFAULT_TEMPLATE)
-        prompts[attribute] = [texts[attribute].get(i, _fill(template, value=name)) for i, name in enumerate(names)]
-    return prompts
-
 
 def zeroshot_attr(
     data: LabelingData,
@@ -85,7 +43,7 @@ def zeroshot_attr(
     for attribute, templates in prompts.items():
         for label, word in enumerate(words):
             rows = np.flatnonzero(data.train_y == label)
-            text = encode_texts(bundle.model, bundle.tokenizer, [_fill(t, **{"class": word}) for t in templates]).to(data.device)
+            text = encode_texts(bundle.model, bundle.tokenizer, [fill_prompt(t, **{"class": word}) for t in templates]).to(data.device)
             image = F.normalize(data.train_features[torch.from_numpy(rows).to(data.device)], dim=-1)
             best, value = torch.softmax(scale * image @ text.T, dim=1).max(dim=1)
             values[attribute][rows] = value.cpu().numpy()
