@@ -77,27 +77,38 @@ def group_table(metrics: dict) -> Table:
     return table
 
 
+def group_supervision_text(metrics: dict) -> str:
+    """Whose group labels a run used ("val", "train + val", "none"); "–" where its evaluation does not say."""
+    splits = metrics["provenance"].get("group_supervision")
+    if splits is None:
+        return "–"
+    return " + ".join(splits) if splits else "none"
+
+
 def comparison_table(runs: list[dict]) -> Table:
     table = Table(title="accuracy % (mean ± std over seeds)")
     table.add_column("run")
+    table.add_column("group labels")
     for key in METRIC_KEYS:
         table.add_column(_HEADERS[key], justify="right")
     for metrics in runs:
-        table.add_row(label(metrics), *(percent(metrics[key]) for key in METRIC_KEYS))
+        table.add_row(label(metrics), group_supervision_text(metrics), *(percent(metrics[key]) for key in METRIC_KEYS))
     return table
 
 
 def markdown_table(runs: list[dict]) -> str:
     split = runs[0]["provenance"]["split"]
     lines = [
-        f"| run | method | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} |",
-        "|---|---|---|" + "---:|" * len(METRIC_KEYS),
+        f"| run | method | group labels | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} |",
+        "|---|---|---|---|" + "---:|" * len(METRIC_KEYS),
     ]
     for metrics in runs:
         provenance = metrics["provenance"]
-        cells = [label(metrics), provenance["method"], seeds_text(provenance["seeds"])]
+        cells = [label(metrics), provenance["method"], group_supervision_text(metrics), seeds_text(provenance["seeds"])]
         lines.append("| " + " | ".join(cells + [percent(metrics[key]) for key in METRIC_KEYS]) + " |")
-    return f"Accuracy in % on the {split} split, mean ± std over seeds.\n\n" + "\n".join(lines) + "\n"
+    return (f"Accuracy in % on the {split} split, mean ± std over seeds. Group labels: the splits whose true group "
+            "labels the run used, to train, balance or keep its best epoch (pseudo-labels count as what their "
+            "strategy read).\n\n" + "\n".join(lines) + "\n")
 
 
 def _save(figure, path: Path) -> None:

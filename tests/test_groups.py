@@ -202,8 +202,9 @@ def test_the_group_file_is_what_training_reads(tmp_path, toy):
     out = tmp_path / "groups.parquet"
     pseudo_label(toy, "val-probe", out)
     with FeatureStore(toy) as store:
-        groups = read_group_file(out, store)
+        groups, group_splits = read_group_file(out, store)
     np.testing.assert_array_equal(groups, pd.read_parquet(out)["group"])
+    assert group_splits == ("val",)  # val-probe's groups stand for the validation split's labels
 
 
 def test_low_confidence_samples_take_their_class_majority_group(tmp_path, toy):

@@ -18,7 +18,7 @@ from gcctl.clip.prompts import PromptLearner, TextTower, encode_texts
 from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.methods import make_config
+from gcctl.methods import group_supervision, make_config
 from gcctl.methods.runs import evaluate_run, read_run_curve, train_run
 from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.report import plot_run_curve, write_report
@@ -330,7 +330,7 @@ def test_cli_train_evaluate_report(tmp_path, spurious):
     result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), str(tmp_path / "groupcoop.json"), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     table = (tmp_path / "report" / "results.md").read_text()
-    assert "| linear | linear | 0,1 |" in table and "| groupcoop | groupcoop | 0,1 |" in table
+    assert "| linear | linear | val | 0,1 |" in table and "| groupcoop | groupcoop | train + val | 0,1 |" in table
     assert all((tmp_path / "report" / name).stat().st_size > 0 for name in ("per_group.png", "curves.png"))
     result = runner.invoke(app, ["train", "--features", str(spurious), "--method", "linear", "--seeds", "a", "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, GcctlError)
@@ -374,3 +374,16 @@ def test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl(tmp_path, spurio
     metrics = json.loads(dvc("metrics", "show", "--json"))
     last = metrics[""]["data"]["run/dvclive/metrics.json"]["data"]
     assert last["step"] == 3 and last["seed-0"]["val_acc_wg"] == read_run_curve(repo / "run")[2]["val_acc_wg"]
+
+
+@pytest.mark.parametrize("method, options, train_groups_use, expected", [
+    ("zeroshot", {}, ("train",), []),
+    ("linear", {}, ("train",), ["val"]),  # ERM, but its epoch is kept by validation worst-group accuracy
+    ("linear", {"balance": "weights", "select_by": "acc_avg"}, ("train",), ["train"]),
+    ("dfr", {}, ("train",), ["val"]),
+    ("groupcoop", {}, ("train",), ["train", "val"]),
+    ("groupcoop", {}, ("val",), ["val"]),  # on val-probe's pseudo-labels
+    ("groupcoop", {"select_by": "acc_avg"}, (), []),  # on zeroshot-attr's pseudo-labels
+])
+def test_a_run_records_whose_group_labels_it_used(method, options, train_groups_use, expected):
+    assert group_supervision(method, make_config(method, options), train_groups_use) == expected

@@ -30,7 +30,11 @@ from gcctl.store import FeatureStore
 GROUP_FILE_COLUMNS = ("id", "group", "group_name", "confidence", "strategy")
 
 
-STRATEGIES = ("val-probe", "zeroshot-attr", "kmeans", "erm-error", "oracle")
+# The splits whose true group labels each strategy reads (kmeans and erm-error name their clusters by the
+# validation groups when the store has them); a run trained on the group file records it as its supervision.
+STRATEGY_GROUP_SPLITS = {"val-probe": ("val",), "zeroshot-attr": (), "kmeans": ("val",), "erm-error": ("val",),
+                         "oracle": ("train",)}
+STRATEGIES = tuple(STRATEGY_GROUP_SPLITS)
 _WITHOUT_OPTIONS: dict[str, Callable[[LabelingData], Inference]] = {"val-probe": val_probe, "erm-error": erm_error, "oracle": oracle}
 # Options only one strategy reads, as (flag, strategy, default): giving one to another strategy is a mistake.
 _STRATEGY_OPTIONS = {
@@ -137,7 +141,8 @@ def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, 
         "confidence": confidence.astype(np.float32),
         "strategy": np.full(len(group), strategy, dtype=object),
     })
-    described = {"vocabulary": data.vocabulary.counted(group).to_dict()}
+    described = {"vocabulary": data.vocabulary.counted(group).to_dict(), "strategy": strategy,
+                 "group_splits": list(STRATEGY_GROUP_SPLITS[strategy])}
     return table.replace_schema_metadata({GROUP_FILE_METADATA_KEY: json.dumps(described).encode()})
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
+from typing import Callable, Sequence
 
 from gcctl.clip.prompts import CLASS_POSITIONS
 from gcctl.errors import GcctlError
@@ -21,14 +21,18 @@ class Method:
     fit: Callable
     uses_clip: bool  # needs the CLIP text tower (built from the store's provenance)
     summary: str
+    group_splits: tuple[str, ...] = ()  # the splits whose group labels the method itself trains on
+    trains_on: str = "train"  # the split it fits (and balances) on
 
 
 METHODS = {
     "zeroshot": Method(ZeroShotConfig, fit_zeroshot, True, "class prompts from templates, no training"),
     "linear": Method(LinearConfig, fit_linear, False, "linear probe (ERM; --balance for group reweighting)"),
-    "dfr": Method(DFRConfig, fit_dfr, False, "last-layer retraining on the group-balanced validation set"),
+    "dfr": Method(DFRConfig, fit_dfr, False, "last-layer retraining on the group-balanced validation set",
+                  trains_on="val"),
     "coop": Method(CoOpConfig, fit_coop, True, "CoOp: learned shared (or class-specific) prompt context"),
-    "groupcoop": Method(GroupCoOpConfig, fit_groupcoop, True, "GroupCoOp: one learned prompt per (class, group), group-balanced"),
+    "groupcoop": Method(GroupCoOpConfig, fit_groupcoop, True, "GroupCoOp: one learned prompt per (class, group), group-balanced",
+                        ("train",)),
 }
 
 _CHOICES = {
@@ -46,6 +50,21 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise GcctlError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def group_supervision(method: str, config, train_groups_use: Sequence[str] = ("train",)) -> list[str]:
+    """The splits whose group labels a run of `method` with `config` uses: its own (GroupCoOp's train), the split
+    it balances groups on (train, DFR's val), val for keeping the epoch of best worst-group accuracy. Train groups
+    read from a group file stand for what that file's strategy used instead (`train_groups_use`: val for val-probe)."""
+    spec = get_method(method)
+    used = set(spec.group_splits)
+    if getattr(config, "balance", "none") != "none":
+        used.add(spec.trains_on)
+    if getattr(config, "select_by", None) == "acc_wg":
+        used.add("val")
+    if "train" in used:
+        used = (used - {"train"}) | set(train_groups_use)
+    return sorted(used)
 
 
 def _flag(name: str) -> str:

@@ -48,6 +48,9 @@ class TrainingData:
     val: Split  # true groups
     vocabulary: GroupVocabulary  # the store's: numbers and names both splits' groups; true training counts
     provenance: dict
+    # Whose true group labels the train groups stand for: the store's own (train), or what the group file's
+    # strategy read (val for val-probe, none for zeroshot-attr; train for a file gcctl did not write).
+    train_group_splits: tuple[str, ...] = ("train",)
 
     @property
     def class_names(self) -> list[str]:
@@ -81,7 +84,7 @@ def load_split(store: FeatureStore, split: str, device: torch.device, group: np.
 
 
 def _read_group_frame(path: Path):
-    """The group file's rows and the vocabulary it records (None for a file gcctl did not write)."""
+    """The group file's rows and what it records (an empty dict for a file gcctl did not write)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -92,7 +95,7 @@ def _read_group_frame(path: Path):
     except Exception as error:  # pyarrow raises several types for a non-Parquet file
         raise GcctlError(f"group file {path} is not a readable Parquet file ({type(error).__name__})") from None
     described = (arrow.schema.metadata or {}).get(GROUP_FILE_METADATA_KEY)
-    recorded = None if described is None else GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
+    recorded = {} if described is None else json.loads(described)
     frame: pd.DataFrame = arrow.to_pandas()
     missing = {"id", "group"} - set(frame.columns)
     if missing:
@@ -114,18 +117,20 @@ def _group_ids(values, vocabulary: GroupVocabulary, path: Path) -> np.ndarray:
     return ids
 
 
-def read_group_file(path: str | Path, store: FeatureStore) -> np.ndarray:
+def read_group_file(path: str | Path, store: FeatureStore) -> tuple[np.ndarray, tuple[str, ...]]:
     """The groups of the store's train split, in its vocabulary, from a Parquet file with columns `id` and `group`.
 
     `group` holds the store's group ids or names. Every train id needs exactly one row, in a group of its class;
     rows of the store's other ids (val/test) are ignored, since evaluation uses true groups. A file gcctl wrote
-    records its vocabulary, which must be the store's.
+    records its vocabulary, which must be the store's, and the splits whose true groups its strategy read
+    (returned beside the groups; a file from elsewhere counts as true train groups).
     """
     import pandas as pd
 
     path = Path(path)
-    frame, recorded = _read_group_frame(path)
+    frame, described = _read_group_frame(path)
     vocabulary = store.vocabulary
+    recorded = GroupVocabulary.from_dict(described["vocabulary"], str(path)) if "vocabulary" in described else None
     if recorded is not None and not recorded.same_groups(vocabulary):
         raise GcctlError(f"group file {path} numbers other groups ({', '.join(recorded.names)}) than {store.path} "
                          f"({', '.join(vocabulary.names)}); pseudo-label this store")
@@ -147,16 +152,17 @@ def read_group_file(path: str | Path, store: FeatureStore) -> np.ndarray:
         raise GcctlError(f"group file {path} puts {len(wrong)} train sample(s) in a group of another class, e.g. "
                          f"'{train_ids[first]}' (class {vocabulary.class_names[store.y[train][first]]}) in "
                          f"'{vocabulary.names[groups[first]]}'; give every sample a group of its class")
-    return groups
+    return groups, tuple(described.get("group_splits", ("train",)))
 
 
 def load_training_data(store: FeatureStore, device: torch.device, groups_path: str | Path | None = None) -> TrainingData:
     for split in ("train", "val"):
         check_split_groups(store, split)
-    train_groups = None if groups_path is None else read_group_file(groups_path, store)
+    train_groups, group_splits = (None, ("train",)) if groups_path is None else read_group_file(groups_path, store)
     return TrainingData(
         train=load_split(store, "train", device, train_groups),
         val=load_split(store, "val", device),
         vocabulary=store.vocabulary,
         provenance=dict(store.provenance),
+        train_group_splits=group_splits,
     )

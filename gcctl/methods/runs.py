@@ -2,7 +2,8 @@
 
 A run directory holds
 - `config.json`: the method, its resolved options, the seeds, the store's model reference (its weights path
-  relative to the run directory) and other provenance, its group vocabulary and the source of the train groups;
+  relative to the run directory) and other provenance, its group vocabulary, the source of the train groups and
+  the splits whose true group labels the run used (`group_supervision`);
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `dvclive/`: the curves as DVCLive logs (gcctl.curves), metric `seed-S/<name>` per seed: per epoch the loss,
   validation accuracy and worst-group accuracy, and the epoch's seconds (none for a method without training);
@@ -25,7 +26,7 @@ from gcctl.clip.reference import ModelRef
 from gcctl.curves import read_curve, write_curve
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.methods import get_method, make_config
+from gcctl.methods import get_method, group_supervision, make_config
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
 from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
@@ -93,6 +94,7 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
         "model_ref": reference.recorded_for(out).to_dict(),
         "features": {"path": str(features), "provenance": {k: v for k, v in data.provenance.items() if k != "model_ref"}},
         "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
+        "group_supervision": group_supervision(method, config, data.train_group_splits),
         "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
@@ -208,6 +210,7 @@ def evaluate_run(
             "dataset": provenance.get("dataset"),
             "dataset_fingerprint": provenance.get("dataset_fingerprint"),
             "train_groups": run_config["groups"],
+            "group_supervision": run_config.get("group_supervision"),  # None: a run from before it was recorded
         },
     }
     if out is not None:
