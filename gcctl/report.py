@@ -96,6 +96,25 @@ def comparison_table(runs: list[dict]) -> Table:
     return table
 
 
+_SUITE_HEADERS = {
+    "source_acc": "source",
+    "domain_shift_acc": "domain shifts",
+    "group_shift_acc_wg": "group shifts worst-group",
+    "group_shift_acc_avg": "group shifts avg",
+    "other_acc": "other",
+}
+
+
+def suite_table(summary: dict) -> Table:
+    """A transfer suite's summary (`gcctl transfer`): the paper's columns, then every target, mean ± std over seeds."""
+    table = Table(title=f"{summary['run']}: zero-shot transfer, accuracy % (mean ± std over seeds {', '.join(summary['seeds'])})")
+    table.add_column("measure")
+    table.add_column("accuracy %", justify="right")
+    for key, stat in summary["mean"].items():
+        table.add_row(_SUITE_HEADERS.get(key, key), percent(stat))
+    return table
+
+
 def markdown_table(runs: list[dict]) -> str:
     split = runs[0]["provenance"]["split"]
     lines = [

@@ -58,10 +58,10 @@ def _root(
 
 def _register() -> None:
     # Imported here so `gcctl --version` stays fast and each command group lives in its own module.
-    from gcctl.cli import data, extract, finetune, models, params, pretrain, pseudo_label, train
+    from gcctl.cli import data, extract, finetune, models, params, pretrain, pseudo_label, train, transfer
 
     app.add_typer(data.app, name="data")
-    for module in (models, pretrain, extract, pseudo_label, train, finetune, params):
+    for module in (models, pretrain, extract, pseudo_label, train, finetune, transfer, params):
         module.register(app)
 
 

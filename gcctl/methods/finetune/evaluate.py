@@ -58,16 +58,17 @@ def zeroshot_scores(
     split: str,
     *,
     device: torch.device,
-    caption: str = DEFAULT_CAPTION,
+    templates: Sequence[str] = (DEFAULT_CAPTION,),
     batch_size: int = 256,
     workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity [N, C] of every image of `split` to each class's `caption`, and the table rows they belong to."""
+    """Cosine similarity [N, C] of every image of `split` to each class's text feature (the mean over `templates`,
+    as the `zeroshot` method), and the table rows they belong to."""
     model = bundle.model
     was_training = model.training
     model.eval()
     try:
-        text = class_text_features(bundle, class_words(None, table.class_names), [caption]).to(device)
+        text = class_text_features(bundle, class_words(None, table.class_names), list(templates)).to(device)
         loader = DataLoader(ImageDataset(table, bundle.preprocess, split_rows(table, split)),
                             batch_size=batch_size, num_workers=workers)
         features, rows = _encode_images(model, loader, device)
@@ -114,7 +115,7 @@ def checkpoint_seed(path: Path) -> int | None:
     return int(folder.group(1)) if folder else None
 
 
-def _seeded(paths: list[Path]) -> dict[int | None, Path]:
+def seeded_checkpoints(paths: list[Path]) -> dict[int | None, Path]:
     """The checkpoints by their seed, in seed order; two with one seed, or several without one, are refused."""
     by_seed: dict[int | None, Path] = {}
     for path in paths:
@@ -147,30 +148,36 @@ def evaluate_checkpoints(
     check_template(caption, "in --caption")
     torch_device = resolve_device(device)
     scores, references = {}, []
-    for seed, path in _seeded(find_checkpoints(checkpoints)).items():
+    for seed, path in seeded_checkpoints(find_checkpoints(checkpoints)).items():
         architecture = model_name or checkpoint_model_name(path)
         if not architecture:
             raise GcctlError(f"cannot tell the architecture of {path}; pass --model (see `gcctl models`)")
         bundle = build_clip(architecture, str(path), device=torch_device)
-        scores[seed], rows = zeroshot_scores(bundle, table, split, device=torch_device, caption=caption,
+        scores[seed], rows = zeroshot_scores(bundle, table, split, device=torch_device, templates=[caption],
                                              batch_size=batch_size, workers=workers)
         references.append(bundle.reference.recorded_for(Path.cwd()).to_dict())
+    # model references in the order of the seeds, their paths relative to the current directory
+    provenance = {"run": name or _label(checkpoints), "caption": caption, "checkpoints": references}
+    return checkpoint_metrics(scores, rows, table, split, provenance, out=out)
+
+
+def checkpoint_metrics(scores: dict, rows: np.ndarray, table: DatasetTable, split: str, provenance: dict,
+                       out: str | os.PathLike | None = None) -> dict:
+    """Metrics of zero-shot `scores` (per seed, [N, C] over table `rows` of `split`) in `evaluate_run`'s form, with
+    `provenance` completed by what every checkpoint evaluation records; written with its predictions to `out`."""
     frame = table.frame.iloc[rows]
     predictions = predictions_frame(frame["id"].to_numpy(), frame["y"].to_numpy(), frame["group"].to_numpy(), split, scores,
                                     table.vocabulary)
     metrics = {
         **metrics_from_predictions(predictions, table.vocabulary),
         "provenance": {
-            "run": name or _label(checkpoints),
             "run_dir": None,
             "method": "zeroshot",
-            "caption": caption,
             "split": split,
             "seeds": list(scores),
-            # model references in the order of `seeds`, their paths relative to the current directory
-            "checkpoints": references,
             "dataset": table.dataset,
             "dataset_fingerprint": table.fingerprint(),
+            **provenance,
         },
     }
     if out is not None:

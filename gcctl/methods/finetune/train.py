@@ -382,7 +382,7 @@ class FinetuneRun:
     # ------------------------------------------------------------------ selection and outputs
 
     def _validate(self) -> dict:
-        return zeroshot_metrics(self.bundle, self.table, "val", device=self.device, caption=self.config.caption,
+        return zeroshot_metrics(self.bundle, self.table, "val", device=self.device, templates=[self.config.caption],
                                 batch_size=self.batch_size, workers=self.workers)
 
     def _finish_epoch(self, record: dict) -> None:

@@ -1,0 +1,58 @@
+"""`gcctl transfer`: fine-tuned checkpoints scored zero-shot on a suite of target datasets (StarFT's protocol)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.clip.captions import DEFAULT_CAPTION
+
+
+def transfer(
+    checkpoint: Annotated[list[Path], typer.Option(
+        "--checkpoint", help="Weights to score; a folder stands for every model.pt in it (a run, one per seed). Repeat for seeds.")],
+    target: Annotated[list[str], typer.Option(
+        "--target", help="ROLE=TABLE[@SPLIT], repeated: a `gcctl data table` Parquet and its role in the suite: source "
+        "(the fine-tuning task), domain (its domain shifts), group (group shifts: worst-group too) or other. Split: test.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder for one metrics JSON (+ predictions) per target and summary.json; finished targets are reused.")],
+    template: Annotated[Optional[list[str]], typer.Option(
+        "--template", help="Class prompt template with {} for the class name; repeat for an ensemble.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="The architecture (default: the one the checkpoints record; they must agree).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="The run's label in the summary (default: the --out folder's name).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+) -> None:
+    """Score fine-tuned checkpoints zero-shot on every target: per-target metrics, and the suite summary (source
+    accuracy, mean over domain shifts, worst-group and average over group shifts) per seed and as mean ± std.
+
+    Example: gcctl transfer --checkpoint pipeline/finetuned/shapes/starft --target source=pipeline/tables/shapes.parquet
+    --target domain=pipeline/tables/shapes-outline.parquet --target group=pipeline/tables/waterbirds.parquet --out pipeline/transfer/starft
+    """
+    from gcctl.datasets import DatasetTable
+    from gcctl.methods.finetune.transfer import Target, evaluate_suite, parse_target
+
+    targets = []
+    for spec in target:
+        role, table_path, split = parse_target(spec)
+        table = DatasetTable.load(table_path)
+        table.require_files()
+        targets.append(Target(table_path.stem, role, table, split))
+    summary = evaluate_suite(checkpoint, targets, out, templates=template or [DEFAULT_CAPTION], model_name=model,
+                             name=name, device=device)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+
+    from gcctl.report import suite_table
+
+    Console().print(suite_table(summary))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(transfer)
