@@ -13,6 +13,7 @@ import torchvision.datasets
 from PIL import Image
 
 from gcctl.datasets import ClassSubset, DatasetTable, load_dataset
+from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.imagenet import imagenet_classes
 from gcctl.errors import GcctlError
 
@@ -126,6 +127,9 @@ def test_imagenet_v2_class_index_folders_in_the_release_folder(tmp_path):
     write_folders(tmp_path / "imagenetv2-matched-frequency-format-val", {"1000": 1})
     with pytest.raises(GcctlError, match=r"folders that are not class indices \(1000\)"):
         load_dataset("imagenet-v2", tmp_path)
+    write_folders(tmp_path / "imagenetv2-top-images-format-val", {"0": 1})
+    with pytest.raises(GcctlError, match="several ImageNet-V2 variants .*; pass one of them as --root"):
+        load_dataset("imagenet-v2", tmp_path)
 
 
 def test_imagenet_sketch_synset_folders(tmp_path):
@@ -217,6 +221,8 @@ def test_cifar10_rows_point_at_png_copies_of_torchvisions_pixels(cifar10_root):
     test_images = torchvision.datasets.CIFAR10(cifar10_root, train=False)
     with Image.open(cifar10_root / table.frame["path"].iloc[-1]) as copy:
         assert np.array_equal(np.asarray(copy), test_images.data[2])
+    image, row = ImageDataset(table, transform=np.asarray)[12]
+    assert row == 12 and np.array_equal(image, test_images.data[2])
 
 
 def test_packed_images_are_written_once_and_reused(cifar10_root):

@@ -91,4 +91,5 @@ def _check_options(name: str, options: dict) -> None:
                          f"it takes: {', '.join(adapter_options(name))}")
 
 
-__all__ = ["DATASETS", "LAYOUTS", "NAMES_SIDECAR", "SPLITS", "ClassSubset", "DatasetTable", "GroupVocabulary", "adapter_options", "load_dataset"]
+__all__ = ["DATASETS", "LAYOUTS", "NAMES_SIDECAR", "SPLITS", "ClassSubset", "DatasetTable", "GroupVocabulary",
+           "adapter_options", "load_dataset"]

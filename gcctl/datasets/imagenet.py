@@ -51,7 +51,9 @@ def load_imagenet(root: Path, names: NameOverrides) -> DatasetTable:
 
 def load_imagenet_v2(root: Path, names: NameOverrides) -> DatasetTable:
     nested = [folder for folder in subfolders(root) if folder.startswith("imagenetv2-")]
-    root = root / nested[0] if len(nested) == 1 else root
+    if len(nested) > 1:
+        raise GcctlError(f"{root} holds several ImageNet-V2 variants ({', '.join(nested)}); pass one of them as --root")
+    root = root / nested[0] if nested else root
     folders = subfolders(root)
     unknown = [folder for folder in folders if not (folder.isdigit() and int(folder) < 1000)]
     if unknown or not folders:
