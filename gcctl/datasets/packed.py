@@ -21,6 +21,7 @@ import pandas as pd
 from gcctl.datasets.folders import readable
 from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names
 from gcctl.errors import GcctlError
+from gcctl.runtime import partial_path, progress
 
 CACHE = "gcctl-images"
 CIFAR10_LAYOUT = "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (the python version, unpacked)"
@@ -73,12 +74,15 @@ def _materialise(root: Path, folder: str, images) -> str:
     target = root / folder
     if target.is_dir():
         return folder
-    partial = target.with_name(target.name + ".partial")
+    partial = partial_path(target)
     try:
         shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
         partial.mkdir(parents=True)
-        for index in range(len(images)):
-            images[index][0].save(partial / f"{index:05d}.png")
+        with progress() as bar:
+            task = bar.add_task(f"PNG copy of {folder}", total=len(images))
+            for index in range(len(images)):
+                images[index][0].save(partial / f"{index:05d}.png")
+                bar.advance(task)
         os.rename(partial, target)
     except OSError as error:
         shutil.rmtree(partial, ignore_errors=True)
