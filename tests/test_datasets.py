@@ -351,8 +351,8 @@ def test_missing_files_lists_absent_images_up_to_the_limit(waterbirds_root):
 
 
 def test_registry_errors(tmp_path, waterbirds_root):
-    with pytest.raises(GcctlError, match="unknown dataset 'imagenet'; known: waterbirds, celeba, manifest"):
-        load_dataset("imagenet", waterbirds_root)
+    with pytest.raises(GcctlError, match="unknown dataset 'imagenet-c'; known: waterbirds, celeba, manifest, imagefolder"):
+        load_dataset("imagenet-c", waterbirds_root)
     with pytest.raises(GcctlError, match="is not a directory"):
         load_dataset("waterbirds", tmp_path / "absent")
     with pytest.raises(GcctlError, match="'waterbirds' does not take target"):

@@ -19,7 +19,8 @@ from gcctl.datasets import DATASETS, DatasetTable, load_dataset
 from gcctl.errors import GcctlError
 
 app = typer.Typer(
-    help="Inspect datasets as gcctl reads them: Waterbirds, CelebA, or any CSV/Parquet manifest.\n\n"
+    help="Inspect datasets as gcctl reads them: Waterbirds, CelebA, ImageNet and its shifts, CIFAR, STL10, "
+    "image folders, or any CSV/Parquet manifest.\n\n"
     "Example: gcctl data show --dataset waterbirds --root data/waterbirds",
     no_args_is_help=True,
 )
@@ -42,6 +43,8 @@ AttributeColumn = Annotated[Optional[list[str]], typer.Option(
 IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="manifest: id column (default: row number).")]
 AllowOutsideRoot = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Read image paths that are absolute or lead out of --root with '..' (refused otherwise).")]
+FolderSplit = Annotated[Optional[str], typer.Option(
+    "--folder-split", help="imagefolder, caltech101, pacs without split folders: every image's split (default test).")]
 ClassName = Annotated[Optional[list[str]], typer.Option(
     "--class-name", help="Class names in label order, one per class; overrides gcctl-names.json and defaults.")]
 
@@ -58,6 +61,7 @@ _DATASET_OPTIONS = {  # parameter name: (annotation, default)
     "split_column": (SplitColumn, None),
     "attribute_column": (AttributeColumn, None),
     "id_column": (IdColumn, None),
+    "folder_split": (FolderSplit, None),
     "class_name": (ClassName, None),
     "allow_outside_root": (AllowOutsideRoot, False),
 }
@@ -115,6 +119,7 @@ def dataset_options(
     split_column: Optional[str] = None,
     attribute_column: Optional[list[str]] = None,
     id_column: Optional[str] = None,
+    folder_split: Optional[str] = None,
     class_name: Optional[list[str]] = None,
     allow_outside_root: bool = False,
 ) -> dict:
@@ -129,6 +134,7 @@ def dataset_options(
         "split_column": split_column,
         "attribute_columns": tuple(attribute_column) if attribute_column else None,
         "id_column": id_column,
+        "split": folder_split,
         "class_names": list(class_name) if class_name else None,
         "allow_outside_root": allow_outside_root or None,
     }

@@ -1,7 +1,8 @@
 """Every dataset read into one canonical table (see `table.DatasetTable`).
 
 Adapters read a source layout as it ships; `load_dataset` picks one by name. This package knows nothing
-of CLIP or torch: `gcctl.datasets.images` holds the torch Dataset over a table.
+of CLIP, and imports torch only to read a dataset through torchvision (image folders, CIFAR, STL10):
+`gcctl.datasets.images` holds the torch Dataset over a table.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from gcctl.datasets import celeba, manifest, waterbirds
+from gcctl.datasets import celeba, folders, imagenet, manifest, packed, waterbirds
 from gcctl.datasets.groups import GroupVocabulary
+from gcctl.datasets.subset import ClassSubset
 from gcctl.datasets.table import NAMES_SIDECAR, SPLITS, DatasetTable, read_name_overrides
 from gcctl.errors import GcctlError
 
@@ -21,6 +23,34 @@ DATASETS: dict[str, Callable[..., DatasetTable]] = {
     "waterbirds": waterbirds.load,
     "celeba": celeba.load,
     "manifest": manifest.load,
+    "imagefolder": folders.load_imagefolder,
+    "imagenet": imagenet.load_imagenet,
+    "imagenet-v2": imagenet.load_imagenet_v2,
+    "imagenet-sketch": imagenet.load_imagenet_sketch,
+    "imagenet-r": imagenet.load_imagenet_r,
+    "imagenet-a": imagenet.load_imagenet_a,
+    "cifar10": packed.load_cifar10,
+    "cifar100": packed.load_cifar100,
+    "stl10": packed.load_stl10,
+    "caltech101": folders.load_caltech101,
+    "pacs": folders.load_pacs,
+}
+# name -> the on-disk layout it expects, for the message when the root is missing.
+LAYOUTS: dict[str, str] = {
+    "waterbirds": waterbirds.LAYOUT,
+    "celeba": celeba.LAYOUT,
+    "manifest": manifest.LAYOUT,
+    "imagefolder": folders.IMAGEFOLDER_LAYOUT,
+    "imagenet": imagenet.IMAGENET_LAYOUT,
+    "imagenet-v2": imagenet.V2_LAYOUT,
+    "imagenet-sketch": imagenet.SKETCH_LAYOUT,
+    "imagenet-r": imagenet.R_LAYOUT,
+    "imagenet-a": imagenet.A_LAYOUT,
+    "cifar10": packed.CIFAR10_LAYOUT,
+    "cifar100": packed.CIFAR100_LAYOUT,
+    "stl10": packed.STL10_LAYOUT,
+    "caltech101": folders.CALTECH101_LAYOUT,
+    "pacs": folders.PACS_LAYOUT,
 }
 
 
@@ -36,7 +66,8 @@ def load_dataset(name: str, root: str | os.PathLike, *, allow_outside_root: bool
     adapter = DATASETS[name]
     root = Path(root)
     if not root.is_dir():
-        raise GcctlError(f"dataset root {root} is not a directory; pass the folder that holds the {name} files")
+        expected = LAYOUTS.get(name, f"the folder that holds the {name} files")
+        raise GcctlError(f"dataset root {root} is not a directory; {name} expects {expected}")
     _check_options(name, options)
     names = read_name_overrides(root, options.pop("class_names", None))
     table = adapter(root, names, **options)
@@ -60,4 +91,5 @@ def _check_options(name: str, options: dict) -> None:
                          f"it takes: {', '.join(adapter_options(name))}")
 
 
-__all__ = ["DATASETS", "NAMES_SIDECAR", "SPLITS", "DatasetTable", "GroupVocabulary", "adapter_options", "load_dataset"]
+__all__ = ["DATASETS", "LAYOUTS", "NAMES_SIDECAR", "SPLITS", "ClassSubset", "DatasetTable", "GroupVocabulary",
+           "adapter_options", "load_dataset"]

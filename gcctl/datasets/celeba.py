@@ -17,6 +17,8 @@ PARTITION_TXT = "list_eval_partition.txt"
 ATTRIBUTES_CSV = "list_attr_celeba.csv"
 PARTITION_CSV = "list_eval_partition.csv"
 IMAGES = "img_align_celeba"
+LAYOUT = (f"ROOT/{ATTRIBUTES_TXT}, ROOT/{PARTITION_TXT} and ROOT/{IMAGES}/ (official release), "
+          f"or the .csv pair with ROOT/{IMAGES}/{IMAGES}/ (Kaggle)")
 
 
 def load(root: Path, names: NameOverrides, *, target: str = "Blond_Hair", bias: tuple[str, ...] | str = ("Male",)) -> DatasetTable:

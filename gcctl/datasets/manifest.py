@@ -10,6 +10,8 @@ import pandas as pd
 from gcctl.datasets.table import DatasetTable, NameOverrides, read_csv, read_parquet, require_columns
 from gcctl.errors import GcctlError
 
+LAYOUT = "a CSV or Parquet file (--manifest-file) with one row per image, its paths relative to ROOT"
+
 
 def load(
     root: Path,

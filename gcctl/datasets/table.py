@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gcctl.datasets.groups import GroupVocabulary
+from gcctl.datasets.subset import ClassSubset
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path
 
@@ -38,6 +39,7 @@ class DatasetTable:
     dataset: str
     class_names: list[str]
     attributes: dict[str, list[str]]
+    class_subset: ClassSubset | None = None  # ImageNet-R/A: the classes' places among ImageNet's 1,000
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -52,6 +54,7 @@ class DatasetTable:
         class_names: list[str],
         attributes: dict[str, list[str]],
         source: str,
+        class_subset: ClassSubset | None = None,
     ) -> DatasetTable:
         """Validate `core` (columns id, path, split, y and one per attribute) and derive names and groups.
 
@@ -78,7 +81,7 @@ class DatasetTable:
         for column, names in attributes.items():
             frame[column] = _checked_codes(core[column], len(names), column, source)
         table = cls(frame=frame, root=Path(root), dataset=dataset, class_names=list(class_names),
-                    attributes={column: list(names) for column, names in attributes.items()})
+                    attributes={column: list(names) for column, names in attributes.items()}, class_subset=class_subset)
         groups = GroupVocabulary(table.class_names, table.attributes)
         frame["group"] = groups.encode(frame["y"].to_numpy(), {column: frame[column].to_numpy() for column in attributes})
         frame["group_name"] = _names_of(frame["group"], groups.names)
@@ -94,6 +97,8 @@ class DatasetTable:
         """sha256 over the canonical columns and the names: equal for the same data wherever its root is."""
         digest = hashlib.sha256()
         header = {"class_names": self.class_names, "attributes": self.attributes, "rows": len(self.frame)}
+        if self.class_subset is not None:  # only then, so tables without a subset keep their fingerprints
+            header["class_subset"] = self.class_subset.to_dict()
         digest.update(json.dumps(header).encode())
         for column in ("id", "path", "split"):
             digest.update(json.dumps(self.frame[column].tolist()).encode())
@@ -149,6 +154,8 @@ class DatasetTable:
         arrow = pa.Table.from_pandas(self.frame, preserve_index=False)
         described = {"dataset": self.dataset, "root": os.path.relpath(self.root.resolve(), path.parent.resolve()),
                      "vocabulary": self.vocabulary.to_dict(), "fingerprint": self.fingerprint()}
+        if self.class_subset is not None:
+            described["class_subset"] = self.class_subset.to_dict()
         metadata = {**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY: json.dumps(described).encode()}
         with atomic_path(path) as tmp:
             pq.write_table(arrow.replace_schema_metadata(metadata), tmp)
@@ -169,13 +176,15 @@ class DatasetTable:
         # Tables written before the vocabulary was recorded name their classes and attributes directly.
         vocabulary = GroupVocabulary.from_dict(described.get("vocabulary", described), str(path))
         return cls(frame=arrow.to_pandas(), root=Path(os.path.normpath(path.parent / described["root"])),
-                   dataset=described["dataset"], class_names=vocabulary.class_names, attributes=vocabulary.attributes)
+                   dataset=described["dataset"], class_names=vocabulary.class_names, attributes=vocabulary.attributes,
+                   class_subset=ClassSubset.from_dict(described.get("class_subset"), str(path)))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DatasetTable):
             return NotImplemented
         return (self.dataset == other.dataset and self.root == other.root and self.class_names == other.class_names
-                and self.attributes == other.attributes and self.frame.equals(other.frame))
+                and self.attributes == other.attributes and self.class_subset == other.class_subset
+                and self.frame.equals(other.frame))
 
 
 def _names_of(codes: pd.Series, names: list[str]) -> np.ndarray:
@@ -272,6 +281,7 @@ def pick_names(override: list[str] | None, default: list[str], what: str) -> lis
     if override is None:
         return list(default)
     if len(override) != len(default):
+        shown = ", ".join(default[:5]) + (", ..." if len(default) > 5 else "")
         raise GcctlError(f"{len(override)} names given for {what} but it has {len(default)} values "
-                         f"({', '.join(default)}); fix {NAMES_SIDECAR} or the class names option")
+                         f"({shown}); fix {NAMES_SIDECAR} or the class names option")
     return list(override)

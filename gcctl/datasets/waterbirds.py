@@ -1,4 +1,7 @@
-"""Waterbirds: the original release or WILDS' `waterbirds_v1.0` folder, and SubpopBench's metadata csv."""
+"""Waterbirds: the original release or WILDS' `waterbirds_v1.0` folder, and SubpopBench's metadata csv.
+
+The root may be that folder, or the folder that holds it (WILDS' `root_dir`, the original release's parent).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +19,19 @@ ORIGINAL_COLUMNS = {"img_id": "id", "img_filename": "path", "split": "split", "y
 SUBPOPBENCH_METADATA = "metadata_waterbirds.csv"
 SUBPOPBENCH_COLUMNS = {"id": "id", "filename": "path", "split": "split", "y": "y", "a": "place"}
 SUBPOPBENCH_IMAGES = "waterbird_complete95_forest2water2"
+WILDS_FOLDER = "waterbirds_v1.0"
+LAYOUT = (f"ROOT/{ORIGINAL_METADATA} beside the species folders (original release, WILDS' {WILDS_FOLDER}/), "
+          f"ROOT/{WILDS_FOLDER}/ or ROOT/{SUBPOPBENCH_IMAGES}/ holding them, or ROOT/{SUBPOPBENCH_METADATA} (SubpopBench)")
 
 CLASS_NAMES = ["landbird", "waterbird"]
 PLACE_NAMES = ["land", "water"]
 
 
 def load(root: Path, names: NameOverrides) -> DatasetTable:
+    if not (root / ORIGINAL_METADATA).is_file() and not (root / SUBPOPBENCH_METADATA).is_file():
+        # The folder that holds the dataset's folder: read that folder, so the table is the same either way.
+        root = next((root / inner for inner in (WILDS_FOLDER, SUBPOPBENCH_IMAGES)
+                     if (root / inner / ORIGINAL_METADATA).is_file()), root)
     if (root / ORIGINAL_METADATA).is_file():
         source = root / ORIGINAL_METADATA
         core = _read(source, ORIGINAL_COLUMNS)
@@ -30,9 +40,7 @@ def load(root: Path, names: NameOverrides) -> DatasetTable:
         core = _read(source, SUBPOPBENCH_COLUMNS)
         core["path"] = _image_folder(root, next(iter(core["path"]), "")) + core["path"]
     else:
-        raise GcctlError(
-            f"no Waterbirds metadata under {root}: expected {ORIGINAL_METADATA} (original release or WILDS "
-            f"waterbirds_v1.0 folder) or {SUBPOPBENCH_METADATA} (SubpopBench); pass the folder that holds one")
+        raise GcctlError(f"no Waterbirds metadata under {root}: expected {LAYOUT}")
     return DatasetTable.build(
         core,
         root=root,
