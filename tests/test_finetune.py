@@ -24,7 +24,9 @@ from gcctl.methods.finetune import FinetuneConfig, finetune, read_pool, read_poo
 from gcctl.methods.finetune import train as train_module
 from gcctl.methods.finetune.evaluate import evaluate_checkpoints, zeroshot_metrics
 from gcctl.methods.finetune.losses import starft_regulariser
-from gcctl.methods.finetune.pools import SHIPPED_POOLS, fill
+from gcctl.methods.finetune.pools import SHIPPED_POOLS, draw_templates, fill
+from gcctl.datasets.images import ImageDataset
+from gcctl.store import extract
 from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.synth.render import BACKGROUNDS, COLOURS
 
@@ -191,6 +193,8 @@ def test_finetune_writes_a_loadable_model_of_the_best_validation_epoch(table, ba
     assert zeroshot_metrics(kept, table, "val", device=torch.device("cpu"))["acc_avg"] == best["val_acc_avg"]
     assert any(not torch.equal(kept.model.state_dict()[key], value) for key, value in weights(base).items())
     assert curve[1]["regulariser"] > 0 and curve[1]["loss"] > curve[1]["base_loss"]
+    assert summary["teacher_cache"]["images"] == "computed once"
+    assert summary["teacher_cache"]["training_images"] == int((table.frame["split"] == "train").sum())
 
 
 def test_same_seed_same_weights_and_starft_with_lambda_zero_is_ft(table, base, tmp_path):
@@ -209,10 +213,73 @@ def test_the_frozen_copy_has_no_gradients_and_stays_the_zero_shot_model(table, b
     trainer = train_module.FinetuneRun(table, tmp_path / "run", model_name=MICRO, pretrained=base,
                                        config=FinetuneConfig(**{**QUICK, "method": "starft"}), device=torch.device("cpu"))
     trainer.train()
-    frozen = trainer.frozen
+    frozen = trainer.teacher.model
     assert not frozen.training and all(not p.requires_grad and p.grad is None for p in frozen.parameters())
     assert not {id(p) for p in frozen.parameters()} & {id(p) for p in trainer.trainable}
     assert_close(frozen.state_dict(), weights(base))
+
+
+def _trainer(table, base, out, **options):
+    return train_module.FinetuneRun(table, out, model_name=MICRO, pretrained=base, device=torch.device("cpu"),
+                                    config=FinetuneConfig(**{**QUICK, "method": "starft", **options.pop("config", {})}), **options)
+
+
+def _first_step_losses(trainer, table) -> dict:
+    """The losses of one step of a student unlike the teacher (other weights, so the regulariser is not 0) on a
+    batch of training rows out of table order (a cache read by batch position or by train-split position
+    instead of by table row would give other teacher features)."""
+    trainer.model.load_state_dict(build_clip(MICRO, "none", seed=5).model.state_dict())
+    rows = train_module.split_rows(table, "train")[::-3][:16].tolist()
+    images, rows = next(iter(torch.utils.data.DataLoader(ImageDataset(table, trainer.bundle.preprocess, rows), batch_size=16)))
+    templates = draw_templates(len(table.frame), len(trainer.templates), seed=0)[rows]
+    return trainer.step(images, rows, templates, reg_lambda=1.0)
+
+
+def test_the_cached_teacher_gives_the_step_loss_of_the_teacher_encoding_every_batch(table, base, tmp_path):
+    cached = _trainer(table, base, tmp_path / "cached")
+    uncached = _trainer(table, base, tmp_path / "uncached", teacher_cache=False)
+    assert cached.teacher.cache["images"] == "computed once" and uncached.teacher.cache["images"] == "per step"
+    assert torch.isnan(cached.teacher.images[train_module.split_rows(table, "val")]).all()  # only training rows are kept
+    first, second = _first_step_losses(cached, table), _first_step_losses(uncached, table)
+    assert first["regulariser"] > 1e-4
+    assert first == pytest.approx(second, rel=1e-5, abs=1e-7)
+
+
+def test_teacher_features_come_from_a_feature_store_of_the_same_model_only(table, base, tmp_path):
+    store = tmp_path / "features.h5"
+    extract(table, build_clip(MICRO, base), store, dtype="float32", device=torch.device("cpu"))
+    read = _trainer(table, base, tmp_path / "read", teacher_features=store)
+    assert read.teacher.cache["images"] == f"read from {store}"
+    computed = _trainer(table, base, tmp_path / "computed")
+    assert _first_step_losses(read, table) == pytest.approx(_first_step_losses(computed, table), rel=1e-5, abs=1e-7)
+    other = save_checkpoint(build_clip(MICRO, "none", seed=5), tmp_path / "other.pt")
+    with pytest.raises(GcctlError, match="holds another model's features"):
+        _trainer(table, str(other), tmp_path / "other", teacher_features=store)
+    with pytest.raises(GcctlError, match="drop --augment or --teacher-features"):
+        _trainer(table, base, tmp_path / "augmented", teacher_features=store, config={"augment": True})
+
+
+def test_augmentation_turns_the_teacher_cache_off_and_says_so(table, base, tmp_path, caplog):
+    summary = run(table, base, tmp_path / "run", method="starft", augment=True)
+    assert summary["teacher_cache"] == {"images": "per step", "texts": "once", "reason": "--augment: the training images differ every epoch"}
+    assert "computed every step (--augment" in caplog.text
+    assert run(table, base, tmp_path / "ft", method="ft")["teacher_cache"] is None
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("linear", [0.5, 0.375, 0.25, 0.125]),
+    ("paper", [0.375, 0.25, 0.125, 0.0]),  # the authors' λ·(1 − (e+1)/E)
+    ("constant", [0.5, 0.5, 0.5, 0.5]),
+])
+def test_lambda_schedules_give_the_weight_of_each_epoch(schedule, expected):
+    config = FinetuneConfig(epochs=4, reg_lambda=0.5, lambda_schedule=schedule)
+    assert [config.lambda_at(epoch) for epoch in range(4)] == pytest.approx(expected)
+    assert FinetuneConfig(method="ft", lambda_schedule=schedule).lambda_at(0) == 0.0
+
+
+def test_an_unknown_lambda_schedule_is_a_user_error():
+    with pytest.raises(GcctlError, match="--lambda-schedule 'cosine' is unknown; choose one of linear, paper, constant"):
+        FinetuneConfig(lambda_schedule="cosine").check()
 
 
 def test_ce_loss_and_towers_choose_what_trains(table, base, tmp_path):
@@ -403,6 +470,14 @@ def test_finetune_command_trains_and_reports(run_cli, tiny_waterbirds, base, tmp
                           "--lr", "1e-3", "--device", "cpu", "--out", str(tmp_path / "run"), "--json")
     assert code == 0 and json.loads(out)["best_epoch"] == 1
     assert build_clip(MICRO, str(tmp_path / "run" / "model.pt")).reference.architecture == MICRO
+
+
+def test_finetune_help_lists_the_lambda_schedules_and_the_teacher_cache(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # option names whole
+    code, out, _ = run_cli("finetune", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "paper λ(1-(e+1)/E)" in text
+    assert all(option in text for option in ("--lambda-schedule", "--teacher-cache", "--teacher-features", "--augment"))
 
 
 def test_bad_pool_and_foreign_checkpoint_are_one_line_errors(run_cli, tiny_waterbirds, base, tmp_path):

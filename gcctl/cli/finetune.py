@@ -28,8 +28,9 @@ def finetune(
         "--loss", help="contrastive (FLYP: image vs class caption) or ce (cross-entropy via a zero-shot head).")] = "contrastive",
     towers: Annotated[str, typer.Option("--towers", help="Which towers train: both, image or text.")] = "both",
     reg_lambda: Annotated[float, typer.Option("--lambda", help="Weight of the StarFT regulariser.")] = 0.5,
-    lambda_decay: Annotated[bool, typer.Option(
-        "--lambda-decay/--no-lambda-decay", help="Decay the weight linearly over the epochs.")] = True,
+    lambda_schedule: Annotated[str, typer.Option(
+        "--lambda-schedule", help="The weight over epochs e = 0..E-1: linear λ(1-e/E), paper λ(1-(e+1)/E) (the authors' "
+        "code: 0 in the last epoch, so a 1-epoch run is FT), or constant λ.")] = "linear",
     pool: Annotated[Optional[list[str]], typer.Option(
         "--pool", help="Spurious templates: a shipped pool (background, texture, resolution, synthetic) or a file, "
         "one template with {} per line; repeat to join pools. Default: background.")] = None,
@@ -39,6 +40,15 @@ def finetune(
     lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 1e-5,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.1,
     warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
+    augment: Annotated[bool, typer.Option(
+        "--augment/--no-augment", help="Train on open_clip's random resized crops (what the StarFT authors train with) "
+        "instead of the eval transform; StarFT's teacher then encodes every batch.")] = False,
+    teacher_cache: Annotated[bool, typer.Option(
+        "--teacher-cache/--no-teacher-cache", help="StarFT: encode each training image with the frozen model once, not "
+        "every step (4·N·D bytes of memory; off with --augment).")] = True,
+    teacher_features: Annotated[Optional[Path], typer.Option(
+        "--teacher-features", help="StarFT: read the frozen model's training image features from this feature store "
+        "(`gcctl extract` of the same --model, --pretrained and dataset) instead of computing them.")] = None,
     select_by: Annotated[str, typer.Option("--select-by", help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")] = "acc_wg",
     seed: Annotated[int, typer.Option("--seed", help="Seeds batch order, template draws and the random weights of --pretrained none.")] = 0,
     restart: Annotated[bool, typer.Option(
@@ -59,12 +69,13 @@ def finetune(
     from gcctl.methods.finetune import FinetuneConfig, finetune as run_finetune
 
     config = FinetuneConfig(
-        method=method, loss=loss, towers=towers, reg_lambda=reg_lambda, lambda_decay=lambda_decay,
+        method=method, loss=loss, towers=towers, reg_lambda=reg_lambda, lambda_schedule=lambda_schedule,
         pools=tuple(pool or ("background",)), caption=caption, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, warmup=warmup, select_by=select_by, seed=seed,
+        weight_decay=weight_decay, warmup=warmup, augment=augment, select_by=select_by, seed=seed,
     )
     summary = run_finetune(table, out, model_name=model, pretrained=pretrained, config=config, device=device,
-                           workers=workers, restart=restart, restart_if_changed=restart_if_changed)
+                           workers=workers, restart=restart, restart_if_changed=restart_if_changed,
+                           teacher_cache=teacher_cache, teacher_features=teacher_features)
     if summary:  # only the main process of a data-parallel run reports
         print_summary(summary, f"{method} → {out / 'model.pt'}", as_json)
 

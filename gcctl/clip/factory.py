@@ -461,6 +461,12 @@ def describe_preprocess(preprocess_cfg: dict) -> dict:
     }
 
 
+def train_transform(model: torch.nn.Module) -> Callable:
+    """open_clip's training transform for `model`'s preprocessing: a random resized crop (scale 0.9–1), then the
+    eval transform's normalisation; what FLYP and StarFT fine-tune with. Random: an image differs every epoch."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
+
+
 def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, device=None) -> torch.Tensor:
     """A uint8 batch [N, H, W, 3] -> the model's normalised input [N, 3, size, size], on `device`.
 

@@ -18,7 +18,6 @@ A directory holding anything else is never written into, and one process at a ti
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from gcctl import __version__
 from gcctl.clip.captions import DEFAULT_CAPTION, check_template
-from gcctl.clip.factory import build_clip, save_checkpoint
+from gcctl.clip.factory import build_clip, save_checkpoint, train_transform
 from gcctl.clip.pretrain import MAX_LOGIT_SCALE, warmup_cosine
 from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.curves import CurveLog
@@ -45,6 +44,7 @@ from gcctl.methods.finetune import parallel
 from gcctl.methods.finetune.evaluate import split_rows, zeroshot_metrics
 from gcctl.methods.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
 from gcctl.methods.finetune.pools import draw_templates, fill, read_pools
+from gcctl.methods.finetune.teacher import Teacher
 from gcctl.runtime import (autocast, check_output, epoch_seed, load_resume_state, output_lock, progress, refuse_inside,
                            resolve_device, save_torch_file, seed_everything, sha256_file, write_json)
 
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ft", "starft")
 LOSSES = ("contrastive", "ce")
+LAMBDA_SCHEDULES = ("linear", "paper", "constant")
 TOWERS = ("both", "image", "text")
 STATE, BEST, MODEL, CURVE, SUMMARY = "state.pt", "best.pt", "model.pt", "dvclive", "summary.json"
 
@@ -64,7 +65,8 @@ class FinetuneConfig:
     loss: str = "contrastive"  # contrastive (FLYP) or ce (cross-entropy through a zero-shot-initialised head)
     towers: str = "both"  # which towers train: both, image or text
     reg_lambda: float = 0.5  # weight of the StarFT regulariser
-    lambda_decay: bool = True  # decay the weight linearly over the epochs
+    lambda_schedule: str = "linear"  # how the weight changes over the epochs (`lambda_at`)
+    augment: bool = False  # train on open_clip's random crops instead of the eval transform
     pools: tuple[str, ...] = ("background",)  # shipped pool names or files of spurious templates
     caption: str = DEFAULT_CAPTION  # each image's class caption; {} is the class name
     epochs: int = 10
@@ -76,7 +78,8 @@ class FinetuneConfig:
     seed: int = 0  # batch order, template draws, and the initial weights when they are random
 
     def check(self) -> None:
-        choices = {"method": METHODS, "loss": LOSSES, "towers": TOWERS, "select_by": SELECT_BY}
+        choices = {"method": METHODS, "loss": LOSSES, "towers": TOWERS, "select_by": SELECT_BY,
+                   "lambda_schedule": LAMBDA_SCHEDULES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise GcctlError(f"--{name.replace('_', '-')} '{getattr(self, name)}' is unknown; choose one of {', '.join(allowed)}")
@@ -89,14 +92,17 @@ class FinetuneConfig:
         check_template(self.caption, "in --caption")
 
     def lambda_at(self, epoch: int) -> float:
-        """The regulariser's weight in epoch `epoch` (0-based): λ, then falling linearly by λ/epochs per epoch.
+        """The regulariser's weight in epoch `epoch` (0-based) of E:
 
-        The authors' code uses λ·(1 − (epoch+1)/epochs), which is 0 in the last epoch and in a one-epoch run;
-        starting from λ keeps the regulariser active in short runs.
+        - linear: λ·(1 − e/E), from λ down to λ/E in the last epoch;
+        - paper: λ·(1 − (e+1)/E), the authors' code (`--diminishing`): already below λ in the first epoch, 0 in
+          the last one, so a one-epoch run is plain FT;
+        - constant: λ throughout.
         """
         if self.method != "starft":
             return 0.0
-        return self.reg_lambda * (1 - epoch / self.epochs) if self.lambda_decay else self.reg_lambda
+        done = {"linear": epoch, "paper": epoch + 1, "constant": 0}[self.lambda_schedule]
+        return self.reg_lambda * (1 - done / self.epochs)
 
 
 def finetune(
@@ -110,11 +116,15 @@ def finetune(
     workers: int = 0,
     restart: bool = False,
     restart_if_changed: bool = False,
+    teacher_cache: bool = True,
+    teacher_features: str | os.PathLike | None = None,
 ) -> dict:
     """Fine-tune `model_name` with weights `pretrained` on `table`'s train split into the run directory `out`.
 
     Under `torchrun` each process trains on its share of every global batch (DistributedDataParallel)
-    and only rank 0 writes. Returns the summary (also written to `out/summary.json`).
+    and only rank 0 writes. StarFT's teacher encodes each training image once (`teacher_cache`; from the
+    feature store `teacher_features` when given) unless the config augments. Returns the summary (also
+    written to `out/summary.json`).
     """
     config.check()
     out = Path(out)
@@ -126,7 +136,8 @@ def finetune(
             check_output(out, "finetune", is_own=_is_finetune_run, replace_own=True)
             run = FinetuneRun(table, out, model_name=model_name, pretrained=pretrained, config=config,
                               device=parallel.process_device(resolve_device(device), world), world=world,
-                              workers=workers, restart=restart, restart_if_changed=restart_if_changed)
+                              workers=workers, restart=restart, restart_if_changed=restart_if_changed,
+                              teacher_cache=teacher_cache, teacher_features=teacher_features)
             return run.train()
     finally:
         parallel.leave_world(world)
@@ -158,7 +169,7 @@ class FinetuneRun:
 
     def __init__(self, table: DatasetTable, out: Path, *, model_name: str, pretrained: str, config: FinetuneConfig,
                  device: torch.device, world: parallel.World = parallel.World(), workers: int = 0, restart: bool = False,
-                 restart_if_changed: bool = False):
+                 restart_if_changed: bool = False, teacher_cache: bool = True, teacher_features: str | os.PathLike | None = None):
         self.table, self.out, self.model_name, self.config = table, out, model_name, config
         self.device, self.world, self.workers = device, world, workers
         self.train_rows = torch.as_tensor(split_rows(table, "train"))
@@ -175,9 +186,9 @@ class FinetuneRun:
         self.labels = torch.tensor(table.frame["y"].to_numpy(), dtype=torch.long)
         self._prepare_texts()
         self.head = self._zero_shot_head() if config.loss == "ce" else None
-        # StarFT's reference: the initial model (None for FT), its spurious caption features [classes, templates, D]
-        # and its temperature.
-        self.frozen, self.frozen_spurious, self.frozen_scale = self._frozen_copy() if config.method == "starft" else (None, None, None)
+        self.train_transform = train_transform(self.model) if config.augment else self.bundle.preprocess
+        # StarFT's reference, the initial model (None for FT): made before any weight is loaded or trained.
+        self.teacher = self._teacher(teacher_cache, teacher_features) if config.method == "starft" else None
         self.trainable = self._set_trainable()
         self._make_optimiser()
         self.curve: list[dict] = []
@@ -221,13 +232,23 @@ class FinetuneRun:
             class_features = self.model.encode_text(self.class_tokens, normalize=True).float()
         return ZeroShotHead(class_features, logit_scale(self.model)).to(self.device)
 
-    def _frozen_copy(self) -> tuple[nn.Module, torch.Tensor, float]:
-        """The initial model, frozen (no gradients, no optimizer state), with its spurious caption features
-        computed once: they never change, so only its image forward remains per step."""
-        frozen = copy.deepcopy(self.model).requires_grad_(False).eval()
-        with torch.no_grad(), autocast(self.device):
-            features = torch.cat([frozen.encode_text(chunk, normalize=True).float() for chunk in self.spurious_tokens.split(1024)])
-        return frozen, features.view(len(self.table.class_names), len(self.templates), -1), logit_scale(frozen)
+    def _teacher(self, cache: bool, features: str | os.PathLike | None) -> Teacher:
+        """The frozen initial model, its image features of the training images cached when nothing random
+        changes them (see `gcctl.methods.finetune.teacher`)."""
+        teacher = Teacher(self.model, self.spurious_tokens, len(self.table.class_names), self.device)
+        rows = self.train_rows.numpy()
+        if self.config.augment:
+            if features is not None:
+                raise GcctlError("--teacher-features needs the same images every epoch; drop --augment or --teacher-features")
+            teacher.no_image_cache("--augment: the training images differ every epoch")
+        elif features is not None:
+            teacher.read_image_cache(features, self.table, rows, self.bundle.reference)
+        elif cache:
+            teacher.compute_image_cache(self.table, rows, self.train_transform, batch_size=self.batch_size // self.world.size,
+                                        workers=self.workers, world=self.world)
+        else:
+            teacher.no_image_cache("--no-teacher-cache")
+        return teacher
 
     def _set_trainable(self) -> list[nn.Parameter]:
         """Freeze what the loss cannot train: a tower not chosen, the text tower when no loss term reads it,
@@ -313,12 +334,12 @@ class FinetuneRun:
         batches = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
         local = [self.world.share(self.train_rows[batch]).tolist() for batch in batches]
         templates = draw_templates(len(self.table.frame), max(1, len(self.templates)), seed)
-        loader = DataLoader(ImageDataset(self.table, self.bundle.preprocess), batch_sampler=local, num_workers=self.workers)
+        loader = DataLoader(ImageDataset(self.table, self.train_transform), batch_sampler=local, num_workers=self.workers)
         totals = {"loss": 0.0, "base_loss": 0.0, "regulariser": 0.0}
         self.model.train()
         started = time.perf_counter()
         for images, rows in loader:
-            losses = self.step(images.to(self.device), self.labels[rows].to(self.device), templates[rows].to(self.device), reg_lambda)
+            losses = self.step(images.to(self.device), rows, templates[rows].to(self.device), reg_lambda)
             for key in totals:
                 totals[key] += losses[key]
             on_step(losses["loss"])
@@ -334,10 +355,12 @@ class FinetuneRun:
             "seconds_per_step": round(seconds / self.steps_per_epoch, 4),
         }
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, templates: torch.Tensor, reg_lambda: float) -> dict:
-        """One optimisation step on this process's share of a batch; `templates` index each sample's spurious template."""
+    def step(self, images: torch.Tensor, rows: torch.Tensor, templates: torch.Tensor, reg_lambda: float) -> dict:
+        """One optimisation step on this process's share of a batch: `images` of the table rows `rows` (a CPU tensor),
+        `templates` indexing each one's spurious template."""
+        labels = self.labels[rows].to(self.device)
         tokens = [self.class_tokens] if self.config.loss == "contrastive" else []
-        if self.frozen is not None:
+        if self.teacher is not None:
             # Each distinct spurious caption of the batch is encoded once; `which` maps samples to them.
             distinct, which = torch.unique(labels * len(self.templates) + templates, return_inverse=True)
             tokens.append(self.spurious_tokens[distinct])
@@ -350,24 +373,22 @@ class FinetuneRun:
         else:
             base_loss = F.cross_entropy(self.head(all_images), all_labels)
         regulariser = torch.zeros((), device=self.device)
-        if self.frozen is not None:
+        if self.teacher is not None:
             spurious = text_features[len(text_features) - len(distinct) :][which]
-            regulariser = self._regulariser(images, labels, templates, all_images, all_labels, spurious)
+            regulariser = self._regulariser(images, rows, labels, templates, all_images, all_labels, spurious)
         loss = base_loss + reg_lambda * regulariser
         self._optimise(loss)
         return {"loss": loss.item(), "base_loss": base_loss.item(), "regulariser": regulariser.item()}
 
-    def _regulariser(self, images, labels, templates, all_images, all_labels, spurious) -> torch.Tensor:
+    def _regulariser(self, images, rows, labels, templates, all_images, all_labels, spurious) -> torch.Tensor:
         """StarFT's term for the global batch; the frozen model's features of the local share are gathered."""
-        with torch.no_grad(), autocast(self.device):
-            frozen_images = self.frozen.encode_image(images, normalize=True)
         return starft_regulariser(
             all_images,
             parallel.gather(spurious, self.world),
-            parallel.gather(frozen_images, self.world),
-            parallel.gather(self.frozen_spurious[labels, templates], self.world),
+            parallel.gather(self.teacher.image_features(images, rows), self.world),
+            parallel.gather(self.teacher.spurious[labels, templates], self.world),
             all_labels,
-            self.frozen_scale,
+            self.teacher.scale,
         )
 
     def _optimise(self, loss: torch.Tensor) -> None:
@@ -409,6 +430,7 @@ class FinetuneRun:
             "dataset": self.table.dataset,
             "dataset_fingerprint": self.identity["dataset_fingerprint"],
             "templates": len(self.templates),
+            "teacher_cache": self.teacher.cache if self.teacher is not None else None,
             "processes": self.world.size,
             "best_epoch": self.best["epoch"],
             "select_by": f"val_{self.config.select_by}",
