@@ -26,7 +26,9 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
-    method: Annotated[str, typer.Option("--method", help="zeroshot, linear, dfr, coop or groupcoop.")],
+    method: Annotated[str, typer.Option("--method", help=(
+        "zeroshot, linear, dfr, coop, groupcoop; tie (TIE, training-free: needs the store's attribute names and "
+        "val groups) or tie-star (TIE*, training-free: attribute names only, the value inferred zero-shot)."))],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
@@ -43,7 +45,7 @@ def train(
     class_names: Annotated[Optional[str], typer.Option(
         "--class-names", help="Comma-separated words naming the classes in prompts (default: the store's names).")] = None,
     template: Annotated[Optional[list[str]], typer.Option(
-        "--template", help="zeroshot prompt template with {} for the class; repeat for an ensemble.")] = None,
+        "--template", help="zeroshot, tie, tie-star: class prompt template with {} for the class; repeat for an ensemble.")] = None,
     ctx_init: Annotated[Optional[str], typer.Option(
         "--ctx-init", help="Words initialising the prompt context (their count sets its length); '' for random.")] = None,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context length of a random initialisation.")] = None,
@@ -57,8 +59,11 @@ def train(
         "--target", help="groupcoop loss: prompt (the sample's group prompt among all) or class (aggregated scores).")] = None,
     init: Annotated[Optional[str], typer.Option(
         "--init", help="groupcoop contexts start from: coop (a CoOp trained first) or words (--ctx-init).")] = None,
+    attribute_prompt: Annotated[Optional[list[str]], typer.Option(
+        "--attribute-prompt", help="tie, tie-star: the spurious value's text, ATTR=TEMPLATE ({value}, optionally {class}) or "
+        "ATTR:VALUE=TEXT; repeat per attribute or value (default 'a photo of a {class} on {value}.', averaged over classes).")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
-        "--pretrained", help="zeroshot, coop, groupcoop: the store's model weights, if they moved since extraction "
+        "--pretrained", help="zeroshot, coop, groupcoop, tie, tie-star: the store's model weights, if they moved since extraction "
         "(checked against the store's sha256).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a run an earlier `gcctl train` wrote at --out (once the new one is complete).")] = False,
@@ -78,6 +83,7 @@ def train(
         "class_position": class_position, "class_specific": class_specific, "aggregation": aggregation,
         "target": target, "init": init, "templates": template or None,
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
+        "attribute_prompts": attribute_prompt or None,
     }
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
                         device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite)

@@ -11,6 +11,7 @@ from gcctl.errors import GcctlError
 from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
 from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
+from gcctl.methods.tie import TIEConfig, fit_tie, fit_tie_star
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
 
@@ -33,6 +34,9 @@ METHODS = {
     "coop": Method(CoOpConfig, fit_coop, True, "CoOp: learned shared (or class-specific) prompt context"),
     "groupcoop": Method(GroupCoOpConfig, fit_groupcoop, True, "GroupCoOp: one learned prompt per (class, group), group-balanced",
                         ("train",)),
+    "tie": Method(TIEConfig, fit_tie, True, "TIE: image embeddings translated against the spurious value's text (val groups)",
+                  ("val",)),
+    "tie-star": Method(TIEConfig, fit_tie_star, True, "TIE*: TIE with the spurious value inferred zero-shot (no labels)"),
 }
 
 _CHOICES = {

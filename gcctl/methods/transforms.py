@@ -38,8 +38,47 @@ class Projection(FeatureTransform):
         return F.normalize(features @ self.matrix.T, dim=-1)
 
 
+class SpuriousTranslation(FeatureTransform):
+    """`x -> normalise(x - Σ_k scales[v_k] · directions[v_k])` (TIE): for every spurious attribute k, subtract the
+    text direction of the value v_k the image shows, scaled by that value's mean projection.
+
+    The rows enumerate every value of every attribute (`attribute[r]` names row r's attribute); `v_k` is the row
+    of attribute k whose score `x @ scorer_weight.T + scorer_bias` is highest: the value texts themselves
+    (zero-shot) or a probe fitted on labelled images.
+    """
+
+    kind = "spurious_translation"
+
+    def __init__(self, scorer_weight: torch.Tensor, scorer_bias: torch.Tensor, directions: torch.Tensor,
+                 scales: torch.Tensor, attribute: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scorer_weight", scorer_weight.to(torch.float32))  # [R, D]
+        self.register_buffer("scorer_bias", scorer_bias.to(torch.float32))  # [R]
+        self.register_buffer("directions", directions.to(torch.float32))  # [R, D], unit text directions
+        self.register_buffer("scales", scales.to(torch.float32))  # [R]
+        self.register_buffer("attribute", attribute.to(torch.long))  # [R]
+
+    def values(self, features: torch.Tensor) -> torch.Tensor:
+        """The chosen row of every attribute per image [B, K], attributes in order."""
+        scores = features @ self.scorer_weight.T + self.scorer_bias
+        chosen = []
+        for k in torch.unique(self.attribute):
+            rows = torch.nonzero(self.attribute == k).squeeze(1)
+            chosen.append(rows[scores[:, rows].argmax(dim=1)])
+        return torch.stack(chosen, dim=1)
+
+    def shift(self, features: torch.Tensor) -> torch.Tensor:
+        """What is subtracted from each image [B, D], before renormalising."""
+        rows = self.values(features)
+        return (self.scales[rows].unsqueeze(-1) * self.directions[rows]).sum(dim=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features - self.shift(features), dim=-1)
+
+
 _TRANSFORMS: dict[str, Callable[[dict], FeatureTransform]] = {
     Projection.kind: lambda tensors: Projection(tensors["matrix"]),
+    SpuriousTranslation.kind: lambda tensors: SpuriousTranslation(**tensors),
 }
 
 

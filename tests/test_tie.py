@@ -1,0 +1,144 @@
+"""TIE and TIE*: image embeddings translated against the text direction of their spurious value."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT
+from gcctl.clip.factory import build_clip
+from gcctl.clip.prompts import encode_texts
+from gcctl.clip.reference import ModelRef
+from gcctl.datasets.groups import GroupVocabulary
+from gcctl.methods.runs import evaluate_run, train_run
+from gcctl.methods.tie import value_directions
+from gcctl.methods.transforms import SpuriousTranslation, transform_from_state
+from gcctl.runtime import seed_everything
+from gcctl.store import write_store
+
+MODEL = "gcctl-micro"
+DIM = 32
+CLASSES = ["landbird", "waterbird"]
+PLACES = ["land", "water"]
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_random_weights_warning():
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    seed_everything(0)  # as train_run does, so random weights agree
+    return build_clip(MODEL, "none")
+
+
+@pytest.fixture(scope="module")
+def place_texts(bundle):
+    """The default value directions: the attribute prompt of each place, averaged over the classes."""
+    return value_directions(bundle, [DEFAULT_ATTRIBUTE_PROMPT.replace("{value}", p) for p in PLACES], CLASSES)
+
+
+def write_toy_store(path, place_texts, *, attributes=True, n=(400, 200, 200), seed=0):
+    """Features = class direction + the place's text direction + noise; the place follows the class in 90% of
+    train, independent of it in val and test."""
+    rng = np.random.default_rng(seed)
+    centers = F.normalize(torch.randn(2, DIM, generator=torch.Generator().manual_seed(seed)), dim=-1).numpy()
+    parts = []
+    for split, count in enumerate(n):
+        y = rng.integers(0, 2, count)
+        place = np.where(rng.random(count) < (0.9 if split == 0 else 0.5), y, 1 - y)
+        features = 2 * centers[y] + 3 * place_texts.numpy()[place] + 0.15 * rng.standard_normal((count, DIM))
+        parts.append((features / np.linalg.norm(features, axis=1, keepdims=True), y, place, np.full(count, split)))
+    features, y, place, split = (np.concatenate(p) for p in zip(*parts))
+    vocabulary = GroupVocabulary(CLASSES, {"place": PLACES} if attributes else None)
+    write_store(path, features.astype(np.float32), y, split, [f"img{i}" for i in range(len(y))],
+                {"place": place} if attributes else {}, vocabulary=vocabulary,
+                provenance={"model_ref": ModelRef(MODEL, "none", "", "none").to_dict(), "embed_dim": DIM,
+                            "normalized": True, "dataset": "toy", "dataset_fingerprint": "toy"})
+    return path, torch.from_numpy(features).float(), torch.from_numpy(place), split
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, place_texts):
+    return write_toy_store(tmp_path_factory.mktemp("stores") / "toy.h5", place_texts)
+
+
+def saved_translation(run) -> SpuriousTranslation:
+    state = torch.load(run / "params.pt", weights_only=True)[0]["classifier"]["transform"]
+    return transform_from_state(state, CPU)
+
+
+def test_translation_subtracts_each_attributes_scaled_direction_then_renormalises():
+    directions = torch.eye(5)  # attribute 0: rows 0, 1; attribute 1: rows 2, 3, 4
+    translation = SpuriousTranslation(scorer_weight=torch.eye(5), scorer_bias=torch.zeros(5), directions=directions,
+                                      scales=torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]), attribute=torch.tensor([0, 0, 1, 1, 1]))
+    features = F.normalize(torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.8], [0.1, 0.7, 0.6, 0.2, 0.0]]), dim=-1)
+
+    assert translation.values(features).tolist() == [[0, 4], [1, 2]]
+    expected_shift = torch.stack([0.1 * directions[0] + 0.5 * directions[4], 0.2 * directions[1] + 0.3 * directions[2]])
+    torch.testing.assert_close(translation.shift(features), expected_shift)
+    torch.testing.assert_close(translation(features), F.normalize(features - expected_shift, dim=-1))
+
+
+def test_tie_removes_the_mean_projection_of_each_value_measured_on_val(tmp_path, toy, place_texts):
+    store, features, place, split = toy
+    train_run(store, "tie", tmp_path / "run", device="cpu")
+    translation = saved_translation(tmp_path / "run")
+    torch.testing.assert_close(translation.directions, place_texts)
+
+    val, val_place = features[split == 1], place[split == 1]
+    expected = torch.stack([(val[val_place == v] @ place_texts[v]).mean() for v in range(2)])
+    torch.testing.assert_close(translation.scales, expected)
+    # The val probe names every image's place, so each moves by exactly its place's scale along its text...
+    test = features[split == 2]
+    assert (translation.values(test)[:, 0] == place[split == 2]).float().mean() > 0.97
+    chosen = translation.values(val)[:, 0]
+    torch.testing.assert_close(translation.shift(val), expected[chosen, None] * place_texts[chosen])
+    # ...which leaves the val images of a place with no mean component along that place's text.
+    moved = val - translation.shift(val)
+    for v in range(2):
+        assert abs(float((moved[(val_place == v) & (chosen == v)] @ place_texts[v]).mean())) < 0.01
+
+
+def test_tie_star_infers_the_place_zero_shot_and_measures_scales_on_train(tmp_path, toy, place_texts):
+    store, features, _, split = toy
+    train_run(store, "tie-star", tmp_path / "run", device="cpu")
+    translation = saved_translation(tmp_path / "run")
+
+    train = features[split == 0]
+    inferred = (train @ place_texts.T).argmax(dim=1)
+    assert translation.values(train)[:, 0].tolist() == inferred.tolist()
+    expected = torch.stack([(train[inferred == v] @ place_texts[v]).mean() for v in range(2)])
+    torch.testing.assert_close(translation.scales, expected)
+
+
+def test_attribute_prompt_sets_the_direction_and_the_run_evaluates(tmp_path, toy, bundle, run_cli):
+    store = toy[0]
+    code, out, err = run_cli("train", "--features", str(store), "--method", "tie-star", "--device", "cpu",
+                             "--attribute-prompt", "place=a photo with a {value} background.", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    texts = encode_texts(bundle.model, bundle.tokenizer, [f"a photo with a {p} background." for p in PLACES])
+    torch.testing.assert_close(saved_translation(tmp_path / "run").directions, texts)
+    code, out, err = run_cli("evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.json"), "--device", "cpu")
+    assert code == 0, err
+    assert 0 <= evaluate_run(tmp_path / "run", "test", device="cpu")["acc_wg"]["mean"] <= 1
+
+
+@pytest.mark.parametrize(("method", "extra", "fragment"), [
+    ("tie", [], "the store has none"),
+    ("tie-star", ["--attribute-prompt", "place"], "is not ATTR=TEMPLATE"),
+    ("linear", ["--attribute-prompt", "place=a {value}"], "does not apply to method 'linear'"),
+])
+def test_bad_input_is_one_line_and_writes_no_run(tmp_path, place_texts, toy, run_cli, method, extra, fragment):
+    store = write_toy_store(tmp_path / "plain.h5", place_texts, attributes=False)[0] if method == "tie" else toy[0]
+    code, out, err = run_cli("train", "--features", str(store), "--method", method, "--device", "cpu", *extra,
+                             "--out", str(tmp_path / "run"))
+    assert code == 1
+    assert err.startswith("error:") and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
