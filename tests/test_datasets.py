@@ -288,6 +288,21 @@ def test_names_sidecar_overrides_defaults_and_class_names_override_both(waterbir
     assert explicit.attributes == {"place": ["grass", "sea"]}
 
 
+def test_the_sidecar_says_how_attribute_values_read_and_that_travels_with_the_table(waterbirds_root, tmp_path):
+    sidecar = {"attributes": {"place": ["grass", "water"]},
+               "attribute_prompts": {"place": "a {class} seen over {value}.", "Male": "a photo of a {value} {class}."}}
+    (waterbirds_root / "gcctl-names.json").write_text(json.dumps(sidecar))
+    table = load_dataset("waterbirds", waterbirds_root)
+    # Only the attributes this dataset has keep a prompt (a sidecar may describe more than one reading of it).
+    assert table.vocabulary.attribute_prompts == {"place": "a {class} seen over {value}."}
+    table.save(tmp_path / "table.parquet")
+    assert DatasetTable.load(tmp_path / "table.parquet").vocabulary == table.vocabulary
+    sidecar["attribute_prompts"]["place"] = "a {class} on land or water"
+    (waterbirds_root / "gcctl-names.json").write_text(json.dumps(sidecar))
+    with pytest.raises(GcctlError, match=r"attribute_prompts\['place'\].*has no \{value\}"):
+        load_dataset("waterbirds", waterbirds_root)
+
+
 def test_names_that_do_not_fit_the_data_are_rejected(waterbirds_root):
     with pytest.raises(GcctlError, match="3 names given"):
         load_dataset("waterbirds", waterbirds_root, class_names=["a", "b", "c"])

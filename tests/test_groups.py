@@ -165,6 +165,9 @@ def test_attribute_prompts_fill_templates_in_the_store_order():
     assert list(prompts) == ["Young", "Male"]
     assert prompts["Young"] == ["a photo of a purple {class}.", "a photo of a orange {class}."]
     assert prompts["Male"] == ["a photo of a {class} on snow.", "a {class} in a forest"]
+    # The dataset's own template for an attribute (its vocabulary's attribute_prompts) replaces the default.
+    dataset_own = attribute_prompts(["Male:1=a {class} in a forest"], values, {"Young": "a {value} {class}", "Male": "{class} on {value}"})
+    assert dataset_own == {"Young": ["a purple {class}", "a orange {class}"], "Male": ["{class} on snow", "a {class} in a forest"]}
     for bad in (["Old=a {value}"], ["Young=a photo"], ["Young:grey=a grey {class}"], ["no equals sign"]):
         with pytest.raises(GcctlError):
             attribute_prompts(bad, values)

@@ -170,7 +170,8 @@ def test_waterbirds_layout_and_names(waterbirds):
             assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
     assert len(list(waterbirds.rglob("*.png"))) == len(metadata)
     names = json.loads((waterbirds / "gcctl-names.json").read_text())
-    assert names == {"classes": ["circle", "square"], "attributes": {"place": ["grass", "water"]}}
+    assert names == {"classes": ["circle", "square"], "attributes": {"place": ["grass", "water"]},
+                     "attribute_prompts": {"place": "a photo of a {class} on {value}."}}
     assert not (waterbirds.parent / "waterbirds.partial").exists()
 
 

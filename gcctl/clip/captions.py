@@ -5,7 +5,7 @@ loading a model."""
 from __future__ import annotations
 
 import string
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from gcctl.errors import GcctlError
 
@@ -44,8 +44,11 @@ def _value_index(attribute: str, value: str, names: list[str]) -> int:
     raise GcctlError(f"--attribute-prompt: attribute '{attribute}' has no value '{value}'; its values are {', '.join(names)}")
 
 
-def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]]) -> dict[str, list[str]]:
-    """For each attribute, in the store's order, one prompt template per value ({class} still to fill in)."""
+def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str]],
+                      defaults: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """For each attribute, in the store's order, one prompt template per value ({class} still to fill in): from
+    `specs` (`--attribute-prompt`), else the dataset's own template for the attribute (`defaults`, its vocabulary's
+    `attribute_prompts`), else DEFAULT_ATTRIBUTE_PROMPT."""
     templates: dict[str, str] = {}
     texts: dict[str, dict[int, str]] = {name: {} for name in attribute_values}
     for spec in specs:
@@ -63,6 +66,6 @@ def attribute_prompts(specs: Sequence[str], attribute_values: dict[str, list[str
             templates[attribute] = text.strip()
     prompts = {}
     for attribute, names in attribute_values.items():
-        template = templates.get(attribute, DEFAULT_ATTRIBUTE_PROMPT)
+        template = templates.get(attribute, (defaults or {}).get(attribute, DEFAULT_ATTRIBUTE_PROMPT))
         prompts[attribute] = [texts[attribute].get(i, fill_prompt(template, value=name)) for i, name in enumerate(names)]
     return prompts

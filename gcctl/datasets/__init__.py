@@ -54,6 +54,16 @@ LAYOUTS: dict[str, str] = {
 }
 
 
+def _set_attribute_prompts(table: DatasetTable, prompts: dict[str, str], root: Path) -> None:
+    """The sidecar's caption template for each attribute this table has (a sidecar may describe more)."""
+    kept = {name: template for name, template in prompts.items() if name in table.attributes}
+    for name, template in kept.items():
+        if "{value}" not in template:
+            raise GcctlError(f"{root / NAMES_SIDECAR}: attribute_prompts['{name}'] is '{template}', which has no "
+                             "{value}; write it like 'a photo of a {value} {class}.'")
+    table.attribute_prompts = kept
+
+
 def load_dataset(name: str, root: str | os.PathLike, *, allow_outside_root: bool = False, **options) -> DatasetTable:
     """Read the dataset `name` under `root` into the canonical table.
 
@@ -71,6 +81,7 @@ def load_dataset(name: str, root: str | os.PathLike, *, allow_outside_root: bool
     _check_options(name, options)
     names = read_name_overrides(root, options.pop("class_names", None))
     table = adapter(root, names, **options)
+    _set_attribute_prompts(table, names.attribute_prompts, root)
     outside = [] if allow_outside_root else table.paths_outside_root(limit=1)
     if outside:
         raise GcctlError(f"image path '{outside[0]}' lies outside --root {root}; move the images under the root, "

@@ -7,7 +7,9 @@ name joins the class's and the values' names with "/" (`waterbird/water`). Witho
 one group, named after the class.
 
 The vocabulary also carries the training counts (images per group in the train split, the proportions that
-`acc_adj_avg` weighs by) and travels as a plain dict: in the table's Parquet metadata, the feature store's HDF5
+`acc_adj_avg` weighs by) and, where the dataset says how its attribute values read in a caption, one prompt
+template per attribute (`{value}`, optionally `{class}`: "a photo of a {value} {class}." for a colour), which
+text methods take as their default. It travels as a plain dict: in the table's Parquet metadata, the feature store's HDF5
 attributes, group files and run configs.
 """
 
@@ -29,7 +31,7 @@ class GroupVocabulary:
     """Classes and attribute values (names in order), and optionally the train images per group."""
 
     def __init__(self, class_names: Sequence[str], attributes: Mapping[str, Sequence[str]] | None = None,
-                 train_counts: Sequence[int] | np.ndarray | None = None):
+                 train_counts: Sequence[int] | np.ndarray | None = None, attribute_prompts: Mapping[str, str] | None = None):
         self.class_names = [str(name) for name in class_names]
         self.attributes = {str(name): [str(value) for value in values] for name, values in (attributes or {}).items()}
         if not self.class_names or any(not values for values in self.attributes.values()):
@@ -39,6 +41,11 @@ class GroupVocabulary:
         if self.train_counts is not None and self.train_counts.shape != (self.n_groups,):
             raise ValueError(f"{len(self.train_counts)} training counts for {self.n_groups} groups")
         self.names = ["/".join(parts) for parts in itertools.product(self.class_names, *self.attributes.values())]
+        self.attribute_prompts = {str(name): str(template) for name, template in (attribute_prompts or {}).items()}
+        stray = sorted(set(self.attribute_prompts) - set(self.attributes))
+        if stray or any("{value}" not in template for template in self.attribute_prompts.values()):
+            raise ValueError(f"attribute prompts must be templates with {{value}} for attributes of {list(self.attributes)}; "
+                             f"got {self.attribute_prompts}")
 
     @property
     def num_classes(self) -> int:
@@ -98,7 +105,7 @@ class GroupVocabulary:
     def counted(self, train_groups: np.ndarray) -> GroupVocabulary:
         """The same vocabulary with training counts taken from the group ids of the train split."""
         counts = np.bincount(np.asarray(train_groups, dtype=np.int64), minlength=self.n_groups)
-        return GroupVocabulary(self.class_names, self.attributes, counts)
+        return GroupVocabulary(self.class_names, self.attributes, counts, self.attribute_prompts)
 
     def same_groups(self, other: GroupVocabulary) -> bool:
         """Whether both number the same groups the same way (training counts aside)."""
@@ -106,13 +113,15 @@ class GroupVocabulary:
 
     def to_dict(self) -> dict:
         counts = None if self.train_counts is None else self.train_counts.tolist()
-        return {"class_names": self.class_names, "attributes": self.attributes, "train_counts": counts}
+        prompts = {"attribute_prompts": self.attribute_prompts} if self.attribute_prompts else {}
+        return {"class_names": self.class_names, "attributes": self.attributes, "train_counts": counts, **prompts}
 
     @classmethod
     def from_dict(cls, described: Mapping, source: str) -> GroupVocabulary:
         """The vocabulary `to_dict` wrote; `source` names where it was read, for the error message."""
         try:
-            return cls(described["class_names"], described.get("attributes", {}), described.get("train_counts"))
+            return cls(described["class_names"], described.get("attributes", {}), described.get("train_counts"),
+                       described.get("attribute_prompts"))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise GcctlError(f"{source} records no valid group vocabulary ({error}); write it again with gcctl") from None
 
@@ -121,7 +130,7 @@ class GroupVocabulary:
             return NotImplemented
         counts, other_counts = self.train_counts, other.train_counts
         same_counts = (counts is None) == (other_counts is None) and (counts is None or np.array_equal(counts, other_counts))
-        return self.same_groups(other) and same_counts
+        return self.same_groups(other) and same_counts and self.attribute_prompts == other.attribute_prompts
 
     def __repr__(self) -> str:
         return f"GroupVocabulary({self.class_names}, {self.attributes}, train_counts={self.to_dict()['train_counts']})"

@@ -40,6 +40,7 @@ class DatasetTable:
     class_names: list[str]
     attributes: dict[str, list[str]]
     class_subset: ClassSubset | None = None  # ImageNet-R/A: the classes' places among ImageNet's 1,000
+    attribute_prompts: dict[str, str] = field(default_factory=dict)  # how values read in a caption (gcctl-names.json)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -91,7 +92,8 @@ class DatasetTable:
     def vocabulary(self) -> GroupVocabulary:
         """The groups of the classes and attributes, with the train split's counts."""
         train = self.frame["split"].to_numpy() == "train"
-        return GroupVocabulary(self.class_names, self.attributes).counted(self.frame["group"].to_numpy()[train])
+        vocabulary = GroupVocabulary(self.class_names, self.attributes, attribute_prompts=self.attribute_prompts)
+        return vocabulary.counted(self.frame["group"].to_numpy()[train])
 
     def fingerprint(self) -> str:
         """sha256 over the canonical columns and the names: equal for the same data wherever its root is."""
@@ -177,13 +179,15 @@ class DatasetTable:
         vocabulary = GroupVocabulary.from_dict(described.get("vocabulary", described), str(path))
         return cls(frame=arrow.to_pandas(), root=Path(os.path.normpath(path.parent / described["root"])),
                    dataset=described["dataset"], class_names=vocabulary.class_names, attributes=vocabulary.attributes,
-                   class_subset=ClassSubset.from_dict(described.get("class_subset"), str(path)))
+                   class_subset=ClassSubset.from_dict(described.get("class_subset"), str(path)),
+                   attribute_prompts=vocabulary.attribute_prompts)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DatasetTable):
             return NotImplemented
         return (self.dataset == other.dataset and self.root == other.root and self.class_names == other.class_names
                 and self.attributes == other.attributes and self.class_subset == other.class_subset
+                and self.attribute_prompts == other.attribute_prompts
                 and self.frame.equals(other.frame))
 
 
@@ -247,6 +251,7 @@ class NameOverrides:
 
     classes: list[str] | None = None
     attributes: dict[str, list[str]] = field(default_factory=dict)
+    attribute_prompts: dict[str, str] = field(default_factory=dict)  # attribute -> template with {value}
 
 
 def read_name_overrides(root: Path, class_names: list[str] | None = None) -> NameOverrides:
@@ -260,20 +265,23 @@ def read_name_overrides(root: Path, class_names: list[str] | None = None) -> Nam
             raise GcctlError(f"{sidecar} is not valid JSON ({error}); fix or delete it") from None
         if not _is_names_sidecar(described):
             raise GcctlError(f"{sidecar} must look like "
-                             '{"classes": [names...], "attributes": {"<column>": [names...]}}; fix or delete it')
+                             '{"classes": [names...], "attributes": {"<column>": [names...]}, '
+                             '"attribute_prompts": {"<column>": "a photo of a {value} {class}."}}; fix or delete it')
     classes = list(class_names) if class_names else described.get("classes")
-    return NameOverrides(classes=classes, attributes=described.get("attributes", {}))
+    return NameOverrides(classes=classes, attributes=described.get("attributes", {}),
+                         attribute_prompts=described.get("attribute_prompts", {}))
 
 
 def _is_names_sidecar(described: object) -> bool:
     def is_names(value: object) -> bool:
         return isinstance(value, list) and all(isinstance(name, str) for name in value)
 
-    if not isinstance(described, dict) or set(described) - {"classes", "attributes"}:
+    if not isinstance(described, dict) or set(described) - {"classes", "attributes", "attribute_prompts"}:
         return False
-    attributes = described.get("attributes", {})
+    attributes, prompts = described.get("attributes", {}), described.get("attribute_prompts", {})
     return (is_names(described.get("classes", [])) and isinstance(attributes, dict)
-            and all(is_names(names) for names in attributes.values()))
+            and all(is_names(names) for names in attributes.values())
+            and isinstance(prompts, dict) and all(isinstance(text, str) for text in prompts.values()))
 
 
 def pick_names(override: list[str] | None, default: list[str], what: str) -> list[str]:

@@ -33,7 +33,7 @@ def zeroshot_attr(
     from gcctl.clip.factory import build_from_reference  # here: the other strategies need no model (open_clip is slow to import)
     from gcctl.clip.prompts import encode_texts, logit_scale
 
-    prompts = attribute_prompts(specs, data.vocabulary.attributes)
+    prompts = attribute_prompts(specs, data.vocabulary.attributes, data.vocabulary.attribute_prompts)
     words = class_words(class_names, data.class_names)
     bundle = build_from_reference(reference, recorded_in=f"the feature store in {reference.anchor}", pretrained=pretrained,
                                   embed_dim=data.train_features.shape[1], device=data.device)

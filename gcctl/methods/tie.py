@@ -91,7 +91,7 @@ def _fit(data: TrainingData, config: TIEConfig, bundle, device: torch.device, la
         raise GcctlError(f"{method} translates along spurious attributes but the store has none; extract it from a "
                          "dataset with attribute columns (their value names in its gcctl-names.json)")
     words = class_words(config.class_names, data.class_names)
-    prompts = attribute_prompts(config.attribute_prompts, vocabulary.attributes)
+    prompts = attribute_prompts(config.attribute_prompts, vocabulary.attributes, vocabulary.attribute_prompts)
     directions = {attribute: value_directions(bundle, templates, words).to(device) for attribute, templates in prompts.items()}
     weight, bias, scales = (_labelled_translation if labelled else _zeroshot_translation)(data, directions)
     attribute = torch.cat([torch.full((len(texts),), k, device=device) for k, texts in enumerate(directions.values())])

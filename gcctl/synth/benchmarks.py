@@ -20,6 +20,7 @@ from PIL import Image
 
 from gcctl.errors import GcctlError
 from gcctl.runtime import partial_path, progress, write_json
+from gcctl.synth.corpus import FACTOR_PROMPTS
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 
 NAMES_FILE = "gcctl-names.json"
@@ -114,7 +115,8 @@ def write_waterbirds(
         paths = [staging / name for name in metadata["img_filename"]]
         _save_images(images, paths, "waterbirds", format="PNG", compress_level=1)
         metadata.to_csv(staging / "metadata.csv", index=False)
-        names = {"classes": list(WATERBIRDS_CLASSES), "attributes": {"place": list(WATERBIRDS_PLACES)}}
+        names = {"classes": list(WATERBIRDS_CLASSES), "attributes": {"place": list(WATERBIRDS_PLACES)},
+                 "attribute_prompts": {"place": FACTOR_PROMPTS["background"]}}
         write_json(staging / NAMES_FILE, names)
     return root
 
@@ -155,7 +157,10 @@ def write_multiceleba(
         _write_lines(staging / "list_attr_celeba.txt", [str(n), " ".join(CELEBA_ATTRIBUTES), *attribute_lines])
         _write_lines(staging / "list_eval_partition.txt", [f"{name} {s}" for name, s in zip(filenames, split)])
         value_names = {name: list(values) for name, (_, values) in MULTICELEBA_FACTORS.items()}
-        write_json(staging / NAMES_FILE, {"classes": value_names[MULTICELEBA_TARGET], "attributes": value_names})
+        biases = [name for name in MULTICELEBA_FACTORS if name != MULTICELEBA_TARGET]
+        prompts = {name: FACTOR_PROMPTS[MULTICELEBA_FACTORS[name][0]] for name in biases}
+        write_json(staging / NAMES_FILE, {"classes": value_names[MULTICELEBA_TARGET], "attributes": value_names,
+                                          "attribute_prompts": prompts})
     return root
 
 

@@ -14,6 +14,9 @@ from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 
 CORPUS_FILE = "corpus.npz"
 CAPTION_TEMPLATE = "a photo of a {colour} {shape} on {background}."
+# How one factor's value reads in a caption like the corpus's when the shape is the class and the other factors
+# are left out: what benchmarks record as their attributes' prompts (gcctl-names.json's attribute_prompts).
+FACTOR_PROMPTS = {"colour": "a photo of a {value} {class}.", "background": "a photo of a {class} on {value}."}
 _ARRAYS = ("images", "captions", "shape", "colour", "background", "shapes", "colours", "backgrounds")
 
 
