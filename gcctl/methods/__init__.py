@@ -11,6 +11,10 @@ from gcctl.errors import GcctlError
 from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
 from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
+from gcctl.methods.orthproj import OrthProjConfig
+from gcctl.methods.orthproj import fit as fit_orthproj
+from gcctl.methods.roboshot import RoboShotConfig
+from gcctl.methods.roboshot import fit as fit_roboshot
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
 
@@ -29,6 +33,8 @@ METHODS = {
     "dfr": Method(DFRConfig, fit_dfr, False, "last-layer retraining on the group-balanced validation set"),
     "coop": Method(CoOpConfig, fit_coop, True, "CoOp: learned shared (or class-specific) prompt context"),
     "groupcoop": Method(GroupCoOpConfig, fit_groupcoop, True, "GroupCoOp: one learned prompt per (class, group), group-balanced"),
+    "orthproj": Method(OrthProjConfig, fit_orthproj, True, "class prompts with the spurious prompts' span projected out (Chuang et al. 2023), no training"),
+    "roboshot": Method(RoboShotConfig, fit_roboshot, True, "image embeddings without harmful and with boosted helpful insight directions (RoboShot), no training"),
 }
 
 _CHOICES = {
@@ -39,7 +45,9 @@ _CHOICES = {
     "init": INITS,
     "class_position": CLASS_POSITIONS,
 }
-_POSITIVE = ("epochs", "batch_size", "lr", "n_ctx")
+_POSITIVE = ("epochs", "batch_size", "lr", "n_ctx", "calibration_lambda")
+# Config fields holding a repeatable option are plural; their flag is not.
+_FLAGS = {"templates": "--template", "attribute_prompts": "--attribute-prompt"}
 
 
 def get_method(name: str) -> Method:
@@ -49,7 +57,7 @@ def get_method(name: str) -> Method:
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def make_config(method: str, options: dict):
