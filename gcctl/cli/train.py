@@ -27,9 +27,10 @@ def _int_list(text: str, option: str) -> list[int]:
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
     method: Annotated[str, typer.Option("--method", help=(
-        "zeroshot, linear, dfr, coop, groupcoop, orthproj or roboshot. orthproj and roboshot train nothing and use "
-        "no group labels; they need the spurious attribute's value names (the store's, or --attribute-prompt), "
-        "roboshot instead --insights."))],
+        "zeroshot, linear, dfr, coop, groupcoop, orthproj or roboshot. orthproj and roboshot train nothing and use no "
+        "group labels: orthproj projects the spurious attribute's prompt directions out of the class prompts, roboshot "
+        "out of the image embeddings (and boosts the classes' directions). Both need the attribute's value names (the "
+        "store's, or --attribute-prompt); roboshot takes an --insights file instead."))],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
