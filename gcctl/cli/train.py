@@ -26,11 +26,8 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
-    method: Annotated[str, typer.Option("--method", help=(
-        "zeroshot, linear, dfr, coop, groupcoop, orthproj or roboshot. orthproj and roboshot train nothing and use no "
-        "group labels: orthproj projects the spurious attribute's prompt directions out of the class prompts, roboshot "
-        "out of the image embeddings (and boosts the classes' directions). Both need the attribute's value names (the "
-        "store's, or --attribute-prompt); roboshot takes an --insights file instead."))],
+    method: Annotated[str, typer.Option(
+        "--method", help="zeroshot, linear, dfr, coop, groupcoop, orthproj or roboshot (see above).")],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
@@ -83,6 +80,11 @@ def train(
     as_json: AsJson = False,
 ) -> None:
     """Train a method on cached image features (one model per seed) and write a run directory.
+
+    orthproj and roboshot train nothing and use no group labels. orthproj projects the spurious attribute's prompt directions out of the class prompts (--calibrate: calibrated);
+    roboshot removes harmful insight directions from the image embeddings and boosts helpful ones.
+
+    Both need the spurious attribute's value names (the store's, or --attribute-prompt); roboshot can take an --insights file instead.
 
     Example: gcctl train --features pipeline/features/waterbirds.h5 --method groupcoop --seeds 0,1,2 --out pipeline/runs/groupcoop
     """
