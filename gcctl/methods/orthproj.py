@@ -48,7 +48,7 @@ def _prompt_embeddings(bundle, texts: dict[str, list[list[str]]]) -> dict[str, t
 def orthogonal_projection(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
     """P0 [D, D]: the projection onto the complement of the span of every value's class-mean embedding."""
     spurious = torch.cat([per_value.mean(dim=1) for per_value in embeddings.values()])
-    return torch.eye(spurious.shape[1], dtype=torch.float64) - span_projector(spurious).double()
+    return torch.eye(spurious.shape[1], dtype=torch.float64) - span_projector(spurious)
 
 
 def matched_pair_differences(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:

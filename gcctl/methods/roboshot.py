@@ -99,7 +99,7 @@ def roboshot_matrix(harmful: torch.Tensor, helpful: torch.Tensor) -> torch.Tenso
     """(I + U)(I - H) [D, D]: the paper's rejection of the harmful directions [k, D], then acceptance of the
     helpful ones [m, D], as one linear map (the renormalisations only scale)."""
     eye = torch.eye(harmful.shape[1], dtype=torch.float64)
-    return (eye + span_projector(helpful).double()) @ (eye - span_projector(harmful).double())
+    return (eye + span_projector(helpful)) @ (eye - span_projector(harmful))
 
 
 def fit(data: TrainingData, config: RoboShotConfig, *, seed: int, bundle, device: torch.device) -> FitResult:

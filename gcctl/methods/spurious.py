@@ -17,16 +17,17 @@ _RANK_TOLERANCE = 1e-6
 
 
 def orthonormal_basis(vectors: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows [r, D] spanning the rows of `vectors` [k, D] (r ≤ k; none for an empty span).
+    """Orthonormal rows [r, D] spanning the rows of `vectors` [k, D] (r ≤ k; none for an empty span), in
+    their dtype.
 
     From the SVD rather than QR: QR of dependent directions returns arbitrary extra basis vectors, which a
     projection would then remove from the embeddings as well.
     """
     if len(vectors) == 0:
-        return vectors.new_zeros((0, vectors.shape[1]), dtype=torch.float32)
+        return vectors.new_zeros((0, vectors.shape[1]))
     _, singular, basis = torch.linalg.svd(vectors.double(), full_matrices=False)
     keep = singular > _RANK_TOLERANCE * singular.max()
-    return basis[keep].float()
+    return basis[keep].to(vectors.dtype)
 
 
 def span_projector(vectors: torch.Tensor) -> torch.Tensor:
