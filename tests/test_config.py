@@ -11,7 +11,8 @@ def _params(tmp_path, runs):
     return path
 
 
-def test_config_supplies_option_values_and_the_command_line_wins(tmp_path, run_cli):
+def test_config_supplies_option_values_and_the_command_line_wins(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # the defaults on one line each, however many options train has
     params = _params(tmp_path, {"zs": {"method": "zeroshot", "seeds": "0,1", "batch-size": 8}})
     code, out, _ = run_cli("--config", f"{params}:train.runs.zs", "train", "--help")
     assert code == 0

@@ -27,8 +27,8 @@ def _int_list(text: str, option: str) -> list[int]:
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
     method: Annotated[str, typer.Option("--method", help=(
-        "zeroshot, linear, dfr, coop, groupcoop; tie (TIE, training-free: needs the store's attribute names and "
-        "val groups) or tie-star (TIE*, training-free: attribute names only, the value inferred zero-shot)."))],
+        "zeroshot, linear, dfr, coop, groupcoop; training-free debiasing: orthproj, roboshot (attribute names only), "
+        "tie (attribute names and val groups) or tie-star (attribute names only); see above."))],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
@@ -60,10 +60,22 @@ def train(
     init: Annotated[Optional[str], typer.Option(
         "--init", help="groupcoop contexts start from: coop (a CoOp trained first) or words (--ctx-init).")] = None,
     attribute_prompt: Annotated[Optional[list[str]], typer.Option(
-        "--attribute-prompt", help="tie, tie-star: the spurious value's text, ATTR=TEMPLATE ({value}, optionally {class}) or "
-        "ATTR:VALUE=TEXT; repeat per attribute or value (default 'a photo of a {class} on {value}.', averaged over classes).")] = None,
+        "--attribute-prompt",
+        help="orthproj, roboshot, tie, tie-star: the spurious attribute's prompts, ATTR=TEMPLATE with {value} (and "
+             "optionally {class}), or ATTR:VALUE=TEXT; repeatable. Default: the dataset's own (gcctl-names.json), else "
+             "'a photo of a {class} on {value}.' with the store's value names.")] = None,
+    calibrate: Annotated[Optional[bool], typer.Option(
+        "--calibrate/--no-calibrate", help="orthproj: Orth-Cali, the projection calibrated (closed form) so that prompts "
+        "differing only in the spurious value agree; default: the plain orthogonal projection.")] = None,
+    calibration_lambda: Annotated[Optional[float], typer.Option(
+        "--calibration-lambda", help="orthproj --calibrate: λ, the calibration loss's weight (default 1000, the authors' code).")] = None,
+    insights: Annotated[Optional[Path], typer.Option(
+        "--insights", help="roboshot: a text file of insight pairs, one 'harmful|helpful<TAB>text a<TAB>text b' per line "
+        "(# comments); default: harmful = a class's prompts for two values of an attribute, helpful = two classes' "
+        "prompts for one value.")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
-        "--pretrained", help="zeroshot, coop, groupcoop, tie, tie-star: the store's model weights, if they moved since extraction "
+        "--pretrained", help="methods with the text tower (all but linear and dfr): the store's model weights, if they "
+        "moved since extraction "
         "(checked against the store's sha256).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a run an earlier `gcctl train` wrote at --out (once the new one is complete).")] = False,
@@ -71,6 +83,11 @@ def train(
     as_json: AsJson = False,
 ) -> None:
     """Train a method on cached image features (one model per seed) and write a run directory.
+
+    orthproj and roboshot train nothing and use no group labels. orthproj projects the spurious attribute's prompt directions out of the class prompts (--calibrate: calibrated);
+    roboshot removes harmful insight directions from the image embeddings and boosts helpful ones.
+
+    Both need the spurious attribute's value names (the store's, or --attribute-prompt); roboshot can take an --insights file instead.
 
     Example: gcctl train --features pipeline/features/waterbirds.h5 --method groupcoop --seeds 0,1,2 --out pipeline/runs/groupcoop
     """
@@ -83,7 +100,8 @@ def train(
         "class_position": class_position, "class_specific": class_specific, "aggregation": aggregation,
         "target": target, "init": init, "templates": template or None,
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
-        "attribute_prompts": attribute_prompt or None,
+        "attribute_prompts": attribute_prompt or None, "calibrate": calibrate, "calibration_lambda": calibration_lambda,
+        "insights": None if insights is None else str(insights),
     }
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
                         device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite)

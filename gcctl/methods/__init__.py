@@ -12,6 +12,10 @@ from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
 from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
 from gcctl.methods.tie import TIEConfig, fit_tie, fit_tie_star
+from gcctl.methods.orthproj import OrthProjConfig
+from gcctl.methods.orthproj import fit as fit_orthproj
+from gcctl.methods.roboshot import RoboShotConfig
+from gcctl.methods.roboshot import fit as fit_roboshot
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
 
@@ -37,6 +41,8 @@ METHODS = {
     "tie": Method(TIEConfig, fit_tie, True, "TIE: image embeddings translated against the spurious value's text (val groups)",
                   ("val",)),
     "tie-star": Method(TIEConfig, fit_tie_star, True, "TIE*: TIE with the spurious value inferred zero-shot (no labels)"),
+    "orthproj": Method(OrthProjConfig, fit_orthproj, True, "class prompts with the spurious prompts' span projected out (Chuang et al. 2023), no training"),
+    "roboshot": Method(RoboShotConfig, fit_roboshot, True, "image embeddings without harmful and with boosted helpful insight directions (RoboShot), no training"),
 }
 
 _CHOICES = {
@@ -47,7 +53,9 @@ _CHOICES = {
     "init": INITS,
     "class_position": CLASS_POSITIONS,
 }
-_POSITIVE = ("epochs", "batch_size", "lr", "n_ctx")
+_POSITIVE = ("epochs", "batch_size", "lr", "n_ctx", "calibration_lambda")
+# Config fields holding a repeatable option are plural; their flag is not.
+_FLAGS = {"templates": "--template", "attribute_prompts": "--attribute-prompt"}
 
 
 def get_method(name: str) -> Method:
@@ -72,7 +80,7 @@ def group_supervision(method: str, config, train_groups_use: Sequence[str] = ("t
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def make_config(method: str, options: dict):
