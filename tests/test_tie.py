@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT
+from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, fill_prompt
 from gcctl.clip.factory import build_clip
 from gcctl.clip.prompts import encode_texts
 from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.runs import evaluate_run, train_run
+from gcctl.methods.spurious import prompt_embeddings
 from gcctl.methods.tie import value_directions
 from gcctl.methods.transforms import SpuriousTranslation, transform_from_state
 from gcctl.runtime import seed_everything
@@ -41,7 +42,8 @@ def bundle():
 @pytest.fixture(scope="module")
 def place_texts(bundle):
     """The default value directions: the attribute prompt of each place, averaged over the classes."""
-    return value_directions(bundle, [DEFAULT_ATTRIBUTE_PROMPT.replace("{value}", p) for p in PLACES], CLASSES)
+    texts = {"place": [[fill_prompt(DEFAULT_ATTRIBUTE_PROMPT, value=p, **{"class": c}) for c in CLASSES] for p in PLACES]}
+    return value_directions(prompt_embeddings(bundle, texts)["place"])
 
 
 def write_toy_store(path, place_texts, *, attributes=True, n=(400, 200, 200), seed=0):
@@ -131,7 +133,7 @@ def test_attribute_prompt_sets_the_direction_and_the_run_evaluates(tmp_path, toy
 
 
 @pytest.mark.parametrize(("method", "extra", "fragment"), [
-    ("tie", [], "the store has none"),
+    ("tie", [], "the store has no attribute"),
     ("tie-star", ["--attribute-prompt", "place"], "is not ATTR=TEMPLATE"),
     ("linear", ["--attribute-prompt", "place=a {value}"], "does not apply to method 'linear'"),
 ])

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.prompts import class_words, encode_texts
+from gcctl.clip.prompts import class_words
 from gcctl.errors import GcctlError
 from gcctl.methods.base import FitResult
 from gcctl.methods.data import TrainingData, split_metrics
-from gcctl.methods.spurious import attribute_texts, span_projector
+from gcctl.methods.spurious import attribute_texts, prompt_embeddings, span_projector
 from gcctl.methods.zeroshot import ZeroShotConfig, class_text_features, text_classifier
 
 
@@ -34,15 +34,6 @@ class OrthProjConfig(ZeroShotConfig):
     attribute_prompts: list[str] = field(default_factory=list)  # --attribute-prompt specs; default: the store's value names
     calibrate: bool = False  # Orth-Cali instead of Orth-Proj
     calibration_lambda: float = 1000.0  # λ; the paper names no default, its code's --lam is 1000
-
-
-def _prompt_embeddings(bundle, texts: dict[str, list[list[str]]]) -> dict[str, torch.Tensor]:
-    """Each attribute's prompt embeddings [values, classes, D] (float64, for the linear algebra)."""
-    embeddings = {}
-    for attribute, per_value in texts.items():
-        flat = encode_texts(bundle.model, bundle.tokenizer, [text for row in per_value for text in row])
-        embeddings[attribute] = flat.double().cpu().view(len(per_value), len(per_value[0]), -1)
-    return embeddings
 
 
 def orthogonal_projection(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -74,7 +65,7 @@ def calibrated_projection(p0: torch.Tensor, differences: torch.Tensor, lam: floa
 def fit(data: TrainingData, config: OrthProjConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
     words = class_words(config.class_names, data.class_names)
     texts = attribute_texts(data.vocabulary, words, config.attribute_prompts, "orthproj")
-    embeddings = _prompt_embeddings(bundle, texts)
+    embeddings = prompt_embeddings(bundle, texts)
     projection = orthogonal_projection(embeddings)
     if config.calibrate:
         projection = calibrated_projection(projection, matched_pair_differences(embeddings), config.calibration_lambda)

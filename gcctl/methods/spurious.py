@@ -1,5 +1,5 @@
 """The spurious attribute as text, and the subspaces its text spans: shared by the training-free debiasing
-methods (orthproj, roboshot)."""
+methods (orthproj, roboshot, tie)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from gcctl.clip.captions import attribute_prompts, fill_prompt
+from gcctl.clip.prompts import encode_texts
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 
@@ -38,10 +39,19 @@ def span_projector(vectors: torch.Tensor) -> torch.Tensor:
 
 def attribute_texts(vocabulary: GroupVocabulary, words: list[str], specs: Sequence[str], needed_by: str) -> dict[str, list[list[str]]]:
     """For each attribute of the store, its prompts per value and class (`texts[attribute][value][class]`):
-    the `--attribute-prompt` templates (gcctl.clip.captions) with each class's word filled in."""
+    the `--attribute-prompt` templates, else the dataset's (gcctl.clip.captions), with each class's word filled in."""
     if not vocabulary.attributes:
         raise GcctlError(f"{needed_by} needs the spurious attribute's value names, but the store has no attribute; "
                          "extract a dataset with attribute columns (named in its gcctl-names.json)")
-    prompts = attribute_prompts(specs, vocabulary.attributes)
+    prompts = attribute_prompts(specs, vocabulary.attributes, vocabulary.attribute_prompts)
     return {attribute: [[fill_prompt(template, **{"class": word}) for word in words] for template in templates]
             for attribute, templates in prompts.items()}
+
+
+def prompt_embeddings(bundle, texts: dict[str, list[list[str]]]) -> dict[str, torch.Tensor]:
+    """Each attribute's prompt embeddings [values, classes, D] (float64 on the CPU, for the linear algebra)."""
+    embeddings = {}
+    for attribute, per_value in texts.items():
+        flat = encode_texts(bundle.model, bundle.tokenizer, [text for row in per_value for text in row])
+        embeddings[attribute] = flat.double().cpu().view(len(per_value), len(per_value[0]), -1)
+    return embeddings

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.captions import DEFAULT_CAPTION, attribute_prompts, check_template, fill_prompt
-from gcctl.clip.prompts import class_words, encode_texts, logit_scale
-from gcctl.errors import GcctlError
+from gcctl.clip.captions import DEFAULT_CAPTION, check_template
+from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.groups.probe import fit_probe
 from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import TrainingData, split_metrics
+from gcctl.methods.spurious import attribute_texts, prompt_embeddings
 from gcctl.methods.transforms import SpuriousTranslation
 from gcctl.methods.zeroshot import class_text_features
 
@@ -42,12 +42,11 @@ class TIEConfig:
             check_template(template, "in --template")
 
 
-def value_directions(bundle, templates: list[str], words: list[str]) -> torch.Tensor:
-    """One unit text direction per value [V, D]: its prompt averaged over the classes filling {class}, so the
-    direction names the value, not a class (a template without {class} is the authors' class-free text)."""
-    per_class = torch.stack([encode_texts(bundle.model, bundle.tokenizer, [fill_prompt(t, **{"class": word}) for t in templates])
-                             for word in words])
-    return F.normalize(per_class.mean(dim=0), dim=-1)
+def value_directions(embeddings: torch.Tensor) -> torch.Tensor:
+    """One unit text direction per value [V, D] from its prompt embeddings [V, classes, D]: averaged over the
+    classes filling {class}, so the direction names the value, not a class (a template without {class} is the
+    authors' class-free text)."""
+    return F.normalize(embeddings.mean(dim=1), dim=-1).float()
 
 
 def mean_projections(features: torch.Tensor, values: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
@@ -86,13 +85,9 @@ def _zeroshot_translation(data: TrainingData, directions: dict[str, torch.Tensor
 
 def _fit(data: TrainingData, config: TIEConfig, bundle, device: torch.device, labelled: bool) -> FitResult:
     vocabulary = data.vocabulary
-    if not vocabulary.attributes:
-        method = "tie" if labelled else "tie-star"
-        raise GcctlError(f"{method} translates along spurious attributes but the store has none; extract it from a "
-                         "dataset with attribute columns (their value names in its gcctl-names.json)")
     words = class_words(config.class_names, data.class_names)
-    prompts = attribute_prompts(config.attribute_prompts, vocabulary.attributes, vocabulary.attribute_prompts)
-    directions = {attribute: value_directions(bundle, templates, words).to(device) for attribute, templates in prompts.items()}
+    texts = attribute_texts(vocabulary, words, config.attribute_prompts, "tie" if labelled else "tie-star")
+    directions = {attribute: value_directions(embeddings).to(device) for attribute, embeddings in prompt_embeddings(bundle, texts).items()}
     weight, bias, scales = (_labelled_translation if labelled else _zeroshot_translation)(data, directions)
     attribute = torch.cat([torch.full((len(texts),), k, device=device) for k, texts in enumerate(directions.values())])
     transform = SpuriousTranslation(weight, bias, torch.cat(list(directions.values())), scales, attribute).to(device)
@@ -101,7 +96,7 @@ def _fit(data: TrainingData, config: TIEConfig, bundle, device: torch.device, la
                             prompt_class=torch.arange(len(words), device=device), num_classes=len(words), transform=transform)
     val_metrics = split_metrics(classifier.predict(data.val.features), data.val, vocabulary)
     named_scales = iter(scales.tolist())
-    translation = {attribute: {"prompts": prompts[attribute], "scale": {value: next(named_scales) for value in values}}
+    translation = {attribute: {"prompts": texts[attribute], "scale": {value: next(named_scales) for value in values}}
                    for attribute, values in vocabulary.attributes.items()}
     return FitResult(classifier, learned={}, selection={"select_by": None, "val_metrics": val_metrics, "translation": translation,
                                                        "spurious_values_from": "val labels" if labelled else "zero-shot"})
