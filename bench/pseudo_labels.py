@@ -3,7 +3,8 @@ and GroupCoOp trained on each strategy's groups (test split, mean ± std over se
 
 Writes the Markdown table to stdout, or into the README between `<!-- results:pseudo-labels:start/end -->`:
 
-    python bench/pseudo_labels.py --readme README.md      # after `dvc repro`; about 20 minutes on 2 CPU cores
+    python bench/pseudo_labels.py --readme README.md      # after `dvc repro`; about 30 minutes on 2 CPU cores
+    python bench/pseudo_labels.py --datasets scattered    # one benchmark's rows, printed
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.report import update_readme
 from gcctl.store import FeatureStore
 
-STORES = {"Waterbirds-like": "pipeline/features/waterbirds.h5", "MultiCelebA-like": "pipeline/features/multiceleba.h5"}
+STORES = {  # name in the pipeline: (label in the table, feature store)
+    "waterbirds": ("Waterbirds-like", "pipeline/features/waterbirds.h5"),
+    "multiceleba": ("MultiCelebA-like", "pipeline/features/multiceleba.h5"),
+    "scattered": ("Scattered", "pipeline/features/scattered.h5"),
+}
 VARIANTS = [  # (label, strategy, options of gcctl.groups.pseudo_label)
     ("oracle (true groups)", "oracle", {}),
     ("**val-probe** (default)", "val-probe", {}),
@@ -78,12 +83,17 @@ def markdown(tables: dict[str, list[list[str]]], seeds: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--datasets", default=",".join(STORES), help=f"Comma-separated, of {', '.join(STORES)}.")
     parser.add_argument("--readme", type=Path, help="Write the table into this file instead of printing it.")
     args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    unknown = sorted(set(datasets) - set(STORES))
+    if unknown:
+        parser.error(f"unknown datasets {', '.join(unknown)}; choose from {', '.join(STORES)}")
     torch.set_num_threads(1)  # as gcctl's feature training loop does on CPU
     seeds = [int(seed) for seed in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
-        tables = {dataset: measure(features, seeds, Path(scratch)) for dataset, features in STORES.items()}
+        tables = {STORES[name][0]: measure(STORES[name][1], seeds, Path(scratch)) for name in datasets}
     table = markdown(tables, seeds)
     if args.readme:
         update_readme(args.readme, "pseudo-labels", table)

@@ -19,12 +19,16 @@ from gcctl.synth import (
     render,
     write_corpus,
     write_multiceleba,
+    write_scattered,
     write_waterbirds,
 )
+from gcctl.datasets import load_dataset
 from gcctl.synth.benchmarks import (
     CELEBA_ATTRIBUTES,
     MULTICELEBA_SPLIT_SIZES,
     MULTICELEBA_TRAIN_GROUPS,
+    SCATTERED_COLOURS,
+    SCATTERED_SPLIT_SIZES,
     WATERBIRDS_SPLIT_SIZES,
 )
 
@@ -93,6 +97,27 @@ def test_backgrounds_are_distinguishable_by_their_corners():
     assert distances[~np.eye(len(BACKGROUNDS), dtype=bool)].min() > 30
 
 
+def test_render_without_cues_is_unchanged():
+    # sha256 of these pixels before render() gained cues: the corpus and the first two benchmarks stay byte-identical.
+    images, *_ = _render_all(seed=0)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == (
+        "882965c9cee7a05ca5dc9eb5ff00c21b57b57f10559a03de9c0ab2ebb862e0dc")
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_cue_is_a_corner_patch_of_its_texture(size):
+    n = 24
+    cues = np.where(np.arange(n) % 2, BACKGROUNDS.index("water"), BACKGROUNDS.index("grass"))
+    snow = np.full(n, BACKGROUNDS.index("snow"))
+    images = render(np.zeros(n, int), np.zeros(n, int), snow, np.random.default_rng(0), size=size, cues=cues,
+                    cue_size=6).astype(float)
+    side = 6 * size // 32
+    patch = images[:, :side, :side].reshape(n, -1, 3).mean(axis=1)
+    # Water is blue-dominant, grass green-dominant; right of the patch the snow is untouched.
+    assert np.array_equal(patch[:, 2] > patch[:, 1], cues == BACKGROUNDS.index("water"))
+    assert images[:, :side, side + 1:side + 3].min() > 200
+
+
 def test_render_rejects_bad_input():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="length"):
@@ -101,6 +126,12 @@ def test_render_rejects_bad_input():
         render([0], [len(COLOURS)], [0], rng)
     with pytest.raises(GcctlError, match="too small"):
         render([0], [0], [0], rng, size=8)
+    with pytest.raises(ValueError, match="cues"):
+        render([0, 1], [0, 1], [0, 1], rng, cues=[0])
+    with pytest.raises(ValueError, match="cues"):
+        render([0], [0], [0], rng, cues=[len(BACKGROUNDS)])
+    with pytest.raises(ValueError, match="cue size"):
+        render([0], [0], [0], rng, cues=[0], cue_size=0)
 
 
 # --- corpus ------------------------------------------------------------------------------------------
@@ -279,6 +310,62 @@ def test_multiceleba_is_deterministic_per_seed(tmp_path, multiceleba):
     assert _tree_digest(write_multiceleba(tmp_path / "other", seed=1, scale=SCALE)) != _tree_digest(multiceleba)
 
 
+# --- scattered ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scattered(tmp_path_factory):
+    return write_scattered(tmp_path_factory.mktemp("sc") / "scattered", seed=0, scale=SCALE)
+
+
+def _read_scattered(root):
+    return load_dataset("manifest", root, file="manifest.csv", attribute_columns=("patch",))
+
+
+def test_scattered_is_read_as_a_manifest_with_its_groups(scattered):
+    table = _read_scattered(scattered)
+    assert table.class_names == ["circle", "square"] and table.attributes == {"patch": ["water", "grass"]}
+    counts = table.group_counts()
+    per_class = int(SCATTERED_SPLIT_SIZES[0] * SCALE / 2 + 0.5)  # the writer rounds half up
+    minority = int(per_class * 0.05 + 0.5)
+    assert counts["train"].to_dict() == {"circle/water": per_class - minority, "circle/grass": minority,
+                                         "square/water": minority, "square/grass": per_class - minority}
+    for split, full_size in zip(("val", "test"), SCATTERED_SPLIT_SIZES[1:]):
+        assert set(counts[split]) == {int(full_size * SCALE / 4 + 0.5)}
+    assert table.missing_files() == []
+    assert sorted(p.name for p in scattered.iterdir()) == ["gcctl-names.json", "images", "manifest.csv"]
+
+
+def test_scattered_groups_differ_in_colour_and_patch(scattered):
+    table = _read_scattered(scattered)
+    sample = table.frame.iloc[:80]
+    images = np.stack([np.asarray(Image.open(scattered / path)) for path in sample["path"]]).astype(float)
+    centre = images[:, 15:17, 15:17].reshape(len(images), -1, 3).mean(axis=1)
+    expected = [SCATTERED_COLOURS[label, patch] for label, patch in zip(sample["y"], sample["patch"])]
+    assert np.array_equal(np.where(centre[:, 0] > centre[:, 2], "red", "blue"), expected)
+    corner = images[:, :3, :3].reshape(len(images), -1, 3).mean(axis=1)
+    assert np.array_equal(corner[:, 2] > corner[:, 1], sample["patch"].to_numpy() == 0)  # 0 = water
+
+
+def test_scattered_is_deterministic_per_seed(tmp_path, scattered):
+    assert _tree_digest(write_scattered(tmp_path / "again", seed=0, scale=SCALE)) == _tree_digest(scattered)
+    assert _tree_digest(write_scattered(tmp_path / "other", seed=1, scale=SCALE)) != _tree_digest(scattered)
+
+
+def test_scattered_rejects_bad_input(tmp_path):
+    with pytest.raises(GcctlError, match="scale"):
+        write_scattered(tmp_path / "bad", scale=-1)
+    with pytest.raises(GcctlError, match="minority fraction"):
+        write_scattered(tmp_path / "bad", minority_fraction=0.6)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_command_writes_the_scattered_benchmark(run_cli, tmp_path):
+    code, out, _ = run_cli("data", "synth", "--out", str(tmp_path), "--corpus-size", "8", "--scale", "0.01", "--json")
+    assert code == 0 and json.loads(out)["scattered"] == str(tmp_path / "scattered")
+    assert _read_scattered(tmp_path / "scattered").class_names == ["circle", "square"]
+
+
 # --- atomic directories ------------------------------------------------------------------------------
 
 
@@ -302,7 +389,7 @@ def test_empty_existing_root_is_filled(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mc"]
 
 
-@pytest.mark.parametrize("writer", [write_waterbirds, write_multiceleba])
+@pytest.mark.parametrize("writer", [write_waterbirds, write_multiceleba, write_scattered])
 def test_failure_midway_leaves_no_partial_and_keeps_old_root(tmp_path, monkeypatch, writer):
     root = tmp_path / "bench"
     root.mkdir()

@@ -1,7 +1,7 @@
 """The synthetic world: procedural images, a captioned pretraining corpus, and benchmarks written in the
 real datasets' layouts, so every stage runs without downloads."""
 
-from gcctl.synth.benchmarks import write_multiceleba, write_waterbirds
+from gcctl.synth.benchmarks import write_multiceleba, write_scattered, write_waterbirds
 from gcctl.synth.corpus import Corpus, load_corpus, write_corpus
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 
@@ -14,5 +14,6 @@ __all__ = [
     "render",
     "write_corpus",
     "write_multiceleba",
+    "write_scattered",
     "write_waterbirds",
 ]

@@ -64,6 +64,17 @@ MULTICELEBA_TRAIN_GROUPS = {
 }
 MULTICELEBA_SPLIT_SIZES = (10000, 2000, 4000)  # train, val, test at scale 1; val/test have 8 equal groups
 
+# --- Scattered: a class whose groups look different, and a small spurious cue ---------------------------
+SCATTERED_CLASSES = ("circle", "square")
+SCATTERED_ATTRIBUTE = "patch"  # an 8 px corner patch of one of these textures on a random other background
+SCATTERED_PATCHES = ("water", "grass")
+SCATTERED_PATCH_SIZE = 8.0  # px at 32 px: 6% of the image, against Waterbirds-like's whole background
+# The object's colour per (class, patch): a class's two groups differ in colour, and colour says nothing
+# about the class (each colour is in both), so a class is two clusters in embedding space, not one.
+SCATTERED_COLOURS = {(0, 0): "red", (0, 1): "blue", (1, 0): "blue", (1, 1): "red"}
+SCATTERED_SPLIT_SIZES = (4000, 1000, 4000)  # train, val, test at scale 1; val/test have 4 equal groups
+SCATTERED_MANIFEST = "manifest.csv"
+
 
 def write_waterbirds(
     root: str | os.PathLike,
@@ -85,7 +96,7 @@ def write_waterbirds(
     _check_target(root, overwrite)
     rng = np.random.default_rng(seed)
 
-    y, split, place = _waterbirds_groups(scale, minority_fraction)
+    y, split, place = _two_by_two_groups(WATERBIRDS_SPLIT_SIZES, scale, minority_fraction)
     order = rng.permutation(len(y))
     y, split, place = y[order], split[order], place[order]
     shapes = np.array([SHAPES.index(name) for name in WATERBIRDS_CLASSES])[y]
@@ -164,6 +175,54 @@ def write_multiceleba(
     return root
 
 
+def write_scattered(
+    root: str | os.PathLike,
+    seed: int = 0,
+    scale: float = 1.0,
+    size: int = 32,
+    minority_fraction: float = 0.05,
+    overwrite: bool = False,
+) -> Path:
+    """Write the scattered benchmark (circle vs square, spurious corner patch) as a generic manifest.
+
+    Class k's train images mostly carry patch k (water for circles, grass for squares), `minority_fraction`
+    the other; val and test have four equal groups. The minority groups are also the other colour
+    (SCATTERED_COLOURS). Read it with `--dataset manifest --manifest-file manifest.csv --attribute-column patch`.
+    """
+    _check_scale(scale)
+    if not 0 <= minority_fraction <= 0.5:
+        raise GcctlError(f"minority fraction {minority_fraction} must be between 0 and 0.5")
+    root = Path(root)
+    _check_target(root, overwrite)
+    rng = np.random.default_rng(seed)
+
+    y, split, patch = _two_by_two_groups(SCATTERED_SPLIT_SIZES, scale, minority_fraction)
+    order = rng.permutation(len(y))
+    y, split, patch = y[order], split[order], patch[order]
+    shapes = np.array([SHAPES.index(name) for name in SCATTERED_CLASSES])[y]
+    colour_of = np.array([[COLOURS.index(SCATTERED_COLOURS[label, p]) for p in (0, 1)] for label in (0, 1)])
+    patches = np.array([BACKGROUNDS.index(name) for name in SCATTERED_PATCHES])
+    # The background is any texture that no patch uses, so the patch is the only spurious signal.
+    backgrounds = np.array([i for i, name in enumerate(BACKGROUNDS) if name not in SCATTERED_PATCHES])
+    images = render(shapes, colour_of[y, patch], backgrounds[rng.integers(len(backgrounds), size=len(y))], rng,
+                    size=size, cues=patches[patch], cue_size=SCATTERED_PATCH_SIZE)
+
+    paths = [f"images/{i:06d}.png" for i in range(1, len(y) + 1)]
+    manifest = pd.DataFrame({
+        "path": paths,
+        "y": np.array(SCATTERED_CLASSES)[y],
+        "split": np.array(["train", "val", "test"])[split],
+        SCATTERED_ATTRIBUTE: np.array(SCATTERED_PATCHES)[patch],
+    })
+    with _staged_directory(root, overwrite) as staging:
+        (staging / "images").mkdir()
+        _save_images(images, [staging / path for path in paths], "scattered", format="PNG", compress_level=1)
+        manifest.to_csv(staging / SCATTERED_MANIFEST, index=False)
+        names = {"classes": list(SCATTERED_CLASSES), "attributes": {SCATTERED_ATTRIBUTE: list(SCATTERED_PATCHES)}}
+        write_json(staging / NAMES_FILE, names)
+    return root
+
+
 def _check_scale(scale: float) -> None:
     if not (math.isfinite(scale) and scale > 0):
         raise GcctlError(f"scale {scale} must be a positive number (1.0 = the default size)")
@@ -174,9 +233,15 @@ def _count(expected: float) -> int:
     return max(1, math.floor(expected + 0.5))
 
 
-def _waterbirds_groups(scale: float, minority_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _two_by_two_groups(
+    split_sizes: Sequence[int], scale: float, minority_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two classes by a two-valued attribute: class, split and attribute per image, train then val then test.
+
+    Train: classes balanced, `minority_fraction` of class k with attribute 1 - k. Val, test: four equal groups.
+    """
     y, split, place = [], [], []
-    for split_index, split_size in enumerate(WATERBIRDS_SPLIT_SIZES):
+    for split_index, split_size in enumerate(split_sizes):
         for label in (0, 1):
             if split_index == 0:
                 per_class = _count(split_size * scale / 2)

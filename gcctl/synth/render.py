@@ -26,10 +26,20 @@ _COLOUR_JITTER = 18  # per image and channel, so a colour is a region of RGB spa
 _PIXEL_NOISE = 4.0  # sensor-like noise over the whole image
 
 
-def render(shapes, colours, backgrounds, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+def render(
+    shapes,
+    colours,
+    backgrounds,
+    rng: np.random.Generator,
+    size: int = 32,
+    cues=None,
+    cue_size: float = 8.0,
+) -> np.ndarray:
     """Render one image per index triple; returns uint8 [N, size, size, 3].
 
-    `shapes`, `colours`, `backgrounds` are integer indices into SHAPES, COLOURS, BACKGROUNDS.
+    `shapes`, `colours`, `backgrounds` are integer indices into SHAPES, COLOURS, BACKGROUNDS. `cues`, when
+    given, are BACKGROUNDS indices too: each image gets a square patch of that texture, `cue_size` px wide
+    at 32 px, in its top-left corner, under the object. Without cues the generator is used exactly as before.
     """
     shapes, colours, backgrounds = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (shapes, colours, backgrounds))
     if not len(shapes) == len(colours) == len(backgrounds):
@@ -40,6 +50,12 @@ def render(shapes, colours, backgrounds, rng: np.random.Generator, size: int = 3
             raise ValueError(f"{name} index out of range 0..{len(vocabulary) - 1}")
     if size < MIN_SIZE:
         raise GcctlError(f"image size {size} is too small to draw the shapes; use --size {MIN_SIZE} or more")
+    if cues is not None:
+        cues = np.asarray(cues, dtype=np.int64).reshape(-1)
+        if len(cues) != len(shapes) or (cues.size and (cues.min() < 0 or cues.max() >= len(BACKGROUNDS))):
+            raise ValueError(f"cues need one BACKGROUNDS index (0..{len(BACKGROUNDS) - 1}) per image")
+        if not 0 < cue_size <= 32:
+            raise ValueError(f"cue size {cue_size} must be in (0, 32] px at 32 px")
 
     n = len(shapes)
     scale = size / 32
@@ -52,6 +68,10 @@ def render(shapes, colours, backgrounds, rng: np.random.Generator, size: int = 3
     for start in range(0, n, _CHUNK):
         part = slice(start, min(start + _CHUNK, n))
         canvas = _backgrounds(backgrounds[part], size, rng)
+        if cues is not None:
+            ys, xs = _grid(size)
+            corner = (ys < cue_size * scale) & (xs < cue_size * scale)
+            canvas = np.where(corner[None, :, :, None], _backgrounds(cues[part], size, rng), canvas)
         mask = _shape_masks(shapes[part], centres[part], radii[part], size)
         canvas = np.where(mask[..., None], rgb[part, None, None, :], canvas)
         canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * _PIXEL_NOISE
