@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from gcctl.datasets import celeba, manifest, waterbirds
+from gcctl.datasets import celeba, manifest, waterbirds, webdataset
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.table import NAMES_SIDECAR, SPLITS, DatasetTable, read_name_overrides
 from gcctl.errors import GcctlError
@@ -21,6 +21,7 @@ DATASETS: dict[str, Callable[..., DatasetTable]] = {
     "waterbirds": waterbirds.load,
     "celeba": celeba.load,
     "manifest": manifest.load,
+    "webdataset": webdataset.load,
 }
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gcctl.datasets.table import DatasetTable
+from gcctl.datasets.tar_members import open_image_source
 from gcctl.errors import GcctlError
 
 
@@ -55,7 +56,7 @@ class ImageDataset(Dataset):
         row = self.indices[position]
         path = self.paths[row]
         try:
-            with Image.open(path) as image:
+            with Image.open(open_image_source(path)) as image:
                 rgb = to_rgb(image)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise GcctlError(f"cannot read image {path}: {error}") from None
