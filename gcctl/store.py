@@ -40,12 +40,12 @@ from gcctl.datasets.tar_members import archive_starts
 from gcctl.errors import GcctlError
 from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, identity_differences, output_lock,
                             partial_path, refuse_directory, refuse_inside, resolve_device)
-from gcctl.world import World, gather_objects, join_world, leave_world, process_device, raise_if_any_failed
 
 if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
     from gcctl.clip.reference import ModelRef
     from gcctl.datasets.table import DatasetTable
+    from gcctl.world import World
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -119,7 +119,8 @@ def _create_layout(
 ) -> None:
     """Create every dataset; all but `features` are written whole, since they are small."""
     chunk_rows = max(1, min(n_rows, max(1, (1 << 20) // (embed_dim * 2))))
-    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=(chunk_rows, embed_dim))
+    chunks = (chunk_rows, embed_dim) if n_rows else None  # a part may be empty: fewer tar shards than processes
+    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=chunks)
     handle.create_dataset("y", data=np.asarray(y, dtype=np.int64))
     handle.create_dataset("group", data=np.asarray(group, dtype=np.int64))
     handle.create_dataset("split", data=np.asarray(split, dtype=np.int8))
@@ -441,6 +442,8 @@ def extract(
     """
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
+    from gcctl.world import join_world, leave_world, process_device  # torch, imported only when extracting
+
     out = Path(out)
     table.require_files()
     device = resolve_device("auto") if device is None else device
@@ -468,10 +471,12 @@ def rank_part_path(out: Path, part: Shard) -> Path:
     return out.with_name(f"{out.name}.rank{part.index}-of-{part.count}")
 
 
-def _extract_by_rank(table, bundle, out: Path, world: World, shard: Shard, overwrite: bool, on_progress, options: dict) -> dict:
+def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, overwrite: bool, on_progress, options: dict) -> dict:
     """This process's part, then (once every part is done) rank 0 publishes `out`; a user error in any process
     stops them all with it, and every finished or partial part stays for the rerun."""
     import time
+
+    from gcctl.world import gather_objects, raise_if_any_failed
 
     started = time.perf_counter()
     summary, error = {}, None
