@@ -23,6 +23,7 @@ the parts into `<out>`: written like a single process's store (same datasets and
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -529,7 +530,7 @@ def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, optio
 
 
 def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options: dict) -> None:
-    """Join the finished parts into `out`, written as one process writes it, and remove them."""
+    """Join the finished parts into `out`, written as one process writes it, and remove every part."""
     parts = [rank_part_path(out, Shard(rank, world_size)) for rank in range(world_size)]
     missing = [part for part in parts if not part.is_file()]
     if missing:
@@ -549,8 +550,10 @@ def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options
         finally:
             handle.close()
         os.replace(tmp, out)
-    for part in parts:
-        part.unlink()
+    # This run's parts, and those an earlier run with another number of processes left (finished or not).
+    for part in out.parent.glob(f"{glob.escape(out.name)}.rank*-of-*"):
+        if part.suffix != ".lock":  # a lock belongs to whoever holds it
+            part.unlink(missing_ok=True)
 
 
 def _append_part(handle: h5py.File, part: Path) -> None:

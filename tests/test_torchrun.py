@@ -55,6 +55,7 @@ def test_two_processes_write_the_store_of_one_and_a_failed_part_resumes(tiny_wat
         assert part.attrs["rows_done"] == 80
 
     damaged.write_bytes(image)
+    (tmp_path / "two.h5.rank2-of-3.partial").write_bytes(b"left by a run with three processes")
     resumed = _torchrun_extract(root, out)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)  # rank 0 alone reports

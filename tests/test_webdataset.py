@@ -116,6 +116,15 @@ def test_a_sample_without_an_image_is_one_line_naming_it(tmp_path):
         load_dataset("webdataset", tmp_path)
 
 
+def test_an_undecodable_image_in_a_shard_is_named_by_its_member(tmp_path):
+    key, members = _sample(3, 0, "land", "train")
+    members["jpg"] = b"not a jpeg"
+    write_shard(tmp_path / "00000.tar", [(key, members)])
+    images = ImageDataset(load_dataset("webdataset", tmp_path), lambda image: image)
+    with pytest.raises(GcctlError, match=r"cannot read image .*00000\.tar::000000003\.jpg: cannot identify image file$"):
+        images[0]
+
+
 def test_missing_labels_and_fields_are_one_line(tmp_path):
     key, members = _sample(0, 0, "land", "train")
     del members["cls"]
