@@ -449,9 +449,9 @@ def extract(
     table.require_files()
     device = resolve_device("auto") if device is None else device
     world = join_world(device)
-    options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
-               "device": process_device(device, world)}
     try:
+        options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
+                   "device": process_device(device, world)}
         if world.distributed:
             return _extract_by_rank(table, bundle, out, world, shard, overwrite, on_progress, options)
         with output_lock(out):  # held until the rename: the .partial is this process's alone
