@@ -14,11 +14,16 @@ resumes where it stopped; the finished file appears by an atomic rename. Its las
 root attribute `complete`, which every reader requires: a store without it (cut short, or made before gcctl
 marked finished stores) is refused with the advice to extract it again. One process at a time writes an --out
 (`gcctl.runtime.output_lock`).
+
+Under torchrun every process writes its part the same way, into `<out>.rank<r>-of-<n>`, and rank 0 then joins
+the parts into `<out>`: written like a single process's store (same datasets and attributes but `created` and
+`world_size`, the number of processes), renamed into place once, and the parts removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -32,6 +37,7 @@ import numpy as np
 
 from gcctl import __version__
 from gcctl.datasets.groups import GroupVocabulary
+from gcctl.datasets.tar_members import archive_starts
 from gcctl.errors import GcctlError
 from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, identity_differences, output_lock,
                             partial_path, refuse_directory, refuse_inside, resolve_device)
@@ -40,6 +46,7 @@ if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
     from gcctl.clip.reference import ModelRef
     from gcctl.datasets.table import DatasetTable
+    from gcctl.world import World
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -57,7 +64,8 @@ _READ_BLOCK_ROWS = 65536
 
 @dataclass(frozen=True)
 class Shard:
-    """Part `index` of `count` contiguous parts of a dataset's rows (0-based)."""
+    """Part `index` of `count` contiguous parts of a dataset's rows (0-based): written by hand with `--shard i/n`,
+    or one process's part under torchrun."""
 
     index: int = 0
     count: int = 1
@@ -73,8 +81,13 @@ class Shard:
             raise GcctlError(f"--shard '{text}': need 0 <= i < n, e.g. 0/4 … 3/4")
         return cls(index, count)
 
-    def rows(self, n_rows: int) -> range:
-        return range(self.index * n_rows // self.count, (self.index + 1) * n_rows // self.count)
+    def rows(self, n_rows: int, starts: Sequence[int] | None = None) -> range:
+        """This part's rows; with `starts` (the first row of each unit, e.g. of each tar shard file) whole units
+        are dealt out instead of rows, so no unit is read by two parts."""
+        if starts is None:
+            return range(self.index * n_rows // self.count, (self.index + 1) * n_rows // self.count)
+        bounds = [*starts, n_rows]
+        return range(bounds[self.index * len(starts) // self.count], bounds[(self.index + 1) * len(starts) // self.count])
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -107,7 +120,8 @@ def _create_layout(
 ) -> None:
     """Create every dataset; all but `features` are written whole, since they are small."""
     chunk_rows = max(1, min(n_rows, max(1, (1 << 20) // (embed_dim * 2))))
-    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=(chunk_rows, embed_dim))
+    chunks = (chunk_rows, embed_dim) if n_rows else None  # a part may be empty: fewer tar shards than processes
+    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=chunks)
     handle.create_dataset("y", data=np.asarray(y, dtype=np.int64))
     handle.create_dataset("group", data=np.asarray(group, dtype=np.int64))
     handle.create_dataset("split", data=np.asarray(split, dtype=np.int8))
@@ -350,6 +364,16 @@ def _extraction_identity(provenance: dict, keys: Sequence[str] = _EXTRACTION_KEY
     return {"model": model, **{key: provenance.get(key) for key in keys}}
 
 
+def _read_attrs(handle: h5py.File) -> dict:
+    return {key: _decode_attr(key, value) for key, value in handle.attrs.items()}
+
+
+def _same_extraction(stored: dict, attrs: dict) -> bool:
+    """Whether a file was written by the extraction `attrs` describes, rows included (its shard)."""
+    keys = (*_EXTRACTION_KEYS, "shard")
+    return _extraction_identity(stored, keys) == _extraction_identity(attrs, keys)
+
+
 def _open_partial(tmp: Path, attrs: dict) -> h5py.File | None:
     """Reopen an interrupted extraction if it was made with the same identity; otherwise discard it."""
     if not tmp.exists():
@@ -359,17 +383,16 @@ def _open_partial(tmp: Path, attrs: dict) -> h5py.File | None:
     except OSError:  # killed in the middle of an HDF5 metadata write: start over
         tmp.unlink()
         return None
-    stored = {key: _decode_attr(key, value) for key, value in handle.attrs.items()}
-    keys = (*_EXTRACTION_KEYS, "shard")
-    if _extraction_identity(stored, keys) != _extraction_identity(attrs, keys):
+    if not _same_extraction(_read_attrs(handle), attrs):
         handle.close()
         tmp.unlink()
         return None
     return handle
 
 
-def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dict) -> h5py.File:
-    """A fresh `.partial` store with every dataset but the features filled in and no row done."""
+def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dict, world_size: int = 1) -> h5py.File:
+    """A fresh `.partial` store with every dataset but the features filled in and no row done; `world_size`
+    records how many processes encode the rows."""
     handle = h5py.File(tmp, "w")
     _create_layout(handle, len(rows), identity["embed_dim"], identity["dtype"], **_table_arrays(table, rows))
     _set_attrs(
@@ -381,6 +404,7 @@ def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dic
             "n_rows": len(rows),
             "row_offset": rows.start,
             "rows_done": 0,
+            "world_size": world_size,
             VOCABULARY_KEY: table.vocabulary.to_dict(),
         },
     )
@@ -414,17 +438,132 @@ def extract(
     """Encode every image of `table` (or of one shard of it) with the frozen image tower into an HDF5 store.
 
     Resumes an interrupted run with the same identity; replaces an earlier store only with `overwrite`, and
-    nothing else; returns a summary with rows encoded and throughput.
+    nothing else; returns a summary with rows encoded and throughput. Under torchrun (WORLD_SIZE > 1) the
+    processes split the rows between them (see the module doc); only rank 0 reports progress and a summary.
     """
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
+    from gcctl.world import join_world, leave_world, process_device  # torch, imported only when extracting
+
     out = Path(out)
     table.require_files()
     device = resolve_device("auto") if device is None else device
-    with output_lock(out):  # held until the rename: the .partial is this process's alone
-        check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished
-        _check_free_space(out, len(shard.rows(len(table.frame))), bundle.provenance["embed_dim"], dtype)
-        return _encode(table, bundle, out, batch_size, workers, dtype, normalize, shard, device, on_progress)
+    world = join_world(device)
+    try:
+        options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
+                   "device": process_device(device, world)}
+        if world.distributed:
+            return _extract_by_rank(table, bundle, out, world, shard, overwrite, on_progress, options)
+        with output_lock(out):  # held until the rename: the .partial is this process's alone
+            check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished
+            _check_free_space(out, len(_shard_rows(table, shard)), bundle.provenance["embed_dim"], dtype)
+            return _encode(table, bundle, out, shard=shard, on_progress=on_progress, **options)
+    finally:
+        leave_world(world)
+
+
+def _shard_rows(table: "DatasetTable", shard: Shard) -> range:
+    """The rows of `shard`: whole tar shard files when the images lie in archives."""
+    return shard.rows(len(table.frame), archive_starts(table.frame["path"].tolist()))
+
+
+def rank_part_path(out: Path, part: Shard) -> Path:
+    """Where the process of rank `part.index` (of `part.count`) writes its part of `out` under torchrun."""
+    return out.with_name(f"{out.name}.rank{part.index}-of-{part.count}")
+
+
+def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, overwrite: bool, on_progress, options: dict) -> dict:
+    """This process's part, then (once every part is done) rank 0 publishes `out`; a user error in any process
+    stops them all with it, and every finished or partial part stays for the rerun."""
+    import time
+
+    from gcctl.world import gather_objects, raise_if_any_failed
+
+    started = time.perf_counter()
+    summary, error = {}, None
+    try:
+        if shard != Shard():
+            raise GcctlError("--shard splits the rows by hand, but torchrun already splits them between its "
+                             "processes; leave out --shard, or run without torchrun")
+        check_extract_out(table, out, overwrite)
+        part = Shard(world.rank, world.size)
+        summary = _extract_part(table, bundle, rank_part_path(out, part), part, on_progress if world.is_main else None, options)
+    except GcctlError as failure:
+        error = failure
+    raise_if_any_failed(world, error)
+    summaries = gather_objects(world, summary)
+    error = None
+    if world.is_main:
+        try:
+            _publish(table, bundle, out, world.size, overwrite, options)
+        except GcctlError as failure:
+            error = failure
+    raise_if_any_failed(world, error)
+    if not world.is_main:
+        return {}
+    seconds = time.perf_counter() - started
+    encoded = sum(part["rows"] - part["resumed_from"] for part in summaries)
+    return {
+        "out": str(out),
+        "rows": len(table.frame),
+        "world_size": world.size,
+        "resumed_from": [part["resumed_from"] for part in summaries],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(encoded / seconds, 1) if encoded else None,
+        "device": str(options["device"]),
+    }
+
+
+def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, options: dict) -> dict:
+    """One process's part under torchrun: kept when an earlier run finished it, else encoded (resuming its .partial)."""
+    with output_lock(part_out):
+        identity = _extraction_attrs(table, bundle, options["dtype"], options["normalize"], part, part_out.parent)
+        if is_feature_store(part_out):
+            with h5py.File(part_out, "r") as handle:
+                stored = _read_attrs(handle)
+            if stored.get(COMPLETE_KEY) is True and _same_extraction(stored, identity):
+                return {"rows": stored["n_rows"], "resumed_from": stored["n_rows"]}
+        # Anything else there is a part of another extraction (replaced when done) or not ours (refused).
+        check_output(part_out, "extract", is_own=is_feature_store, replace_own=True)
+        _check_free_space(part_out, len(_shard_rows(table, part)), bundle.provenance["embed_dim"], options["dtype"])
+        return _encode(table, bundle, part_out, shard=part, on_progress=on_progress, **options)
+
+
+def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options: dict) -> None:
+    """Join the finished parts into `out`, written as one process writes it, and remove every part."""
+    parts = [rank_part_path(out, Shard(rank, world_size)) for rank in range(world_size)]
+    missing = [part for part in parts if not part.is_file()]
+    if missing:
+        raise GcctlError(f"{missing[0]} is missing although its process finished it; with processes on several "
+                         "machines, --out must lie on a file system they all share")
+    dtype = options["dtype"]
+    with output_lock(out):
+        check_extract_out(table, out, overwrite)
+        _check_free_space(out, len(table.frame), bundle.provenance["embed_dim"], dtype)
+        identity = _extraction_attrs(table, bundle, dtype, options["normalize"], Shard(), out.parent)
+        tmp = partial_path(out)
+        handle = _create_partial(tmp, table, range(len(table.frame)), identity, world_size=world_size)
+        try:
+            for part in parts:
+                _append_part(handle, part)
+            handle.attrs[COMPLETE_KEY] = True
+        finally:
+            handle.close()
+        os.replace(tmp, out)
+    # This run's parts, and those an earlier run with another number of processes left (finished or not).
+    for part in out.parent.glob(f"{glob.escape(out.name)}.rank*-of-*"):
+        if part.suffix != ".lock":  # a lock belongs to whoever holds it
+            part.unlink(missing_ok=True)
+
+
+def _append_part(handle: h5py.File, part: Path) -> None:
+    """Copy a part's features into their rows, in blocks (a part may not fit in memory), and count them done."""
+    with h5py.File(part, "r") as source:
+        offset, rows = int(source.attrs["row_offset"]), int(source.attrs["n_rows"])
+        for start in range(0, rows, _READ_BLOCK_ROWS):
+            stop = min(rows, start + _READ_BLOCK_ROWS)
+            handle["features"][offset + start : offset + stop] = source["features"][start:stop]
+    handle.attrs["rows_done"] = offset + rows
 
 
 def _check_free_space(out: Path, rows: int, embed_dim: int, dtype: str) -> None:
@@ -465,7 +604,7 @@ def is_feature_store(path: Path) -> bool:
         return False
 
 
-def _encode(table, bundle, out: Path, batch_size, workers, dtype, normalize, shard, device, on_progress) -> dict:
+def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, shard, device, on_progress) -> dict:
     """`extract` once its --out is this process's: encode the rows not yet done, mark the file complete, publish."""
     import time
 
@@ -473,7 +612,7 @@ def _encode(table, bundle, out: Path, batch_size, workers, dtype, normalize, sha
 
     from gcctl.datasets.images import ImageDataset
 
-    rows = shard.rows(len(table.frame))
+    rows = _shard_rows(table, shard)
     tmp = partial_path(out)
     identity = _extraction_attrs(table, bundle, dtype, normalize, shard, out.parent)
     handle = _open_partial(tmp, identity)

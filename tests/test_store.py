@@ -82,6 +82,13 @@ def test_shard_rows_partition_the_dataset():
             Shard.parse(bad)
 
 
+def test_shards_of_files_deal_out_whole_files():
+    starts = [0, 4, 5, 9]  # four files of 4, 1, 4 and 3 rows
+    assert [Shard(i, 3).rows(12, starts) for i in range(3)] == [range(0, 4), range(4, 5), range(5, 12)]
+    assert [Shard(i, 3).rows(2, [0]) for i in range(3)] == [range(0, 0), range(0, 0), range(0, 2)]  # more parts than files
+    assert [Shard(i, 3).rows(10, range(10)) for i in range(3)] == [Shard(i, 3).rows(10) for i in range(3)]
+
+
 def test_merge_joins_shards_in_order_and_checks_them(tmp_path):
     whole = _arrays(n=9)
     parts = []

@@ -35,12 +35,15 @@ Bias = Annotated[Optional[list[str]], typer.Option(
 ManifestFile = Annotated[Optional[Path], typer.Option(
     "--manifest-file", help="manifest: CSV or Parquet, one row per image (relative to --root or absolute).")]
 PathColumn = Annotated[Optional[str], typer.Option("--path-column", help="manifest: image path column (default path).")]
-LabelColumn = Annotated[Optional[str], typer.Option("--label-column", help="manifest: class column (default y).")]
+LabelColumn = Annotated[Optional[str], typer.Option(
+    "--label-column", help="manifest: class column (default y). webdataset: json field of the class (default: the .cls file).")]
 SplitColumn = Annotated[Optional[str], typer.Option(
-    "--split-column", help="manifest: split column (train/val/test or 0/1/2) (default split).")]
+    "--split-column", help="manifest: split column (train/val/test or 0/1/2) (default split). "
+    "webdataset: json field of the split (default: the shard's folder train/, val/, test/; else train).")]
 AttributeColumn = Annotated[Optional[list[str]], typer.Option(
-    "--attribute-column", help="manifest: spurious attribute column; repeat for several.")]
-IdColumn = Annotated[Optional[str], typer.Option("--id-column", help="manifest: id column (default: row number).")]
+    "--attribute-column", help="manifest: spurious attribute column; webdataset: json field; repeat for several.")]
+IdColumn = Annotated[Optional[str], typer.Option(
+    "--id-column", help="manifest: id column (default: row number). webdataset: json field (default: shard/key).")]
 AllowOutsideRoot = Annotated[bool, typer.Option(
     "--allow-outside-root", help="Read image paths that are absolute or lead out of --root with '..' (refused otherwise).")]
 FolderSplit = Annotated[Optional[str], typer.Option(

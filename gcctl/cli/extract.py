@@ -36,23 +36,27 @@ def extract(
 ) -> None:
     """Encode every image once with the frozen image tower into an HDF5 feature store (resumable).
 
+    Under torchrun the processes split the rows (whole tar shards for --dataset webdataset) and rank 0 writes --out.
+
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """
     from gcctl.clip.factory import build_clip
     from gcctl.runtime import progress, resolve_device
     from gcctl.store import Shard, check_extract_out, extract as extract_features
+    from gcctl.world import current_world, process_device
 
     check_extract_out(table, out, overwrite)
     part = Shard.parse(shard)
-    torch_device = resolve_device(device)
+    torch_device = process_device(resolve_device(device), current_world())  # under torchrun: this process's GPU
     bundle = build_clip(model, pretrained, device=torch_device, seed=seed)
     with progress() as bar:
-        task = bar.add_task(f"extract {table.dataset}", total=len(part.rows(len(table.frame))))
+        task = bar.add_task(f"extract {table.dataset}", total=None)
         summary = extract_features(
-            table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize,
-            shard=part, device=torch_device, overwrite=overwrite, on_progress=lambda done, total: bar.update(task, completed=done),
+            table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize, shard=part,
+            device=torch_device, overwrite=overwrite, on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    print_summary(summary, "extracted", as_json)
+    if summary:  # under torchrun only rank 0 reports
+        print_summary(summary, "extracted", as_json)
 
 
 def info(

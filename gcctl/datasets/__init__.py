@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from gcctl.datasets import celeba, folders, imagenet, manifest, packed, waterbirds
+from gcctl.datasets import celeba, folders, imagenet, manifest, packed, waterbirds, webdataset
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.subset import ClassSubset
 from gcctl.datasets.table import NAMES_SIDECAR, SPLITS, DatasetTable, read_name_overrides
@@ -34,6 +34,7 @@ DATASETS: dict[str, Callable[..., DatasetTable]] = {
     "stl10": packed.load_stl10,
     "caltech101": folders.load_caltech101,
     "pacs": folders.load_pacs,
+    "webdataset": webdataset.load,
 }
 # name -> the on-disk layout it expects, for the message when the root is missing.
 LAYOUTS: dict[str, str] = {
@@ -51,6 +52,7 @@ LAYOUTS: dict[str, str] = {
     "stl10": packed.STL10_LAYOUT,
     "caltech101": folders.CALTECH101_LAYOUT,
     "pacs": folders.PACS_LAYOUT,
+    "webdataset": webdataset.LAYOUT,
 }
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from gcctl.datasets.table import DatasetTable
+from gcctl.datasets.tar_members import open_image_source
 from gcctl.errors import GcctlError
 
 
@@ -54,9 +55,12 @@ class ImageDataset(Dataset):
     def __getitem__(self, position: int):
         row = self.indices[position]
         path = self.paths[row]
+        source = path
         try:
-            with Image.open(path) as image:
+            source = open_image_source(path)
+            with Image.open(source) as image:
                 rgb = to_rgb(image)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise GcctlError(f"cannot read image {path}: {error}") from None
+            reason = str(error).replace(f" {source!r}", "")  # Pillow names a tar member's buffer by its repr
+            raise GcctlError(f"cannot read image {path}: {reason}") from None
         return self.transform(rgb), row

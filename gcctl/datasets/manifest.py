@@ -34,7 +34,7 @@ def load(
     id_columns = [id_column] if id_column else []
     require_columns(frame, [path_column, label_column, split_column, *attribute_columns, *id_columns], path)
 
-    y, class_names = _codes(frame[label_column], names.classes, f"label column '{label_column}'", path)
+    y, class_names = value_codes(frame[label_column], names.classes, f"label column '{label_column}'", path)
     core = {
         "id": frame[id_column] if id_column else pd.RangeIndex(len(frame)),
         "path": frame[path_column],
@@ -43,7 +43,7 @@ def load(
     }
     attributes = {}
     for column in attribute_columns:
-        core[column], attributes[column] = _codes(frame[column], names.attributes.get(column),
+        core[column], attributes[column] = value_codes(frame[column], names.attributes.get(column),
                                                   f"attribute column '{column}'", path)
     return DatasetTable.build(pd.DataFrame(core), root=root, dataset="manifest", class_names=class_names,
                               attributes=attributes, source=str(path))
@@ -59,7 +59,7 @@ def _read(path: Path) -> pd.DataFrame:
     raise GcctlError(f"manifest file {path} is neither .csv nor .parquet; convert it to one of them")
 
 
-def _codes(values: pd.Series, names: list[str] | None, what: str, path: Path) -> tuple[np.ndarray, list[str]]:
+def value_codes(values: pd.Series, names: list[str] | None, what: str, path: Path) -> tuple[np.ndarray, list[str]]:
     """Integer codes and their names: integers index `names` (default their digits); strings are looked up
     in `names` (default their sorted vocabulary)."""
     if values.isna().any():

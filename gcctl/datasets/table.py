@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.subset import ClassSubset
+from gcctl.datasets.tar_members import archive_of
 from gcctl.errors import GcctlError
 from gcctl.runtime import atomic_path
 
@@ -121,7 +122,7 @@ class DatasetTable:
         root = str(self.root)
         missing = []
         for relative in self.frame["path"]:
-            if not os.path.isfile(os.path.join(root, relative)):
+            if not os.path.isfile(os.path.join(root, archive_of(relative))):  # a tar shard's members were read with it
                 missing.append(relative)
                 if len(missing) == limit:
                     break

@@ -1,4 +1,4 @@
-"""Data-parallel fine-tuning under `torchrun`: the process group, and gathering a batch across processes.
+"""Data-parallel fine-tuning under `torchrun`: gathering a batch across processes (the process group is `gcctl.world`'s).
 
 Each process encodes its share of the global batch; the losses (contrastive, StarFT) compare every sample
 with every other, so the shares are gathered and each process computes the loss of the whole global batch.
@@ -9,61 +9,11 @@ gradient one process would get on the global batch.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-from gcctl.errors import GcctlError
-
-
-@dataclass(frozen=True)
-class World:
-    """Where this process stands: rank 0 of 1 when not launched by torchrun."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def share(self, rows: torch.Tensor) -> torch.Tensor:
-        """This process's contiguous share of a global batch (shares are equal: the batch size is divisible)."""
-        per_process = len(rows) // self.size
-        return rows[self.rank * per_process : (self.rank + 1) * per_process]
-
-
-def join_world(device: torch.device) -> World:
-    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR...)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
-        return World()
-    world = World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return world
-
-
-def process_device(device: torch.device, world: World) -> torch.device:
-    """One GPU per process: the local rank picks it when the device names no index."""
-    if world.distributed and device.type == "cuda" and device.index is None:
-        if world.local_rank >= torch.cuda.device_count():
-            raise GcctlError(f"process {world.local_rank} has no GPU ({torch.cuda.device_count()} visible); start one process per GPU")
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def leave_world(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+# The process group itself is `gcctl.world`'s (extraction runs under torchrun too); named here for train.py.
+from gcctl.world import World, barrier, join_world, leave_world, process_device  # noqa: F401
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -93,7 +43,3 @@ def gather(tensor: torch.Tensor, world: World) -> torch.Tensor:
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
 
-
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
