@@ -82,12 +82,13 @@ def speed(model: str, images: int, batch_size: int, device: torch.device) -> dic
     scorer, unit, sample_weights = _scorer(bundle, data.vocabulary, data.train)
 
     def encoded(batch):
-        with torch.no_grad():
-            with autocast(device):
-                return torch.nn.functional.normalize(bundle.model.encode_image(pixels[batch]).float(), dim=-1)
+        with torch.no_grad(), autocast(device):
+            return torch.nn.functional.normalize(bundle.model.encode_image(pixels[batch]).float(), dim=-1)
 
     cached_features = lambda batch: data.train.features[batch].float()  # noqa: E731
     _epoch(scorer, unit, sample_weights, batches[:1], cached_features)  # warm-up
+    if device.type == "cuda":  # the image tower's first CUDA calls set up kernels; a CPU has nothing to warm
+        _epoch(scorer, unit, sample_weights, batches[:1], encoded)
     cached = _epoch(scorer, unit, sample_weights, batches, cached_features)
     reference = _epoch(scorer, unit, sample_weights, batches, encoded)
     return {"model": model, "device": str(device), "train_samples": len(train_rows), "batch_size": batch_size, "prompts": int(unit.max()) + 1,
