@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-if [[ " $* " != *" --cpu "* ]]; then
+if [[ " $* " != *" --cpu "* && " $* " != *" -h "* && " $* " != *" --help "* ]]; then
   if ! "$python" -c "import open_clip, ftfy, dvclive" 2>/dev/null; then
     if ! compgen -G ".whl/*.whl" >/dev/null; then
       echo "error: open_clip_torch, ftfy or dvclive is missing and .whl/ holds no wheels; run bench/prepare_wheels.sh where pip reaches PyPI and bring .whl/ along" >&2
