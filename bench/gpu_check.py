@@ -99,7 +99,7 @@ def plan(cpu: bool) -> list[Check]:
         # a few processes when pytest-xdist is there (the GPU machine has it): the suite is single-threaded CPU
         # work, 5.5 minutes on 2 cores; a test file stays in one process, its fixtures too
         parallel = ("-n", "4", "--dist", "loadfile") if importlib.util.find_spec("xdist") else ()
-        checks.append(Check("tests", f"pytest -x -q {' '.join(parallel)} with CUDA visible".replace("  ", " "),
+        checks.append(Check("tests", " ".join(("pytest -x -q", *parallel, "with CUDA visible")),
                             (sys.executable, "-m", "pytest", "-x", "-q", *parallel, *ignored), GPU_SECONDS, lambda r: r["summary"]))
     return checks
 
