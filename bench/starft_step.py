@@ -10,18 +10,24 @@ Target: ratio <= 1.2 with the cache.
 
     python bench/starft_step.py --model gcctl-tiny --pretrained pipeline/models/tiny/model.pt --batch-size 128
     python bench/starft_step.py --model ViT-B-16 --batch-size 32 --steps 5
+    torchrun --standalone --nproc-per-node 1 bench/starft_step.py --model ViT-B-16 --device cuda --ddp
+
+`--ddp` (under torchrun) wraps both models in DistributedDataParallel, as `gcctl finetune` does with several
+processes: with one process it shows the cost of the process group and the gradient all-reduce.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from gcctl.datasets import load_dataset
@@ -43,6 +49,19 @@ def timed_step(run: FinetuneRun, batch, device) -> float:
     return time.perf_counter() - started
 
 
+def join_process_group(device: torch.device) -> torch.device:
+    """The process group torchrun describes; one GPU per process, picked by the local rank."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def wrap_data_parallel(run: FinetuneRun, device: torch.device) -> None:
+    run.encoder = torch.nn.parallel.DistributedDataParallel(run.encoder, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gcctl-tiny")
@@ -53,9 +72,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--teacher-cache", action=argparse.BooleanOptionalAction, default=True,
                         help="StarFT's frozen model encodes each training image once (default), or every step")
+    parser.add_argument("--ddp", action="store_true", help="Train through DistributedDataParallel (run under torchrun).")
     args = parser.parse_args()
+    if args.ddp and "RANK" not in os.environ:
+        parser.error("--ddp joins torchrun's process group: torchrun --standalone --nproc-per-node 1 bench/starft_step.py --ddp ...")
 
     device = resolve_device(args.device)
+    if args.ddp:
+        device = join_process_group(device)
     with tempfile.TemporaryDirectory() as scratch:
         root = write_waterbirds(Path(scratch) / "waterbirds", scale=0.1)
         table = load_dataset("waterbirds", root)
@@ -65,6 +89,8 @@ def main() -> None:
                                 device=device, teacher_cache=args.teacher_cache)
             for method in ("ft", "starft")
         }
+        for run in runs.values() if args.ddp else ():
+            wrap_data_parallel(run, device)
         train_rows = table.frame.index[table.frame["split"] == "train"].tolist()[: args.batch_size]
         images, rows = next(iter(DataLoader(ImageDataset(table, runs["ft"].bundle.preprocess, train_rows), batch_size=len(train_rows))))
         templates = draw_templates(len(table.frame), len(runs["starft"].templates), seed=0)
@@ -77,6 +103,9 @@ def main() -> None:
             for method, run in runs.items():
                 seconds[method].append(timed_step(run, batch, device))
     ft, starft = (statistics.median(seconds[method]) for method in ("ft", "starft"))
+    processes = dist.get_world_size() if args.ddp else 0
+    if args.ddp:
+        dist.destroy_process_group()
     print(json.dumps({
         "model": args.model,
         "device": str(device),
@@ -85,6 +114,7 @@ def main() -> None:
         "distinct_spurious_captions": len(torch.unique(runs["ft"].labels[rows] * len(runs["starft"].templates) + templates[rows])),
         "teacher_cache": runs["starft"].teacher.cache["images"],
         "steps": args.steps,
+        "ddp_processes": processes,
         "ft_seconds_per_step": round(ft, 4),
         "starft_seconds_per_step": round(starft, 4),
         "ratio": round(starft / ft, 3),

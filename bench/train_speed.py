@@ -8,6 +8,7 @@ store (ViT-B-16's text tower, random weights) and reports the peak resident memo
 
     python bench/train_speed.py --model gcctl-tiny --images 1200
     python bench/train_speed.py --model ViT-B-16 --images 120 --batch-size 32
+    python bench/train_speed.py --model ViT-B-16 --images 600 --device cuda
     python bench/train_speed.py --memory
 """
 
@@ -31,13 +32,14 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.coop import PromptScorer
 from gcctl.methods.data import load_training_data
 from gcctl.methods.loop import group_units, inverse_frequency
+from gcctl.runtime import autocast, resolve_device
 from gcctl.store import FeatureStore, extract, write_store
 from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds
 
 
 def _scorer(bundle, vocabulary, train):
     unit, groups = group_units(train.group)
-    prompt_class = torch.from_numpy(vocabulary.class_of(groups.numpy()))
+    prompt_class = torch.from_numpy(vocabulary.class_of(groups.cpu().numpy())).to(groups.device)
     learner = PromptLearner(TextTower(bundle.model), bundle.tokenizer, [vocabulary.class_names[c] for c in prompt_class.tolist()],
                             list(range(len(groups))))
     scorer = PromptScorer(learner, prompt_class, vocabulary.num_classes, logit_scale(bundle.model), "max")
@@ -45,42 +47,51 @@ def _scorer(bundle, vocabulary, train):
 
 
 def _epoch(scorer, unit, weights, batches, features_of) -> float:
-    """One epoch of weighted prompt cross-entropy; `features_of(batch)` gives the batch's image features."""
+    """One epoch of weighted prompt cross-entropy; `features_of(batch)` gives the batch's image features.
+    The scores are computed under autocast as gcctl's training loop does (full precision on a CPU)."""
     optimizer = torch.optim.SGD([p for p in scorer.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    device = unit.device
     started = time.perf_counter()
     for batch in batches:
-        scores = scorer(features_of(batch))
+        with autocast(device):
+            scores = scorer(features_of(batch)).float()
         loss = (torch.nn.functional.cross_entropy(scores, unit[batch], reduction="none") * weights[batch]).sum() / weights[batch].sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
-def speed(model: str, images: int, batch_size: int) -> dict:
+def speed(model: str, images: int, batch_size: int, device: torch.device) -> dict:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         scale = min(1.0, images / sum(WATERBIRDS_SPLIT_SIZES))
         table = load_dataset("waterbirds", write_waterbirds(scratch / "wb", scale=scale))
-        bundle = build_clip(model, "none")
-        extract(table, bundle, scratch / "f.h5", batch_size=batch_size)
+        bundle = build_clip(model, "none", device=device)
+        extract(table, bundle, scratch / "f.h5", batch_size=batch_size, device=device)
         with FeatureStore(scratch / "f.h5") as store:
-            data = load_training_data(store, torch.device("cpu"))
+            data = load_training_data(store, device)
             train_rows = store.split_index("train")
         pixels = torch.stack([bundle.preprocess(Image.open(table.root / table.frame["path"][row]).convert("RGB")) for row in train_rows])
-    batches = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0)).split(batch_size)
+    pixels = pixels.to(device)
+    order = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(0)).to(device)
+    batches = order.split(batch_size)
     scorer, unit, sample_weights = _scorer(bundle, data.vocabulary, data.train)
 
     def encoded(batch):
-        with torch.no_grad():
-            return torch.nn.functional.normalize(bundle.model.encode_image(pixels[batch]), dim=-1)
+        with torch.no_grad(), autocast(device):
+            return torch.nn.functional.normalize(bundle.model.encode_image(pixels[batch]).float(), dim=-1)
 
     cached_features = lambda batch: data.train.features[batch].float()  # noqa: E731
     _epoch(scorer, unit, sample_weights, batches[:1], cached_features)  # warm-up
+    if device.type == "cuda":  # the image tower's first CUDA calls set up kernels; a CPU has nothing to warm
+        _epoch(scorer, unit, sample_weights, batches[:1], encoded)
     cached = _epoch(scorer, unit, sample_weights, batches, cached_features)
     reference = _epoch(scorer, unit, sample_weights, batches, encoded)
-    return {"model": model, "train_samples": len(train_rows), "batch_size": batch_size, "prompts": int(unit.max()) + 1,
+    return {"model": model, "device": str(device), "train_samples": len(train_rows), "batch_size": batch_size, "prompts": int(unit.max()) + 1,
             "cached_epoch_s": round(cached, 3), "image_tower_epoch_s": round(reference, 3), "ratio": round(reference / cached, 1)}
 
 
@@ -118,10 +129,11 @@ def main() -> None:
     parser.add_argument("--model", default="gcctl-tiny")
     parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="Where both loops train: cpu, cuda, auto...")
     parser.add_argument("--memory", action="store_true", help="Run the 1M x 512 float16 memory check instead.")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as gcctl's feature training loop does on CPU; both loops run alike
-    result = memory() if args.memory else speed(args.model, args.images, args.batch_size)
+    result = memory() if args.memory else speed(args.model, args.images, args.batch_size, resolve_device(args.device))
     print(json.dumps(result))
 
 

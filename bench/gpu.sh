@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One GPU check: the figures only a GPU can show, in under 8 minutes, as one table and bench-gpu.json
+# (bench/gpu_check.py says what runs). Usage: bench/gpu.sh [--cpu] [--out FILE]
+#
+# On a GPU machine without network it first installs what is missing: the wheels in .whl/ (made beforehand
+# by bench/prepare_wheels.sh where pip reaches PyPI) into a scratch folder on PYTHONPATH, and gcctl itself with
+# `pip install --no-deps -e .`. `--cpu` is the dry mode: it installs nothing and runs in under a minute.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ " $* " != *" --cpu "* && " $* " != *" -h "* && " $* " != *" --help "* ]]; then
+  if ! "$python" -c "import open_clip, ftfy, dvclive" 2>/dev/null; then
+    if ! compgen -G ".whl/*.whl" >/dev/null; then
+      echo "error: open_clip_torch, ftfy or dvclive is missing and .whl/ holds no wheels; run bench/prepare_wheels.sh where pip reaches PyPI and bring .whl/ along" >&2
+      exit 1
+    fi
+    # --target, not the environment: dvc arrives without its dependencies, and its broken CLI must not land on PATH.
+    site="${TMPDIR:-/tmp}/gcctl-gpu-site"
+    "$python" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$site" .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:$site"
+  fi
+  # gcctl itself, so its `gcctl` command exists for the tests that run it; imports work from PYTHONPATH anyway.
+  "$python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e . \
+    || echo "warning: 'pip install --no-deps -e .' failed; gcctl is imported from $PWD through PYTHONPATH" >&2
+fi
+exec "$python" bench/gpu_check.py "$@"

@@ -1,0 +1,210 @@
+"""Everything only a GPU can show, in one run: the driver behind `bench/gpu.sh`.
+
+It runs the benchmarks in bench/ with GPU-sized options, one process each (a crash or a hang costs one row,
+not the run), then the test suite with CUDA visible, prints one table and writes the figures as JSON:
+
+- extraction images/s against the image tower's pure forward, ViT-B-16 at 224 px from JPEG files, with
+  DataLoader workers (bench/extract_throughput.py);
+- one GroupCoOp epoch on cached features against encoding the images every step (bench/train_speed.py);
+- FT and StarFT steps with autocast (bench/starft_step.py), and the same through DistributedDataParallel in a
+  one-process group under torchrun;
+- `pytest -x -q`, without the files that need the `dvc` CLI, which the GPU machine lacks (CI runs them).
+
+`--cpu` is the dry mode: the same steps with gcctl-micro, a few images, on the CPU, no test suite; it checks
+that the script and the benchmarks' options still fit together, in under a minute.
+
+    bench/gpu.sh                 # installs what is missing, then: python bench/gpu_check.py
+    python bench/gpu_check.py --cpu --out bench-gpu-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_SECONDS = 450  # the whole driver on one GPU; bench/gpu.sh's installing comes on top (8 minutes in all)
+CPU_SECONDS = 300  # a guard against a hang only: the dry mode takes under a minute on an idle 2-core machine
+# Tests that run the `dvc` CLI or DVC's Hydra composition (files, or single tests as FILE::NAME): the GPU machine
+# has only the part of dvc that dvclive imports; CI runs them. A new test of that kind belongs here.
+NEEDS_DVC = ("tests/test_pipeline.py", "tests/test_ci_example.py",
+             "tests/test_methods.py::test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    what: str  # what the row measures, for the table
+    command: tuple[str, ...]
+    timeout_s: int
+    figures: Callable[[dict], str]  # the row's result, from the command's JSON line
+
+
+def _bench(script: str, *options: str, torchrun: bool = False) -> tuple[str, ...]:
+    # torch.distributed.run is torchrun, started with this interpreter so that it sees the same packages
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1") if torchrun else (sys.executable,)
+    return (*launcher, str(REPO / "bench" / script), *options)
+
+
+def _extract_figures(r: dict) -> str:
+    return (f"{r['extract_images_per_s']:.0f} img/s extract vs {r['forward_images_per_s']:.0f} forward: ratio {r['ratio']:.2f} "
+            f"({r['images']} {r['image_format']} images, {r['image_size']} px, batch {r['batch_size']}, {r['workers']} workers)")
+
+
+def _groupcoop_figures(r: dict) -> str:
+    return (f"{r['cached_epoch_s']:.3f} s per epoch on cached features vs {r['image_tower_epoch_s']:.3f} s encoding images: "
+            f"{r['ratio']}x ({r['train_samples']} samples, {r['prompts']} prompts)")
+
+
+def _step_figures(r: dict) -> str:
+    ddp = f", DDP over {r['ddp_processes']} process" if r["ddp_processes"] else ""
+    return (f"FT {r['ft_seconds_per_step']:.3f} s, StarFT {r['starft_seconds_per_step']:.3f} s per step: ratio {r['ratio']:.2f} "
+            f"(batch {r['batch_size']}{ddp})")
+
+
+def plan(cpu: bool) -> list[Check]:
+    """The checks in running order: the benchmarks first, the longest (the test suite) last."""
+    if cpu:
+        model, device = "gcctl-micro", "cpu"
+        extract = ("--images", "32", "--image-size", "64", "--batch-size", "16", "--workers", "0", "--repeats", "1")
+        groupcoop, step, timeout = ("--images", "100", "--batch-size", "32"), ("--batch-size", "8", "--steps", "1"), 60
+    else:
+        model, device = "ViT-B-16", "cuda"
+        extract = ("--images", "2048", "--image-size", "224", "--batch-size", "256", "--workers", "8", "--repeats", "3")
+        groupcoop, step, timeout = ("--images", "1200", "--batch-size", "256"), ("--batch-size", "128", "--steps", "5"), 180
+    common = ("--model", model, "--device", device)
+    checks = [
+        Check("extract", f"{model} extraction from JPEG vs pure forward", _bench("extract_throughput.py", *common, "--jpeg", *extract),
+              timeout, _extract_figures),
+        Check("groupcoop", f"GroupCoOp epoch, {model} prompts", _bench("train_speed.py", *common, *groupcoop), timeout, _groupcoop_figures),
+        Check("ft-starft", f"FT and StarFT steps, {model}, autocast", _bench("starft_step.py", *common, *step), timeout, _step_figures),
+        Check("ddp", f"the same through DDP, 1 process ({'gloo' if cpu else 'nccl'})",
+              _bench("starft_step.py", *common, *step, "--ddp", torchrun=True), timeout, _step_figures),
+    ]
+    if not cpu:
+        ignored = [f"--deselect={test}" if "::" in test else f"--ignore={test}" for test in NEEDS_DVC]
+        # a few processes when pytest-xdist is there (the GPU machine has it): the suite is single-threaded CPU
+        # work, 5.5 minutes on 2 cores; a test file stays in one process, its fixtures too
+        parallel = ("-n", "4", "--dist", "loadfile") if importlib.util.find_spec("xdist") else ()
+        checks.append(Check("tests", " ".join(("pytest -x -q", *parallel, "with CUDA visible")),
+                            (sys.executable, "-m", "pytest", "-x", "-q", *parallel, *ignored), GPU_SECONDS, lambda r: r["summary"]))
+    return checks
+
+
+def run_check(check: Check, timeout_s: float, env: dict) -> dict:
+    """Run one check's command; its result is the last JSON line it prints (pytest: its summary line)."""
+    row = {"name": check.name, "what": check.what, "command": shlex.join(check.command)}
+    if timeout_s < 1:
+        return {**row, "status": "skipped: no time left", "seconds": 0.0, "figures": "", "result": None}
+    started = time.perf_counter()
+    stdout, stderr, status = _run(check.command, timeout_s, env)
+    row.update(status=status, seconds=round(time.perf_counter() - started, 1))
+    result = _last_json(stdout) if check.name != "tests" else {"summary": _last_line(stdout)}
+    try:
+        row["figures"] = check.figures(result) if result else ""
+    except (KeyError, TypeError, ValueError):
+        row["figures"] = ""  # a result without the expected fields: the status and output say why
+    row["result"] = result
+    if status != "ok":
+        row["output_tail"] = "\n".join((stdout + stderr).strip().splitlines()[-25:])
+    return row
+
+
+def _run(command: tuple[str, ...], timeout_s: float, env: dict) -> tuple[str, str, str]:
+    """stdout, stderr and status of `command`; on timeout its whole process group is killed (torchrun's
+    workers too, which would otherwise hold the pipes open)."""
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            return stdout, stderr, f"timed out after {timeout_s:.0f} s"
+    return stdout, stderr, "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
+
+
+def _last_json(output: str) -> dict | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+def _last_line(output: str) -> str:
+    lines = [line.strip("= ") for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def machine() -> dict:
+    """What ran the checks: the GPU as nvidia-smi names it, and the Python packages that matter."""
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        query = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                               capture_output=True, text=True)
+        gpu = query.stdout.strip().splitlines()[0] if query.returncode == 0 and query.stdout.strip() else ""
+    versions = {}
+    for package in ("torch", "torchvision", "open_clip_torch"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"gpu": gpu, "cpus": os.cpu_count(), "python": sys.version.split()[0], **versions}
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"gcctl GPU check ({report['mode']}), {report['date']}, {report['machine']['gpu'] or 'no GPU'}"
+    table = Table(title=title)
+    for column in ("check", "what", "status", "s", "result"):
+        table.add_column(column, justify="right" if column == "s" else "left")
+    for row in report["checks"]:
+        style = None if row["status"] == "ok" else "red"
+        table.add_row(row["name"], row["what"], row["status"], f"{row['seconds']:.1f}", row["figures"], style=style)
+    Console(width=None if sys.stdout.isatty() else 180).print(table)  # a log keeps whole rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="Dry mode: tiny model, few images, CPU, no test suite.")
+    parser.add_argument("--out", type=Path, default=None, help="JSON to write (default bench-gpu.json, bench-gpu-cpu.json with --cpu).")
+    args = parser.parse_args(argv)
+    out = args.out or REPO / ("bench-gpu-cpu.json" if args.cpu else "bench-gpu.json")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    budget, started = (CPU_SECONDS if args.cpu else GPU_SECONDS), time.perf_counter()
+    rows = []
+    for check in plan(args.cpu):
+        left = budget - (time.perf_counter() - started)
+        print(f"{check.name}: {check.what}", file=sys.stderr, flush=True)
+        rows.append(run_check(check, min(check.timeout_s, left), env))
+    report = {"mode": "cpu (dry)" if args.cpu else "gpu", "date": datetime.date.today().isoformat(), "machine": machine(),
+              "seconds": round(time.perf_counter() - started, 1), "checks": rows}
+    from gcctl.runtime import write_json
+
+    write_json(out, report)
+    print_table(report)
+    print(f"figures written to {out}", file=sys.stderr)
+    return 0 if all(row["status"] == "ok" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""bench/gpu.sh's driver: its commands fit the benchmarks' options, and it reports results, failures and hangs."""
+
+import importlib.util
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gpu_check"]
+
+
+def _declared_options(script: Path) -> set[str]:
+    return set(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", script.read_text()))
+
+
+def _exists(test: str) -> bool:
+    path, _, name = test.partition("::")
+    return (REPO / path).is_file() and (not name or f"def {name}(" in (REPO / path).read_text())
+
+
+@pytest.mark.parametrize("cpu", [True, False])
+def test_every_planned_benchmark_option_is_declared_by_its_script(gpu_check, cpu):
+    for check in gpu_check.plan(cpu):
+        scripts = [Path(part) for part in check.command if part.endswith(".py") and "bench" in part]
+        if check.name == "tests":
+            assert not scripts and all(_exists(test) for test in gpu_check.NEEDS_DVC)
+            continue
+        (script,) = scripts
+        options = {part for part in check.command[check.command.index(str(script)) :] if part.startswith("--")}
+        assert options <= _declared_options(script), (check.name, options - _declared_options(script))
+
+
+def test_the_gpu_plan_runs_the_test_suite_last_and_the_dry_plan_skips_it(gpu_check):
+    assert [check.name for check in gpu_check.plan(cpu=False)][-1] == "tests"
+    assert "tests" not in [check.name for check in gpu_check.plan(cpu=True)]
+    assert all("cuda" in check.command for check in gpu_check.plan(cpu=False) if check.name != "tests")
+
+
+def _check(gpu_check, code: str, timeout_s: int = 30):
+    return gpu_check.Check("stub", "a stub", (sys.executable, "-c", code), timeout_s, lambda result: f"{result['rate']} img/s")
+
+
+def test_a_check_reports_the_last_json_line_it_prints(gpu_check):
+    code = "import sys; print('{not json'); print('{\"rate\": 7}'); print('warming up', file=sys.stderr)"
+    row = gpu_check.run_check(_check(gpu_check, code), 30, env=None)
+    assert (row["status"], row["figures"], row["result"]) == ("ok", "7 img/s", {"rate": 7})
+    assert "output_tail" not in row
+
+
+def test_a_failing_check_keeps_the_end_of_its_output(gpu_check):
+    row = gpu_check.run_check(_check(gpu_check, "import sys; sys.exit('CUDA out of memory')"), 30, env=None)
+    assert row["status"] == "failed (exit 1)" and row["figures"] == "" and row["result"] is None
+    assert "CUDA out of memory" in row["output_tail"]
+
+
+def test_a_hanging_check_is_killed_with_its_children(gpu_check):
+    # a launcher whose child sleeps, as torchrun's worker would: the child holds the output pipes open
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    started = time.perf_counter()
+    row = gpu_check.run_check(_check(gpu_check, code, timeout_s=2), 2, env=None)
+    assert row["status"] == "timed out after 2 s" and time.perf_counter() - started < 20
+
+
+def test_no_time_left_skips_a_check(gpu_check):
+    row = gpu_check.run_check(_check(gpu_check, "print(1)"), 0.5, env=None)
+    assert row["status"] == "skipped: no time left"
+
+
+def test_main_writes_every_row_and_fails_when_a_check_fails(gpu_check, monkeypatch, tmp_path, capsys):
+    checks = [_check(gpu_check, "print('{\"rate\": 3}')"), _check(gpu_check, "raise SystemExit(2)")]
+    monkeypatch.setattr(gpu_check, "plan", lambda cpu: checks)
+    assert gpu_check.main(["--cpu", "--out", str(tmp_path / "gpu.json")]) == 1
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert report["mode"] == "cpu (dry)" and [row["status"] for row in report["checks"]] == ["ok", "failed (exit 2)"]
+    assert "3 img/s" in capsys.readouterr().out
