@@ -138,8 +138,15 @@ def test_zeroshot_classifies_features_that_are_its_prompts(tmp_path, bundle):
 def test_zeroshot_template_ensemble_changes_the_classifier(tmp_path, easy):
     train_run(easy, "zeroshot", tmp_path / "one")
     train_run(easy, "zeroshot", tmp_path / "two", options={"templates": ["a photo of a {}.", "a drawing of a {}."]})
-    one, two = (torch.load(tmp_path / name / "params.pt", weights_only=True)[0]["classifier"]["weight"] for name in ("one", "two"))
+    one, two = (torch.load(tmp_path / name / "params.pt", weights_only=True)[None]["classifier"]["weight"] for name in ("one", "two"))
     assert not torch.allclose(one, two)
+
+
+def test_a_training_free_method_is_fit_once_and_recorded_without_a_seed(tmp_path, easy):
+    summary = train_run(easy, "zeroshot", tmp_path / "run", seeds=[0, 1, 2])
+    assert list(summary["seeds"]) == ["none"]
+    metrics = evaluate_run(tmp_path / "run", "test")
+    assert metrics["provenance"]["seeds"] == [None] and metrics["acc_avg"]["std"] == 0.0
 
 
 # With the random weights of the micro model, a context shared by both class names barely separates them

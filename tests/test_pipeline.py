@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gcctl.methods import get_method
 from gcctl.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,12 +182,12 @@ def test_presets_compose_into_a_complete_pipeline(preset):
 
 def test_every_run_with_a_curve_has_its_dvc_plot_and_metrics_entry():
     """DVC cannot generate top-level plots with foreach, so dvc.yaml lists the runs' DVCLive folders: keep it
-    in step with params.yaml (zero-shot runs train nothing and have no curve)."""
+    in step with params.yaml (training-free runs, zero-shot among them, have no curve)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     runs = {**params["train"]["runs"], **params["train"]["pseudo_runs"]}
     folders = [f"pipeline/runs/{dataset}/{name}" for dataset in params["train"]["datasets"]
-               for name, options in runs.items() if options["method"] != "zeroshot"]
+               for name, options in runs.items() if get_method(options["method"]).trains]
     folders += [f"pipeline/finetuned/{params['finetune']['dataset']}/{name}/seed-{seed}"
                 for name in params["finetune"]["runs"] for seed in params["finetune"]["seeds"]]
     assert sorted(next(iter(entry)) for entry in pipeline["plots"]) == sorted(f"{f}/dvclive/plots/metrics" for f in folders)

@@ -72,7 +72,7 @@ def toy(tmp_path_factory, place_texts):
 
 
 def saved_translation(run) -> SpuriousTranslation:
-    state = torch.load(run / "params.pt", weights_only=True)[0]["classifier"]["transform"]
+    state = torch.load(run / "params.pt", weights_only=True)[None]["classifier"]["transform"]
     return transform_from_state(state, CPU)
 
 

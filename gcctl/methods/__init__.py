@@ -28,10 +28,11 @@ class Method:
     summary: str
     group_splits: tuple[str, ...] = ()  # the splits whose group labels the method itself trains on
     trains_on: str = "train"  # the split it fits (and balances) on
+    trains: bool = True  # False: training-free, the same model whatever the seed (fit once, recorded without one)
 
 
 METHODS = {
-    "zeroshot": Method(ZeroShotConfig, fit_zeroshot, True, "class prompts from templates, no training"),
+    "zeroshot": Method(ZeroShotConfig, fit_zeroshot, True, "class prompts from templates, no training", trains=False),
     "linear": Method(LinearConfig, fit_linear, False, "linear probe (ERM; --balance for group reweighting)"),
     "dfr": Method(DFRConfig, fit_dfr, False, "last-layer retraining on the group-balanced validation set",
                   trains_on="val"),
@@ -39,10 +40,13 @@ METHODS = {
     "groupcoop": Method(GroupCoOpConfig, fit_groupcoop, True, "GroupCoOp: one learned prompt per (class, group), group-balanced",
                         ("train",)),
     "tie": Method(TIEConfig, fit_tie, True, "TIE: image embeddings translated against the spurious value's text (val groups)",
-                  ("val",)),
-    "tie-star": Method(TIEConfig, fit_tie_star, True, "TIE*: TIE with the spurious value inferred zero-shot (no labels)"),
-    "orthproj": Method(OrthProjConfig, fit_orthproj, True, "class prompts with the spurious prompts' span projected out (Chuang et al. 2023), no training"),
-    "roboshot": Method(RoboShotConfig, fit_roboshot, True, "image embeddings without harmful and with boosted helpful insight directions (RoboShot), no training"),
+                  ("val",), trains=False),
+    "tie-star": Method(TIEConfig, fit_tie_star, True, "TIE*: TIE with the spurious value inferred zero-shot (no labels)",
+                       trains=False),
+    "orthproj": Method(OrthProjConfig, fit_orthproj, True, "class prompts with the spurious prompts' span projected out (Chuang et al. 2023), no training",
+                       trains=False),
+    "roboshot": Method(RoboShotConfig, fit_roboshot, True, "image embeddings without harmful and with boosted helpful insight directions (RoboShot), no training",
+                       trains=False),
 }
 
 _CHOICES = {

@@ -29,7 +29,7 @@ from gcctl.errors import GcctlError
 from gcctl.methods import get_method, group_supervision, make_config
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
-from gcctl.metrics import metrics_from_predictions, predictions_frame, write_evaluation
+from gcctl.metrics import metrics_from_predictions, predictions_frame, seed_key, write_evaluation
 from gcctl.runtime import (check_output, check_seeds, identity_differences, load_torch_file, output_lock, read_json,
                            resolve_device, seed_everything, sha256_file, write_json)
 from gcctl.store import FeatureStore
@@ -82,14 +82,17 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
 
         bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained,
                                       embed_dim=embed_dim, device=device)
+    # A training-free method gives one model whatever the seed: fit once and recorded without a seed, so reports
+    # show "-" rather than a spread of zero over identical copies.
+    fitted_seeds = list(seeds) if spec.trains else [None]
     results = {}
-    for seed in seeds:
-        seed_everything(seed)
+    for seed in fitted_seeds:
+        seed_everything(0 if seed is None else seed)
         results[seed] = spec.fit(data, config, seed=seed, bundle=bundle, device=device)
     run_config = {
         "method": method,
         "config": asdict(config),
-        "seeds": list(seeds),
+        "seeds": fitted_seeds,
         "device": str(device),
         "model_ref": reference.recorded_for(out).to_dict(),
         "features": {"path": str(features), "provenance": {k: v for k, v in data.provenance.items() if k != "model_ref"}},
@@ -103,7 +106,7 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
         "run": str(out),
         "method": method,
         "seeds": {
-            seed: {"best_epoch": r.selection.get("best_epoch"), "val_acc_avg": r.selection["val_metrics"]["acc_avg"], "val_acc_wg": r.selection["val_metrics"]["acc_wg"]}
+            seed_key(seed): {"best_epoch": r.selection.get("best_epoch"), "val_acc_avg": r.selection["val_metrics"]["acc_avg"], "val_acc_wg": r.selection["val_metrics"]["acc_wg"]}
             for seed, r in results.items()
         },
     }
@@ -127,7 +130,7 @@ def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[
             write_curve(tmp / CURVES, points, step_key="epoch")
             if plot is not None:
                 plot([{"seed": seed, **record} for seed, r in results.items() for record in r.curve], tmp / "curve.png")
-        write_json(tmp / "selection.json", {str(seed): r.selection for seed, r in results.items()})
+        write_json(tmp / "selection.json", {seed_key(seed): r.selection for seed, r in results.items()})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
