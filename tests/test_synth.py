@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from collections import Counter
 
 import numpy as np
@@ -151,8 +152,12 @@ def test_corpus_is_balanced_captioned_and_round_trips(tmp_path):
     assert (corpus.shapes, corpus.colours, corpus.backgrounds) == (SHAPES, COLOURS, BACKGROUNDS)
 
 
-def test_corpus_is_deterministic_per_seed(tmp_path):
-    a, b, c = (load_corpus(write_corpus(tmp_path / name, n=300, seed=s)) for name, s in (("a", 1), ("b", 1), ("c", 2)))
+def test_corpus_is_deterministic_per_seed(tmp_path, monkeypatch):
+    first = write_corpus(tmp_path / "a", n=300, seed=1)
+    monkeypatch.setattr(time, "time", lambda: 2e9)  # another day: the file must not record when it was written
+    second = write_corpus(tmp_path / "b", n=300, seed=1)
+    assert first.read_bytes() == second.read_bytes()  # byte-identical, so DVC sees an unchanged dependency
+    a, b, c = (load_corpus(path) for path in (first, second, write_corpus(tmp_path / "c", n=300, seed=2)))
     assert np.array_equal(a.images, b.images) and np.array_equal(a.captions, b.captions)
     assert not np.array_equal(a.images, c.images)
     assert not np.array_equal(a.shape, c.shape)
@@ -172,10 +177,10 @@ def test_corpus_loads_without_pickle_and_reports_bad_files(tmp_path):
 
 
 def test_failed_corpus_write_leaves_nothing(tmp_path, monkeypatch):
-    def broken_savez(*args, **kwargs):
+    def broken_write(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(np, "savez", broken_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", broken_write)
     with pytest.raises(RuntimeError):
         write_corpus(tmp_path, n=10)
     assert list(tmp_path.iterdir()) == []

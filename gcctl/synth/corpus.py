@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,20 +56,22 @@ def write_corpus(out_dir: str | os.PathLike, n: int = 35000, seed: int = 0, size
     images = render(shape, colour, background, rng, size=size)
     captions = np.array([caption(SHAPES[s], COLOURS[c], BACKGROUNDS[b]) for s, c, b in zip(shape, colour, background)])
 
+    arrays = {"images": images, "captions": captions, "shape": shape, "colour": colour, "background": background,
+              "shapes": np.array(SHAPES), "colours": np.array(COLOURS), "backgrounds": np.array(BACKGROUNDS)}
     path = Path(out_dir) / CORPUS_FILE
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle, so savez does not append ".npz"
-        np.savez(
-            handle,
-            images=images,
-            captions=captions,
-            shape=shape,
-            colour=colour,
-            background=background,
-            shapes=np.array(SHAPES),
-            colours=np.array(COLOURS),
-            backgrounds=np.array(BACKGROUNDS),
-        )
+    with atomic_path(path) as tmp:
+        _save_npz(tmp, arrays)
     return path
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` with fixed member timestamps: the same corpus is the same bytes, so DVC sees an unchanged
+    dependency when the synth stage reruns, and pretraining is not repeated (np.savez stamps the current time)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
 
 
 def load_corpus(path: str | os.PathLike) -> Corpus:
