@@ -115,6 +115,60 @@ def suite_table(summary: dict) -> Table:
     return table
 
 
+def _suite_columns(summaries: list[dict]) -> list[str]:
+    """The summary measures every suite has, in the paper's order."""
+    return [key for key in _SUITE_HEADERS if all(key in summary["mean"] for summary in summaries)]
+
+
+def suite_markdown(summaries: list[dict]) -> str:
+    """Transfer suites side by side: one row per run, the paper's summary columns, mean ± std over seeds."""
+    columns = _suite_columns(summaries)
+    targets = summaries[0]["targets"]
+    roles = {role: ", ".join(name for name, target in targets.items() if target["role"] == role)
+             for role in ("source", "domain", "group", "other")}
+    lines = [f"| run | seeds | {' | '.join(_SUITE_HEADERS[key] for key in columns)} |",
+             "|---|---|" + "---:|" * len(columns)]
+    for summary in summaries:
+        seeds = ",".join("-" if seed == "none" else seed for seed in summary["seeds"])
+        lines.append(f"| {summary['run']} | {seeds} | " + " | ".join(percent(summary["mean"][key]) for key in columns) + " |")
+    described = "; ".join(f"{role}: {names}" for role, names in roles.items() if names)
+    return (f"Zero-shot accuracy in %, mean ± std over seeds ({described}); group shifts: the mean over their "
+            "targets of worst-group and of average accuracy.\n\n" + "\n".join(lines) + "\n")
+
+
+def plot_suites(summaries: list[dict], path: str | os.PathLike) -> None:
+    """Grouped bars: each run's summary measures (mean, with the std over seeds as error bars)."""
+    from matplotlib.figure import Figure
+
+    columns = _suite_columns(summaries)
+    figure = Figure(figsize=(2 + 1.6 * len(columns), 3.8), layout="constrained")
+    axes = figure.subplots()
+    width = 0.8 / len(summaries)
+    for index, summary in enumerate(summaries):
+        means = [100 * summary["mean"][key]["mean"] for key in columns]
+        stds = [100 * summary["mean"][key]["std"] for key in columns]
+        axes.bar(np.arange(len(columns)) + index * width, means, width, yerr=stds, label=summary["run"], capsize=2)
+    axes.set_xticks(np.arange(len(columns)) + width * (len(summaries) - 1) / 2, [_SUITE_HEADERS[key] for key in columns])
+    axes.set_ylabel("accuracy %")
+    axes.set_title("zero-shot transfer")
+    axes.legend(fontsize=8)
+    _save(figure, Path(path))
+
+
+def write_suite_report(summaries: list[dict], out: str | os.PathLike) -> dict:
+    """`results.md` and `suites.png` comparing transfer suites of the same targets, written into `out`."""
+    target_sets = {tuple(sorted(summary["targets"])) for summary in summaries}
+    if len(target_sets) > 1:
+        raise GcctlError("the suites scored different targets; compare suites of the same --target list")
+    out = Path(out)
+    paths = {"plot": out / "suites.png", "table": out / "results.md"}
+    plot_suites(summaries, paths["plot"])
+    markdown = suite_markdown(summaries)
+    with atomic_path(paths["table"]) as tmp:
+        tmp.write_text(markdown)
+    return {"suites": summaries, "markdown": markdown, "paths": {key: str(path) for key, path in paths.items()}}
+
+
 def markdown_table(runs: list[dict]) -> str:
     split = runs[0]["provenance"]["split"]
     lines = [
@@ -255,8 +309,17 @@ def plot_confusion(summary: dict, path: str | os.PathLike) -> None:
     _save(figure, Path(path))
 
 
+def is_suite_summary(document: object) -> bool:
+    """Whether a JSON document is a transfer suite's summary (`gcctl transfer`) rather than a metrics file."""
+    return isinstance(document, dict) and {"run", "targets", "seeds", "mean"} <= set(document)
+
+
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
-    """Per-group accuracy chart, training curves and Markdown table of the evaluated runs, written into `out`."""
+    """Per-group accuracy chart, training curves and Markdown table of the evaluated runs, written into `out`;
+    for transfer suite summaries, their comparison (`write_suite_report`)."""
+    documents = [read_json(path) for path in metrics_paths if Path(path).is_file()]
+    if documents and all(is_suite_summary(document) for document in documents) and len(documents) == len(metrics_paths):
+        return write_suite_report(documents, out)
     runs = load_metrics(metrics_paths)
     splits = {metrics["provenance"]["split"] for metrics in runs}
     if len(splits) > 1:

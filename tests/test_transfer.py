@@ -94,3 +94,21 @@ def test_a_bad_target_is_one_line(run_cli, run_dir, tmp_path, spec, message):
     spec = spec.format(missing=tmp_path / "nowhere.parquet")
     code, _, err = run_cli("transfer", "--checkpoint", str(run_dir), "--target", spec, "--out", str(tmp_path / "suite"))
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_compares_suites_and_writes_their_readme_table(run_cli, run_dir, tables, tmp_path):
+    for name in ("ft", "starft"):
+        assert run_cli(*suite_args(run_dir, tables, tmp_path / name))[0] == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:transfer:start -->\n<!-- results:transfer:end -->\n")
+    summaries = [str(tmp_path / name / "summary.json") for name in ("ft", "starft")]
+    code, out, err = run_cli("report", *summaries, "--out", str(tmp_path / "transfer"), "--readme", str(readme))
+    assert code == 0, err
+    table = (tmp_path / "transfer" / "results.md").read_text()
+    assert (tmp_path / "transfer" / "suites.png").is_file()
+    header = table.splitlines()[2]
+    assert header.startswith("| run | seeds | source | domain shifts | group shifts worst-group | group shifts avg |")
+    summary = json.loads((tmp_path / "starft" / "summary.json").read_text())
+    wg = summary["mean"]["group_shift_acc_wg"]
+    assert f"| starft | 0,1 | " in table and f"{100 * wg['mean']:.1f} ± {100 * wg['std']:.1f}" in table
+    assert table in readme.read_text()

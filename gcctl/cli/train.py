@@ -177,28 +177,33 @@ def evaluate(
 
 
 def report(
-    metrics: Annotated[list[Path], typer.Argument(help="Metrics JSON files written by `gcctl evaluate`, one per run.")],
+    metrics: Annotated[list[Path], typer.Argument(
+        help="Metrics JSON files written by `gcctl evaluate`, one per run; or transfer suites' summary.json (`gcctl transfer`).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for per_group.png, curves.png and results.md.")],
     readme: Annotated[Optional[Path], typer.Option(
         "--readme", help="Also put the table into this file between <!-- results:NAME:start/end --> markers, NAME = the --out folder's name.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table.
+    """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; or transfer
+    suites (their summary.json): the suite summaries side by side (Markdown) and as bars (suites.png).
 
     Example: gcctl report pipeline/metrics/zeroshot.json pipeline/metrics/coop.json pipeline/metrics/groupcoop.json --out pipeline/report
+
+    Example: gcctl report pipeline/transfer/*/summary.json --out pipeline/report/transfer --readme README.md
     """
-    from gcctl.report import comparison_table, markdown_table, update_readme, write_report
+    from gcctl.report import comparison_table, markdown_table, suite_table, update_readme, write_report
 
     written = write_report(metrics, out)
     if readme is not None:
-        update_readme(readme, out.name, markdown_table(written["runs"]))
+        update_readme(readme, out.name, written["markdown"] if "suites" in written else markdown_table(written["runs"]))
     if as_json:
         typer.echo(json.dumps(written["paths"], indent=2))
         return
     from rich.console import Console
 
     console = Console()
-    console.print(comparison_table(written["runs"]))
+    for table in [suite_table(summary) for summary in written["suites"]] if "suites" in written else [comparison_table(written["runs"])]:
+        console.print(table)
     for path in written["paths"].values():
         console.print(f"wrote {path}")
 
