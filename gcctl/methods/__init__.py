@@ -8,6 +8,8 @@ from typing import Callable
 
 from gcctl.clip.prompts import CLASS_POSITIONS
 from gcctl.errors import GcctlError
+from gcctl.methods.adapter import AdapterConfig
+from gcctl.methods.adapter import fit as fit_adapter
 from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
 from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
@@ -29,6 +31,8 @@ METHODS = {
     "dfr": Method(DFRConfig, fit_dfr, False, "last-layer retraining on the group-balanced validation set"),
     "coop": Method(CoOpConfig, fit_coop, True, "CoOp: learned shared (or class-specific) prompt context"),
     "groupcoop": Method(GroupCoOpConfig, fit_groupcoop, True, "GroupCoOp: one learned prompt per (class, group), group-balanced"),
+    "adapter": Method(AdapterConfig, fit_adapter, True, "contrastive adapter (Zhang & Ré 2022): a residual MLP on the "
+                      "image features, trained with mined hard positives/negatives; class labels only, no train groups"),
 }
 
 _CHOICES = {
