@@ -11,6 +11,7 @@ from gcctl.clip.factory import build_clip
 from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.adapter import AdapterConfig, HardSamples, adapter_scorer, contrastive_loss, mine_hard_samples
+from gcctl.methods.base import Classifier
 from gcctl.methods.data import load_training_data
 from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.methods.transforms import ResidualAdapter
@@ -155,3 +156,15 @@ def test_bad_adapter_options_are_one_line_errors_without_a_run(tmp_path, store, 
 def test_adapter_options_do_not_apply_to_other_methods(tmp_path, store, run_cli):
     code, _, err = run_cli("train", "--features", str(store), "--method", "linear", "--hidden-dim", "8", "--out", str(tmp_path / "run"))
     assert code == 1 and "--hidden-dim does not apply to method 'linear'" in err
+
+
+def test_an_adapted_classifier_scores_the_same_after_a_round_trip_through_its_state():
+    torch.manual_seed(0)
+    adapter = ResidualAdapter(8, 4, torch.Generator().manual_seed(0))
+    torch.nn.init.normal_(adapter.up.weight)  # a trained-looking adapter, not the identity
+    classifier = Classifier(weight=torch.randn(3, 8), bias=torch.zeros(3), prompt_class=torch.arange(3), num_classes=3,
+                            transform=adapter)
+    features = torch.randn(5, 8)
+    restored = Classifier.from_state(classifier.state(), torch.device("cpu"))
+    assert isinstance(restored.transform, ResidualAdapter)
+    assert np.allclose(restored.scores(features), classifier.scores(features))
