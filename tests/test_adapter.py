@@ -99,6 +99,10 @@ def test_mining_takes_anchors_from_zeroshot_errors_positives_across_its_boundary
     assert chosen(fewer.positives, fewer.positive_mask, 0) <= {0, 1}
     assert chosen(fewer.negatives, fewer.negative_mask, 0) == {4, 3}  # only the 2 nearest are candidates
 
+    perfect = mine_hard_samples(features, y, y.clone(), num_positives=10, num_negatives=10, num_neighbors=3,
+                                generator=torch.Generator().manual_seed(0))
+    assert len(perfect.anchor) == 0 and contrastive_loss(None, features, perfect, torch.full((7,), -1), torch.arange(7), 0.1).eq(0).all()
+
 
 def test_contrastive_loss_is_the_stated_formula():
     features = _circle([0, 30, 60, 120, 200])

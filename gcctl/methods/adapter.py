@@ -84,7 +84,7 @@ def mine_hard_samples(features: torch.Tensor, y: torch.Tensor, zeroshot_pred: to
     `num_positives` / `num_negatives` of each are drawn at random; anchors lacking either are dropped.
     """
     num_neighbors = min(num_neighbors, len(features) - 1)
-    parts = []
+    parts = []  # one block of anchors at a time (an empty block when there are none)
     for anchor in (zeroshot_pred != y).nonzero().flatten().split(_MINING_ROWS):
         same_class_other_prediction = (y[anchor, None] == y) & (zeroshot_pred[anchor, None] != zeroshot_pred)
         positives, positive_mask = _draw(same_class_other_prediction, num_positives, generator)
@@ -94,9 +94,6 @@ def mine_hard_samples(features: torch.Tensor, y: torch.Tensor, zeroshot_pred: to
         drawn, negative_mask = _draw(y[neighbors] != y[anchor, None], num_negatives, generator)
         keep = positive_mask.any(dim=1) & negative_mask.any(dim=1)
         parts.append((anchor[keep], positives[keep], positive_mask[keep], neighbors.gather(1, drawn)[keep], negative_mask[keep]))
-    if not parts:
-        empty = torch.zeros((0, 1), dtype=torch.long, device=y.device)
-        return HardSamples(empty[:, 0], empty, empty.bool(), empty, empty.bool())
     return HardSamples(*(torch.cat(part) for part in zip(*parts)))
 
 
