@@ -27,8 +27,9 @@ def _int_list(text: str, option: str) -> list[int]:
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
     method: Annotated[str, typer.Option("--method", help=(
-        "zeroshot, linear, dfr, coop, groupcoop; training-free debiasing: orthproj, roboshot (attribute names only), "
-        "tie (attribute names and val groups) or tie-star (attribute names only); see above."))],
+        "zeroshot, linear, dfr, coop, groupcoop; adapter (contrastive adapter, class labels only); training-free "
+        "debiasing: orthproj, roboshot (attribute names only), tie (attribute names and val groups) or tie-star "
+        "(attribute names only); see above."))],
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
@@ -45,7 +46,7 @@ def train(
     class_names: Annotated[Optional[str], typer.Option(
         "--class-names", help="Comma-separated words naming the classes in prompts (default: the store's names).")] = None,
     template: Annotated[Optional[list[str]], typer.Option(
-        "--template", help="zeroshot, tie, tie-star: class prompt template with {} for the class; repeat for an ensemble.")] = None,
+        "--template", help="zeroshot, adapter, orthproj, roboshot, tie, tie-star: class prompt template with {} for the class; repeat for an ensemble.")] = None,
     ctx_init: Annotated[Optional[str], typer.Option(
         "--ctx-init", help="Words initialising the prompt context (their count sets its length); '' for random.")] = None,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context length of a random initialisation.")] = None,
@@ -73,6 +74,19 @@ def train(
         "--insights", help="roboshot: a text file of insight pairs, one 'harmful|helpful<TAB>text a<TAB>text b' per line "
         "(# comments); default: harmful = a class's prompts for two values of an attribute, helpful = two classes' "
         "prompts for one value.")] = None,
+    hidden_dim: Annotated[Optional[int], typer.Option(
+        "--hidden-dim", help="adapter (contrastive adapter; trains a residual MLP on the image features from class "
+        "labels, no train groups): bottleneck width (128).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", help="adapter: temperature of the contrastive loss (0.1).")] = None,
+    num_positives: Annotated[Optional[int], typer.Option(
+        "--num-positives", help="adapter: hard positives per anchor: same class, other zero-shot prediction (2048).")] = None,
+    num_negatives: Annotated[Optional[int], typer.Option(
+        "--num-negatives", help="adapter: hard negatives per anchor, from its nearest neighbours of other classes (2048).")] = None,
+    num_neighbors_for_negatives: Annotated[Optional[int], typer.Option(
+        "--num-neighbors-for-negatives", help="adapter: nearest neighbours the hard negatives come from (4096).")] = None,
+    classification_weight: Annotated[Optional[float], typer.Option(
+        "--classification-weight", help="adapter: weight of the cross-entropy to the class prompts; 0 = contrastive only (1).")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="methods with the text tower (all but linear and dfr): the store's model weights, if they "
         "moved since extraction "
@@ -102,6 +116,9 @@ def train(
         "class_names": [name.strip() for name in class_names.split(",")] if class_names else None,
         "attribute_prompts": attribute_prompt or None, "calibrate": calibrate, "calibration_lambda": calibration_lambda,
         "insights": None if insights is None else str(insights),
+        "hidden_dim": hidden_dim, "temperature": temperature, "num_positives": num_positives,
+        "num_negatives": num_negatives, "num_neighbors_for_negatives": num_neighbors_for_negatives,
+        "classification_weight": classification_weight,
     }
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
                         device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite)

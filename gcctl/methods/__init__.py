@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 
 from gcctl.clip.prompts import CLASS_POSITIONS
 from gcctl.errors import GcctlError
+from gcctl.methods.adapter import AdapterConfig
+from gcctl.methods.adapter import fit as fit_adapter
 from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
 from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
@@ -47,6 +49,8 @@ METHODS = {
                        trains=False),
     "roboshot": Method(RoboShotConfig, fit_roboshot, True, "image embeddings without harmful and with boosted helpful insight directions (RoboShot), no training",
                        trains=False),
+    "adapter": Method(AdapterConfig, fit_adapter, True, "contrastive adapter (Zhang & Ré 2022): a residual MLP on the "
+                      "image features, trained with mined hard positives/negatives; class labels only, no train groups"),
 }
 
 _CHOICES = {

@@ -76,9 +76,41 @@ class SpuriousTranslation(FeatureTransform):
         return F.normalize(features - self.shift(features), dim=-1)
 
 
+class ResidualAdapter(FeatureTransform):
+    """`x -> normalise(x + up(relu(down(x))))`: a bottleneck MLP added to the embedding (contrastive adapter).
+
+    `up` starts at zero, so a new adapter is the identity on normalised features and its classifier is the
+    zero-shot one until training moves it.
+    """
+
+    kind = "residual_adapter"
+
+    def __init__(self, dim: int, hidden_dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.down = nn.Linear(dim, hidden_dim)
+        self.up = nn.Linear(hidden_dim, dim)
+        bound = dim ** -0.5  # nn.Linear's default range, drawn from `generator` so a seed fixes it
+        with torch.no_grad():
+            self.down.weight.uniform_(-bound, bound, generator=generator)
+            self.down.bias.uniform_(-bound, bound, generator=generator)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features + self.up(F.relu(self.down(features))), dim=-1)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict) -> "ResidualAdapter":
+        hidden_dim, dim = tensors["down.weight"].shape
+        adapter = cls(dim, hidden_dim)
+        adapter.load_state_dict(tensors)
+        return adapter
+
+
 _TRANSFORMS: dict[str, Callable[[dict], FeatureTransform]] = {
     Projection.kind: lambda tensors: Projection(tensors["matrix"]),
     SpuriousTranslation.kind: lambda tensors: SpuriousTranslation(**tensors),
+    ResidualAdapter.kind: ResidualAdapter.from_tensors,
 }
 
 
