@@ -45,7 +45,7 @@ def test_params_check_accepts_the_default_and_names_the_first_problem(tmp_path, 
     default = Path(__file__).resolve().parents[1] / "params.yaml"
     code, out, err = run_cli("params", "check", str(default), "--json")
     assert code == 0, err
-    assert json.loads(out)["datasets"] == ["multiceleba", "waterbirds"]
+    assert json.loads(out)["datasets"] == ["multiceleba", "scattered", "waterbirds"]
 
     params = yaml.safe_load(default.read_text())
     params["train"]["datasets"].append("birds")
