@@ -45,3 +45,13 @@ def run_cli(monkeypatch, capsys):
         return exited.value.code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture()
+def quiet_random_weights():
+    """Silence the warning every model with random weights logs (modules opt in with `pytestmark`)."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    yield
+    logging.disable(logging.NOTSET)

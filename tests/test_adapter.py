@@ -1,6 +1,5 @@
 """The contrastive adapter: identity at the start, its hard-sample mining and loss, seeds, CLI and bad input."""
 
-import logging
 import math
 
 import numpy as np
@@ -24,11 +23,7 @@ MODEL, DIM = "gcctl-micro", 32
 SMALL = {"epochs": 2, "num_positives": 16, "num_negatives": 16, "num_neighbors_for_negatives": 32}
 
 
-@pytest.fixture(autouse=True)
-def _quiet_random_weights_warning():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
 @pytest.fixture(scope="module")

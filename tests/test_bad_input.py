@@ -2,7 +2,6 @@
 no file (neither an output nor anything that was already there)."""
 
 import hashlib
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -291,11 +290,7 @@ def assert_one_line_error(code, out, err, fragment) -> None:
     assert len(errors) == 1 and fragment in errors[0], err
 
 
-@pytest.fixture(autouse=True)
-def _quiet_random_weights_warning():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
 @pytest.mark.parametrize("make_args, fragment", [pytest.param(args, fragment, id=name) for name, args, fragment in CASES])

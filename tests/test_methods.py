@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import logging
 
 import numpy as np
 import open_clip
@@ -33,11 +32,7 @@ GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"
 QUICK = {"epochs": 8}
 
 
-@pytest.fixture(autouse=True)
-def _quiet_random_weights_warning():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
 def make_store(path, *, corr=0.95, bg_strength=2.0, n=(1200, 400, 800), seed=0, centers=None, model=MODEL, dim=DIM, nan=False):

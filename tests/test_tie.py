@@ -1,6 +1,5 @@
 """TIE and TIE*: image embeddings translated against the text direction of their spurious value."""
 
-import logging
 
 import numpy as np
 import pytest
@@ -26,11 +25,7 @@ PLACES = ["land", "water"]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _quiet_random_weights_warning():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The training-free debiasing methods (orthproj, roboshot) on a tiny store, with the `gcctl-micro` model."""
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -25,11 +24,7 @@ VALUES = ["grass", "water"]
 PROMPT = "a photo of a {} on {}."  # gcctl.clip.captions' default attribute prompt
 
 
-@pytest.fixture(autouse=True)
-def _quiet_random_weights_warning():
-    logging.disable(logging.WARNING)
-    yield
-    logging.disable(logging.NOTSET)
+pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
 def make_store(path, attributes=True, seed=0):

@@ -89,16 +89,8 @@ def write_waterbirds(
     Classes are balanced in every split. In train, `minority_fraction` of each class sits on the other
     class's background; in val and test, background is independent of class (four equal groups).
     """
-    _check_scale(scale)
-    if not 0 <= minority_fraction <= 0.5:
-        raise GcctlError(f"minority fraction {minority_fraction} must be between 0 and 0.5")
     root = Path(root)
-    _check_target(root, overwrite)
-    rng = np.random.default_rng(seed)
-
-    y, split, place = _two_by_two_groups(WATERBIRDS_SPLIT_SIZES, scale, minority_fraction)
-    order = rng.permutation(len(y))
-    y, split, place = y[order], split[order], place[order]
+    rng, y, split, place = _two_by_two_draw(root, WATERBIRDS_SPLIT_SIZES, seed, scale, minority_fraction, overwrite)
     shapes = np.array([SHAPES.index(name) for name in WATERBIRDS_CLASSES])[y]
     backgrounds = np.array([BACKGROUNDS.index(name) for name in WATERBIRDS_PLACES])[place]
     images = render(shapes, rng.integers(len(COLOURS), size=len(y)), backgrounds, rng, size=size)
@@ -189,16 +181,8 @@ def write_scattered(
     the other; val and test have four equal groups. The minority groups are also the other colour
     (SCATTERED_COLOURS). Read it with `--dataset manifest --manifest-file manifest.csv --attribute-column patch`.
     """
-    _check_scale(scale)
-    if not 0 <= minority_fraction <= 0.5:
-        raise GcctlError(f"minority fraction {minority_fraction} must be between 0 and 0.5")
     root = Path(root)
-    _check_target(root, overwrite)
-    rng = np.random.default_rng(seed)
-
-    y, split, patch = _two_by_two_groups(SCATTERED_SPLIT_SIZES, scale, minority_fraction)
-    order = rng.permutation(len(y))
-    y, split, patch = y[order], split[order], patch[order]
+    rng, y, split, patch = _two_by_two_draw(root, SCATTERED_SPLIT_SIZES, seed, scale, minority_fraction, overwrite)
     shapes = np.array([SHAPES.index(name) for name in SCATTERED_CLASSES])[y]
     colour_of = np.array([[COLOURS.index(SCATTERED_COLOURS[label, p]) for p in (0, 1)] for label in (0, 1)])
     patches = np.array([BACKGROUNDS.index(name) for name in SCATTERED_PATCHES])
@@ -231,6 +215,19 @@ def _check_scale(scale: float) -> None:
 def _count(expected: float) -> int:
     """Round half up, but keep every group present: an empty group would make its metrics undefined."""
     return max(1, math.floor(expected + 0.5))
+
+
+def _two_by_two_draw(root: Path, split_sizes, seed: int, scale: float, minority_fraction: float, overwrite: bool):
+    """Check the options and the target (before any rendering), then draw a two-class, two-value benchmark's rows
+    in a shuffled order: the generator (for the rendering that follows), y, split and the attribute."""
+    _check_scale(scale)
+    if not 0 <= minority_fraction <= 0.5:
+        raise GcctlError(f"minority fraction {minority_fraction} must be between 0 and 0.5")
+    _check_target(root, overwrite)
+    rng = np.random.default_rng(seed)
+    y, split, attribute = _two_by_two_groups(split_sizes, scale, minority_fraction)
+    order = rng.permutation(len(y))
+    return rng, y[order], split[order], attribute[order]
 
 
 def _two_by_two_groups(
