@@ -61,6 +61,8 @@ COMPLETE_KEY = "complete"
 _OLD_NAME_KEYS = ("class_names", "group_names", "attribute_values")
 _JSON_KEYS = (VOCABULARY_KEY, *_OLD_NAME_KEYS, "model_ref")
 _READ_BLOCK_ROWS = 65536
+# Reading a gap of this many unwanted rows costs about what one more read call does (512 float16 per row).
+_GAP_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -254,9 +256,12 @@ class FeatureStore:
     @cached_property
     def ids(self) -> np.ndarray:
         """Every row's id, read on first use: millions of Python strings are the largest thing a store holds
-        besides its features, and training does not need them."""
+        besides its features, and training does not need them. Still readable once the store is closed."""
         with self._damage_is_a_user_error():
-            return self._file["id"].asstr()[()]
+            if self._file:  # an h5py file is false once closed
+                return self._file["id"].asstr()[()]
+            with h5py.File(self.path, "r") as handle:
+                return handle["id"].asstr()[()]
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -311,14 +316,15 @@ class FeatureStore:
         return out
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Rows `rows` (increasing, no repeats) in the stored dtype, read one storage chunk at a time: each
-        chunk that holds some of them is read from its first to its last wanted row, so a random batch costs a
-        few small reads and a dense one whole chunks."""
+        """Rows `rows` (increasing, no repeats) in the stored dtype. Wanted rows less than `_GAP_ROWS` apart in
+        one storage chunk are read as one slice, others one by one: a dense selection costs a read per chunk, a
+        sparse one (a random batch of a large split) a small read per row, never the chunks around it."""
         with self._damage_is_a_user_error():
             dataset = self._file["features"]
             out = np.empty((len(rows), dataset.shape[1]), dtype=dataset.dtype)
             chunk_rows = dataset.chunks[0] if dataset.chunks else _READ_BLOCK_ROWS
-            starts = np.flatnonzero(np.diff(rows // chunk_rows, prepend=-1)) if len(rows) else []
+            breaks = (np.diff(rows) > _GAP_ROWS) | (np.diff(rows // chunk_rows) != 0)
+            starts = np.flatnonzero(np.concatenate([[len(rows) > 0], breaks]))
             for lo, hi in zip(starts, [*starts[1:], len(rows)]):
                 first, last = int(rows[lo]), int(rows[hi - 1])
                 out[lo:hi] = dataset[first : last + 1][rows[lo:hi] - first]
