@@ -322,12 +322,15 @@ class FeatureStore:
         with self._damage_is_a_user_error():
             dataset = self._file["features"]
             out = np.empty((len(rows), dataset.shape[1]), dtype=dataset.dtype)
+            if len(rows) == 0:
+                return out
             chunk_rows = dataset.chunks[0] if dataset.chunks else _READ_BLOCK_ROWS
             breaks = (np.diff(rows) > _GAP_ROWS) | (np.diff(rows // chunk_rows) != 0)
-            starts = np.flatnonzero(np.concatenate([[len(rows) > 0], breaks]))
-            for lo, hi in zip(starts, [*starts[1:], len(rows)]):
-                first, last = int(rows[lo]), int(rows[hi - 1])
-                out[lo:hi] = dataset[first : last + 1][rows[lo:hi] - first]
+            starts = np.flatnonzero(np.concatenate([[True], breaks]))
+            ends = np.append(starts[1:], len(rows))
+            for lo, hi, first, last in zip(starts.tolist(), ends.tolist(), rows[starts].tolist(), rows[ends - 1].tolist()):
+                block = dataset[first : last + 1]
+                out[lo:hi] = block if hi - lo == last - first + 1 else block[rows[lo:hi] - first]
             return out
 
     def model_ref(self) -> "ModelRef":
@@ -402,9 +405,10 @@ def _size_text(size: int) -> str:
     return f"{-(-size // (1 << 20))}M"
 
 
-def fits_in_memory(store: FeatureStore, index: np.ndarray, budget: int | None) -> bool:
-    """Whether rows `index` of the store's features, in the stored dtype, fit `budget` bytes (None: no limit)."""
-    return budget is None or len(index) * store.embed_dim * store.dtype.itemsize <= budget
+def fits_in_memory(store: FeatureStore, index: np.ndarray, budget: int | None, itemsize: int | None = None) -> bool:
+    """Whether rows `index` of the store's features, `itemsize` bytes a value (default: the stored dtype's),
+    fit `budget` bytes (None: no limit)."""
+    return budget is None or len(index) * store.embed_dim * (itemsize or store.dtype.itemsize) <= budget
 
 
 class StoredRows:

@@ -109,3 +109,11 @@ def test_memory_sizes():
     for text in ("lots", "0", "-1G", ""):
         with pytest.raises(GcctlError, match="is not a size"):
             memory_budget(text)
+
+
+def test_the_commands_take_a_budget(tmp_path, store, run_cli):
+    for name, budget in (("memory", "1G"), ("store", str(BUDGET))):
+        code, _, err = run_cli("pseudo-label", "--features", str(store), "--strategy", "kmeans", "--max-memory", budget,
+                               "--out", str(tmp_path / f"{name}.parquet"), "--json")
+        assert code in (0, None), err
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "memory.parquet"), pd.read_parquet(tmp_path / "store.parquet"))

@@ -62,7 +62,7 @@ def _require_groups_within_classes(store: FeatureStore) -> None:
 def _float32(store: FeatureStore, index: np.ndarray, device: torch.device, max_memory: int | None) -> torch.Tensor | StoredRows:
     """Rows `index` as float32 on `device`, converted block by block so a float16 store is never doubled whole;
     left in the store, read and converted as indexed, when they do not fit `max_memory` bytes (None: no limit)."""
-    if not fits_in_memory(store, index, max_memory):
+    if not fits_in_memory(store, index, max_memory, itemsize=4):  # held as float32
         rows = StoredRows(store, index, device, convert=lambda features: features.float())
         for _, block in rows.blocks(_BLOCK_ROWS):
             _check_finite(block, store)
