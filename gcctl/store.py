@@ -18,6 +18,10 @@ marked finished stores) is refused with the advice to extract it again. One proc
 Under torchrun every process writes its part the same way, into `<out>.rank<r>-of-<n>`, and rank 0 then joins
 the parts into `<out>`: written like a single process's store (same datasets and attributes but `created` and
 `world_size`, the number of processes), renamed into place once, and the parts removed.
+
+Reading: `FeatureStore` loads every small array on open and features on demand. A split larger than the memory
+budget (`memory_budget`, `--max-memory`) stays in the file as `StoredRows`, indexed like the tensor it replaces
+and read through `FeatureStore.read_rows` a storage chunk at a time, so training on it gives the same numbers.
 """
 
 from __future__ import annotations
