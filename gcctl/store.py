@@ -18,6 +18,10 @@ marked finished stores) is refused with the advice to extract it again. One proc
 Under torchrun every process writes its part the same way, into `<out>.rank<r>-of-<n>`, and rank 0 then joins
 the parts into `<out>`: written like a single process's store (same datasets and attributes but `created` and
 `world_size`, the number of processes), renamed into place once, and the parts removed.
+
+Reading: `FeatureStore` loads every small array on open and features on demand. A split larger than the memory
+budget (`memory_budget`, `--max-memory`) stays in the file as `StoredRows`, indexed like the tensor it replaces
+and read through `FeatureStore.read_rows` a storage chunk at a time, so training on it gives the same numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
@@ -60,6 +65,8 @@ COMPLETE_KEY = "complete"
 _OLD_NAME_KEYS = ("class_names", "group_names", "attribute_values")
 _JSON_KEYS = (VOCABULARY_KEY, *_OLD_NAME_KEYS, "model_ref")
 _READ_BLOCK_ROWS = 65536
+# Reading a gap of this many unwanted rows costs about what one more read call does (512 float16 per row).
+_GAP_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -206,7 +213,6 @@ class FeatureStore:
         self.y = self._file["y"][()]
         self.group = self._file["group"][()]
         self.split = self._file["split"][()]
-        self.ids = self._file["id"].asstr()[()]
         self.attributes = {name: dataset[()] for name, dataset in self._file.get("attributes", {}).items()}
         self._check_shapes()
         self.vocabulary = self._read_vocabulary(attrs)
@@ -217,7 +223,7 @@ class FeatureStore:
         if len(shape) != 2 or self.provenance.get("embed_dim", shape[-1]) != shape[-1]:
             raise GcctlError(f"feature store {self.path} holds features of shape {shape} but records embed_dim "
                              f"{self.provenance.get('embed_dim')}; rerun `gcctl extract` to write it again")
-        lengths = {"y": len(self.y), "group": len(self.group), "split": len(self.split), "id": len(self.ids),
+        lengths = {"y": len(self.y), "group": len(self.group), "split": len(self.split), "id": len(self._file["id"]),
                    **{f"attributes/{name}": len(values) for name, values in self.attributes.items()}}
         uneven = {name: length for name, length in lengths.items() if length != shape[0]}
         if uneven:
@@ -250,6 +256,16 @@ class FeatureStore:
     @property
     def class_names(self) -> list[str]:
         return self.vocabulary.class_names
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        """Every row's id, read on first use: millions of Python strings are the largest thing a store holds
+        besides its features, and training does not need them. Still readable once the store is closed."""
+        with self._damage_is_a_user_error():
+            if self._file:  # an h5py file is false once closed
+                return self._file["id"].asstr()[()]
+            with h5py.File(self.path, "r") as handle:
+                return handle["id"].asstr()[()]
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -303,6 +319,24 @@ class FeatureStore:
             out[order[lo:hi]] = block[sorted_rows[lo:hi] - start]
         return out
 
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows `rows` (increasing, no repeats) in the stored dtype. Wanted rows less than `_GAP_ROWS` apart in
+        one storage chunk are read as one slice, others one by one: a dense selection costs a read per chunk, a
+        sparse one (a random batch of a large split) a small read per row, never the chunks around it."""
+        with self._damage_is_a_user_error():
+            dataset = self._file["features"]
+            out = np.empty((len(rows), dataset.shape[1]), dtype=dataset.dtype)
+            if len(rows) == 0:
+                return out
+            chunk_rows = dataset.chunks[0] if dataset.chunks else _READ_BLOCK_ROWS
+            breaks = (np.diff(rows) > _GAP_ROWS) | (np.diff(rows // chunk_rows) != 0)
+            starts = np.flatnonzero(np.concatenate([[True], breaks]))
+            ends = np.append(starts[1:], len(rows))
+            for lo, hi, first, last in zip(starts.tolist(), ends.tolist(), rows[starts].tolist(), rows[ends - 1].tolist()):
+                block = dataset[first : last + 1]
+                out[lo:hi] = block if hi - lo == last - first + 1 else block[rows[lo:hi] - first]
+            return out
+
     def model_ref(self) -> "ModelRef":
         """The model the features were extracted with, its weights path anchored at the store's folder."""
         from gcctl.clip.reference import ModelRef
@@ -330,6 +364,99 @@ class FeatureStore:
             "vocabulary": self.vocabulary.to_dict(),
             "group_counts": self.group_counts(),
         }
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# Without --max-memory a split is kept in memory when it fits this fraction of the memory available at start.
+DEFAULT_MEMORY_FRACTION = 0.5
+
+
+def memory_budget(text: str | None) -> int:
+    """Bytes from a size such as `2G`, `512M`, `1.5G` or `1000000`; None: half the memory available now."""
+    if text is None:
+        return int(DEFAULT_MEMORY_FRACTION * _available_memory())
+    number, unit = text.strip().upper().removesuffix("B").removesuffix("I"), ""
+    if number[-1:] in ("K", "M", "G", "T"):
+        number, unit = number[:-1], number[-1]
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        size = -1
+    if not size > 0:
+        raise GcctlError(f"--max-memory '{text}' is not a size; give bytes or a size like 512M or 2G")
+    return int(size)
+
+
+def _available_memory() -> int:
+    """MemAvailable of /proc/meminfo (free plus reclaimable cache); free pages where it is missing."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory_budget(budget: int, batch_rows: int, embed_dim: int) -> None:
+    """A budget must hold one batch: its rows as read and as float32 (8 bytes per value at most)."""
+    needed = batch_rows * embed_dim * 8
+    if budget < needed:
+        raise GcctlError(f"--max-memory {budget} bytes is too small for one batch of {batch_rows} rows x {embed_dim} "
+                         f"features ({needed} bytes); raise --max-memory to at least {_size_text(needed)}"
+                         " or lower --batch-size")
+
+
+def _size_text(size: int) -> str:
+    return f"{-(-size // (1 << 20))}M"
+
+
+def fits_in_memory(store: FeatureStore, index: np.ndarray, budget: int | None, itemsize: int | None = None) -> bool:
+    """Whether rows `index` of the store's features, `itemsize` bytes a value (default: the stored dtype's),
+    fit `budget` bytes (None: no limit)."""
+    return budget is None or len(index) * store.embed_dim * (itemsize or store.dtype.itemsize) <= budget
+
+
+class StoredRows:
+    """Rows `index` of a store's features, read from the file when asked for: a split kept out of memory.
+
+    Indexed like the tensor it stands for (`rows[i:j]`, `rows[positions]`, `rows[mask]`), each answer a tensor
+    on `device` holding exactly the values the in-memory tensor would (in the stored dtype, then passed through
+    `convert` when given: what the in-memory path applies to the whole tensor, applied row-wise), so code
+    written for the tensor runs unchanged on it. The store must stay open while it is used.
+    """
+
+    def __init__(self, store: FeatureStore, index: np.ndarray, device, convert: Callable | None = None):
+        self.store, self.index, self.device, self.convert = store, np.asarray(index, dtype=np.int64), device, convert
+        self.shape = (len(self.index), store.embed_dim)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        import torch
+
+        if isinstance(key, slice):
+            wanted = self.index[key]
+        else:
+            positions = key.cpu().numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+            wanted = self.index[np.flatnonzero(positions) if positions.dtype == bool else positions]
+        rows, inverse = np.unique(wanted, return_inverse=True)  # h5py reads increasing rows; repeats once
+        tensor = torch.from_numpy(self.store.read_rows(rows)[inverse.reshape(-1)]).to(self.device)
+        return tensor if self.convert is None else self.convert(tensor)
+
+    def subset(self, positions) -> "StoredRows":
+        positions = positions.cpu().numpy() if hasattr(positions, "cpu") else np.asarray(positions)
+        return StoredRows(self.store, self.index[positions], self.device, self.convert)
+
+    def mapped(self, convert: Callable) -> "StoredRows":
+        """The same rows, each answer passed through `convert` after this one's own conversion."""
+        inner = self.convert
+        return StoredRows(self.store, self.index, self.device, convert if inner is None else lambda t: convert(inner(t)))
+
+    def blocks(self, rows: int | None = None):
+        """(start, tensor of `rows` rows from start; default `_READ_BLOCK_ROWS`) over every row, in order."""
+        rows = rows or _READ_BLOCK_ROWS
+        for start in range(0, len(self), rows):
+            yield start, self[start : start + rows]
 
 
 def _table_arrays(table: "DatasetTable", rows: range) -> dict:

@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gcctl.cli.train import MaxMemory
+
 
 def pseudo_label(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store whose train split is labelled.")],
@@ -34,6 +36,7 @@ def pseudo_label(
         "--pretrained", help="zeroshot-attr: the store's model weights, if they moved since extraction (checked by sha256).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the validation cut and noise, k-means and the ERM folds.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    max_memory: MaxMemory = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
     """Infer every training sample's group (GroupCoOp without train group labels) and compare with the truth.
@@ -42,12 +45,14 @@ def pseudo_label(
     """
     from gcctl.groups import pseudo_label as run
     from gcctl.report import agreement_table, plot_confusion
+    from gcctl.store import memory_budget
 
     summary = run(
         features, strategy, out, report=report, min_confidence=min_confidence, val_fraction=val_fraction,
         val_label_noise=val_label_noise, attribute_prompts=attribute_prompt or (),
         class_names=[name.strip() for name in class_names.split(",")] if class_names else None,
         clusters_per_group=clusters_per_group, pretrained=pretrained, seed=seed, device=device, plot=plot_confusion,
+        max_memory=memory_budget(max_memory),
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

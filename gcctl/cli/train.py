@@ -15,6 +15,9 @@ from gcctl.errors import GcctlError
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")]
+MaxMemory = Annotated[Optional[str], typer.Option(
+    "--max-memory", help="Keep a split's features in memory up to this size (e.g. 512M, 2G); a larger split is read "
+                         "from the store in chunks, with the same results. Default: half the memory available.")]
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -94,6 +97,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a run an earlier `gcctl train` wrote at --out (once the new one is complete).")] = False,
     device: Device = "auto",
+    max_memory: MaxMemory = None,
     as_json: AsJson = False,
 ) -> None:
     """Train a method on cached image features (one model per seed) and write a run directory.
@@ -107,6 +111,7 @@ def train(
     """
     from gcctl.methods.runs import train_run
     from gcctl.report import plot_run_curve
+    from gcctl.store import memory_budget
 
     options = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
@@ -121,7 +126,8 @@ def train(
         "classification_weight": classification_weight,
     }
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
-                        device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite)
+                        device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite,
+                        max_memory=memory_budget(max_memory))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -14,18 +14,18 @@ import torch
 
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.store import FeatureStore
+from gcctl.store import FeatureStore, StoredRows, fits_in_memory
 
 _BLOCK_ROWS = 65536
 
 
 @dataclass
 class LabelingData:
-    train_features: torch.Tensor  # float32 [N, D] on the device
+    train_features: torch.Tensor | StoredRows  # float32 [N, D] on the device, or read from the store as indexed
     train_y: np.ndarray  # [N]
     train_ids: np.ndarray  # [N] str
     train_truth: np.ndarray  # [N] the store's train groups, used only by `oracle` and the agreement report
-    val_features: torch.Tensor  # float32 [M, D]: the validation samples whose group labels are used
+    val_features: torch.Tensor | StoredRows  # float32 [M, D]: the validation samples whose group labels are used
     val_y: np.ndarray  # [M]
     val_within: np.ndarray  # [M] their within-class group index (after the cut and the label noise)
     vocabulary: GroupVocabulary  # the store's
@@ -59,15 +59,25 @@ def _require_groups_within_classes(store: FeatureStore) -> None:
         )
 
 
-def _float32(store: FeatureStore, index: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Rows `index` as float32 on `device`, converted block by block so a float16 store is never doubled whole."""
+def _float32(store: FeatureStore, index: np.ndarray, device: torch.device, max_memory: int | None) -> torch.Tensor | StoredRows:
+    """Rows `index` as float32 on `device`, converted block by block so a float16 store is never doubled whole;
+    left in the store, read and converted as indexed, when they do not fit `max_memory` bytes (None: no limit)."""
+    if not fits_in_memory(store, index, max_memory, itemsize=4):  # held as float32
+        rows = StoredRows(store, index, device, convert=lambda features: features.float())
+        for _, block in rows.blocks(_BLOCK_ROWS):
+            _check_finite(block, store)
+        return rows
     out = torch.empty(len(index), store.embed_dim, dtype=torch.float32, device=device)
     for start in range(0, len(index), _BLOCK_ROWS):
-        block = store.load_features(index[start : start + _BLOCK_ROWS])
-        if not np.isfinite(block).all():
-            raise GcctlError(f"{store.path} has NaN or infinite features; extract the store again")
-        out[start : start + len(block)] = torch.from_numpy(block).to(device).float()
+        block = torch.from_numpy(store.load_features(index[start : start + _BLOCK_ROWS])).to(device).float()
+        out[start : start + len(block)] = _check_finite(block, store)
     return out
+
+
+def _check_finite(block: torch.Tensor, store: FeatureStore) -> torch.Tensor:
+    if not torch.isfinite(block).all():
+        raise GcctlError(f"{store.path} has NaN or infinite features; extract the store again")
+    return block
 
 
 def _val_subset(
@@ -101,7 +111,11 @@ def load_labeling_data(
     val_fraction: float = 1.0,
     val_label_noise: float = 0.0,
     seed: int = 0,
+    max_memory: int | None = None,
 ) -> LabelingData:
+    """What a strategy sees. Features that do not fit `max_memory` bytes (None: no limit) stay in the store,
+    read as the strategy indexes them (each class, or each half for erm-error, is then held at a time); the
+    store must stay open while they are used."""
     if not 0.0 <= val_fraction <= 1.0:
         raise GcctlError(f"--val-fraction {val_fraction} must be between 0 (no validation groups) and 1 (all)")
     if not 0.0 <= val_label_noise < 1.0:
@@ -115,11 +129,11 @@ def load_labeling_data(
     kept, val_within = _val_subset(vocabulary.within(store.group[val]), store.y[val], vocabulary.groups_per_class,
                                    val_fraction, val_label_noise, np.random.default_rng(seed))
     return LabelingData(
-        train_features=_float32(store, train, device),
+        train_features=_float32(store, train, device, max_memory),
         train_y=store.y[train].astype(np.int64),
         train_ids=np.asarray(store.ids[train]),
         train_truth=store.group[train].astype(np.int64),
-        val_features=_float32(store, val[kept], device),
+        val_features=_float32(store, val[kept], device, max_memory),
         val_y=store.y[val[kept]].astype(np.int64),
         val_within=val_within.astype(np.int64),
         vocabulary=vocabulary,

@@ -78,10 +78,12 @@ def pseudo_label(
     seed: int = 0,
     device: str = "auto",
     plot: Callable[[dict, Path], None] | None = None,
+    max_memory: int | None = None,
 ) -> dict:
     """Infer the train groups of the store `features` with `strategy`; write the group file `out`, the agreement
     report and, drawn by `plot(report, path)` (e.g. `gcctl.report.plot_confusion`), its confusion-matrix PNG
-    (all or nothing). Returns the report; its `figure` is None without `plot`."""
+    (all or nothing). Features larger than `max_memory` bytes (None: no limit) are read from the store as the
+    strategy needs them, with the same result. Returns the report; its `figure` is None without `plot`."""
     if strategy not in STRATEGIES:
         raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
     given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group,
@@ -95,15 +97,15 @@ def pseudo_label(
     refuse_directory(out)
     refuse_directory(report_path, "--report")
     seed_everything(seed)
-    with FeatureStore(features) as store:
-        data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise, seed=seed)
-        reference = store.model_ref() if strategy == "zeroshot-attr" else None
-    if strategy == "zeroshot-attr":
-        inference = zeroshot_attr(data, reference, attribute_prompts, class_names, pretrained)
-    elif strategy == "kmeans":
-        inference = kmeans(data, clusters_per_group)
-    else:
-        inference = _WITHOUT_OPTIONS[strategy](data)
+    with FeatureStore(features) as store:  # open while the strategy may read features from it
+        data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise,
+                                  seed=seed, max_memory=max_memory)
+        if strategy == "zeroshot-attr":
+            inference = zeroshot_attr(data, store.model_ref(), attribute_prompts, class_names, pretrained)
+        elif strategy == "kmeans":
+            inference = kmeans(data, clusters_per_group)
+        else:
+            inference = _WITHOUT_OPTIONS[strategy](data)
     confident = inference.confidence >= min_confidence
     within = _fall_back_to_majority(data, inference.within, confident)
     group = data.vocabulary.group_of(data.train_y, within)

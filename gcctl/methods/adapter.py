@@ -29,7 +29,7 @@ from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.errors import GcctlError
 from gcctl.methods.base import Classifier, FitResult, LoopOptions
-from gcctl.methods.data import TrainingData
+from gcctl.methods.data import Features, TrainingData, feature_blocks, map_features
 from gcctl.methods.loop import fit_loop, inverse_frequency
 from gcctl.methods.transforms import ResidualAdapter
 from gcctl.methods.zeroshot import class_text_features
@@ -74,7 +74,7 @@ class HardSamples:
     negative_mask: torch.Tensor  # [A, Q] bool
 
 
-def mine_hard_samples(features: torch.Tensor, y: torch.Tensor, zeroshot_pred: torch.Tensor, *, num_positives: int,
+def mine_hard_samples(features: Features, y: torch.Tensor, zeroshot_pred: torch.Tensor, *, num_positives: int,
                       num_negatives: int, num_neighbors: int, generator: torch.Generator) -> HardSamples:
     """The contrastive adapter's anchors and their hard samples, from L2-normalised frozen `features`.
 
@@ -88,13 +88,29 @@ def mine_hard_samples(features: torch.Tensor, y: torch.Tensor, zeroshot_pred: to
     for anchor in (zeroshot_pred != y).nonzero().flatten().split(_MINING_ROWS):
         same_class_other_prediction = (y[anchor, None] == y) & (zeroshot_pred[anchor, None] != zeroshot_pred)
         positives, positive_mask = _draw(same_class_other_prediction, num_positives, generator)
-        similarity = features[anchor] @ features.T
-        similarity[torch.arange(len(anchor), device=anchor.device), anchor] = -torch.inf  # not its own neighbour
-        neighbors = similarity.topk(num_neighbors, dim=1).indices
+        neighbors = _nearest_neighbors(features, anchor, num_neighbors)
         drawn, negative_mask = _draw(y[neighbors] != y[anchor, None], num_negatives, generator)
         keep = positive_mask.any(dim=1) & negative_mask.any(dim=1)
         parts.append((anchor[keep], positives[keep], positive_mask[keep], neighbors.gather(1, drawn)[keep], negative_mask[keep]))
     return HardSamples(*(torch.cat(part) for part in zip(*parts)))
+
+
+def _nearest_neighbors(features: Features, anchor: torch.Tensor, k: int) -> torch.Tensor:
+    """The `k` samples most cosine-similar to each anchor [A, k], itself excluded: the best of every block of
+    features, then the best of those (one block, the whole split, when it is in memory)."""
+    anchors, best = features[anchor], None
+    for start, block in feature_blocks(features):
+        similarity = anchors @ block.T
+        inside = ((anchor >= start) & (anchor < start + len(block))).nonzero().flatten()
+        similarity[inside, anchor[inside] - start] = -torch.inf  # not its own neighbour
+        found = similarity.topk(min(k, len(block)), dim=1)
+        candidates = (found.values, found.indices + start)
+        if best is not None:
+            values, indices = torch.cat([best[0], candidates[0]], dim=1), torch.cat([best[1], candidates[1]], dim=1)
+            kept = values.topk(min(k, values.shape[1]), dim=1).indices
+            candidates = (values.gather(1, kept), indices.gather(1, kept))
+        best = candidates
+    return best[1]
 
 
 def _draw(allowed: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +121,7 @@ def _draw(allowed: torch.Tensor, k: int, generator: torch.Generator) -> tuple[to
     return drawn.indices, drawn.values >= 0
 
 
-def contrastive_loss(embed, features: torch.Tensor, hard: HardSamples, slots: torch.Tensor, batch: torch.Tensor,
+def contrastive_loss(embed, features: Features, hard: HardSamples, slots: torch.Tensor, batch: torch.Tensor,
                      temperature: float) -> torch.Tensor:
     """Per sample of `batch` [B]: for an anchor, the mean over its hard positives p of
     -log(e^{s(a,p)/t} / (e^{s(a,p)/t} + sum over its hard negatives n of e^{s(a,n)/t})), s the cosine
@@ -172,8 +188,8 @@ def fit(data: TrainingData, config: AdapterConfig, *, seed: int, bundle, device:
     generator = torch.Generator().manual_seed(seed)
     scorer = adapter_scorer(data, config, bundle, device, generator)
     train = data.train
-    frozen = F.normalize(train.features.float(), dim=-1)
-    zeroshot_pred = (frozen @ scorer.class_weight.T).argmax(dim=1)
+    frozen = map_features(train.features, lambda features: F.normalize(features.float(), dim=-1))
+    zeroshot_pred = torch.cat([(block @ scorer.class_weight.T).argmax(dim=1) for _, block in feature_blocks(frozen)])
     hard = mine_hard_samples(frozen, train.y, zeroshot_pred, num_positives=config.num_positives,
                              num_negatives=config.num_negatives, num_neighbors=config.num_neighbors_for_negatives,
                              generator=generator)

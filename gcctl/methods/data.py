@@ -17,16 +17,20 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
 from gcctl.errors import GcctlError
 from gcctl.metrics import compute_metrics
-from gcctl.store import FeatureStore
+from gcctl.store import FeatureStore, StoredRows, fits_in_memory
 
 _NAN_CHECK_ROWS = 65536
 
 
+Features = torch.Tensor | StoredRows  # indexed alike: `features[i:j]`, `features[index]` give tensors
+
+
 @dataclass
 class Split:
-    """One split's features in the STORED dtype (float16 stays float16) on the training device."""
+    """One split's features in the STORED dtype (float16 stays float16) on the training device: a tensor, or
+    the rows of the store read on demand when the split does not fit the memory budget."""
 
-    features: torch.Tensor
+    features: Features
     y: torch.Tensor
     group: torch.Tensor
 
@@ -34,7 +38,21 @@ class Split:
         return len(self.y)
 
     def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.features[index], self.y[index], self.group[index])
+        features = self.features.subset(index) if isinstance(self.features, StoredRows) else self.features[index]
+        return Split(features, self.y[index], self.group[index])
+
+
+def feature_blocks(features: Features):
+    """(start, block) over every row as float32: the tensor whole in one block, stored rows a block at a time,
+    so a computation written over blocks keeps the in-memory path's numbers."""
+    blocks = features.blocks() if isinstance(features, StoredRows) else [(0, features)]
+    for start, block in blocks:
+        yield start, block.float()
+
+
+def map_features(features: Features, convert) -> Features:
+    """`convert` (row-wise) applied to every row: at once to a tensor, to stored rows as they are read."""
+    return features.mapped(convert) if isinstance(features, StoredRows) else convert(features)
 
 
 def split_metrics(pred: np.ndarray, split: Split, vocabulary: GroupVocabulary) -> dict:
@@ -68,19 +86,33 @@ def check_split_groups(store: FeatureStore, split: str) -> None:
             )
 
 
-def load_split(store: FeatureStore, split: str, device: torch.device, group: np.ndarray | None = None) -> Split:
-    """Features, labels and groups (the store's, unless given) of one split; refuses NaN or infinite features."""
+def load_split(store: FeatureStore, split: str, device: torch.device, group: np.ndarray | None = None,
+               max_memory: int | None = None) -> Split:
+    """Features, labels and groups (the store's, unless given) of one split; refuses NaN or infinite features.
+
+    The features are loaded when they fit `max_memory` bytes (always when None), else read from the store on
+    demand, which must then stay open while the split is used.
+    """
     index = store.split_index(split)
-    features = store.load_features(index)
-    for start in range(0, len(features), _NAN_CHECK_ROWS):
-        if not np.isfinite(features[start : start + _NAN_CHECK_ROWS]).all():
-            raise GcctlError(f"split '{split}' of {store.path} has NaN or infinite features; extract the store again")
+    if fits_in_memory(store, index, max_memory):
+        features = torch.from_numpy(_finite(store.load_features(index), store, split)).to(device)
+    else:
+        features = StoredRows(store, index, device)
+        for _, block in features.blocks(_NAN_CHECK_ROWS):
+            _finite(block.numpy(force=True), store, split)
     group = store.group[index] if group is None else group
     return Split(
-        torch.from_numpy(features).to(device),
+        features,
         torch.from_numpy(store.y[index].astype(np.int64)).to(device),
         torch.from_numpy(np.array(group, dtype=np.int64)).to(device),  # a copy: pandas arrays may be read-only
     )
+
+
+def _finite(features: np.ndarray, store: FeatureStore, split: str) -> np.ndarray:
+    for start in range(0, len(features), _NAN_CHECK_ROWS):
+        if not np.isfinite(features[start : start + _NAN_CHECK_ROWS]).all():
+            raise GcctlError(f"split '{split}' of {store.path} has NaN or infinite features; extract the store again")
+    return features
 
 
 def _read_group_frame(path: Path):
@@ -155,13 +187,16 @@ def read_group_file(path: str | Path, store: FeatureStore) -> tuple[np.ndarray, 
     return groups, tuple(described.get("group_splits", ("train",)))
 
 
-def load_training_data(store: FeatureStore, device: torch.device, groups_path: str | Path | None = None) -> TrainingData:
+def load_training_data(store: FeatureStore, device: torch.device, groups_path: str | Path | None = None,
+                       max_memory: int | None = None) -> TrainingData:
+    """Train and validation splits; each kept in memory when it fits `max_memory` bytes (None: no limit), else
+    read from the store on demand (see `load_split`)."""
     for split in ("train", "val"):
         check_split_groups(store, split)
     train_groups, group_splits = (None, ("train",)) if groups_path is None else read_group_file(groups_path, store)
     return TrainingData(
-        train=load_split(store, "train", device, train_groups),
-        val=load_split(store, "val", device),
+        train=load_split(store, "train", device, train_groups, max_memory),
+        val=load_split(store, "val", device, max_memory=max_memory),
         vocabulary=store.vocabulary,
         provenance=dict(store.provenance),
         train_group_splits=group_splits,

@@ -32,7 +32,7 @@ from gcctl.methods.data import check_split_groups, load_split, load_training_dat
 from gcctl.metrics import metrics_from_predictions, predictions_frame, seed_key, write_evaluation
 from gcctl.runtime import (check_output, check_seeds, identity_differences, load_torch_file, output_lock, read_json,
                            resolve_device, seed_everything, sha256_file, write_json)
-from gcctl.store import FeatureStore
+from gcctl.store import FeatureStore, check_memory_budget
 
 CURVES = "dvclive"
 
@@ -49,13 +49,15 @@ def train_run(
     pretrained: str | None = None,
     plot: Callable[[list[dict], Path], None] | None = None,
     overwrite: bool = False,
+    max_memory: int | None = None,
 ) -> dict:
     """Train `method` on the store `features` once per seed and write the run directory `out`, with
     `curve.png` drawn by `plot(curve records, path)` when given. An earlier run in `out` is replaced only
     with `overwrite`, and only once the new one is complete; anything else there never.
 
     A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
-    Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
+    A split larger than `max_memory` bytes (None: no limit) is read from the store batch by batch, with the
+    same results. Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
     """
     spec = get_method(method)
     config = make_config(method, options or {})
@@ -67,28 +69,31 @@ def train_run(
     out = Path(out)
     with output_lock(out):
         check_output(out, "train", is_own=lambda path: (path / "config.json").is_file(), replace_own=overwrite)
-        return _train_seeds(features, method, config, out, groups, seeds, resolve_device(device), pretrained, plot)
+        return _train_seeds(features, method, config, out, groups, seeds, resolve_device(device), pretrained, plot,
+                            max_memory)
 
 
-def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot) -> dict:
-    """`train_run` once its --out is this process's."""
+def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot, max_memory) -> dict:
+    """`train_run` once its --out is this process's; the store stays open while a split may be read from it."""
     spec = get_method(method)
     with FeatureStore(features) as store:
-        data = load_training_data(store, device, groups)
-        reference, embed_dim = store.model_ref(), store.embed_dim
-    bundle = None
-    if spec.uses_clip:
-        from gcctl.clip.factory import build_from_reference  # here: only methods with a text tower build one
+        if max_memory is not None and hasattr(config, "batch_size"):  # a training-free method has no batch
+            check_memory_budget(max_memory, config.batch_size, store.embed_dim)
+        data = load_training_data(store, device, groups, max_memory)
+        reference = store.model_ref()
+        bundle = None
+        if spec.uses_clip:
+            from gcctl.clip.factory import build_from_reference  # here: only methods with a text tower build one
 
-        bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained,
-                                      embed_dim=embed_dim, device=device)
-    # A training-free method gives one model whatever the seed: fit once and recorded without a seed, so reports
-    # show "-" rather than a spread of zero over identical copies.
-    fitted_seeds = list(seeds) if spec.trains else [None]
-    results = {}
-    for seed in fitted_seeds:
-        seed_everything(0 if seed is None else seed)
-        results[seed] = spec.fit(data, config, seed=seed, bundle=bundle, device=device)
+            bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained,
+                                          embed_dim=store.embed_dim, device=device)
+        # A training-free method gives one model whatever the seed: fit once and recorded without a seed, so
+        # reports show "-" rather than a spread of zero over identical copies.
+        fitted_seeds = list(seeds) if spec.trains else [None]
+        results = {}
+        for seed in fitted_seeds:
+            seed_everything(0 if seed is None else seed)
+            results[seed] = spec.fit(data, config, seed=seed, bundle=bundle, device=device)
     run_config = {
         "method": method,
         "config": asdict(config),

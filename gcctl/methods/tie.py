@@ -25,7 +25,7 @@ from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.prompts import class_words, logit_scale
 from gcctl.groups.probe import fit_probe
 from gcctl.methods.base import Classifier, FitResult
-from gcctl.methods.data import TrainingData, split_metrics
+from gcctl.methods.data import TrainingData, feature_blocks, split_metrics
 from gcctl.methods.spurious import attribute_texts, prompt_embeddings
 from gcctl.methods.transforms import SpuriousTranslation
 from gcctl.methods.zeroshot import class_text_features
@@ -49,20 +49,21 @@ def value_directions(embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeddings.mean(dim=1), dim=-1).float()
 
 
-def mean_projections(features: torch.Tensor, values: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """λ_v = mean of <z, t_v> over the images of value v [V]; a value no image shows gets the mean over all (it
-    is then chosen for few test images, and an average shift is the least assumption)."""
-    projections = features @ directions.T  # [N, V]
+def mean_projections(projections: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """λ_v = mean of <z, t_v> over the images of value v [V], from the projections <z, t_v> [N, V]; a value no
+    image shows gets the mean over all (it is then chosen for few test images, and an average shift is the
+    least assumption)."""
     scales = projections.mean(dim=0)
-    for v in range(len(directions)):
+    for v in range(projections.shape[1]):
         if (values == v).any():
             scales[v] = projections[values == v, v].mean()
     return scales
 
 
 def _labelled_translation(data: TrainingData, directions: dict[str, torch.Tensor]):
-    """TIE: per attribute, λ from the validation images' true values and a probe predicting the value."""
-    features = F.normalize(data.val.features.float(), dim=-1)
+    """TIE: per attribute, λ from the validation images' true values and a probe predicting the value. The probe
+    is fitted on the whole validation split at once (L-BFGS), in memory even when the split is read from the store."""
+    features = F.normalize(data.val.features[:].float(), dim=-1)
     _, codes = data.vocabulary.decode(data.val.group.cpu().numpy())
     weights, biases, scales = [], [], []
     for attribute, texts in directions.items():
@@ -71,14 +72,19 @@ def _labelled_translation(data: TrainingData, directions: dict[str, torch.Tensor
         # The probe standardises its input; folded into one linear scorer of the raw features.
         weights.append((probe.weight / probe.scale.unsqueeze(1)).T)
         biases.append(probe.bias - (probe.mean / probe.scale) @ probe.weight)
-        scales.append(mean_projections(features, values, texts))
+        scales.append(mean_projections(features @ texts.T, values))
     return torch.cat(weights), torch.cat(biases), torch.cat(scales)
 
 
 def _zeroshot_translation(data: TrainingData, directions: dict[str, torch.Tensor]):
-    """TIE*: per attribute, the value texts score the image; λ from the training images' inferred values."""
-    features = F.normalize(data.train.features.float(), dim=-1)
-    scales = [mean_projections(features, (features @ texts.T).argmax(dim=1), texts) for texts in directions.values()]
+    """TIE*: per attribute, the value texts score the image; λ from the training images' inferred values. The
+    train split is read block by block: only its projections [N, V] are kept."""
+    projections = {attribute: [] for attribute in directions}
+    for _, block in feature_blocks(data.train.features):
+        block = F.normalize(block, dim=-1)
+        for attribute, texts in directions.items():
+            projections[attribute].append(block @ texts.T)
+    scales = [mean_projections(own, own.argmax(dim=1)) for own in (torch.cat(parts) for parts in projections.values())]
     weight = torch.cat(list(directions.values()))
     return weight, torch.zeros(len(weight), device=weight.device), torch.cat(scales)
 
