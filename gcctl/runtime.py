@@ -79,14 +79,13 @@ def cpu_budget() -> int:
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
-def _cgroup_cpu_quota() -> float | None:
-    """CPUs' worth of time per period that the cgroup allows (v2 cpu.max, else v1), None when unlimited."""
-    for quota_file, period_file in (("/sys/fs/cgroup/cpu.max", None),
-                                    ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")):
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time per period that this cgroup allows (v2 cpu.max, else v1), None when unlimited."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
         try:
-            fields = Path(quota_file).read_text().split()
+            fields = (root / quota_file).read_text().split()
             if period_file is not None:
-                fields.append(Path(period_file).read_text().strip())
+                fields.append((root / period_file).read_text().strip())
         except OSError:
             continue
         if len(fields) == 2 and fields[0] not in ("max", "-1") and int(fields[1]) > 0:
