@@ -88,9 +88,10 @@ def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
                 fields.append((root / period_file).read_text().strip())
         except OSError:
             continue
-        if len(fields) == 2 and fields[0] not in ("max", "-1") and int(fields[1]) > 0:
-            return int(fields[0]) / int(fields[1])
-        return None
+        quota, period = (fields + ["", ""])[:2]
+        if quota.isdigit() and period.isdigit() and int(quota) > 0 and int(period) > 0:
+            return int(quota) / int(period)
+        return None  # "max" (v2) or -1 (v1): no limit
     return None
 
 
