@@ -1,29 +1,36 @@
-"""Extraction throughput against the model's pure forward throughput, measured in one run.
+"""Extraction throughput against the model's pure forward throughput: the median of alternating runs.
 
 The extract stage (decode images, preprocess, encode, write HDF5) should run close to the speed of the image
 tower alone on pre-loaded tensors with the same batch size: the ratio says how much the pipeline around the
-model costs. Target: >= 0.9 on CPU for gcctl-tiny and ViT-B-16 (random weights).
+model costs. Target: >= 0.9 on CPU for gcctl-tiny and ViT-B-16 (random weights). The two are measured in
+turn (forward, extract, forward, extract, ...) and each pair gives a ratio; the median pair is reported, so a
+burst of load elsewhere on the machine moves one pair, not the result.
 
-    python bench/extract_throughput.py --model gcctl-tiny --images 2048 --batch-size 256
+    python bench/extract_throughput.py --model gcctl-tiny --images 1024 --batch-size 256 --repeats 5
     python bench/extract_throughput.py --model ViT-B-16 --images 64 --batch-size 32
     python bench/extract_throughput.py --model ViT-B-16 --images 2048 --image-size 224 --jpeg --workers 8 --device cuda
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
-import time
-from pathlib import Path
+from gcctl.runtime import configure_cpu_threads
 
-import torch
+configure_cpu_threads()  # the CLI's thread policy, set before torch loads OpenMP
 
-from gcctl.clip.factory import build_clip
-from gcctl.datasets import load_dataset
-from gcctl.runtime import autocast, resolve_device
-from gcctl.store import extract
-from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from gcctl.clip.factory import build_clip  # noqa: E402
+from gcctl.datasets import load_dataset  # noqa: E402
+from gcctl.runtime import autocast, resolve_device  # noqa: E402
+from gcctl.store import extract  # noqa: E402
+from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds  # noqa: E402
 
 
 def _table_of(root: Path, images: int, jpeg: bool):
@@ -44,11 +51,14 @@ def _as_jpeg(png: Path) -> Path:
     return jpeg
 
 
-def forward_images_per_second(bundle, table, batch_size: int, device) -> float:
-    """The image tower alone on tensors already preprocessed and in memory."""
+def preprocessed(bundle, table) -> torch.Tensor:
     from PIL import Image
 
-    tensors = torch.stack([bundle.preprocess(Image.open(table.root / path).convert("RGB")) for path in table.frame["path"]])
+    return torch.stack([bundle.preprocess(Image.open(table.root / path).convert("RGB")) for path in table.frame["path"]])
+
+
+def forward_images_per_second(bundle, tensors: torch.Tensor, batch_size: int, device) -> float:
+    """The image tower alone on tensors already preprocessed and in memory."""
     model = bundle.model.to(device).eval()
     with torch.inference_mode(), autocast(device):  # the precision extract runs the tower in
         model.encode_image(tensors[:batch_size].to(device))  # warm-up
@@ -65,23 +75,24 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def extract_images_per_second(bundle, table, batch_size: int, workers: int, device, out: Path) -> float:
+def extract_run(bundle, table, batch_size: int, workers: int | None, device, out: Path) -> tuple[float, int]:
+    """Images per second of a whole `extract` call (setup, decoding, encoding, writing), and its workers."""
     out.unlink(missing_ok=True)
     started = time.perf_counter()
-    extract(table, bundle, out, batch_size=batch_size, workers=workers, device=device)
-    return len(table.frame) / (time.perf_counter() - started)
+    summary = extract(table, bundle, out, batch_size=batch_size, workers=workers, device=device)
+    return len(table.frame) / (time.perf_counter() - started), summary["workers"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gcctl-tiny")
-    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--image-size", type=int, default=32, help="Side of the synthetic images, in pixels.")
     parser.add_argument("--jpeg", action="store_true", help="Store the images as JPEG (as real datasets are) instead of PNG.")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="Decoding processes (default: extract's own choice).")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3, help="Alternating measurements of each; the best counts.")
+    parser.add_argument("--repeats", type=int, default=5, help="Alternating pairs of measurements; the median pair counts.")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -91,24 +102,27 @@ def main() -> None:
         scale = min(1.0, 1.5 * args.images / sum(WATERBIRDS_SPLIT_SIZES))
         root = write_waterbirds(Path(scratch) / "waterbirds", scale=scale, size=args.image_size)
         table = _table_of(root, args.images, args.jpeg)
-        # Alternate the two measurements and keep the best of each, so a burst of load elsewhere on the
-        # machine does not land on one side only.
-        forward, extracted = 0.0, 0.0
+        tensors = preprocessed(bundle, table)
+        forward, extracted = [], []
         for _ in range(args.repeats):
-            forward = max(forward, forward_images_per_second(bundle, table, args.batch_size, device))
-            extracted = max(extracted, extract_images_per_second(bundle, table, args.batch_size, args.workers, device, Path(scratch) / "f.h5"))
+            forward.append(forward_images_per_second(bundle, tensors, args.batch_size, device))
+            rate, workers = extract_run(bundle, table, args.batch_size, args.workers, device, Path(scratch) / "f.h5")
+            extracted.append(rate)
+    ratios = [rate / reference for rate, reference in zip(extracted, forward)]
     result = {
         "model": args.model,
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "images": len(table.frame),
         "image_size": args.image_size,
         "image_format": "jpeg" if args.jpeg else "png",
         "batch_size": args.batch_size,
-        "workers": args.workers,
+        "workers": workers,
         "repeats": args.repeats,
-        "forward_images_per_s": round(forward, 1),
-        "extract_images_per_s": round(extracted, 1),
-        "ratio": round(extracted / forward, 3),
+        "forward_images_per_s": round(statistics.median(forward), 1),
+        "extract_images_per_s": round(statistics.median(extracted), 1),
+        "ratios": [round(ratio, 3) for ratio in ratios],
+        "ratio": round(statistics.median(ratios), 3),
     }
     print(json.dumps(result))
 

@@ -44,8 +44,8 @@ from gcctl import __version__
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.tar_members import archive_starts
 from gcctl.errors import GcctlError
-from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, identity_differences, output_lock,
-                            partial_path, refuse_directory, refuse_inside, resolve_device)
+from gcctl.runtime import (atomic_path, autocast, check_output, corrupt_file_error, cpu_budget, identity_differences,
+                            output_lock, partial_path, refuse_directory, refuse_inside, resolve_device)
 
 if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.factory import ClipBundle
@@ -554,7 +554,7 @@ def extract(
     out: str | os.PathLike,
     *,
     batch_size: int = 256,
-    workers: int = 0,
+    workers: int | None = None,
     dtype: str = "float16",
     normalize: bool = True,
     shard: Shard = Shard(),
@@ -565,8 +565,10 @@ def extract(
     """Encode every image of `table` (or of one shard of it) with the frozen image tower into an HDF5 store.
 
     Resumes an interrupted run with the same identity; replaces an earlier store only with `overwrite`, and
-    nothing else; returns a summary with rows encoded and throughput. Under torchrun (WORLD_SIZE > 1) the
-    processes split the rows between them (see the module doc); only rank 0 reports progress and a summary.
+    nothing else; returns a summary with rows encoded and throughput. `workers` processes decode the next
+    batches while the tower runs (None: `default_workers`); the features do not depend on it. Under torchrun
+    (WORLD_SIZE > 1) the processes split the rows between them (see the module doc); only rank 0 reports
+    progress and a summary.
     """
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
@@ -749,6 +751,7 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
     resumed_from = done
     model = bundle.model.to(device).eval()
     dataset = ImageDataset(table, bundle.preprocess, indices=list(range(rows.start + done, rows.stop)))
+    workers = default_workers(device) if workers is None else workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda", shuffle=False
     )
@@ -790,7 +793,18 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
         "images_per_second": round(encoded_now / seconds, 1) if seconds > 0 and encoded_now else None,
         "device": str(device),
         "shard": str(shard),
+        "workers": workers,
     }
+
+
+def default_workers(device) -> int:
+    """Processes that decode and preprocess the next batches while the tower encodes this one. On CPU the
+    tower takes every core and decoding is a small share of the work, so one process hides it; an accelerator
+    needs the host to keep up, so every core but the main process's (at most 8, where returns flatten)."""
+    budget = cpu_budget()
+    if device.type == "cpu":
+        return min(1, budget - 1)
+    return max(0, min(8, budget - 1))
 
 
 def merge(parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False) -> Path:

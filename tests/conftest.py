@@ -21,13 +21,21 @@ def micro_bundle():
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
-    """Tests run tiny tensors: one thread avoids OpenMP spin-waits that make them crawl on a busy machine."""
+    """Tests run tiny tensors: one thread avoids OpenMP spin-waits that make them crawl on a busy machine.
+    GCCTL_THREADS keeps it so when a test runs the CLI in process, and in the processes tests start."""
+    import os
+
     import torch
 
-    threads = torch.get_num_threads()
+    threads, variable = torch.get_num_threads(), os.environ.get("GCCTL_THREADS")
+    os.environ["GCCTL_THREADS"] = "1"
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    if variable is None:
+        os.environ.pop("GCCTL_THREADS")
+    else:
+        os.environ["GCCTL_THREADS"] = variable
 
 
 @pytest.fixture()

@@ -12,7 +12,8 @@ from gcctl.store import FeatureStore, Shard, extract, merge
 
 
 class _InterruptAfter:
-    """A transform that fails after `limit` images, as a killed extraction would stop."""
+    """A transform that fails after `limit` images, as a killed extraction would stop (in the main process: the
+    extractions it interrupts decode with workers=0)."""
 
     def __init__(self, transform, limit):
         self.transform, self.limit, self.calls = transform, limit, 0
@@ -48,7 +49,7 @@ def test_interrupted_extraction_resumes_to_the_same_file(tiny_waterbirds, micro_
     transform = micro_bundle.preprocess
     micro_bundle.preprocess = _InterruptAfter(transform, limit=100)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32")
+        extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32", workers=0)
     assert not (tmp_path / "resumed.h5").exists()
     assert (tmp_path / "resumed.h5.partial").exists()
 
@@ -65,7 +66,7 @@ def test_a_partial_file_of_another_extraction_is_not_resumed(tiny_waterbirds, mi
     transform = micro_bundle.preprocess
     micro_bundle.preprocess = _InterruptAfter(transform, limit=40)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float16")
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float16", workers=0)
     micro_bundle.preprocess = transform
     summary = extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float32")
     assert summary["resumed_from"] == 0
@@ -78,7 +79,7 @@ def test_a_partial_file_of_other_random_weights_is_restarted_not_mixed(tiny_wate
     transform = micro_bundle.preprocess
     micro_bundle.preprocess = _InterruptAfter(transform, limit=100)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=32, dtype="float32")
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=32, dtype="float32", workers=0)
     summary = extract(table, other_seed, tmp_path / "f.h5", batch_size=32, dtype="float32")
     assert summary["resumed_from"] == 0  # seed 0's rows are discarded, not continued with seed 1's model
     with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "f.h5") as restarted:
@@ -188,7 +189,7 @@ def test_a_second_extraction_on_the_same_out_refuses_and_the_first_completes(tin
     out = tmp_path / "f.h5"
     pause = _PauseAfter(micro_bundle.preprocess, limit=64)
     micro_bundle.preprocess = pause
-    first = threading.Thread(target=extract, args=(table, micro_bundle, out), kwargs={"batch_size": 32, "dtype": "float32"})
+    first = threading.Thread(target=extract, args=(table, micro_bundle, out), kwargs={"batch_size": 32, "dtype": "float32", "workers": 0})
     first.start()
     try:
         assert pause.paused.wait(timeout=60)
@@ -213,7 +214,7 @@ def test_a_cut_short_store_moved_into_place_is_refused(tiny_waterbirds, micro_bu
     table = load_dataset("waterbirds", tiny_waterbirds)
     micro_bundle.preprocess = _InterruptAfter(micro_bundle.preprocess, limit=40)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16)
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, workers=0)
     (tmp_path / "f.h5.partial").rename(tmp_path / "f.h5")
     with pytest.raises(GcctlError, match="is incomplete .*rerun `gcctl extract`"):
         FeatureStore(tmp_path / "f.h5")
@@ -275,3 +276,26 @@ def test_a_disk_that_fills_mid_way_stops_cleanly_and_the_run_resumes(tiny_waterb
     with FeatureStore(out) as resumed, FeatureStore(tmp_path / "whole.h5") as uninterrupted:
         assert whole["resumed_from"] == 0
         np.testing.assert_array_equal(resumed.load_features(), uninterrupted.load_features())
+
+
+def test_decoding_workers_write_the_same_features_as_the_main_process(tiny_waterbirds, micro_bundle, tmp_path):
+    """The overlapped path (worker processes decoding ahead of the tower, a last batch smaller than the rest)
+    stores bit for bit what decoding in the main process stores."""
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    serial = extract(table, micro_bundle, tmp_path / "serial.h5", batch_size=50, workers=0)
+    overlapped = extract(table, micro_bundle, tmp_path / "overlapped.h5", batch_size=50, workers=2)
+    assert serial["workers"] == 0 and overlapped["workers"] == 2 and len(table.frame) % 50
+    with FeatureStore(tmp_path / "serial.h5") as reference, FeatureStore(tmp_path / "overlapped.h5") as store:
+        np.testing.assert_array_equal(store.load_features(), reference.load_features())
+        np.testing.assert_array_equal(store.ids, reference.ids)
+
+
+def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
+    import torch
+
+    from gcctl import store as store_module
+
+    for budget, on_cpu, on_gpu in ((1, 0, 0), (2, 1, 1), (16, 1, 8), (64, 1, 8)):
+        monkeypatch.setattr(store_module, "cpu_budget", lambda: budget)
+        assert store_module.default_workers(torch.device("cpu")) == on_cpu
+        assert store_module.default_workers(torch.device("cuda")) == on_gpu

@@ -14,7 +14,7 @@ import typer
 
 from gcctl import __version__
 from gcctl.errors import GcctlError
-from gcctl.runtime import set_quiet
+from gcctl.runtime import configure_cpu_threads, set_quiet
 
 try:  # typer >= 0.25 carries its own copy of click
     from typer._click.exceptions import ClickException
@@ -69,6 +69,7 @@ def main() -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     _register()
     try:
+        configure_cpu_threads()  # before any command imports torch
         code = app(standalone_mode=False)
     except ClickException as error:
         error.show()

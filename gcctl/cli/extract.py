@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,7 +23,9 @@ def extract(
     pretrained: Annotated[str, typer.Option(
         "--pretrained", help="Weights: an open_clip tag, a checkpoint file, local-dir:PATH, hf-hub:ORG/REPO or none.")] = "none",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding images.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=0, help="Processes decoding images while the model encodes (0: the main process decodes); "
+        "default: chosen from the device and the CPUs this process may use.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")] = "float16",
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the features.")] = True,
     seed: Annotated[int, typer.Option(
