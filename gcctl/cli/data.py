@@ -211,27 +211,33 @@ def _print_table(table: DatasetTable) -> None:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write corpus.npz, waterbirds/ and multiceleba/ into.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder to write corpus.npz, waterbirds/, multiceleba/, source/ and source-<shift>/ into.")],
     seed: Annotated[int, typer.Option("--seed", help="Everything written follows from this seed.")] = 0,
     corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Image-caption pairs for pretraining.")] = 35000,
     image_size: Annotated[int, typer.Option("--image-size", min=16, help="Image side in pixels.")] = 32,
-    scale: Annotated[float, typer.Option("--scale", help="Benchmark sizes relative to the defaults (Waterbirds' 4795/1199/5794).")] = 1.0,
+    scale: Annotated[float, typer.Option(
+        "--scale", help="Benchmark sizes relative to the defaults (Waterbirds' 4795/1199/5794, the source's 4800/1200/2400).")] = 1.0,
     minority_fraction: Annotated[float, typer.Option(
         "--minority-fraction", help="Waterbirds-like train: share of each class on the other class's background.")] = 0.05,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace benchmarks that already exist.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Write the synthetic world: a pretraining corpus and two benchmarks in the real datasets' layouts.
+    """Write the synthetic world: a pretraining corpus, two benchmarks in the real datasets' layouts, and a
+    source task with its domain shifts as image folders.
 
     The Waterbirds-like benchmark is written in Waterbirds' layout (metadata.csv + images), the
     MultiCelebA-like one in CelebA's official txt layout, so `--dataset waterbirds` and `--dataset celeba`
-    read them like the real ones.
+    read them like the real ones. The source task (six shapes, source/{train,val,test}/<shape>/) and its
+    test-only domain shifts (source-v2, source-outline, source-palette, source-small) are read with
+    `--dataset imagefolder`: fine-tune on the source, then score zero-shot with `gcctl transfer`.
 
     Example: gcctl data synth --out pipeline/data --seed 0 --scale 0.1
     """
     from gcctl.runtime import check_seeds
     from gcctl.synth.benchmarks import write_multiceleba, write_waterbirds
     from gcctl.synth.corpus import write_corpus
+    from gcctl.synth.source import write_source_world
 
     check_seeds([seed], "--seed")
     written = {
@@ -240,6 +246,7 @@ def synth(
                                        minority_fraction=minority_fraction, overwrite=overwrite),
         "multiceleba": write_multiceleba(out / "multiceleba", seed=seed, scale=scale, size=image_size,
                                          overwrite=overwrite),
+        **write_source_world(out, seed=seed, scale=scale, size=image_size, overwrite=overwrite),
     }
     summary = {name: str(path) for name, path in written.items()}
     if as_json:
