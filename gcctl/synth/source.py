@@ -2,11 +2,13 @@
 
 StarFT fine-tunes on a large source task (ImageNet) and reads the weights zero-shot on domain shifts of the
 source and on group shifts it never trained on. Here the source task is "which of the six shapes", with
-colour and background varied; like a natural source it has a mild spurious structure: each shape is most
-often seen on its home background and in its home colour. The homes are the majority pairings of the
+colour and background varied; like a natural source it has spurious structure: each shape is most often
+seen on its home background and in its home colour. The homes are the majority pairings of the
 group-shift targets, as real birds mostly sit where Waterbirds' majority groups put them: circle on grass
 and square on water (the Waterbirds-like benchmark), triangle in forest and purple, star on snow and
 orange (MultiCelebA-like). Fine-tuning that leans on the homes is what costs group robustness there.
+The shares are strong enough for that to happen with the tiny CLIP: at a milder 0.5/0.4 the source
+mostly taught shape, and FT gained worst-group accuracy on both targets (README, the source world).
 
 The domain shifts are test-only renderings of the same task: a fresh sample of the same distribution
 (ImageNet-V2), outlines only (ImageNet-Sketch), colours outside the six (ImageNet-R's other renditions),
@@ -40,8 +42,8 @@ SOURCE_CLASSES = tuple(sorted(SHAPES))  # the image-folder reader numbers class 
 
 HOME_BACKGROUND = {"circle": "grass", "square": "water", "triangle": "forest", "star": "snow", "cross": "sand", "ring": "sky"}
 HOME_COLOUR = {"circle": "red", "square": "blue", "triangle": "purple", "star": "orange", "cross": "green", "ring": "yellow"}
-HOME_BACKGROUND_SHARE = 0.5  # the rest spread evenly over the other five backgrounds
-HOME_COLOUR_SHARE = 0.4
+HOME_BACKGROUND_SHARE = 0.8  # the rest spread evenly over the other five backgrounds
+HOME_COLOUR_SHARE = 0.5
 
 # Colours none of the six names: pink, teal, brown, grey, black, cyan (in COLOURS' order of replacement).
 OTHER_PALETTE = np.array(
