@@ -58,7 +58,11 @@ def compute_metrics(
     present = np.flatnonzero(group_n)
     group_acc = group_correct[present] / group_n[present]
     train_weights = groups.train_counts.astype(np.float64)[present]
-    if train_weights.sum() == 0:
+    if groups.train_counts.sum() == 0:
+        # A test-only dataset (a domain shift such as ImageNet-V2): no training distribution to adjust to,
+        # so its own group counts weigh the groups and acc_adj_avg is acc_avg.
+        train_weights = group_n[present].astype(np.float64)
+    elif train_weights.sum() == 0:
         raise ValueError("no group of the evaluated split occurs in the train split; acc_adj_avg is undefined")
     class_n = np.bincount(y, minlength=num_classes)
     class_correct = np.bincount(y, weights=correct, minlength=num_classes)

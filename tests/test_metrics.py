@@ -46,6 +46,14 @@ def test_group_absent_from_split_is_left_out():
     assert m["acc_adj_avg"] == pytest.approx(metrics()["acc_adj_avg"])
 
 
+def test_test_only_dataset_adjusts_to_its_own_groups():
+    # A domain shift has no train split: its own group counts weigh the groups, so acc_adj_avg is acc_avg.
+    m = metrics(counts=[0, 0, 0, 0])
+    assert m["acc_adj_avg"] == pytest.approx(m["acc_avg"]) == pytest.approx(6 / 10)
+    with pytest.raises(ValueError, match="undefined"):  # a train split without any evaluated group stays an error
+        metrics(group=np.zeros(10, int), y=np.zeros(10, int), counts=[0, 5, 5, 5])
+
+
 def test_perfect_predictions_score_one_everywhere():
     m = metrics(pred=Y)
     assert all(m[key] == 1.0 for key in METRIC_KEYS)

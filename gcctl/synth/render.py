@@ -34,12 +34,19 @@ def render(
     size: int = 32,
     cues=None,
     cue_size: float = 8.0,
+    *,
+    palette: np.ndarray | None = None,
+    object_scale: float = 1.0,
+    outline: bool = False,
 ) -> np.ndarray:
     """Render one image per index triple; returns uint8 [N, size, size, 3].
 
     `shapes`, `colours`, `backgrounds` are integer indices into SHAPES, COLOURS, BACKGROUNDS. `cues`, when
     given, are BACKGROUNDS indices too: each image gets a square patch of that texture, `cue_size` px wide
     at 32 px, in its top-left corner, under the object. Without cues the generator is used exactly as before.
+    The keywords draw domain-shifted variants (the source world's shifts); they change no random draw, so
+    their defaults leave every image as it was: `palette` replaces the colours' RGB values ([len(COLOURS), 3]),
+    `object_scale` multiplies every shape's radius, `outline` keeps only a shape's boundary.
     """
     shapes, colours, backgrounds = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (shapes, colours, backgrounds))
     if not len(shapes) == len(colours) == len(backgrounds):
@@ -48,6 +55,8 @@ def render(
     for name, values, vocabulary in checks:
         if values.size and (values.min() < 0 or values.max() >= len(vocabulary)):
             raise ValueError(f"{name} index out of range 0..{len(vocabulary) - 1}")
+    if palette is not None and np.shape(palette) != (len(COLOURS), 3):
+        raise ValueError(f"palette must hold one RGB triple per colour, shape ({len(COLOURS)}, 3)")
     if size < MIN_SIZE:
         raise GcctlError(f"image size {size} is too small to draw the shapes; use --size {MIN_SIZE} or more")
     if cues is not None:
@@ -62,7 +71,8 @@ def render(
     # Per-image geometry and colour drawn up front, so they do not depend on the chunking.
     centres = size / 2 + rng.uniform(-3, 3, size=(n, 2)) * scale
     radii = rng.uniform(6, 9, size=n) * scale
-    rgb = _COLOUR_RGB[colours] + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=(n, 3)).astype(np.float32)
+    radii = radii * object_scale
+    rgb = (_COLOUR_RGB if palette is None else np.asarray(palette, dtype=np.float32))[colours] + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, size=(n, 3)).astype(np.float32)
 
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     for start in range(0, n, _CHUNK):
@@ -73,6 +83,8 @@ def render(
             corner = (ys < cue_size * scale) & (xs < cue_size * scale)
             canvas = np.where(corner[None, :, :, None], _backgrounds(cues[part], size, rng), canvas)
         mask = _shape_masks(shapes[part], centres[part], radii[part], size)
+        if outline:
+            mask = mask & ~_eroded(mask, max(1, round(scale)))
         canvas = np.where(mask[..., None], rgb[part, None, None, :], canvas)
         canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * _PIXEL_NOISE
         images[part] = np.clip(canvas, 0, 255).round().astype(np.uint8)
@@ -83,6 +95,14 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates, y down."""
     coords = np.arange(size, dtype=np.float32) + 0.5
     return coords[:, None], coords[None, :]
+
+
+def _eroded(mask: np.ndarray, width: int) -> np.ndarray:
+    """The mask less a boundary `width` pixels wide (each step keeps pixels whose four neighbours are inside)."""
+    for _ in range(width):
+        padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
+        mask = mask & padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+    return mask
 
 
 def _shape_masks(shapes: np.ndarray, centres: np.ndarray, radii: np.ndarray, size: int) -> np.ndarray:

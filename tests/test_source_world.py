@@ -1,0 +1,138 @@
+"""The source world: a six-shape source task and its domain shifts, written as image folders."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from gcctl.datasets import load_dataset
+from gcctl.errors import GcctlError
+from gcctl.synth import BACKGROUNDS, COLOURS, SHAPES, render
+from gcctl.synth.source import (
+    HOME_BACKGROUND,
+    HOME_BACKGROUND_SHARE,
+    HOME_COLOUR,
+    HOME_COLOUR_SHARE,
+    SHIFTS,
+    SOURCE_CLASSES,
+    draw_source,
+    source_world_roots,
+    write_source_world,
+)
+
+SCALE = 0.02  # per shape: 16 train, 4 val, 8 test; 4 in each shift
+
+
+def _all_combinations():
+    combo = np.arange(len(SHAPES) * len(COLOURS) * len(BACKGROUNDS))
+    shape, rest = np.divmod(combo, len(COLOURS) * len(BACKGROUNDS))
+    return (shape, *np.divmod(rest, len(BACKGROUNDS)))
+
+
+def _tree_digest(root):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    write_source_world(out, seed=0, scale=SCALE)
+    return out
+
+
+# Digests of render()'s output before it took the shift keywords: every image written before stays byte-identical.
+@pytest.mark.parametrize("size, digest", [
+    (32, "4e54656ad9191458f05958320e14302f5aa055b2fc21475c6d04649b9bc07ca3"),
+    (48, "b6399692e56dc3036e9e422e1d2e8ae8f73969bc48caf56014b7f6640ed898f1"),
+])
+def test_render_defaults_are_byte_identical_to_before(size, digest):
+    images = render(*_all_combinations(), np.random.default_rng(7), size=size)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == digest
+
+
+def _object_mask(**options):
+    """Where the circles are drawn: the pixels that a black and a white palette paint differently."""
+    shape, colour, background = (np.zeros(6, int), np.arange(6), np.arange(6))
+    dark, light = (render(shape, colour, background, np.random.default_rng(0), palette=np.full((6, 3), value),
+                          **options).astype(int) for value in (0, 255))
+    return np.abs(light - dark).sum(axis=-1) > 300
+
+
+def test_render_shift_keywords_change_only_the_object():
+    full, outline, small = _object_mask(), _object_mask(outline=True), _object_mask(object_scale=0.5)
+    assert not (outline & ~full).any() and not outline[:, 16, 16].any() and outline.sum() < 0.6 * full.sum()
+    assert not (small & ~full).any() and 0.1 < small.sum() / full.sum() < 0.4
+    shape, colour, background = (np.zeros(6, int), np.arange(6), np.arange(6))
+    plain = render(shape, colour, background, np.random.default_rng(0))
+    repainted = render(shape, colour, background, np.random.default_rng(0), palette=np.zeros((6, 3)))
+    assert np.array_equal(plain[~full], repainted[~full]) and (plain[full] != repainted[full]).any()
+    with pytest.raises(ValueError, match="palette"):
+        render(shape, colour, background, np.random.default_rng(0), palette=np.zeros((3, 3)))
+
+
+def test_source_is_read_by_the_imagefolder_reader(world):
+    table = load_dataset("imagefolder", world / "source")
+    assert table.class_names == list(SOURCE_CLASSES) == sorted(SHAPES)
+    counts = table.frame.groupby(["split", "y"]).size().unstack()
+    assert counts.to_dict("index") == {split: dict.fromkeys(range(6), n) for split, n in
+                                       (("train", 16), ("val", 4), ("test", 8))}
+    first = table.frame.iloc[0]
+    assert first["path"].split("/")[2].startswith(SOURCE_CLASSES[first["y"]])  # split/<class>/<class>_n.png
+
+
+def test_domain_shifts_are_test_only_image_folders(world):
+    roots = source_world_roots(world)
+    assert sorted(roots) == sorted(["source", *(f"source-{shift}" for shift in SHIFTS)])
+    for name in roots:
+        if name == "source":
+            continue
+        table = load_dataset("imagefolder", roots[name])
+        assert table.class_names == list(SOURCE_CLASSES)
+        assert set(table.frame["split"]) == {"test"} and table.frame["y"].value_counts().to_dict() == dict.fromkeys(range(6), 4)
+
+
+def test_source_prefers_home_backgrounds_and_colours():
+    shapes, colours, backgrounds = draw_source(4000, np.random.default_rng(0))
+    assert np.bincount(shapes).tolist() == [4000] * 6
+    for values, vocabulary, home, share in ((backgrounds, BACKGROUNDS, HOME_BACKGROUND, HOME_BACKGROUND_SHARE),
+                                            (colours, COLOURS, HOME_COLOUR, HOME_COLOUR_SHARE)):
+        for index, name in enumerate(SHAPES):
+            seen = np.bincount(values[shapes == index], minlength=6) / 4000
+            home_index = vocabulary.index(home[name])
+            assert abs(seen[home_index] - share) < 0.03
+            assert np.allclose(np.delete(seen, home_index), (1 - share) / 5, atol=0.015)
+
+
+def test_same_seed_same_bytes_and_streams_differ(tmp_path, world):
+    write_source_world(tmp_path / "again", seed=0, scale=SCALE)
+    write_source_world(tmp_path / "other", seed=1, scale=SCALE)
+    for name in ("source", "source-v2"):
+        assert _tree_digest(tmp_path / "again" / name) == _tree_digest(world / name)
+        assert _tree_digest(tmp_path / "other" / name) != _tree_digest(world / name)
+    # source-v2 is a fresh sample, not the source's test split again
+    assert (world / "source" / "test" / "circle" / "circle_00001.png").read_bytes() != \
+        (world / "source-v2" / "circle" / "circle_00001.png").read_bytes()
+
+
+def test_bad_input_refuses_before_writing(tmp_path):
+    for scale in (0, -1, float("nan")):
+        with pytest.raises(GcctlError, match="scale"):
+            write_source_world(tmp_path / "w", scale=scale)
+    (tmp_path / "w" / "source-small").mkdir(parents=True)
+    (tmp_path / "w" / "source-small" / "keep.txt").write_text("mine")
+    with pytest.raises(GcctlError, match="not empty.*--overwrite"):
+        write_source_world(tmp_path / "w", scale=SCALE)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["source-small"]
+    write_source_world(tmp_path / "w", scale=SCALE, overwrite=True)
+    assert not (tmp_path / "w" / "source-small" / "keep.txt").exists()
+
+
+def test_data_synth_writes_the_source_world(run_cli, tmp_path):
+    code, out, err = run_cli("data", "synth", "--out", str(tmp_path), "--corpus-size", "8", "--scale", "0.01", "--json")
+    assert code == 0, err
+    assert all((tmp_path / name / "gcctl-names.json").is_file() for name in source_world_roots(tmp_path))
+    assert '"source-outline"' in out
