@@ -40,6 +40,7 @@ TINY_PARAMS = {
         },
         "wise_alpha": 0.5,
     },
+    "transfer": {"target": ["source=pipeline/tables/waterbirds.parquet", "group=pipeline/tables/multiceleba.parquet"]},
 }
 
 
@@ -84,9 +85,10 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     shown = json.dumps(json.loads(_run("dvc", "metrics", "show", "--json", cwd=repo)))
     for run in ("zeroshot", "groupcoop", "groupcoop-pseudo"):
         assert f"pipeline/metrics/waterbirds/{run}.json" in shown
-    for run in ("ft", "starft-wise"):
-        assert f"pipeline/metrics/finetuned/waterbirds/{run}.json" in shown
-    assert "starft-wise" in (repo / "pipeline/report/finetuned-waterbirds/results.md").read_text()
+    suites = (repo / "pipeline/report/transfer/results.md").read_text()
+    assert all(f"| {run} |" in suites for run in ("zeroshot", "ft", "ft-wise", "starft", "starft-wise"))
+    summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
+    assert {"source_acc", "group_shift_acc_wg", "group_shift_acc_avg"} <= set(summary["mean"])
     assert (repo / "pipeline/finetuned/waterbirds/starft/seed-0/state.pt").is_file()  # kept for resuming
     assert (repo / "pipeline/tables/multiceleba.parquet").is_file()
     assert (repo / "pipeline/groups/waterbirds.parquet").is_file()
