@@ -45,7 +45,8 @@ def test_params_check_accepts_the_default_and_names_the_first_problem(tmp_path, 
     default = Path(__file__).resolve().parents[1] / "params.yaml"
     code, out, err = run_cli("params", "check", str(default), "--json")
     assert code == 0, err
-    assert json.loads(out)["datasets"] == ["multiceleba", "scattered", "waterbirds"]
+    assert json.loads(out)["datasets"] == ["multiceleba", "scattered", "source", "source-outline", "source-palette",
+                                           "source-small", "source-v2", "waterbirds"]
 
     params = yaml.safe_load(default.read_text())
     params["train"]["datasets"].append("birds")
@@ -53,6 +54,12 @@ def test_params_check_accepts_the_default_and_names_the_first_problem(tmp_path, 
     code, _, err = run_cli("params", "check", str(tmp_path / "undeclared.yaml"))
     assert code == 1 and err.count("\n") == 1
     assert "train.datasets names dataset 'birds', which is not declared under datasets:" in err
+
+    params = yaml.safe_load(default.read_text())
+    params["transfer"]["target"].append("group=pipeline/tables/birds.parquet")  # a suite's table is a declared dataset's
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(params))
+    code, _, err = run_cli("params", "check", str(tmp_path / "suite.yaml"))
+    assert code == 1 and "transfer.target names dataset 'birds'" in err
 
     params = yaml.safe_load(default.read_text())
     params["datasets"]["waterbirds"]["colour"] = "red"

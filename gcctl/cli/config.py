@@ -82,7 +82,7 @@ _RUN_SECTIONS = {
     "finetune.runs": ("finetune",),
     "datasets": ("data", "table"),
 }
-_SINGLE_SECTIONS = {"pseudo_label": ("pseudo-label",)}
+_SINGLE_SECTIONS = {"pseudo_label": ("pseudo-label",), "transfer": ("transfer",)}
 
 
 def _command(root, ctx, names: tuple[str, ...]):
@@ -117,6 +117,8 @@ def check_params(path: Path, root_command, ctx) -> dict:
     named = [("train.datasets", name) for name in listed]
     if _section(document, "finetune.dataset") is not None:
         named.append(("finetune.dataset", _section(document, "finetune.dataset")))
+    named += [("transfer.target", Path(spec.partition("=")[2].partition("@")[0]).stem)
+              for spec in _section(document, "transfer.target") or []]
     for key, name in named:
         if name not in declared:
             raise GcctlError(f"{path}: {key} names dataset '{name}', which is not declared under datasets: "
