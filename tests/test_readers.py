@@ -106,10 +106,13 @@ def test_shipped_class_list_is_imagenet_order_with_clip_names_and_the_r_a_subset
 
 
 def test_imagenet_train_and_val_synset_folders(tmp_path):
-    root = write_folders(tmp_path, {"train/n01440764": 2, "train/n01443537": 1, "val/n15075141": 1}, ".JPEG")
+    root = write_folders(tmp_path, {"train/n01440764": 24, "train/n01443537": 1, "val/n15075141": 1}, ".JPEG")
     table = load_dataset("imagenet", root)
     assert len(table.class_names) == 1000 and table.class_names[:2] == ["tench", "goldfish"]
-    assert counts_by(table, "split", "y") == {("train", 0): 2, ("train", 1): 1, ("test", 999): 1}
+    # val/ is the reported test split; validation is a fixed holdout of train (10 a class, at most half of it).
+    assert counts_by(table, "split", "y") == {("train", 0): 14, ("val", 0): 10, ("train", 1): 1, ("test", 999): 1}
+    reread = load_dataset("imagenet", root)
+    assert reread.frame["split"].tolist() == table.frame["split"].tolist()
     assert table.class_subset is None and table.missing_files() == []
 
 

@@ -9,11 +9,15 @@ order (WordNet ids sorted, n01440764 = 0), with
   Hendrycks et al.'s releases, as listed in timm's imagenet_r_synsets.txt and imagenet_a_synsets.txt).
 
 Every shift set is read as the test split; ImageNet's own val/ (the held-out set everyone reports) is its test split.
+Model selection (fine-tuning keeps its best validation epoch) then needs a validation split of its own: a fixed
+holdout of VAL_PER_CLASS train images per class (at most half of a class), the ones with the lowest sha1 of
+their path, so it does not depend on the order the file system lists them.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -30,6 +34,7 @@ V2_LAYOUT = "ROOT/<class index 0..999>/*.jpeg, as the official release unpacks (
 SKETCH_LAYOUT = "ROOT/<wnid>/*.JPEG for the 1,000 ImageNet synsets (or ROOT/sketch/<wnid>/...)"
 R_LAYOUT = "ROOT/<wnid>/*.jpg for ImageNet-R's 200 synsets (or ROOT/imagenet-r/<wnid>/...)"
 A_LAYOUT = "ROOT/<wnid>/*.jpg for ImageNet-A's 200 synsets (or ROOT/imagenet-a/<wnid>/...)"
+VAL_PER_CLASS = 10  # 10,000 validation images from ImageNet's 1.28M train images
 
 
 @functools.cache
@@ -46,7 +51,18 @@ def load_imagenet(root: Path, names: NameOverrides) -> DatasetTable:
     wnids = imagenet_classes()["wnid"].tolist()
     core = pd.concat([_synset_rows(root, folder, wnids, "ImageNet", IMAGENET_LAYOUT).assign(split=split)
                       for folder, split in splits.items()], ignore_index=True)
-    return _table(core, root, names, "imagenet")
+    return _table(_hold_out_val(core), root, names, "imagenet")
+
+
+def _hold_out_val(core: pd.DataFrame) -> pd.DataFrame:
+    """The train images with the lowest path sha1 of each class, VAL_PER_CLASS at most and half of it at most,
+    become the validation split (see the module notes)."""
+    train = core[core["split"] == "train"]
+    digest = train["path"].map(lambda path: hashlib.sha1(path.encode()).hexdigest())
+    rank = digest.groupby(train["y"]).rank(method="first")
+    size = train.groupby("y")["y"].transform("size")
+    held = rank.index[(rank <= VAL_PER_CLASS) & (rank <= size // 2)]
+    return core.assign(split=core["split"].where(~core.index.isin(held), "val"))
 
 
 def load_imagenet_v2(root: Path, names: NameOverrides) -> DatasetTable:
