@@ -194,3 +194,58 @@ def test_every_run_with_a_curve_has_its_dvc_plot_and_metrics_entry():
                 for name in params["finetune"]["runs"] for seed in params["finetune"]["seeds"]]
     assert sorted(next(iter(entry)) for entry in pipeline["plots"]) == sorted(f"{f}/dvclive/plots/metrics" for f in folders)
     assert sorted(pipeline["metrics"]) == sorted(f"{f}/dvclive/metrics.json" for f in folders)
+
+
+def _write_jpegs(folder: Path, count: int, seed: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{k:04d}.JPEG")
+
+
+def _imagenet_fixtures(root: Path) -> None:
+    """ImageNet and its four shift sets in their release layouts, a few random images of a few classes each."""
+    from gcctl.datasets.imagenet import imagenet_classes
+
+    classes = imagenet_classes()
+    for index, wnid in enumerate(classes["wnid"][:3]):
+        _write_jpegs(root / "imagenet/train" / wnid, 6, index)
+        _write_jpegs(root / "imagenet/val" / wnid, 2, 10 + index)
+        _write_jpegs(root / "imagenet-v2" / str(index), 2, 20 + index)
+        _write_jpegs(root / "imagenet-sketch" / wnid, 2, 30 + index)
+    for subset in ("imagenet_r", "imagenet_a"):
+        for index, wnid in enumerate(classes[classes[subset] == 1]["wnid"][:2]):
+            _write_jpegs(root / subset.replace("_", "-") / wnid, 2, 40 + index)
+
+
+@needs_clis
+def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(tmp_path):
+    """`imagenet-vitb16` as a GPU runner would run it, with only the paths and the model swapped: a micro CLIP
+    pretrained for one epoch on the tiny synthetic corpus instead of the fetched ViT-B/16, tiny fixtures in the
+    datasets' real layouts, one epoch. CIFAR-10 is left out: torchvision checks its files' md5 sums, which
+    fixtures cannot match (its reader is tested in-process in test_readers.py)."""
+    repo = _project_copy(tmp_path)
+    _imagenet_fixtures(repo / "fixtures")
+    params = _compose(["preset=imagenet-vitb16"])
+    params.update({key: TINY_PARAMS[key] for key in ("synth", "pretrain", "fetch", "extract")})
+    del params["datasets"]["cifar10"]
+    params["transfer"]["target"] = [spec for spec in params["transfer"]["target"] if "cifar10" not in spec]
+    for name, dataset in params["datasets"].items():
+        dataset["root"] = "pipeline/data/waterbirds" if name == "waterbirds" else f"fixtures/{name}"
+    params["finetune"]["seeds"] = [0]
+    for run in params["finetune"]["runs"].values():
+        run.update(epochs=1, batch_size=4, lr=0.001)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    _run("dvc", "repro", "report_transfer", cwd=repo)
+
+    suites = (repo / "pipeline/report/transfer/results.md").read_text()
+    assert all(f"| {run} |" in suites for run in ("zeroshot", "ft", "ft-wise", "starft", "starft-wise")), suites
+    summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
+    assert summary["targets"]["imagenet-r"] == {"role": "domain", "split": "test", "dataset": "imagenet-r"}
+    assert {"source_acc", "domain_shift_acc", "group_shift_acc_wg", "group_shift_acc_avg"} <= set(summary["mean"])
+    run = json.loads((repo / "pipeline/finetuned/imagenet/starft/seed-0/summary.json").read_text())
+    assert run["config"]["lambda_schedule"] == "paper" and run["config"]["reg_lambda"] == 0.5
