@@ -63,3 +63,14 @@ def quiet_random_weights():
     logging.disable(logging.WARNING)
     yield
     logging.disable(logging.NOTSET)
+
+
+def tree_digest(root) -> str:
+    """sha256 over every file below `root`, names and bytes in sorted order: equal for byte-identical trees."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from conftest import tree_digest
 
 from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
@@ -27,14 +28,6 @@ def _all_combinations():
     combo = np.arange(len(SHAPES) * len(COLOURS) * len(BACKGROUNDS))
     shape, rest = np.divmod(combo, len(COLOURS) * len(BACKGROUNDS))
     return (shape, *np.divmod(rest, len(BACKGROUNDS)))
-
-
-def _tree_digest(root):
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +104,8 @@ def test_same_seed_same_bytes_and_streams_differ(tmp_path, world):
     write_source_world(tmp_path / "again", seed=0, scale=SCALE)
     write_source_world(tmp_path / "other", seed=1, scale=SCALE)
     for name in ("source", "source-v2"):
-        assert _tree_digest(tmp_path / "again" / name) == _tree_digest(world / name)
-        assert _tree_digest(tmp_path / "other" / name) != _tree_digest(world / name)
+        assert tree_digest(tmp_path / "again" / name) == tree_digest(world / name)
+        assert tree_digest(tmp_path / "other" / name) != tree_digest(world / name)
     # source-v2 is a fresh sample, not the source's test split again
     assert (world / "source" / "test" / "circle" / "circle_00001.png").read_bytes() != \
         (world / "source-v2" / "circle" / "circle_00001.png").read_bytes()

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tree_digest
 from PIL import Image
 
 import gcctl.synth.benchmarks as benchmarks
@@ -42,14 +43,6 @@ def _render_all(seed, size=32):
     shape, rest = np.divmod(combo, len(COLOURS) * len(BACKGROUNDS))
     colour, background = np.divmod(rest, len(BACKGROUNDS))
     return render(shape, colour, background, np.random.default_rng(seed), size=size), shape, colour, background
-
-
-def _tree_digest(root):
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _read_celeba(root):
@@ -237,8 +230,8 @@ def test_waterbirds_backgrounds_match_place(waterbirds):
 def test_waterbirds_is_deterministic_per_seed(tmp_path, waterbirds):
     again = write_waterbirds(tmp_path / "again", seed=0, scale=SCALE)
     other = write_waterbirds(tmp_path / "other", seed=1, scale=SCALE)
-    assert _tree_digest(again) == _tree_digest(waterbirds)
-    assert _tree_digest(other) != _tree_digest(waterbirds)
+    assert tree_digest(again) == tree_digest(waterbirds)
+    assert tree_digest(other) != tree_digest(waterbirds)
 
 
 def test_waterbirds_minority_fraction_and_validation(tmp_path):
@@ -311,8 +304,8 @@ def test_multiceleba_attributes_are_drawn(multiceleba):
 
 
 def test_multiceleba_is_deterministic_per_seed(tmp_path, multiceleba):
-    assert _tree_digest(write_multiceleba(tmp_path / "again", seed=0, scale=SCALE)) == _tree_digest(multiceleba)
-    assert _tree_digest(write_multiceleba(tmp_path / "other", seed=1, scale=SCALE)) != _tree_digest(multiceleba)
+    assert tree_digest(write_multiceleba(tmp_path / "again", seed=0, scale=SCALE)) == tree_digest(multiceleba)
+    assert tree_digest(write_multiceleba(tmp_path / "other", seed=1, scale=SCALE)) != tree_digest(multiceleba)
 
 
 # --- scattered ---------------------------------------------------------------------------------------
@@ -353,8 +346,8 @@ def test_scattered_groups_differ_in_colour_and_patch(scattered):
 
 
 def test_scattered_is_deterministic_per_seed(tmp_path, scattered):
-    assert _tree_digest(write_scattered(tmp_path / "again", seed=0, scale=SCALE)) == _tree_digest(scattered)
-    assert _tree_digest(write_scattered(tmp_path / "other", seed=1, scale=SCALE)) != _tree_digest(scattered)
+    assert tree_digest(write_scattered(tmp_path / "again", seed=0, scale=SCALE)) == tree_digest(scattered)
+    assert tree_digest(write_scattered(tmp_path / "other", seed=1, scale=SCALE)) != tree_digest(scattered)
 
 
 def test_scattered_rejects_bad_input(tmp_path):
