@@ -6,7 +6,7 @@ model costs. Target: >= 0.9 on CPU for gcctl-tiny and ViT-B-16 (random weights).
 turn (forward, extract, forward, extract, ...) and each pair gives a ratio; the median pair is reported, so a
 burst of load elsewhere on the machine moves one pair, not the result.
 
-    python bench/extract_throughput.py --model gcctl-tiny --images 1024 --batch-size 256 --repeats 5
+    python bench/extract_throughput.py --model gcctl-tiny --images 1024 --batch-size 256 --repeats 9
     python bench/extract_throughput.py --model ViT-B-16 --images 64 --batch-size 32
     python bench/extract_throughput.py --model ViT-B-16 --images 2048 --image-size 224 --jpeg --workers 8 --device cuda
 """
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=None, help="Decoding processes (default: extract's own choice).")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=5, help="Alternating pairs of measurements; the median pair counts.")
+    parser.add_argument("--repeats", type=int, default=9, help="Alternating pairs of measurements; the median pair counts.")
     args = parser.parse_args()
 
     device = resolve_device(args.device)

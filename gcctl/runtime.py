@@ -12,7 +12,7 @@ import random
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -112,6 +112,52 @@ def configure_cpu_threads() -> int:
     if "torch" in sys.modules:  # too late for OpenMP's wait policy, but the count still applies
         sys.modules["torch"].set_num_threads(threads)
     return threads
+
+
+def in_background(items: Iterable, depth: int = 2) -> Iterator:
+    """`items`, in order, made by a thread that runs up to `depth` ahead of the consumer; an exception raised
+    while making one is raised to the consumer in its place. Image decoding (PIL and torch release the GIL)
+    then overlaps the model's forward pass in the same process, with no fork and no copy between processes.
+    Leaving the loop early stops the thread after the item it is making."""
+    import queue
+    import threading
+
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            offer((end, error))
+            return
+        offer((end, None))
+
+    thread = threading.Thread(target=produce, name="gcctl-background", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _positive_threads(text: str) -> int:

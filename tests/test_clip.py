@@ -292,3 +292,16 @@ def test_commands_that_build_no_model_do_not_import_open_clip():
 
     code = "import sys, gcctl.methods.runs, gcctl.report, gcctl.groups; print('open_clip' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("size", [(48, 40), (20, 64), (32, 32)])
+def test_the_eval_transform_cut_in_two_stages_gives_the_same_input_bit_for_bit(size):
+    """Extraction decodes to uint8 and normalises whole batches; the model must see what `preprocess` gives."""
+    from gcctl.clip.factory import eval_transform_stages
+
+    bundle = build_clip(MICRO, "none")
+    pixels, normalized = eval_transform_stages(bundle.preprocess)
+    images = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)) for seed in range(4)]
+    decoded = torch.stack([pixels(image) for image in images])
+    assert decoded.dtype == torch.uint8 and decoded.shape == (4, 3, 32, 32)
+    assert torch.equal(normalized(decoded), torch.stack([bundle.preprocess(image) for image in images]))

@@ -12,17 +12,29 @@ from gcctl.store import FeatureStore, Shard, extract, merge
 
 
 class _InterruptAfter:
-    """A transform that fails after `limit` images, as a killed extraction would stop (in the main process: the
-    extractions it interrupts decode with workers=0)."""
+    """A first step of the eval transform that stops the extraction after `limit` images, as a killed one would
+    stop (in this process: the extractions it interrupts decode with workers=0, in a thread of this process)."""
 
-    def __init__(self, transform, limit):
-        self.transform, self.limit, self.calls = transform, limit, 0
+    def __init__(self, limit):
+        self.limit, self.calls = limit, 0
 
     def __call__(self, image):
         self.calls += 1
         if self.calls > self.limit:
             raise KeyboardInterrupt
-        return self.transform(image)
+        return image
+
+
+def _decoding_with(bundle, step):
+    """`bundle`, whose eval transform runs `step` first (a fresh bundle per test, so nothing to undo)."""
+    bundle.preprocess.transforms.insert(0, step)
+    return bundle
+
+
+def _decoding_plainly(bundle):
+    """`bundle` with the step `_decoding_with` put in front of its eval transform taken out again."""
+    del bundle.preprocess.transforms[0]
+    return bundle
 
 
 def test_extract_round_trip_with_provenance(tiny_waterbirds, micro_bundle, tmp_path):
@@ -46,14 +58,13 @@ def test_interrupted_extraction_resumes_to_the_same_file(tiny_waterbirds, micro_
     table = load_dataset("waterbirds", tiny_waterbirds)
     extract(table, micro_bundle, tmp_path / "whole.h5", batch_size=32, dtype="float32")
 
-    transform = micro_bundle.preprocess
-    micro_bundle.preprocess = _InterruptAfter(transform, limit=100)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32", workers=0)
+        extract(table, _decoding_with(micro_bundle, _InterruptAfter(100)), tmp_path / "resumed.h5", batch_size=32,
+                dtype="float32", workers=0)
     assert not (tmp_path / "resumed.h5").exists()
     assert (tmp_path / "resumed.h5.partial").exists()
 
-    micro_bundle.preprocess = transform
+    _decoding_plainly(micro_bundle)
     summary = extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32")
     assert summary["resumed_from"] == 96  # three whole batches of 32 were done before the interruption
     with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "resumed.h5") as resumed:
@@ -63,11 +74,10 @@ def test_interrupted_extraction_resumes_to_the_same_file(tiny_waterbirds, micro_
 
 def test_a_partial_file_of_another_extraction_is_not_resumed(tiny_waterbirds, micro_bundle, tmp_path):
     table = load_dataset("waterbirds", tiny_waterbirds)
-    transform = micro_bundle.preprocess
-    micro_bundle.preprocess = _InterruptAfter(transform, limit=40)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float16", workers=0)
-    micro_bundle.preprocess = transform
+        extract(table, _decoding_with(micro_bundle, _InterruptAfter(40)), tmp_path / "f.h5", batch_size=16,
+                dtype="float16", workers=0)
+    _decoding_plainly(micro_bundle)
     summary = extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, dtype="float32")
     assert summary["resumed_from"] == 0
 
@@ -76,10 +86,9 @@ def test_a_partial_file_of_other_random_weights_is_restarted_not_mixed(tiny_wate
     table = load_dataset("waterbirds", tiny_waterbirds)
     other_seed = build_clip("gcctl-micro", "none", seed=1)
     extract(table, other_seed, tmp_path / "whole.h5", batch_size=32, dtype="float32")
-    transform = micro_bundle.preprocess
-    micro_bundle.preprocess = _InterruptAfter(transform, limit=100)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=32, dtype="float32", workers=0)
+        extract(table, _decoding_with(micro_bundle, _InterruptAfter(100)), tmp_path / "f.h5", batch_size=32,
+                dtype="float32", workers=0)
     summary = extract(table, other_seed, tmp_path / "f.h5", batch_size=32, dtype="float32")
     assert summary["resumed_from"] == 0  # seed 0's rows are discarded, not continued with seed 1's model
     with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "f.h5") as restarted:
@@ -163,13 +172,13 @@ def test_cli_bad_input_is_one_line_and_exit_1(tiny_waterbirds, tmp_path, run_cli
 
 
 class _PauseAfter:
-    """A transform that, after `limit` images, signals `paused` and waits for `resume`: a first extraction
-    caught in the middle of its work."""
+    """A first step of the eval transform that, after `limit` images, signals `paused` and waits for `resume`:
+    a first extraction caught in the middle of its work."""
 
-    def __init__(self, transform, limit):
+    def __init__(self, limit):
         import threading
 
-        self.transform, self.limit, self.calls = transform, limit, 0
+        self.limit, self.calls = limit, 0
         self.paused, self.resume = threading.Event(), threading.Event()
 
     def __call__(self, image):
@@ -177,7 +186,7 @@ class _PauseAfter:
         if self.calls == self.limit + 1:
             self.paused.set()
             assert self.resume.wait(timeout=60)
-        return self.transform(image)
+        return image
 
 
 def test_a_second_extraction_on_the_same_out_refuses_and_the_first_completes(tiny_waterbirds, micro_bundle, tmp_path, run_cli):
@@ -187,8 +196,8 @@ def test_a_second_extraction_on_the_same_out_refuses_and_the_first_completes(tin
     table = load_dataset("waterbirds", tiny_waterbirds)
     extract(table, micro_bundle, tmp_path / "single.h5", batch_size=32, dtype="float32")
     out = tmp_path / "f.h5"
-    pause = _PauseAfter(micro_bundle.preprocess, limit=64)
-    micro_bundle.preprocess = pause
+    pause = _PauseAfter(limit=64)
+    _decoding_with(micro_bundle, pause)
     first = threading.Thread(target=extract, args=(table, micro_bundle, out), kwargs={"batch_size": 32, "dtype": "float32", "workers": 0})
     first.start()
     try:
@@ -212,9 +221,8 @@ def test_a_second_extraction_on_the_same_out_refuses_and_the_first_completes(tin
 def test_a_cut_short_store_moved_into_place_is_refused(tiny_waterbirds, micro_bundle, tmp_path):
     """What a second writer once published: a `.partial` with rows still zero. Nothing reads it as a store."""
     table = load_dataset("waterbirds", tiny_waterbirds)
-    micro_bundle.preprocess = _InterruptAfter(micro_bundle.preprocess, limit=40)
     with pytest.raises(KeyboardInterrupt):
-        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=16, workers=0)
+        extract(table, _decoding_with(micro_bundle, _InterruptAfter(40)), tmp_path / "f.h5", batch_size=16, workers=0)
     (tmp_path / "f.h5.partial").rename(tmp_path / "f.h5")
     with pytest.raises(GcctlError, match="is incomplete .*rerun `gcctl extract`"):
         FeatureStore(tmp_path / "f.h5")
@@ -295,7 +303,7 @@ def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
 
     from gcctl import store as store_module
 
-    for budget, on_cpu, on_gpu in ((1, 0, 0), (2, 1, 1), (16, 1, 8), (64, 1, 8)):
+    for budget, on_cpu, on_gpu in ((1, 0, 0), (2, 0, 1), (16, 0, 8), (64, 0, 8)):
         monkeypatch.setattr(store_module, "cpu_budget", lambda: budget)
         assert store_module.default_workers(torch.device("cpu")) == on_cpu
         assert store_module.default_workers(torch.device("cuda")) == on_gpu

@@ -54,6 +54,23 @@ def test_round_trip_keeps_arrays_names_and_stored_dtype(tmp_path):
     assert not (tmp_path / "f.h5.partial").exists()
 
 
+def test_per_row_codes_are_read_in_the_narrowest_type_that_holds_them(tmp_path):
+    """Classes, groups and attribute codes are what a store larger than memory keeps in memory per row."""
+    arrays = _arrays(n=300)
+    with FeatureStore(_write(tmp_path / "two.h5", arrays)) as store:
+        assert store.y.dtype == store.group.dtype == store.attributes["place"].dtype == np.int8
+        np.testing.assert_array_equal(store.y, arrays["y"])
+    many = GroupVocabulary([f"class {i}" for i in range(300)], {"place": ["land", "water"]})
+    arrays["y"] = np.arange(300)
+    path = write_store(tmp_path / "many.h5", arrays["features"], arrays["y"], arrays["split"], arrays["ids"],
+                       arrays["attributes"], vocabulary=many,
+                       provenance={"model_ref": ModelRef("gcctl-micro", "file", "model.pt", "abc").to_dict()})
+    with FeatureStore(path) as store:
+        assert store.y.dtype == store.group.dtype == np.int16 and store.attributes["place"].dtype == np.int8
+        np.testing.assert_array_equal(store.y, arrays["y"])  # 299 fits int16, would not fit int8
+        np.testing.assert_array_equal(store.group, 2 * arrays["y"] + arrays["attributes"]["place"])
+
+
 def test_load_features_gathers_rows_in_the_requested_order(tmp_path, monkeypatch):
     monkeypatch.setattr("gcctl.store._READ_BLOCK_ROWS", 3)  # force several blocks
     arrays = _arrays(n=20)

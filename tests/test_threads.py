@@ -65,3 +65,44 @@ def test_a_fresh_process_has_the_policy_before_torch_loads_openmp():
     env["GCCTL_THREADS"] = "1"
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == [1, "PASSIVE"]
+
+
+def test_in_background_keeps_order_and_stays_a_bounded_distance_ahead():
+    import threading
+
+    made = []
+
+    def items():
+        for value in range(10):
+            made.append(value)
+            yield value
+
+    consumed = []
+    for value in runtime.in_background(items(), depth=2):
+        consumed.append(value)
+        if value == 3:
+            import time
+
+            time.sleep(0.3)  # time enough for the thread to run ahead as far as it may
+            assert len(made) <= len(consumed) + 3  # depth queued, one in the making
+    assert consumed == list(range(10))
+    assert not [thread for thread in threading.enumerate() if thread.name == "gcctl-background"]
+
+
+def test_in_background_raises_the_makers_error_in_its_place_and_stops_on_early_exit():
+    import threading
+
+    def failing():
+        yield 1
+        raise GcctlError("cannot read image x.png")
+
+    received = []
+    with pytest.raises(GcctlError, match="cannot read image x.png"):
+        for value in runtime.in_background(failing()):
+            received.append(value)
+    assert received == [1]
+
+    endless = runtime.in_background(iter(int, 1))  # zeros forever
+    assert next(endless) == 0
+    endless.close()  # what leaving a for loop early does
+    assert not [thread for thread in threading.enumerate() if thread.name == "gcctl-background"]

@@ -24,8 +24,8 @@ def extract(
         "--pretrained", help="Weights: an open_clip tag, a checkpoint file, local-dir:PATH, hf-hub:ORG/REPO or none.")] = "none",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, help="Processes decoding images while the model encodes (0: the main process decodes); "
-        "default: chosen from the device and the CPUs this process may use.")] = None,
+        "--workers", min=0, help="Processes decoding images while the model encodes (0: a thread of this process "
+        "decodes); default: 0 on a CPU, all cores but one (up to 8) with an accelerator.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")] = "float16",
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the features.")] = True,
     seed: Annotated[int, typer.Option(

@@ -483,6 +483,28 @@ def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, 
     return (batch - mean) / std
 
 
+def eval_transform_stages(preprocess: Callable) -> tuple[Callable, Callable]:
+    """A bundle's eval transform (`bundle.preprocess`) cut where the pixels are still bytes; applied one after
+    the other the two stages give the same input bit for bit:
+
+    - per image: everything up to the tensor (resize, crop), ending in a uint8 tensor [3, H, W];
+    - per batch: scale to [0, 1] and normalise, where the batch lands (the main process, or the accelerator).
+
+    Decoders then hand over a quarter of the bytes, and a whole batch is normalised at once.
+    """
+    from torchvision.transforms import Compose, Normalize, PILToTensor, ToTensor
+
+    *pixels, to_tensor, normalize = preprocess.transforms
+    if not (isinstance(to_tensor, ToTensor) and isinstance(normalize, Normalize)):  # open_clip changed its transform
+        raise GcctlError(f"the eval transform no longer ends in ToTensor, Normalize ({to_tensor}, {normalize}); "
+                         "update gcctl.clip.factory.eval_transform_stages")
+    return Compose([*pixels, PILToTensor()]), functools.partial(_scaled_and_normalized, normalize=normalize)
+
+
+def _scaled_and_normalized(batch: torch.Tensor, normalize: Callable) -> torch.Tensor:
+    return normalize(batch.float().div_(255))  # ToTensor's scaling, then Normalize (which broadcasts over a batch)
+
+
 def _resize_and_crop(batch: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
     """Scale the shortest side to the target, then centre-crop: the eval transform, on a whole batch."""
     from torchvision.transforms import InterpolationMode

@@ -41,8 +41,10 @@ def group_units(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns the unit of every sample [N] and the group id of every unit [U], in group-id order.
     """
-    present, unit = torch.unique(group, return_inverse=True)
-    return unit, present
+    present = torch.bincount(group).nonzero().flatten()
+    number = torch.zeros(int(present[-1]) + 1, dtype=torch.long, device=group.device)
+    number[present] = torch.arange(len(present), device=group.device)
+    return number[group], present  # a lookup, not torch.unique's sort: no copies of a million-row split
 
 
 def inverse_frequency(unit: torch.Tensor) -> torch.Tensor:
@@ -71,8 +73,7 @@ def fit_loop(
     optimizer = torch.optim.SGD(params, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
     generator = torch.Generator().manual_seed(seed)
-    unit, _ = group_units(train.group)
-    weights = inverse_frequency(unit.cpu())
+    weights = inverse_frequency(group_units(train.group)[0].cpu())
     curve, best = [], None
     with _one_cpu_thread(device), progress() as bar:
         task = bar.add_task(label, total=options.epochs)
