@@ -11,12 +11,12 @@ python=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ " $* " != *" --cpu "* && " $* " != *" -h "* && " $* " != *" --help "* ]]; then
-  if ! "$python" -c "import open_clip, ftfy, dvclive" 2>/dev/null; then
+  if ! "$python" -c "import open_clip, ftfy" 2>/dev/null; then
     if ! compgen -G ".whl/*.whl" >/dev/null; then
-      echo "error: open_clip_torch, ftfy or dvclive is missing and .whl/ holds no wheels; run bench/prepare_wheels.sh where pip reaches PyPI and bring .whl/ along" >&2
+      echo "error: open_clip_torch or ftfy is missing and .whl/ holds no wheels; run bench/prepare_wheels.sh where pip reaches PyPI and bring .whl/ along" >&2
       exit 1
     fi
-    # --target, not the environment: dvc arrives without its dependencies, and its broken CLI must not land on PATH.
+    # --target, not the environment: the machine's own packages stay as they are.
     site="${TMPDIR:-/tmp}/gcctl-gpu-site"
     "$python" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$site" .whl/*.whl
     export PYTHONPATH="$PYTHONPATH:$site"

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 GPU_SECONDS = 450  # the whole driver on one GPU; bench/gpu.sh's installing comes on top (8 minutes in all)
 CPU_SECONDS = 300  # a guard against a hang only: the dry mode takes under a minute on an idle 2-core machine
 # Tests that run the `dvc` CLI or DVC's Hydra composition (files, or single tests as FILE::NAME): the GPU machine
-# has only the part of dvc that dvclive imports; CI runs them. A new test of that kind belongs here.
+# has no dvc (the pipeline's optional extra); CI runs them. A new test of that kind belongs here.
 NEEDS_DVC = ("tests/test_pipeline.py", "tests/test_ci_example.py",
              "tests/test_methods.py::test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, where pip reaches PyPI, the wheels bench/gpu.sh installs on a GPU machine without network.
 # That machine has torch, torchvision, timm, h5py, typer, rich, pyarrow, pandas and pytest; gcctl also needs
-# open_clip_torch (and ftfy, wcwidth) and, to write training curves, dvclive with the parts of dvc it imports.
+# open_clip_torch (and ftfy, wcwidth); DVC is the pipeline's optional extra, not needed there.
 # All are pure-Python wheels; the versions are the ones gcctl is tested with. Usage: bench/prepare_wheels.sh [DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +9,6 @@ dir=${1:-.whl}
 python=${PYTHON:-python3}
 wheels=(
   open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.7.0
-  dvclive==3.49.1 dvc==3.67.1 dvc-render==1.0.2 dvc-studio-client==0.23.0
-  funcy==2.1 flatten-dict==0.5.0 ruamel.yaml==0.19.1 voluptuous==0.16.0
 )
 rm -rf "$dir" && mkdir -p "$dir"
 # --no-deps: the machine has the heavy dependencies (torch...) already; one version of each wheel only.

@@ -1,9 +1,9 @@
 """Pseudo-label strategies compared on the pipeline's feature stores: agreement with the true training groups,
 and GroupCoOp trained on each strategy's groups (test split, mean ± std over seeds), with CoOp for reference.
 
-Writes the Markdown table to stdout, or into the README between `<!-- results:pseudo-labels:start/end -->`:
+Writes the Markdown table to stdout, or into docs/results.md between `<!-- results:pseudo-labels:start/end -->`:
 
-    python bench/pseudo_labels.py --readme README.md      # after `dvc repro`; 17.5 minutes on 2 busy CPU cores
+    python bench/pseudo_labels.py --readme docs/results.md  # after `dvc repro`; 17.5 minutes on 2 busy CPU cores
     python bench/pseudo_labels.py --datasets scattered    # one benchmark's rows, printed
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from gcctl.groups import pseudo_label
 from gcctl.methods.runs import evaluate_run, train_run
+from gcctl.pseudolabel import pseudo_label
 from gcctl.report import update_readme
 from gcctl.store import FeatureStore
 
@@ -25,7 +25,7 @@ STORES = {  # name in the pipeline: (label in the table, feature store)
     "multiceleba": ("MultiCelebA-like", "pipeline/features/multiceleba.h5"),
     "scattered": ("Scattered", "pipeline/features/scattered.h5"),
 }
-VARIANTS = [  # (label, strategy, options of gcctl.groups.pseudo_label)
+VARIANTS = [  # (label, strategy, options of gcctl.pseudolabel.pseudo_label)
     ("oracle (true groups)", "oracle", {}),
     ("**val-probe** (default)", "val-probe", {}),
     ("val-probe, validation cut to 25%", "val-probe", {"val_fraction": 0.25}),
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--datasets", default=",".join(STORES), help=f"Comma-separated, of {', '.join(STORES)}.")
     parser.add_argument("--readme", type=Path, help="Write the table into this file instead of printing it.")
-    parser.add_argument("--section", default="pseudo-labels", help="The README block (<!-- results:SECTION:start -->).")
+    parser.add_argument("--section", default="pseudo-labels", help="The results block (<!-- results:SECTION:start -->).")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     unknown = sorted(set(datasets) - set(STORES))
@@ -96,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         tables = {STORES[name][0]: measure(STORES[name][1], seeds, Path(scratch)) for name in datasets}
     command = "python bench/pseudo_labels.py" + ("" if datasets == list(STORES) else f" --datasets {args.datasets}")
-    command += " --readme README.md" + ("" if args.section == "pseudo-labels" else f" --section {args.section}")
+    command += " --readme docs/results.md" + ("" if args.section == "pseudo-labels" else f" --section {args.section}")
     table = markdown(tables, seeds, command)
     if args.readme:
         update_readme(args.readme, args.section, table)

@@ -32,9 +32,9 @@ from torch.utils.data import DataLoader
 
 from gcctl.datasets import load_dataset
 from gcctl.datasets.images import ImageDataset
-from gcctl.methods.finetune import FinetuneConfig
-from gcctl.methods.finetune.pools import draw_templates
-from gcctl.methods.finetune.train import FinetuneRun
+from gcctl.finetune import FinetuneConfig
+from gcctl.finetune.pools import draw_templates
+from gcctl.finetune.train import FinetuneRun
 from gcctl.runtime import resolve_device
 from gcctl.synth.benchmarks import write_waterbirds
 

@@ -26,12 +26,13 @@ import torch
 from PIL import Image
 
 from gcctl.clip.factory import build_clip
-from gcctl.clip.prompts import PromptLearner, TextTower, logit_scale
+from gcctl.clip.text import logit_scale
 from gcctl.datasets import load_dataset
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.coop import PromptScorer
 from gcctl.methods.data import load_training_data
 from gcctl.methods.loop import group_units, inverse_frequency
+from gcctl.methods.prompts import PromptLearner, TextTower
 from gcctl.runtime import autocast, resolve_device
 from gcctl.store import FeatureStore, extract, write_store
 from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds

@@ -8,48 +8,69 @@ is `read_curve`.
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from gcctl.runtime import corrupt_file_error
 
 METRICS_SUBDIR = Path("plots") / "metrics"
-
-
-def _file_only_live(directory: Path):
-    """A dvclive `Live` that only writes files in `directory`.
-
-    `Live()` also looks for the enclosing DVC repository: in a git repository without one it runs `dvc init`
-    there (dvclive PR #539) and in a git repository without commits it crashes. A training command must not
-    change the user's repository, and gcctl never saves DVC experiments or writes dvc.yaml, so that step is
-    skipped; what dvclive writes into `directory` is unchanged.
-    """
-    from dvclive import Live
-
-    class FileOnlyLive(Live):
-        def _init_dvc(self):
-            self._dvc_file = "dvc.yaml"  # read only when dvcyaml is set, which it never is here
-
-    return FileOnlyLive(dir=str(directory), save_dvc_exp=False, dvcyaml=None)
+METRICS_FILE = "metrics.json"
+CURVE_DIR = "dvclive"  # where a run folder (pretraining, fine-tuning, a feature run) keeps its curve
+_SEED_FOLDER = re.compile(r"seed-(\d+)/(.+)")
 
 
 class CurveLog:
-    """Appends one run's training curve to a DVCLive directory; opening it removes an older curve there."""
+    """Appends one run's training curve to a DVCLive directory; opening it removes an older curve there.
+
+    gcctl writes the format itself rather than through the dvclive package, which requires DVC: the pipeline
+    is an optional extra, training is not. The files are what dvclive writes (`plots/metrics/<name>.tsv` with
+    `step` and the value, `metrics.json` with each metric's latest value nested by `/` and the last step), so
+    `dvc plots` and `dvc metrics` read them as they read dvclive's.
+    """
 
     def __init__(self, directory: str | os.PathLike):
-        self._live = _file_only_live(Path(directory))
+        self.directory = Path(directory)
+        shutil.rmtree(self.directory / METRICS_SUBDIR, ignore_errors=True)
+        (self.directory / METRICS_FILE).unlink(missing_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)  # at once: a run that has begun shows its curve folder
+        self.summary: dict = {}
 
     def log_records(self, records: Iterable[Mapping], step_key: str) -> None:
         """Append every numeric field of each record at the step `record[step_key]`, then rewrite
         `metrics.json` (each metric's latest value: what `dvc metrics show` reads). One call per epoch or per
         batch of steps: each call appends to the files."""
+        step = None
         for record in records:
-            self._live.step = record[step_key]
+            step = record[step_key]
             for name, value in record.items():
                 if _is_number(value) and name != step_key:
-                    self._live.log_metric(name, value)
-        self._live.make_summary()
+                    value = value if math.isfinite(value) else str(value)  # as dvclive: JSON has no NaN
+                    self._append(name, step, value)
+                    _set_in(self.summary, name.split("/"), value)
+        if step is not None:
+            self.summary["step"] = step
+        (self.directory / METRICS_FILE).write_text(json.dumps(self.summary, indent=4) + "\n", encoding="utf-8")
+
+    def _append(self, name: str, step, value) -> None:
+        path = self.directory / METRICS_SUBDIR / f"{name}.tsv"
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator=os.linesep)
+            if new:
+                writer.writerow(["step", path.stem])
+            writer.writerow([step, value])
+
+
+def _set_in(tree: dict, keys: list[str], value) -> None:
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[keys[-1]] = value
 
 
 def write_curve(directory: str | os.PathLike, records: Iterable[Mapping], step_key: str) -> None:
@@ -71,6 +92,27 @@ def read_curve(directory: str | os.PathLike) -> list[dict]:
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
             raise corrupt_file_error(path, error) from None
     return [by_step[step] for step in sorted(by_step)]
+
+
+def write_seeded_curve(directory: str | os.PathLike, per_seed: Mapping[int, Iterable[Mapping]], step_key: str) -> None:
+    """Several seeds' curves in one log, each seed's metrics in its own folder `seed-S/` (so one dvc.yaml entry
+    shows every seed); steps numbered by `record[step_key]`."""
+    points = [{step_key: record[step_key], **{f"seed-{seed}/{key}": value for key, value in record.items() if key != step_key}}
+              for seed, records in per_seed.items() for record in records]
+    write_curve(directory, points, step_key)
+
+
+def read_seeded_curve(directory: str | os.PathLike) -> list[dict]:
+    """A log of `write_seeded_curve` as one record per (seed, step): {"seed": s, "epoch": step, name: value, …},
+    seeds in increasing order; [] when there is none."""
+    by_seed: dict[int, dict[int, dict]] = {}
+    for point in read_curve(directory):
+        for name, value in point.items():
+            match = _SEED_FOLDER.fullmatch(name)
+            if match:
+                seed = int(match.group(1))
+                by_seed.setdefault(seed, {}).setdefault(point["step"], {"seed": seed, "epoch": point["step"]})[match.group(2)] = value
+    return [record for seed in sorted(by_seed) for _, record in sorted(by_seed[seed].items())]
 
 
 def _is_number(value) -> bool:

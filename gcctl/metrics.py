@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 METRIC_KEYS = ("acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced")
+# The validation metrics that may pick a trained epoch (`--select-by`).
+SELECT_BY = ("acc_wg", "acc_avg")
 
 
 def compute_metrics(
@@ -79,7 +81,7 @@ def compute_metrics(
     }
 
 
-def _mean_std(values: list[float]) -> dict:
+def mean_std(values: list[float]) -> dict:
     # Population std (ddof=0): defined for one seed (0.0) and the convention of DFR/SubpopBench tables.
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
@@ -91,9 +93,9 @@ def aggregate_seeds(per_seed: list[dict]) -> dict:
     """
     if not per_seed:
         raise ValueError("aggregate_seeds needs at least one seed's metrics")
-    aggregated = {key: _mean_std([m[key] for m in per_seed]) for key in METRIC_KEYS}
+    aggregated = {key: mean_std([m[key] for m in per_seed]) for key in METRIC_KEYS}
     aggregated["per_group"] = {
-        name: {"acc": _mean_std([m["per_group"][name]["acc"] for m in per_seed]), "n": stats["n"]}
+        name: {"acc": mean_std([m["per_group"][name]["acc"] for m in per_seed]), "n": stats["n"]}
         for name, stats in per_seed[0]["per_group"].items()
     }
     return aggregated

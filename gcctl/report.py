@@ -1,7 +1,7 @@
 """Every table and figure of gcctl: rich tables for the terminal, PNG plots and the Markdown comparison table.
 
 Reads the metrics JSON written by `gcctl evaluate` (keys of `gcctl.metrics`, each {mean, std} over seeds),
-a run directory's training curves (`gcctl.methods.runs.read_run_curve`), the pseudo-labelling agreement report
+a run directory's training curves (`gcctl.curves.read_seeded_curve`), the pseudo-labelling agreement report
 and the pretraining loss history.
 
 The top library layer: nothing but the CLI imports it. A library function that writes a figure as part of
@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 from rich.table import Table
 
+from gcctl.curves import CURVE_DIR, read_seeded_curve
 from gcctl.errors import GcctlError
 from gcctl.metrics import METRIC_KEYS
 from gcctl.runtime import atomic_path, read_json
@@ -211,9 +212,7 @@ def plot_per_group(runs: list[dict], path: str | os.PathLike) -> None:
 
 def read_curve(run_dir: str | os.PathLike | None) -> list[dict]:
     """A feature run's curve; empty for runs without one (zero-shot, evaluated checkpoints)."""
-    from gcctl.methods.runs import read_run_curve  # here: it imports torch, which tables and bar charts do not need
-
-    return read_run_curve(run_dir) if run_dir and Path(run_dir).is_dir() else []
+    return read_seeded_curve(Path(run_dir) / CURVE_DIR) if run_dir else []
 
 
 def _mean_by_epoch(curve: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -336,7 +335,7 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
 def update_readme(readme: str | os.PathLike, section: str, markdown: str) -> None:
     """Replace the block between `<!-- results:SECTION:start -->` and `<!-- results:SECTION:end -->`.
 
-    So the README's results tables are regenerated from metrics files, never typed.
+    So the results tables (docs/results.md, and one in README.md) are regenerated from metrics files, never typed.
     """
     readme = Path(readme)
     start, end = f"<!-- results:{section}:start -->", f"<!-- results:{section}:end -->"

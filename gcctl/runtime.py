@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -37,7 +39,14 @@ def progress_enabled() -> bool:
 def progress():
     """A rich progress bar on stderr, disabled when not at a terminal or with --quiet."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -241,6 +250,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty sibling directory `<path>.partial`; only if the block succeeds does it replace `path`.
+
+    On failure the partial directory is removed and `path` is untouched. An existing `path` is set aside (renamed
+    to `<path>.old`) before the partial one is renamed in, and removed after: a directory cannot be renamed
+    onto a non-empty one, and a crash in between leaves the old tree, never half of the new one.
+    """
+    path = Path(path)
+    staging = partial_path(path)
+    shutil.rmtree(staging, ignore_errors=True)  # left behind by a killed run
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if path.exists():
+        retired = path.with_name(path.name + ".old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(path, retired)
+        os.replace(staging, path)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, path)
+
+
 def lock_path(out: str | os.PathLike) -> Path:
     """The lock file of an output: beside it, never inside it (a DVC-tracked folder stays as its stage wrote it)."""
     out = Path(out)
@@ -385,3 +421,16 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def lazy_exports(package: str, owners: Mapping[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` (PEP 562) that imports an exported name's own module on first use, so importing
+    one module of a package, or the package for one name, does not import the rest (and a DVC stage depends on
+    the modules it runs). `owners` maps each name to its module within the package; by convention `_LAZY`."""
+
+    def __getattr__(name: str) -> Any:
+        if name in owners:
+            return getattr(importlib.import_module(f"{package}.{owners[name]}"), name)
+        raise AttributeError(f"module '{package}' has no attribute '{name}'")
+
+    return __getattr__

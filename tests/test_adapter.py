@@ -9,7 +9,13 @@ import torch
 from gcctl.clip.factory import build_clip
 from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
-from gcctl.methods.adapter import AdapterConfig, HardSamples, adapter_scorer, contrastive_loss, mine_hard_samples
+from gcctl.methods.adapter import (
+    AdapterConfig,
+    HardSamples,
+    adapter_scorer,
+    contrastive_loss,
+    mine_hard_samples,
+)
 from gcctl.methods.base import Classifier
 from gcctl.methods.data import load_training_data
 from gcctl.methods.runs import evaluate_run, train_run

@@ -18,11 +18,11 @@ CPU = ("--device", "cpu")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A manifest dataset of 24 tiny images (every group in every split), its store and a zero-shot run."""
+    from gcctl.clip.factory import build_clip
+    from gcctl.datasets import load_dataset
     from gcctl.methods.runs import train_run
     from gcctl.runtime import seed_everything
     from gcctl.store import extract
-    from gcctl.clip.factory import build_clip
-    from gcctl.datasets import load_dataset
 
     base = tmp_path_factory.mktemp("world")
     root = base / "data"

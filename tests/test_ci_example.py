@@ -61,9 +61,9 @@ def test_the_workflow_runs_a_shipped_preset_on_a_gpu_runner_and_publishes_a_summ
 
 @pytest.fixture(scope="module")
 def gcctl_command():
-    from gcctl.cli import _register, app
+    from gcctl.cli import app, register_all
 
-    _register()
+    register_all()
     return typer.main.get_command(app)
 
 

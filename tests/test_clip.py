@@ -15,9 +15,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gcctl.cli import models as models_cli
-from gcctl.clip import ModelRef, build_clip, build_from_reference, export_local_dir, list_models, preprocess_uint8, save_checkpoint
-from gcctl.clip import pretrain as pretrain_module
-from gcctl.clip.factory import state_dict_sha256
+from gcctl.clip import (
+    ModelRef,
+    build_clip,
+    build_from_reference,
+    contrastive,
+    export_local_dir,
+    list_models,
+    preprocess_uint8,
+    save_checkpoint,
+)
+from gcctl.clip.checkpoint import state_dict_sha256
 from gcctl.clip.pretrain import pretrain
 from gcctl.curves import read_curve
 from gcctl.errors import GcctlError
@@ -213,20 +221,20 @@ def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
     assert not weights_equal(first.model, build_clip(MICRO, "none").model)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # the stub step skips the optimizer
 def test_interrupted_pretraining_leaves_no_model(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     out.mkdir()
     (out / "model.pt").write_bytes(b"a previous run")
     steps = []
+    step = contrastive.ContrastiveOptimiser.step
 
-    def interrupted_step(*args):
+    def interrupted_step(self, loss):
         steps.append(1)
         if len(steps) == 2:
             raise KeyboardInterrupt
-        return 1.0
+        step(self, loss)
 
-    monkeypatch.setattr(pretrain_module, "_contrastive_step", interrupted_step)
+    monkeypatch.setattr(contrastive.ContrastiveOptimiser, "step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu", overwrite=True)
     assert [path.name for path in out.iterdir()] == ["dvclive"]  # the log of what ran, but no model
@@ -236,20 +244,20 @@ def test_killed_pretraining_resumes_to_the_same_weights(corpus, tmp_path, monkey
     settings = dict(model_name=MICRO, epochs=2, batch_size=16, lr=5e-3, seed=1, device="cpu", checkpoint_every=3)
     whole = pretrain(corpus, tmp_path / "whole", **settings)  # 8 steps; a resumable state after steps 3, 4 and 6
     out = tmp_path / "resumed"
-    real_step, steps = pretrain_module._contrastive_step, []
+    real_step, steps = contrastive.ContrastiveOptimiser.step, []
 
-    def killed_in_step_seven(*args):
+    def killed_in_step_seven(self, loss):
         steps.append(1)
         if len(steps) == 7:
             raise KeyboardInterrupt
-        return real_step(*args)
+        real_step(self, loss)
 
-    monkeypatch.setattr(pretrain_module, "_contrastive_step", killed_in_step_seven)
+    monkeypatch.setattr(contrastive.ContrastiveOptimiser, "step", killed_in_step_seven)
     with pytest.raises(KeyboardInterrupt):
         pretrain(corpus, out, **settings)
     assert [record["step"] for record in read_curve(out / "dvclive")] == list(range(1, 7))
     assert (out / "state.pt").is_file() and not (out / "model.pt").exists()
-    monkeypatch.setattr(pretrain_module, "_contrastive_step", real_step)
+    monkeypatch.setattr(contrastive.ContrastiveOptimiser, "step", real_step)
     with pytest.raises(GcctlError, match=r"another config \(lr 0.005 → 0.004\); .*--restart"):
         pretrain(corpus, out, **{**settings, "lr": 4e-3})
     resumed = pretrain(corpus, out, **settings)  # from step 6: the middle of the second epoch
@@ -265,7 +273,7 @@ def test_pretraining_rejects_a_corpus_without_captions(tmp_path):
 
 
 def test_warmup_cosine_schedule_shape():
-    factors = [pretrain_module.warmup_cosine(step, 100, 0.1) for step in range(100)]
+    factors = [contrastive.warmup_cosine(step, 100, 0.1) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(later <= earlier for earlier, later in zip(factors[9:], factors[10:]))
     assert factors[-1] < 0.01
@@ -290,14 +298,14 @@ def test_commands_that_build_no_model_do_not_import_open_clip():
     import subprocess
     import sys
 
-    code = "import sys, gcctl.methods.runs, gcctl.report, gcctl.groups; print('open_clip' in sys.modules)"
+    code = "import sys, gcctl.methods.runs, gcctl.report, gcctl.pseudolabel; print('open_clip' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 @pytest.mark.parametrize("size", [(48, 40), (20, 64), (32, 32)])
 def test_the_eval_transform_cut_in_two_stages_gives_the_same_input_bit_for_bit(size):
     """Extraction decodes to uint8 and normalises whole batches; the model must see what `preprocess` gives."""
-    from gcctl.clip.factory import eval_transform_stages
+    from gcctl.clip.preprocess import eval_transform_stages
 
     bundle = build_clip(MICRO, "none")
     pixels, normalized = eval_transform_stages(bundle.preprocess)

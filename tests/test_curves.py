@@ -17,7 +17,7 @@ def test_curve_log_appends_steps_and_reads_back_by_step(tmp_path):
 
 
 def test_logging_inside_a_git_repository_changes_nothing_and_stays_quiet(tmp_path, monkeypatch, capfd, caplog):
-    # dvclive's Live() would `dvc init` a git repository without DVC, and crash in one without commits.
+    # Curves are plain files: nothing is initialised in the enclosing repository (dvclive's Live() ran `dvc init`).
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO):

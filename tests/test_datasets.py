@@ -468,9 +468,10 @@ def test_a_16_bit_png_keeps_its_gradient(waterbirds_root):
 
 
 def cli() -> typer.Typer:
-    root = typer.Typer()
-    root.add_typer(data_cli.app, name="data")
-    return root
+    from gcctl import cli as gcctl_cli
+
+    data_cli.register(gcctl_cli.app)  # `gcctl data show|table` on the gcctl app's data group
+    return gcctl_cli.app
 
 
 def test_data_show_prints_group_counts_and_fingerprint(waterbirds_root):

@@ -261,7 +261,7 @@ def test_a_store_that_cannot_fit_is_refused_before_any_work(tiny_waterbirds, sma
 def test_a_disk_that_fills_mid_way_stops_cleanly_and_the_run_resumes(tiny_waterbirds, micro_bundle, tmp_path, monkeypatch):
     import shutil as real_shutil
 
-    from gcctl import store as store_module
+    from gcctl.store import extraction as store_module
 
     table = load_dataset("waterbirds", tiny_waterbirds)
     out = tmp_path / "features.h5"
@@ -301,7 +301,7 @@ def test_decoding_workers_write_the_same_features_as_the_main_process(tiny_water
 def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
     import torch
 
-    from gcctl import store as store_module
+    from gcctl.store import extraction as store_module
 
     for budget, on_cpu, on_gpu in ((1, 0, 0), (2, 0, 1), (16, 0, 8), (64, 0, 8)):
         monkeypatch.setattr(store_module, "cpu_budget", lambda: budget)

@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from gcctl.clip import build_clip, save_checkpoint
 from gcctl.curves import read_curve
 from gcctl.datasets import load_dataset
-from gcctl.errors import GcctlError
-from gcctl.runtime import sha256_file
-from gcctl.methods.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
-from gcctl.methods.finetune import train as train_module
-from gcctl.methods.finetune.evaluate import evaluate_checkpoints, zeroshot_metrics
-from gcctl.methods.finetune.losses import starft_regulariser
-from gcctl.methods.finetune.pools import SHIPPED_POOLS, draw_templates, fill
 from gcctl.datasets.images import ImageDataset
-from gcctl.store import extract
+from gcctl.errors import GcctlError
+from gcctl.evaluation.checkpoints import evaluate_checkpoints, zeroshot_metrics
+from gcctl.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
+from gcctl.finetune import train as train_module
+from gcctl.finetune.losses import starft_regulariser
+from gcctl.finetune.pools import SHIPPED_POOLS, draw_templates, fill
 from gcctl.metrics import metrics_from_predictions, read_predictions
+from gcctl.runtime import sha256_file
+from gcctl.store import extract
 from gcctl.synth.render import BACKGROUNDS, COLOURS
 
 MICRO = "gcctl-micro"
@@ -367,7 +367,7 @@ def test_data_parallel_run_matches_one_process_with_the_same_global_batch(table,
     launcher.write_text(textwrap.dedent("""
         import json, sys
         from gcctl.datasets import load_dataset
-        from gcctl.methods.finetune import FinetuneConfig, finetune
+        from gcctl.finetune import FinetuneConfig, finetune
         root, out, base, options = sys.argv[1:]
         options = json.loads(options)
         options["pools"] = tuple(options["pools"])

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, attribute_prompts
 from gcctl.clip.reference import ModelRef
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.groups import GROUP_FILE_COLUMNS, STRATEGIES, pseudo_label
-from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, attribute_prompts
 from gcctl.metrics import agreement, best_assignment
+from gcctl.pseudolabel import GROUP_FILE_COLUMNS, STRATEGIES, pseudo_label
 from gcctl.report import plot_confusion
 from gcctl.store import write_store
 
@@ -131,7 +131,7 @@ def _text_feature_store(path, bundle, seed=0):
     so zero-shot attribute prediction must recover the attribute even with random text weights."""
     import torch
 
-    from gcctl.clip.prompts import encode_texts
+    from gcctl.clip.text import encode_texts
 
     rng = np.random.default_rng(seed)
     y, attr, split = _splits(rng, (300, 100, 100), 0.2)

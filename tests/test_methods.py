@@ -13,12 +13,14 @@ import typer
 from typer.testing import CliRunner
 
 from gcctl.clip.factory import build_clip
-from gcctl.clip.prompts import PromptLearner, TextTower, encode_texts
 from gcctl.clip.reference import ModelRef
+from gcctl.clip.text import encode_texts
+from gcctl.curves import read_seeded_curve
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import group_supervision, make_config
-from gcctl.methods.runs import evaluate_run, read_run_curve, train_run
+from gcctl.methods.prompts import PromptLearner, TextTower
+from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.report import plot_run_curve, write_report
 from gcctl.runtime import seed_everything
@@ -184,7 +186,7 @@ def test_run_round_trip_and_seeds(tmp_path, spurious):
     train_run(spurious, "groupcoop", run, options={"epochs": 4}, seeds=[10, 2], plot=plot_run_curve)
     assert {p.name for p in run.iterdir()} == {"config.json", "params.pt", "dvclive", "curve.png", "selection.json"}
     selection = json.loads((run / "selection.json").read_text())
-    curve = read_run_curve(run)
+    curve = read_seeded_curve(run / "dvclive")
     assert sorted((r["seed"], r["epoch"]) for r in curve) == [(seed, epoch) for seed in (2, 10) for epoch in range(1, 5)]
     assert {"loss", "val_acc_avg", "val_acc_wg", "seconds"} <= set(curve[0])
     tsvs = sorted(p.name for p in (run / "dvclive" / "plots" / "metrics" / "seed-2").iterdir())
@@ -256,7 +258,7 @@ def test_group_files_are_checked_against_the_store_vocabulary(tmp_path, spurious
 
 def test_groupcoop_on_pseudo_groups_names_them_as_the_dataset_does(tmp_path, spurious):
     """Pseudo groups keep the dataset's group names through the group file, the run and its metrics."""
-    from gcctl.groups import pseudo_label
+    from gcctl.pseudolabel import pseudo_label
     from gcctl.store import FeatureStore
 
     pseudo_label(spurious, "val-probe", tmp_path / "groups.parquet")
@@ -313,10 +315,11 @@ def test_options_are_checked_against_the_method():
 
 
 def test_cli_train_evaluate_report(tmp_path, spurious):
-    from gcctl.cli import train as train_cli
+    from gcctl.cli import evaluate, report, train
 
     app = typer.Typer()
-    train_cli.register(app)
+    for command in (train, evaluate, report):
+        command.register(app)
     runner = CliRunner()
     for method in ("linear", "groupcoop"):
         result = runner.invoke(app, ["train", "--features", str(spurious), "--method", method, "--epochs", "3",
@@ -375,7 +378,7 @@ def test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl(tmp_path, spurio
     assert "run/dvclive/plots/metrics/seed-0/val_acc_wg.tsv" in plots["data"]
     metrics = json.loads(dvc("metrics", "show", "--json"))
     last = metrics[""]["data"]["run/dvclive/metrics.json"]["data"]
-    assert last["step"] == 3 and last["seed-0"]["val_acc_wg"] == read_run_curve(repo / "run")[2]["val_acc_wg"]
+    assert last["step"] == 3 and last["seed-0"]["val_acc_wg"] == read_seeded_curve(repo / "run" / "dvclive")[2]["val_acc_wg"]
 
 
 @pytest.mark.parametrize("method, options, train_groups_use, expected", [

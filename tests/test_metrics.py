@@ -3,8 +3,16 @@ import pytest
 
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.metrics import (METRIC_KEYS, aggregate_seeds, compute_metrics, metrics_from_predictions, predictions_frame,
-                           predictions_path, read_predictions, write_evaluation)
+from gcctl.metrics import (
+    METRIC_KEYS,
+    aggregate_seeds,
+    compute_metrics,
+    metrics_from_predictions,
+    predictions_frame,
+    predictions_path,
+    read_predictions,
+    write_evaluation,
+)
 
 VOCABULARY = GroupVocabulary(["c0", "c1"], {"a": ["x", "y"]})  # groups g0..g3: c0/x, c0/y, c1/x, c1/y
 #                 g0 g0 g0 g1 g2 g2 g3 g3 g3 g3

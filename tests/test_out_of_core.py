@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_methods import make_store
 
-import gcctl.store
+import gcctl.store.format
 from gcctl.errors import GcctlError
-from gcctl.groups import STRATEGIES, pseudo_label
 from gcctl.methods import METHODS
 from gcctl.methods.data import load_training_data
 from gcctl.methods.runs import train_run
+from gcctl.pseudolabel import STRATEGIES, pseudo_label
 from gcctl.store import FeatureStore, StoredRows, memory_budget
-from test_methods import make_store
 
 DIM = 32
 SPLITS = (300, 200, 100)
@@ -29,7 +29,7 @@ QUICK = {"epochs": 2, "batch_size": 32}
 @pytest.fixture(autouse=True)
 def _small_blocks(monkeypatch):
     """Blocks of 64 rows, so block-wise code (TIE*, the adapter's mining, NaN checks) meets several."""
-    monkeypatch.setattr(gcctl.store, "_READ_BLOCK_ROWS", 64)
+    monkeypatch.setattr(gcctl.store.format, "BLOCK_ROWS", 64)
     logging.disable(logging.WARNING)
     yield
     logging.disable(logging.NOTSET)

@@ -102,15 +102,22 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     assert set(changed) == {"train@waterbirds-groupcoop"}, changed
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
 
-    # A change in the methods' code reruns what trains and evaluates (fine-tuning builds on methods/base.py too),
-    # not what makes data, models or features.
-    with open(repo / "gcctl/methods/base.py", "a") as handle:
+    # A change in a method's code reruns what trains and evaluates on features, not what makes data, models or
+    # features, nor fine-tuning; one in fine-tuning reruns no feature method (each stage depends on the modules
+    # its command runs: tests/test_layers.py).
+    coop, finetuning = repo / "gcctl/methods/coop.py", repo / "gcctl/finetune/train.py"
+    with open(coop, "a") as handle:
         handle.write("# a change\n")
     changed = set(_changed_stages(repo))
-    assert {"train@waterbirds-zeroshot", "train_pseudo@waterbirds-groupcoop-pseudo", "evaluate@waterbirds-zeroshot",
-            "finetune@ft-0"} <= changed
-    assert not changed & {"synth", "data@waterbirds", "pretrain@micro", "extract@waterbirds", "pseudo_label@waterbirds"}
-
+    assert {"train@waterbirds-groupcoop", "train_pseudo@waterbirds-groupcoop-pseudo", "evaluate@waterbirds-zeroshot"} <= changed
+    assert not changed & {"synth", "data@waterbirds", "pretrain@micro", "extract@waterbirds", "pseudo_label@waterbirds",
+                          "finetune@ft-0", "transfer@ft"}
+    coop.write_text(coop.read_text().removesuffix("# a change\n"))
+    with open(finetuning, "a") as handle:
+        handle.write("# a change\n")
+    changed = set(_changed_stages(repo))
+    assert {"finetune@ft-0", "wise@ft-0"} <= changed
+    assert not {name for name in changed if name.startswith(("train", "evaluate", "pseudo_label", "extract", "pretrain"))}
 
 TINY_PRESET = """# @package _global_
 defaults:

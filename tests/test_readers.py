@@ -13,8 +13,8 @@ import torchvision.datasets
 from PIL import Image
 
 from gcctl.datasets import ClassSubset, DatasetTable, load_dataset
-from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.imagenet import imagenet_classes
+from gcctl.datasets.images import ImageDataset
 from gcctl.errors import GcctlError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -72,7 +72,7 @@ def test_per_row_codes_are_read_in_the_narrowest_type_that_holds_them(tmp_path):
 
 
 def test_load_features_gathers_rows_in_the_requested_order(tmp_path, monkeypatch):
-    monkeypatch.setattr("gcctl.store._READ_BLOCK_ROWS", 3)  # force several blocks
+    monkeypatch.setattr("gcctl.store.format.BLOCK_ROWS", 3)  # force several blocks
     arrays = _arrays(n=20)
     path = _write(tmp_path / "f.h5", arrays)
     indices = [17, 2, 9, 2, 0, 19]

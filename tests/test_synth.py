@@ -12,6 +12,7 @@ from conftest import tree_digest
 from PIL import Image
 
 import gcctl.synth.benchmarks as benchmarks
+from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
 from gcctl.synth import (
     BACKGROUNDS,
@@ -24,7 +25,6 @@ from gcctl.synth import (
     write_scattered,
     write_waterbirds,
 )
-from gcctl.datasets import load_dataset
 from gcctl.synth.benchmarks import (
     CELEBA_ATTRIBUTES,
     MULTICELEBA_SPLIT_SIZES,

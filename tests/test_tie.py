@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, fill_prompt
 from gcctl.clip.factory import build_clip
-from gcctl.clip.prompts import encode_texts
 from gcctl.clip.reference import ModelRef
+from gcctl.clip.text import encode_texts
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.methods.spurious import prompt_embeddings

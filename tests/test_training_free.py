@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from gcctl.clip.factory import build_clip
-from gcctl.clip.prompts import encode_texts
 from gcctl.clip.reference import ModelRef
+from gcctl.clip.text import encode_texts
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import make_config

@@ -8,8 +8,8 @@ import pytest
 
 from gcctl.clip import build_clip, save_checkpoint
 from gcctl.datasets import DatasetTable, load_dataset
-from gcctl.methods.finetune import transfer as transfer_module
-from gcctl.methods.finetune.evaluate import evaluate_checkpoints
+from gcctl.evaluation import transfer as transfer_module
+from gcctl.evaluation.checkpoints import evaluate_checkpoints
 
 MICRO = "gcctl-micro"
 
@@ -110,5 +110,5 @@ def test_report_compares_suites_and_writes_their_readme_table(run_cli, run_dir, 
     assert header.startswith("| run | seeds | source | domain shifts | group shifts worst-group | group shifts avg |")
     summary = json.loads((tmp_path / "starft" / "summary.json").read_text())
     wg = summary["mean"]["group_shift_acc_wg"]
-    assert f"| starft | 0,1 | " in table and f"{100 * wg['mean']:.1f} ± {100 * wg['std']:.1f}" in table
+    assert "| starft | 0,1 | " in table and f"{100 * wg['mean']:.1f} ± {100 * wg['std']:.1f}" in table
     assert table in readme.read_text()

@@ -6,9 +6,10 @@ on stderr; 2 a usage error (unknown option, missing argument); 130 interrupted.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
-from typing import Optional
+from typing import Optional, Sequence
 
 import typer
 
@@ -56,13 +57,65 @@ def _root(
         ctx.default_map = option_defaults(config, ctx)
 
 
-def _register() -> None:
-    # Imported here so `gcctl --version` stays fast and each command group lives in its own module.
-    from gcctl.cli import data, extract, finetune, models, params, pretrain, pseudo_label, train, transfer
+data_app = typer.Typer(
+    help="Inspect datasets as gcctl reads them: Waterbirds, CelebA, ImageNet and its shifts, CIFAR, STL10, "
+    "image folders, or any CSV/Parquet manifest; write the synthetic world.\n\n"
+    "Example: gcctl data show --dataset waterbirds --root data/waterbirds",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
 
-    app.add_typer(data.app, name="data")
-    for module in (models, pretrain, extract, pseudo_label, train, finetune, transfer, params):
-        module.register(app)
+# The module that defines each command, by the words that invoke it. A process imports the module of the
+# command it runs and no other: a command module may import heavy libraries at its top, to generate its
+# options from the configs they fill (`gcctl.cli.generated`).
+COMMAND_MODULES = {
+    "models": "models",
+    "pretrain": "pretrain",
+    "extract": "extract",
+    "info": "extract",
+    "merge": "extract",
+    "pseudo-label": "pseudo_label",
+    "train": "train",
+    "evaluate": "evaluate",
+    "report": "report",
+    "finetune": "finetune",
+    "wise": "finetune",
+    "transfer": "transfer",
+    "params": "params",
+    "data show": "data",
+    "data table": "data",
+    "data synth": "synth",
+}
+
+
+def _command_words(argv: Sequence[str]) -> list[str]:
+    """The words of `argv` that name commands: what precedes the first option of the command itself."""
+    words, given = [], iter(argv)
+    for word in given:
+        if word == "--config":
+            next(given, None)
+        elif word.startswith("-"):
+            if words:
+                break
+        else:
+            words.append(word)
+    return words
+
+
+def register_all() -> None:
+    for module in sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"gcctl.cli.{module}").register(app)
+
+
+def _register(argv: Sequence[str] | None = None) -> None:
+    """Register the command `argv` (default: this process's arguments) invokes; every command when it names
+    none of them (`gcctl --help`, a typo, a group's help)."""
+    words = _command_words(sys.argv[1:] if argv is None else argv)
+    key = next((key for key in (" ".join(words[:2]), " ".join(words[:1])) if key in COMMAND_MODULES), None)
+    if key is None:
+        register_all()
+    else:
+        importlib.import_module(f"gcctl.cli.{COMMAND_MODULES[key]}").register(app)
 
 
 def main() -> None:

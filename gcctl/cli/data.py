@@ -15,15 +15,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from gcctl.cli.options import AsJson
 from gcctl.datasets import DATASETS, DatasetTable, load_dataset
 from gcctl.errors import GcctlError
-
-app = typer.Typer(
-    help="Inspect datasets as gcctl reads them: Waterbirds, CelebA, ImageNet and its shifts, CIFAR, STL10, "
-    "image folders, or any CSV/Parquet manifest.\n\n"
-    "Example: gcctl data show --dataset waterbirds --root data/waterbirds",
-    no_args_is_help=True,
-)
 
 DatasetLayout = Annotated[str, typer.Option("--dataset", "--layout", help=f"Source layout: {', '.join(DATASETS)}.")]
 TableFile = Annotated[Optional[Path], typer.Option(
@@ -144,11 +138,10 @@ def dataset_options(
     return {option: value for option, value in given.items() if value is not None}
 
 
-@app.command()
 @reads_dataset
 def show(
     table: DatasetTable,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Print how many images each group has in each split, and the dataset's fingerprint.
 
@@ -160,12 +153,11 @@ def show(
         _print_table(table)
 
 
-@app.command("table")
 @reads_dataset
 def write_table(
     table: DatasetTable,
     out: Annotated[Path, typer.Option("--out", help="The Parquet file to write (appears only when complete).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Read a dataset once into gcctl's canonical table (Parquet: one row per image, names, fingerprint).
 
@@ -212,58 +204,10 @@ def _print_table(table: DatasetTable) -> None:
     console.print(f"fingerprint {table.fingerprint()}", soft_wrap=True)
 
 
-@app.command()
-def synth(
-    out: Annotated[Path, typer.Option(
-        "--out", help="Folder to write corpus.npz, waterbirds/, multiceleba/, scattered/, source/ and source-<shift>/ into.")],
-    seed: Annotated[int, typer.Option("--seed", help="Everything written follows from this seed.")] = 0,
-    corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Image-caption pairs for pretraining.")] = 35000,
-    image_size: Annotated[int, typer.Option("--image-size", min=16, help="Image side in pixels.")] = 32,
-    scale: Annotated[float, typer.Option(
-        "--scale", help="Benchmark sizes relative to the defaults (Waterbirds' 4795/1199/5794, the source's 4800/1200/2400).")] = 1.0,
-    minority_fraction: Annotated[float, typer.Option(
-        "--minority-fraction", help="Waterbirds-like and scattered train: share of each class with the other "
-        "class's background or patch.")] = 0.05,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace benchmarks that already exist.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """Write the synthetic world: a pretraining corpus, three benchmarks in layouts gcctl reads, and a source
-    task with its domain shifts as image folders.
+def register(root: typer.Typer) -> None:
+    from gcctl.cli import (
+        data_app,  # the `gcctl data` group, which `gcctl.cli.synth` adds to as well
+    )
 
-    The Waterbirds-like benchmark is written in Waterbirds' layout (metadata.csv + images), the
-    MultiCelebA-like one in CelebA's official txt layout, so `--dataset waterbirds` and `--dataset celeba`
-    read them like the real ones. The scattered one (each class's groups differ in colour; the spurious
-    cue is a small corner patch) is a manifest: `--dataset manifest --manifest-file manifest.csv
-    --attribute-column patch`. The source task (six shapes, source/{train,val,test}/<shape>/) and its
-    test-only domain shifts (source-v2, source-outline, source-palette, source-small) are read with
-    `--dataset imagefolder`: fine-tune on the source, then score zero-shot with `gcctl transfer`.
-
-    Example: gcctl data synth --out pipeline/data --seed 0 --scale 0.1
-    """
-    from gcctl.runtime import check_seeds
-    from gcctl.synth.benchmarks import write_multiceleba, write_scattered, write_waterbirds
-    from gcctl.synth.corpus import write_corpus
-    from gcctl.synth.source import write_source_world
-
-    check_seeds([seed], "--seed")
-    written = {
-        "corpus": write_corpus(out, n=corpus_size, seed=seed, size=image_size),
-        "waterbirds": write_waterbirds(out / "waterbirds", seed=seed, scale=scale, size=image_size,
-                                       minority_fraction=minority_fraction, overwrite=overwrite),
-        "multiceleba": write_multiceleba(out / "multiceleba", seed=seed, scale=scale, size=image_size,
-                                         overwrite=overwrite),
-        "scattered": write_scattered(out / "scattered", seed=seed, scale=scale, size=image_size,
-                                     minority_fraction=minority_fraction, overwrite=overwrite),
-        **write_source_world(out, seed=seed, scale=scale, size=image_size, overwrite=overwrite),
-    }
-    summary = {name: str(path) for name, path in written.items()}
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    view = Table(title="synthetic world", show_header=False)
-    for name, path in summary.items():
-        view.add_row(name, path)
-    Console().print(view)
+    data_app.command()(show)
+    data_app.command("table")(write_table)

@@ -9,10 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from gcctl.cli.data import reads_dataset
+from gcctl.cli.options import AsJson, Device
 from gcctl.cli.output import print_summary
 from gcctl.datasets import DatasetTable
-
-AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")]
 
 
 @reads_dataset
@@ -31,7 +30,7 @@ def extract(
     seed: Annotated[int, typer.Option(
         "--seed", help="Draws the random weights of --pretrained none (recorded in the store; same seed, same store).")] = 0,
     shard: Annotated[str, typer.Option("--shard", help="Write only part i of n (0-based), e.g. 0/4; join with `gcctl merge`.")] = "0/1",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a store an earlier `gcctl extract` wrote at --out (nothing else is ever replaced).")] = False,
     as_json: AsJson = False,
@@ -43,9 +42,10 @@ def extract(
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """
     from gcctl.clip.factory import build_clip
+    from gcctl.distributed import current_world, process_device
     from gcctl.runtime import progress, resolve_device
-    from gcctl.store import Shard, check_extract_out, extract as extract_features
-    from gcctl.world import current_world, process_device
+    from gcctl.store import Shard, check_extract_out
+    from gcctl.store import extract as extract_features
 
     check_extract_out(table, out, overwrite)
     part = Shard.parse(shard)
@@ -104,7 +104,8 @@ def merge(
 
     Example: gcctl merge features/part0.h5 features/part1.h5 --out features/waterbirds.h5
     """
-    from gcctl.store import FeatureStore, merge as merge_stores
+    from gcctl.store import FeatureStore
+    from gcctl.store import merge as merge_stores
 
     merged = merge_stores(parts, out, overwrite=overwrite)
     with FeatureStore(merged) as store:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from gcctl.cli.options import AsJson
 from gcctl.cli.output import print_summary
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
@@ -22,8 +22,9 @@ def models(ctx: typer.Context, as_json: AsJson = False) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    from gcctl.clip import PACKAGED_MODELS, describe_model, list_models
     from open_clip import list_pretrained_tags_by_model
+
+    from gcctl.clip import PACKAGED_MODELS, describe_model, list_models
 
     rows = [describe_model(name) for name in PACKAGED_MODELS]
     rows += [

@@ -24,8 +24,10 @@ def check(
 
     Example: gcctl params check params.yaml
     """
-    top = ctx.find_root()
-    print_summary(check_params(path, top.command, top), "params", as_json)
+    from gcctl import cli
+
+    cli.register_all()  # every command whose options a run may name
+    print_summary(check_params(path, typer.main.get_command(cli.app), ctx.find_root()), "params", as_json)
 
 
 def register(root: typer.Typer) -> None:

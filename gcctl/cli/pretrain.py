@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from gcctl.cli.options import Device
+
 
 def pretrain(
     corpus: Annotated[Path, typer.Option(
@@ -28,7 +30,7 @@ def pretrain(
     restart_if_changed: Annotated[bool, typer.Option(
         "--restart-if-changed", help="Resume a run of the same settings, discard one of other settings instead of "
         "refusing it (for pipeline stages that keep --out between runs).")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    device: Device = "auto",
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a finished run an earlier `gcctl pretrain` wrote at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,

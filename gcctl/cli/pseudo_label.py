@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gcctl.cli.train import MaxMemory
+from gcctl.cli.options import Device, MaxMemory
 
 
 def pseudo_label(
@@ -35,7 +35,7 @@ def pseudo_label(
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="zeroshot-attr: the store's model weights, if they moved since extraction (checked by sha256).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the validation cut and noise, k-means and the ERM folds.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    device: Device = "auto",
     max_memory: MaxMemory = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
@@ -43,7 +43,7 @@ def pseudo_label(
 
     Example: gcctl pseudo-label --features pipeline/features/waterbirds.h5 --strategy val-probe --out pipeline/groups/waterbirds.parquet
     """
-    from gcctl.groups import pseudo_label as run
+    from gcctl.pseudolabel import pseudo_label as run
     from gcctl.report import agreement_table, plot_confusion
     from gcctl.store import memory_budget
 

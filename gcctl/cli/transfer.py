@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from gcctl.cli.options import Device
 from gcctl.clip.captions import DEFAULT_CAPTION
 
 
@@ -24,7 +25,7 @@ def transfer(
     model: Annotated[Optional[str], typer.Option(
         "--model", help="The architecture (default: the one the checkpoints record; they must agree).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="The run's label in the summary (default: the --out folder's name).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    device: Device = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
 ) -> None:
     """Score fine-tuned checkpoints zero-shot on every target: per-target metrics, and the suite summary (source
@@ -34,7 +35,7 @@ def transfer(
     --target domain=pipeline/tables/shapes-outline.parquet --target group=pipeline/tables/waterbirds.parquet --out pipeline/transfer/starft
     """
     from gcctl.datasets import DatasetTable
-    from gcctl.methods.finetune.transfer import Target, evaluate_suite, parse_target
+    from gcctl.evaluation.transfer import Target, evaluate_suite, parse_target
 
     targets = []
     for spec in target:

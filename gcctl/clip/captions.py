@@ -10,6 +10,8 @@ from typing import Mapping, Sequence
 from gcctl.errors import GcctlError
 
 DEFAULT_CAPTION = "a photo of a {}."  # the class prompt of every zero-shot classifier, and FT's caption
+# CoOp's initial context: the default caption's words before the class name ("a photo of a").
+DEFAULT_CONTEXT = DEFAULT_CAPTION.split("{}")[0].strip()
 
 
 def check_template(template: str, where: str, slot: str = "the class name") -> None:

@@ -9,25 +9,37 @@ CPU); a state of other settings is refused, or discarded with `restart` (always)
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from gcctl.clip.factory import fresh_clip, preprocess_uint8, write_checkpoint
-from gcctl.curves import CurveLog
+from gcctl.clip.checkpoint import MODEL_FILE, SUMMARY_FILE, write_checkpoint
+from gcctl.clip.contrastive import ContrastiveOptimiser, symmetric_infonce
+from gcctl.clip.factory import fresh_clip
+from gcctl.clip.preprocess import preprocess_uint8
+from gcctl.curves import CURVE_DIR, CurveLog
 from gcctl.errors import GcctlError
-from gcctl.runtime import (atomic_path, autocast, check_output, epoch_seed, load_resume_state, output_lock, progress, resolve_device,
-                           save_torch_file, seed_everything, sha256_file, write_json)
+from gcctl.runtime import (
+    atomic_path,
+    autocast,
+    check_output,
+    epoch_seed,
+    load_resume_state,
+    output_lock,
+    progress,
+    resolve_device,
+    save_torch_file,
+    seed_everything,
+    sha256_file,
+    write_json,
+)
 
-OUTPUTS = ("model.pt", "summary.json", "loss.png")
+OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "loss.png")
 STATE = "state.pt"  # the resumable state of an unfinished run
-CURVE = "dvclive"  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
-MAX_LOGIT_SCALE = math.log(100)  # CLIP's cap: a larger temperature makes the loss unstable
+CURVE = CURVE_DIR  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
 
 
 def pretrain(
@@ -59,7 +71,7 @@ def pretrain(
     _check_settings(epochs, batch_size, lr, weight_decay, warmup, checkpoint_every)
     corpus, out = Path(corpus), Path(out)
     with output_lock(out):
-        check_output(out, "pretrain", is_own=_is_pretrain_run, replace_own=overwrite or not (out / "model.pt").exists())
+        check_output(out, "pretrain", is_own=_is_pretrain_run, replace_own=overwrite or not (out / MODEL_FILE).exists())
         return _train(corpus, out, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot,
                       checkpoint_every, restart, restart_if_changed)
 
@@ -117,10 +129,10 @@ class _Run:
         self.steps_per_epoch = corpus_size // self.batch
         self.total_steps = settings["epochs"] * self.steps_per_epoch
         self.corpus_size = corpus_size
-        self.optimizer = torch.optim.AdamW(_param_groups(model, settings["weight_decay"]), lr=settings["lr"], betas=(0.9, 0.98), eps=1e-6)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_cosine(step, self.total_steps, settings["warmup"]))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        # CLIP's pretraining betas and eps (Radford et al. 2021)
+        self.optimiser = ContrastiveOptimiser(model, model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
+                                              total_steps=self.total_steps, warmup=settings["warmup"], device=device,
+                                              betas=(0.9, 0.98), eps=1e-6)
         self.history: list[dict] = []  # one record per step taken: step, loss, lr
         self.seconds = 0.0  # training time over every session of the run
 
@@ -132,16 +144,22 @@ class _Run:
         for epoch in range(first_epoch, self.settings["epochs"]):
             for rows in self._epoch_batches(epoch)[done_in_epoch if epoch == first_epoch else 0 :]:
                 started = time.perf_counter()
-                step_lr = self.schedule.get_last_lr()[0]
-                images = preprocess_uint8(pixels[rows], self.model)
-                loss = _contrastive_step(self.model, images, tokens[rows], self.optimizer, self.scaler, self.device)
-                self.schedule.step()
+                step_lr = self.optimiser.last_lr()
+                loss = self._loss(preprocess_uint8(pixels[rows], self.model), tokens[rows])
+                self.optimiser.step(loss)
+                loss = loss.item()
                 self.seconds += time.perf_counter() - started
                 self.history.append({"step": len(self.history) + 1, "loss": loss, "lr": step_lr})
                 on_step(loss)
                 if len(self.history) % checkpoint_every == 0 or len(self.history) % self.steps_per_epoch == 0:
                     checkpoint()
         self.model.eval()
+
+    def _loss(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device):
+            image_features = self.model.encode_image(images, normalize=True)
+            text_features = self.model.encode_text(tokens, normalize=True)
+            return symmetric_infonce(self.model.logit_scale.exp() * image_features @ text_features.T)
 
     def _epoch_batches(self, epoch: int) -> torch.Tensor:
         """Epoch `epoch`'s batches of corpus rows: a function of the seed and the epoch, so a resumed run
@@ -157,9 +175,7 @@ class _Run:
         return {
             "identity": identity,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            **self.optimiser.state_dict(),
             "random": random_state,
             "history": self.history,
             "seconds": self.seconds,
@@ -167,9 +183,7 @@ class _Run:
 
     def load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.optimiser.load_state_dict(state)
         torch.set_rng_state(state["random"]["cpu"])
         if "cuda" in state["random"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["random"]["cuda"], self.device)
@@ -201,52 +215,21 @@ def _write_outputs(run: _Run, out: Path, corpus: Path, identity: dict, device: t
         "final_loss": float(np.mean(tail)),  # mean of the last 10 steps: one batch is noisy
         "logit_scale": round(run.model.logit_scale.detach().exp().item(), 3),
     }
-    with atomic_path(out / "model.pt") as model_tmp:
+    with atomic_path(out / MODEL_FILE) as model_tmp:
         write_checkpoint(run.model, model_tmp, settings["model"])
         summary["model_sha256"] = sha256_file(model_tmp)
         if plot is not None:
             plot(history, out / "loss.png", settings["model"])
-        write_json(out / "summary.json", summary)
+        write_json(out / SUMMARY_FILE, summary)
     return summary
 
 
-def warmup_cosine(step: int, total_steps: int, warmup: float) -> float:
-    """The learning-rate factor at `step`: linear warm-up to 1, then cosine decay to 0."""
-    warmup_steps = max(1, round(warmup * total_steps))
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress_fraction = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_fraction)))
 
 
-def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of images over texts and texts over images; pair i matches pair i."""
-    targets = torch.arange(len(logits), device=logits.device)
-    logits = logits.float()
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def _contrastive_step(model, images, tokens, optimizer, scaler, device) -> float:
-    with autocast(device):
-        image_features = model.encode_image(images, normalize=True)
-        text_features = model.encode_text(tokens, normalize=True)
-        loss = symmetric_infonce(model.logit_scale.exp() * image_features @ text_features.T)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    return loss.item()
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norms' gains, the class embedding and the logit scale stay free."""
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    return [
-        {"params": [parameter for parameter in parameters if parameter.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [parameter for parameter in parameters if parameter.ndim < 2], "weight_decay": 0.0},
-    ]
 
 
 def _tokenize(tokenizer, captions: np.ndarray) -> torch.Tensor:

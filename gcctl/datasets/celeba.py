@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, read_csv, require_columns
+from gcctl.datasets.table import (
+    DatasetTable,
+    NameOverrides,
+    pick_names,
+    read_csv,
+    require_columns,
+)
 from gcctl.errors import GcctlError
 
 # Official release: line 1 the row count, line 2 the 40 names, then `file v1 ... v40` in -1/1, space-aligned.

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from gcctl.datasets.table import SPLITS, DatasetTable, NameOverrides, normalize_splits, pick_names
+from gcctl.datasets.table import (
+    SPLITS,
+    DatasetTable,
+    NameOverrides,
+    normalize_splits,
+    pick_names,
+)
 from gcctl.errors import GcctlError
 
 IMAGEFOLDER_LAYOUT = "ROOT/<class>/<image> (every image in --folder-split, default test) or ROOT/{train,val,test}/<class>/<image>"

@@ -23,8 +23,7 @@ import numpy as np
 
 from gcctl.errors import GcctlError
 
-
-GROUP_FILE_METADATA_KEY = b"gcctl.groups"  # where a group file (pseudo-labels) records its vocabulary
+GROUP_FILE_METADATA_KEY = b"gcctl.pseudolabel"  # where a group file (pseudo-labels) records its vocabulary
 
 
 class GroupVocabulary:

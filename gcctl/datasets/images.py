@@ -12,7 +12,6 @@ from gcctl.datasets.table import DatasetTable
 from gcctl.datasets.tar_members import open_image_source
 from gcctl.errors import GcctlError
 
-
 # Integer grey levels beyond 8 bits: Pillow opens 16-bit PNG/TIFF/PNM as I;16* (older versions: I).
 _WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")

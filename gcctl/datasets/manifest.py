@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gcctl.datasets.table import DatasetTable, NameOverrides, read_csv, read_parquet, require_columns
+from gcctl.datasets.table import (
+    DatasetTable,
+    NameOverrides,
+    read_csv,
+    read_parquet,
+    require_columns,
+)
 from gcctl.errors import GcctlError
 
 LAYOUT = "a CSV or Parquet file (--manifest-file) with one row per image, its paths relative to ROOT"

@@ -11,8 +11,6 @@ CIFAR, 0.3 GB for STL10's labelled images) and a writable root.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +19,7 @@ import pandas as pd
 from gcctl.datasets.folders import readable
 from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names
 from gcctl.errors import GcctlError
-from gcctl.runtime import partial_path, progress
+from gcctl.runtime import atomic_directory, progress
 
 CACHE = "gcctl-images"
 CIFAR10_LAYOUT = "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (the python version, unpacked)"
@@ -74,18 +72,13 @@ def _materialise(root: Path, folder: str, images) -> str:
     target = root / folder
     if target.is_dir():
         return folder
-    partial = partial_path(target)
     try:
-        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
-        partial.mkdir(parents=True)
-        with progress() as bar:
+        with atomic_directory(target) as partial, progress() as bar:
             task = bar.add_task(f"PNG copy of {folder}", total=len(images))
             for index in range(len(images)):
                 images[index][0].save(partial / f"{index:05d}.png")
                 bar.advance(task)
-        os.rename(partial, target)
     except OSError as error:
-        shutil.rmtree(partial, ignore_errors=True)
         if target.is_dir():  # another process finished the same copy first
             return folder
         raise GcctlError(f"cannot write the PNG copy of the images to {target} ({error.strerror or error}); "

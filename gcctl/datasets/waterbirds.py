@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names, read_csv, require_columns
+from gcctl.datasets.table import (
+    DatasetTable,
+    NameOverrides,
+    pick_names,
+    read_csv,
+    require_columns,
+)
 from gcctl.errors import GcctlError
 
 # Original release and WILDS share this file, next to the images: img_id,img_filename,y,split,place,place_filename.

@@ -3,23 +3,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, fields
 from typing import Callable, Sequence
 
-from gcctl.clip.prompts import CLASS_POSITIONS
 from gcctl.errors import GcctlError
 from gcctl.methods.adapter import AdapterConfig
 from gcctl.methods.adapter import fit as fit_adapter
-from gcctl.methods.base import AGGREGATIONS, BALANCES, SELECT_BY
-from gcctl.methods.coop import INITS, TARGETS, CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
+from gcctl.methods.coop import CoOpConfig, GroupCoOpConfig, fit_coop, fit_groupcoop
 from gcctl.methods.linear import DFRConfig, LinearConfig, fit_dfr, fit_linear
-from gcctl.methods.tie import TIEConfig, fit_tie, fit_tie_star
 from gcctl.methods.orthproj import OrthProjConfig
 from gcctl.methods.orthproj import fit as fit_orthproj
 from gcctl.methods.roboshot import RoboShotConfig
 from gcctl.methods.roboshot import fit as fit_roboshot
+from gcctl.methods.tie import TIEConfig, fit_tie, fit_tie_star
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
+from gcctl.settings import check_value, flag_of
 
 
 @dataclass(frozen=True)
@@ -53,19 +52,6 @@ METHODS = {
                       "image features, trained with mined hard positives/negatives; class labels only, no train groups"),
 }
 
-_CHOICES = {
-    "balance": BALANCES,
-    "select_by": SELECT_BY,
-    "aggregation": AGGREGATIONS,
-    "target": TARGETS,
-    "init": INITS,
-    "class_position": CLASS_POSITIONS,
-}
-_POSITIVE = ("epochs", "batch_size", "lr", "n_ctx", "calibration_lambda")
-# Config fields holding a repeatable option are plural; their flag is not.
-_FLAGS = {"templates": "--template", "attribute_prompts": "--attribute-prompt"}
-
-
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise GcctlError(f"unknown method '{name}'; choose one of {', '.join(METHODS)}")
@@ -87,8 +73,17 @@ def group_supervision(method: str, config, train_groups_use: Sequence[str] = ("t
     return sorted(used)
 
 
+def settings() -> dict[str, list[tuple[str, Field]]]:
+    """Every method setting by name: the (method, field) pairs that declare it, in registry order."""
+    found: dict[str, list[tuple[str, Field]]] = {}
+    for method, spec in METHODS.items():
+        for field in fields(spec.config):
+            found.setdefault(field.name, []).append((method, field))
+    return found
+
+
 def _flag(name: str) -> str:
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag_of(settings()[name][0][1])
 
 
 def make_config(method: str, options: dict):
@@ -97,14 +92,13 @@ def make_config(method: str, options: dict):
     An option the method does not have is a user error rather than silently ignored.
     """
     config_type = get_method(method).config
-    known = {f.name for f in fields(config_type)}
+    known = {field.name: field for field in fields(config_type)}
     given = {key: value for key, value in options.items() if value is not None}
-    foreign = sorted(set(given) - known)
+    foreign = sorted(set(given) - set(known))
     if foreign:
-        raise GcctlError(f"{', '.join(map(_flag, foreign))} does not apply to method '{method}'; it takes {', '.join(map(_flag, sorted(known)))}")
+        flags = [_flag(name) if name in settings() else name for name in foreign]
+        raise GcctlError(f"{', '.join(flags)} does not apply to method '{method}'; it takes "
+                         f"{', '.join(flag_of(known[name]) for name in sorted(known))}")
     for key, value in given.items():
-        if key in _CHOICES and value not in _CHOICES[key]:
-            raise GcctlError(f"{_flag(key)} '{value}' is unknown; choose one of {', '.join(_CHOICES[key])}")
-        if key in _POSITIVE and not value > 0:
-            raise GcctlError(f"{_flag(key)} must be positive, got {value}")
+        check_value(known[key], value)
     return config_type(**given)

@@ -19,38 +19,44 @@ drawn once per seed rather than every epoch, and the adapter has no batch norm, 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcctl.clip.captions import DEFAULT_CAPTION, check_template
-from gcctl.clip.prompts import class_words, logit_scale
+from gcctl.clip.captions import check_template
+from gcctl.clip.text import class_text_features, class_words, logit_scale
 from gcctl.errors import GcctlError
-from gcctl.methods.base import Classifier, FitResult, LoopOptions
+from gcctl.methods.base import (
+    Classifier,
+    FitResult,
+    LoopOptions,
+    class_names_setting,
+    templates_setting,
+)
 from gcctl.methods.data import Features, TrainingData, feature_blocks, map_features
-from gcctl.methods.loop import fit_loop, inverse_frequency
+from gcctl.methods.loop import fit_loop, group_units, inverse_frequency
 from gcctl.methods.transforms import ResidualAdapter
-from gcctl.methods.zeroshot import class_text_features
+from gcctl.settings import override, setting
 
 _MINING_ROWS = 512  # anchors whose similarities are held at once while mining
 
 
 @dataclass
 class AdapterConfig(LoopOptions):
-    class_names: list[str] | None = None  # prompt words per class; default: the store's class names
-    templates: list[str] = field(default_factory=lambda: [DEFAULT_CAPTION])  # class prompts, as zeroshot's
-    hidden_dim: int = 128  # the adapter's bottleneck width
-    temperature: float = 0.1  # of the contrastive loss over cosine similarities
-    num_positives: int = 2048  # hard positives drawn per anchor (fewer when fewer exist)
-    num_negatives: int = 2048  # hard negatives drawn per anchor, among its nearest neighbours of other classes
-    num_neighbors_for_negatives: int = 4096  # nearest neighbours (frozen embeddings) the negatives come from
-    classification_weight: float = 1.0  # weight of the cross-entropy to the class prompts; 0 = contrastive only
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-5
+    class_names: list[str] | None = class_names_setting()
+    templates: list[str] = templates_setting()  # class prompts, as zeroshot's
+    hidden_dim: int = setting(128, help="The residual MLP's bottleneck width.")
+    temperature: float = setting(0.1, help="Temperature of the contrastive loss over cosine similarities.")
+    num_positives: int = setting(2048, help="Hard positives per anchor: same class, other zero-shot prediction (fewer when fewer exist).")
+    num_negatives: int = setting(2048, help="Hard negatives per anchor, among its nearest neighbours of other classes.")
+    num_neighbors_for_negatives: int = setting(4096, help="Nearest neighbours (frozen embeddings) the hard negatives come from.")
+    classification_weight: float = setting(1.0, help="Weight of the cross-entropy to the class prompts; 0 = contrastive only.")
+    epochs: int = override(LoopOptions, "epochs", 100)
+    batch_size: int = override(LoopOptions, "batch_size", 128)
+    lr: float = override(LoopOptions, "lr", 0.1)
+    weight_decay: float = override(LoopOptions, "weight_decay", 5e-5)
 
     def __post_init__(self) -> None:
         for template in self.templates:
@@ -197,7 +203,7 @@ def fit(data: TrainingData, config: AdapterConfig, *, seed: int, bundle, device:
     slots[hard.anchor] = torch.arange(len(hard.anchor), device=device)
     # Cross-entropy weighted over the inferred groups (class, zero-shot prediction): every one weighs the same.
     inferred = train.y * len(data.class_names) + zeroshot_pred
-    units, unit = torch.unique(inferred, return_inverse=True)
+    unit, units = group_units(inferred)
     ce_weight = (len(train) / len(units)) * inverse_frequency(unit)
 
     def loss(scores: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import gcctl.store.format as store_format
+from gcctl.clip.captions import DEFAULT_CAPTION
 from gcctl.methods.transforms import FeatureTransform, transform_from_state
-
+from gcctl.metrics import SELECT_BY
+from gcctl.settings import setting
 
 AGGREGATIONS = ("max", "logsumexp", "mean")
 BALANCES = ("none", "weights", "sampling")
-SELECT_BY = ("acc_wg", "acc_avg")
-_PREDICT_ROWS = 65536
 
 
 def aggregate(scores: torch.Tensor, prompt_class: torch.Tensor, num_classes: int, how: str) -> torch.Tensor:
@@ -45,8 +46,8 @@ class Classifier:
     normalize: bool = True
     transform: FeatureTransform | None = None
 
-    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
-        features = features.to(self.weight.device, torch.float32)
+    def class_scores(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        features = torch.as_tensor(features).to(self.weight.device, torch.float32)
         if self.normalize:
             features = F.normalize(features, dim=-1)
         if self.transform is not None:
@@ -54,14 +55,14 @@ class Classifier:
         return aggregate(features @ self.weight.T + self.bias, self.prompt_class, self.num_classes, self.aggregation)
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor) -> np.ndarray:
+    def predict(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
         """Predicted classes, computed in blocks so a large float16 split is never converted whole."""
         return self.scores(features).argmax(axis=1)
 
     @torch.no_grad()
-    def scores(self, features: torch.Tensor) -> np.ndarray:
+    def scores(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
         """Class scores [N, C] (float32), computed in blocks like `predict`."""
-        blocks = [self.class_scores(features[i : i + _PREDICT_ROWS]).cpu() for i in range(0, len(features), _PREDICT_ROWS)]
+        blocks = [self.class_scores(features[i : i + store_format.BLOCK_ROWS]).cpu() for i in range(0, len(features), store_format.BLOCK_ROWS)]
         return torch.cat(blocks).numpy()
 
     def state(self) -> dict:
@@ -87,13 +88,31 @@ class Classifier:
 class LoopOptions:
     """Options of the shared training loop (SGD with momentum, cosine schedule, per-epoch model selection)."""
 
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 0.5
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    balance: str = "none"  # none | weights (inverse group frequency) | sampling (group-balanced batches)
-    select_by: str = "acc_wg"  # validation metric that picks the kept epoch
+    epochs: int = setting(30, help="Training epochs.", positive=True)
+    batch_size: int = setting(256, help="Samples per step.", positive=True)
+    lr: float = setting(0.5, help="SGD learning rate (cosine schedule).", positive=True)
+    momentum: float = setting(0.9, help="SGD momentum.")
+    weight_decay: float = setting(0.0, help="SGD weight decay.")
+    balance: str = setting("none", choices=BALANCES, help="Group balancing over (class, group): none, weights "
+                           "(inverse frequency) or sampling (group-balanced batches).")
+    select_by: str = setting("acc_wg", choices=SELECT_BY, help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")
+
+
+# Settings several methods share, declared once.
+def class_names_setting():
+    return setting(None, csv=True, help="Comma-separated words naming the classes in prompts (default: the store's names).")
+
+
+def templates_setting():
+    return setting(default_factory=lambda: [DEFAULT_CAPTION], flag="--template",
+                   help="Class prompt template with {} for the class; repeat for an ensemble.")
+
+
+def attribute_prompts_setting():
+    return setting(default_factory=list, flag="--attribute-prompt",
+                   help="The spurious attribute's prompts, ATTR=TEMPLATE with {value} (and optionally {class}), or "
+                        "ATTR:VALUE=TEXT; repeatable. Default: the dataset's own (gcctl-names.json), else "
+                        "'a photo of a {class} on {value}.' with the store's value names.")
 
 
 @dataclass

@@ -14,10 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gcctl.clip.prompts import PromptLearner, TextTower, class_words, logit_scale
-from gcctl.methods.base import Classifier, FitResult, LoopOptions, aggregate
+from gcctl.clip.captions import DEFAULT_CONTEXT
+from gcctl.clip.text import class_words, logit_scale
+from gcctl.methods.base import (
+    AGGREGATIONS,
+    Classifier,
+    FitResult,
+    LoopOptions,
+    aggregate,
+    class_names_setting,
+)
 from gcctl.methods.data import TrainingData
 from gcctl.methods.loop import cross_entropy_loss, fit_loop, group_units
+from gcctl.methods.prompts import CLASS_POSITIONS, PromptLearner, TextTower
+from gcctl.settings import override, setting
 
 TARGETS = ("prompt", "class")
 INITS = ("coop", "words")
@@ -25,21 +35,21 @@ INITS = ("coop", "words")
 
 @dataclass
 class CoOpConfig(LoopOptions):
-    class_names: list[str] | None = None  # prompt words per class; default: the store's class names
-    ctx_init: str = "a photo of a"  # initial context words (their count sets n_ctx); "" = random
-    n_ctx: int = 4  # context length of a random initialisation
-    class_position: str = "end"  # end | middle | front
-    class_specific: bool = False  # one context per class instead of one shared
+    class_names: list[str] | None = class_names_setting()
+    ctx_init: str = setting(DEFAULT_CONTEXT, help="Words initialising the prompt context (their count sets its length); '' for random.")
+    n_ctx: int = setting(4, positive=True, help="Context length of a random initialisation.")
+    class_position: str = setting("end", choices=CLASS_POSITIONS, help="Where the class name sits in the prompt: end, middle or front.")
+    class_specific: bool = setting(False, flag="--class-specific/--shared-context", help="One context per class, or one shared.")
 
 
 @dataclass
 class GroupCoOpConfig(CoOpConfig):
-    balance: str = "weights"
-    aggregation: str = "max"  # how a class's score combines its group prompts: max | logsumexp | mean
-    # prompt: cross-entropy over all prompts, the target being the sample's (class, group) prompt;
-    # class: cross-entropy on the aggregated class scores.
-    target: str = "prompt"
-    init: str = "coop"  # coop: start every prompt from a CoOp context trained first on the same data; words: from ctx_init
+    balance: str = override(CoOpConfig, "balance", "weights")
+    aggregation: str = setting("max", choices=AGGREGATIONS, help="A class's score from its group prompts: max, logsumexp or mean.")
+    target: str = setting("prompt", choices=TARGETS, help="The loss: prompt (cross-entropy over all prompts, the "
+                          "sample's (class, group) prompt the target) or class (on the aggregated class scores).")
+    init: str = setting("coop", choices=INITS, help="Contexts start from: coop (a CoOp context trained first on the "
+                        "same data) or words (--ctx-init).")
 
 
 class PromptScorer(nn.Module):

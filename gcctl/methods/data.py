@@ -13,14 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gcctl.datasets.groups import GroupVocabulary
-from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
+from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY, GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.metrics import compute_metrics
-from gcctl.store import FeatureStore, StoredRows, fits_in_memory
-
-_NAN_CHECK_ROWS = 65536
-
+from gcctl.store import FeatureStore, StoredRows, load_rows
 
 Features = torch.Tensor | StoredRows  # indexed alike: `features[i:j]`, `features[index]` give tensors
 
@@ -94,25 +90,13 @@ def load_split(store: FeatureStore, split: str, device: torch.device, group: np.
     demand, which must then stay open while the split is used.
     """
     index = store.split_index(split)
-    if fits_in_memory(store, index, max_memory):
-        features = torch.from_numpy(_finite(store.load_features(index), store, split)).to(device)
-    else:
-        features = StoredRows(store, index, device)
-        for _, block in features.blocks(_NAN_CHECK_ROWS):
-            _finite(block.numpy(force=True), store, split)
+    features = load_rows(store, index, device, what=f"split '{split}' of {store.path}", max_memory=max_memory)
     group = store.group[index] if group is None else group
     return Split(
         features,
         torch.from_numpy(store.y[index].astype(np.int64)).to(device),
         torch.from_numpy(np.array(group, dtype=np.int64)).to(device),  # a copy: pandas arrays may be read-only
     )
-
-
-def _finite(features: np.ndarray, store: FeatureStore, split: str) -> np.ndarray:
-    for start in range(0, len(features), _NAN_CHECK_ROWS):
-        if not np.isfinite(features[start : start + _NAN_CHECK_ROWS]).all():
-            raise GcctlError(f"split '{split}' of {store.path} has NaN or infinite features; extract the store again")
-    return features
 
 
 def _read_group_frame(path: Path):

@@ -11,19 +11,20 @@ from torch import nn
 from gcctl.methods.base import Classifier, FitResult, LoopOptions
 from gcctl.methods.data import TrainingData
 from gcctl.methods.loop import cross_entropy_loss, fit_loop, group_units
+from gcctl.settings import override
 
 
 @dataclass
 class LinearConfig(LoopOptions):
-    epochs: int = 100
-    lr: float = 1.0
+    epochs: int = override(LoopOptions, "epochs", 100)
+    lr: float = override(LoopOptions, "lr", 1.0)
 
 
 @dataclass
 class DFRConfig(LoopOptions):
-    epochs: int = 100
-    lr: float = 1.0
-    balance: str = "weights"
+    epochs: int = override(LoopOptions, "epochs", 100)
+    lr: float = override(LoopOptions, "lr", 1.0)
+    balance: str = override(LoopOptions, "balance", "weights")
 
 
 class LinearScorer(nn.Module):

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods.base import FitResult, LoopOptions
-from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.data import Split, split_metrics
 from gcctl.runtime import autocast, progress
 

@@ -16,24 +16,28 @@ spurious embedding is therefore the mean of its prompts over the classes, which 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.prompts import class_words
+from gcctl.clip.text import class_text_features, class_words
 from gcctl.errors import GcctlError
-from gcctl.methods.base import FitResult
+from gcctl.methods.base import FitResult, attribute_prompts_setting
 from gcctl.methods.data import TrainingData, split_metrics
 from gcctl.methods.spurious import attribute_texts, prompt_embeddings, span_projector
-from gcctl.methods.zeroshot import ZeroShotConfig, class_text_features, text_classifier
+from gcctl.methods.zeroshot import ZeroShotConfig, text_classifier
+from gcctl.settings import setting
 
 
 @dataclass
 class OrthProjConfig(ZeroShotConfig):
-    attribute_prompts: list[str] = field(default_factory=list)  # --attribute-prompt specs; default: the store's value names
-    calibrate: bool = False  # Orth-Cali instead of Orth-Proj
-    calibration_lambda: float = 1000.0  # λ; the paper names no default, its code's --lam is 1000
+    attribute_prompts: list[str] = attribute_prompts_setting()
+    calibrate: bool = setting(False, flag="--calibrate/--no-calibrate", help="Orth-Cali: the projection calibrated "
+                              "(closed form) so that prompts differing only in the spurious value agree; default: the "
+                              "plain orthogonal projection.")
+    # The paper names no default; its code's --lam is 1000.
+    calibration_lambda: float = setting(1000.0, positive=True, help="--calibrate: λ, the calibration loss's weight.")
 
 
 def orthogonal_projection(embeddings: dict[str, torch.Tensor]) -> torch.Tensor:

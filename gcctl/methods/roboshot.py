@@ -18,18 +18,19 @@ harmful pairs = one class's prompts for two values of an attribute ("a photo of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from gcctl.clip.prompts import class_words, encode_texts
+from gcctl.clip.text import class_text_features, class_words, encode_texts
 from gcctl.errors import GcctlError
-from gcctl.methods.base import FitResult
+from gcctl.methods.base import FitResult, attribute_prompts_setting
 from gcctl.methods.data import TrainingData, split_metrics
 from gcctl.methods.spurious import attribute_texts, span_projector
 from gcctl.methods.transforms import Projection
-from gcctl.methods.zeroshot import ZeroShotConfig, class_text_features, text_classifier
+from gcctl.methods.zeroshot import ZeroShotConfig, text_classifier
+from gcctl.settings import setting
 
 INSIGHT_KINDS = ("harmful", "helpful")
 INSIGHT_LINE = "harmful|helpful<TAB>text a<TAB>text b"
@@ -37,8 +38,10 @@ INSIGHT_LINE = "harmful|helpful<TAB>text a<TAB>text b"
 
 @dataclass
 class RoboShotConfig(ZeroShotConfig):
-    attribute_prompts: list[str] = field(default_factory=list)  # --attribute-prompt specs for the default insights
-    insights: str | None = None  # a file of insight pairs, replacing the default insights
+    attribute_prompts: list[str] = attribute_prompts_setting()  # for the default insights
+    insights: str | None = setting(None, help="A text file of insight pairs, one 'harmful|helpful<TAB>text a<TAB>text b' "
+                                   "per line (# comments); default: harmful = a class's prompts for two values of an "
+                                   "attribute, helpful = two classes' prompts for one value.")
 
     def __post_init__(self) -> None:
         super().__post_init__()

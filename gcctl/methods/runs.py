@@ -14,7 +14,6 @@ A run directory holds
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,18 +22,32 @@ import torch
 
 from gcctl import __version__
 from gcctl.clip.reference import ModelRef
-from gcctl.curves import read_curve, write_curve
+from gcctl.curves import CURVE_DIR, write_seeded_curve
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods import get_method, group_supervision, make_config
-from gcctl.methods.base import Classifier
+from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
-from gcctl.metrics import metrics_from_predictions, predictions_frame, seed_key, write_evaluation
-from gcctl.runtime import (check_output, check_seeds, identity_differences, load_torch_file, output_lock, read_json,
-                           resolve_device, seed_everything, sha256_file, write_json)
+from gcctl.metrics import (
+    metrics_from_predictions,
+    predictions_frame,
+    seed_key,
+    write_evaluation,
+)
+from gcctl.runtime import (
+    atomic_directory,
+    check_output,
+    check_seeds,
+    identity_differences,
+    load_torch_file,
+    output_lock,
+    read_json,
+    resolve_device,
+    seed_everything,
+    sha256_file,
+    write_json,
+)
 from gcctl.store import FeatureStore, check_memory_budget
-
-CURVES = "dvclive"
 
 
 def train_run(
@@ -59,13 +72,10 @@ def train_run(
     A split larger than `max_memory` bytes (None: no limit) is read from the store batch by batch, with the
     same results. Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
     """
-    spec = get_method(method)
-    config = make_config(method, options or {})
+    config = make_config(method, options or {})  # an unknown method is refused here
     if not seeds:
         raise GcctlError("--seeds is empty; give at least one seed, e.g. --seeds 0")
     check_seeds(seeds)
-    if pretrained and not spec.uses_clip:
-        raise GcctlError(f"--pretrained applies to methods with the text tower, not to {method}; drop it")
     out = Path(out)
     with output_lock(out):
         check_output(out, "train", is_own=lambda path: (path / "config.json").is_file(), replace_own=overwrite)
@@ -73,20 +83,53 @@ def train_run(
                             max_memory)
 
 
+def fit(
+    features: str | os.PathLike,
+    method: str,
+    *,
+    options: dict | None = None,
+    groups: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    pretrained: str | None = None,
+    max_memory: int | None = None,
+) -> FitResult:
+    """Train `method` on the store `features` with one seed, in memory, writing nothing: the result's
+    `classifier` scores a store's features (`classifier.predict`, `classifier.scores`), its `selection` says
+    which epoch it kept. Options, groups, pretrained and max_memory are those of `train_run`."""
+    config = make_config(method, options or {})
+    check_seeds([seed])
+    torch_device = resolve_device(device)
+    with FeatureStore(features) as store:
+        data, _, bundle = _prepare(store, method, config, groups, torch_device, pretrained, max_memory)
+        seed_everything(seed)
+        return get_method(method).fit(data, config, seed=seed, bundle=bundle, device=torch_device)
+
+
+def _prepare(store: FeatureStore, method: str, config, groups, device, pretrained, max_memory):
+    """The training data, the store's model reference, and the model itself for methods with a text tower."""
+    if pretrained and not get_method(method).uses_clip:
+        raise GcctlError(f"--pretrained applies to methods with the text tower, not to {method}; drop it")
+    if max_memory is not None and hasattr(config, "batch_size"):  # a training-free method has no batch
+        check_memory_budget(max_memory, config.batch_size, store.embed_dim)
+    data = load_training_data(store, device, groups, max_memory)
+    reference = store.model_ref()
+    bundle = None
+    if get_method(method).uses_clip:
+        from gcctl.clip.factory import (
+            build_from_reference,  # here: only methods with a text tower build one
+        )
+
+        bundle = build_from_reference(reference, recorded_in=f"feature store {store.path}", pretrained=pretrained,
+                                      embed_dim=store.embed_dim, device=device)
+    return data, reference, bundle
+
+
 def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot, max_memory) -> dict:
     """`train_run` once its --out is this process's; the store stays open while a split may be read from it."""
     spec = get_method(method)
     with FeatureStore(features) as store:
-        if max_memory is not None and hasattr(config, "batch_size"):  # a training-free method has no batch
-            check_memory_budget(max_memory, config.batch_size, store.embed_dim)
-        data = load_training_data(store, device, groups, max_memory)
-        reference = store.model_ref()
-        bundle = None
-        if spec.uses_clip:
-            from gcctl.clip.factory import build_from_reference  # here: only methods with a text tower build one
-
-            bundle = build_from_reference(reference, recorded_in=f"feature store {features}", pretrained=pretrained,
-                                          embed_dim=store.embed_dim, device=device)
+        data, reference, bundle = _prepare(store, method, config, groups, device, pretrained, max_memory)
         # A training-free method gives one model whatever the seed: fit once and recorded without a seed, so
         # reports show "-" rather than a spread of zero over identical copies.
         fitted_seeds = list(seeds) if spec.trains else [None]
@@ -119,47 +162,18 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
 
 def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[dict], Path], None] | None) -> None:
     """Write everything into a sibling `.partial` directory, then swap it in: a failure leaves `out` untouched."""
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         params = {
             seed: {"classifier": r.classifier.state(), "learned": {k: v.detach().cpu() for k, v in r.learned.items()}}
             for seed, r in results.items()
         }
         torch.save(params, tmp / "params.pt")
         write_json(tmp / "config.json", run_config)
-        points = [{"epoch": record["epoch"], **{_seed_prefix(seed) + key: value for key, value in record.items() if key != "epoch"}}
-                  for seed, r in results.items() for record in r.curve]
-        if points:  # a method without training (zeroshot) has no curve
-            write_curve(tmp / CURVES, points, step_key="epoch")
+        if any(r.curve for r in results.values()):  # a method without training (zeroshot) has no curve
+            write_seeded_curve(tmp / CURVE_DIR, {seed: r.curve for seed, r in results.items()}, step_key="epoch")
             if plot is not None:
                 plot([{"seed": seed, **record} for seed, r in results.items() for record in r.curve], tmp / "curve.png")
         write_json(tmp / "selection.json", {seed_key(seed): r.selection for seed, r in results.items()})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def read_run_curve(run: str | os.PathLike) -> list[dict]:
-    """Every seed's curve of a run, one record per (seed, epoch); empty for a run without training."""
-    run = Path(run)
-    points, records = read_curve(run / CURVES), []
-    for seed in read_run_config(run)["seeds"]:
-        prefix = _seed_prefix(seed)
-        for point in points:
-            values = {name[len(prefix):]: value for name, value in point.items() if name.startswith(prefix)}
-            if values:
-                records.append({"seed": seed, "epoch": point["step"], **values})
-    return records
-
-
-def _seed_prefix(seed: int) -> str:
-    """One seed's curves sit in their own folder of the run's log: one dvc.yaml entry shows every seed."""
-    return f"seed-{seed}/"
 
 
 def read_run_config(run: str | os.PathLike) -> dict:

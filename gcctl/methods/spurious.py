@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from gcctl.clip.captions import attribute_prompts, fill_prompt
-from gcctl.clip.prompts import encode_texts
+from gcctl.clip.text import encode_texts
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 

@@ -16,26 +16,31 @@ A store with several attributes is translated along each of them (the paper has 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from gcctl.clip.captions import DEFAULT_CAPTION, check_template
-from gcctl.clip.prompts import class_words, logit_scale
-from gcctl.groups.probe import fit_probe
-from gcctl.methods.base import Classifier, FitResult
+from gcctl.clip.captions import check_template
+from gcctl.clip.text import class_text_features, class_words, logit_scale
+from gcctl.methods.base import (
+    Classifier,
+    FitResult,
+    attribute_prompts_setting,
+    class_names_setting,
+    templates_setting,
+)
 from gcctl.methods.data import TrainingData, feature_blocks, split_metrics
 from gcctl.methods.spurious import attribute_texts, prompt_embeddings
 from gcctl.methods.transforms import SpuriousTranslation
-from gcctl.methods.zeroshot import class_text_features
+from gcctl.pseudolabel.probe import fit_probe
 
 
 @dataclass
 class TIEConfig:
-    class_names: list[str] | None = None  # words for {class} in prompts; default: the store's class names
-    templates: list[str] = field(default_factory=lambda: [DEFAULT_CAPTION])  # the class prompts (an ensemble if several)
-    attribute_prompts: list[str] = field(default_factory=list)  # ATTR=TEMPLATE | ATTR:VALUE=TEXT (clip/captions.py)
+    class_names: list[str] | None = class_names_setting()  # also the words for {class} in attribute prompts
+    templates: list[str] = templates_setting()
+    attribute_prompts: list[str] = attribute_prompts_setting()
 
     def __post_init__(self) -> None:
         for template in self.templates:

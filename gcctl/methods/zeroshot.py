@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from gcctl.clip.captions import DEFAULT_CAPTION, check_template
-from gcctl.clip.prompts import class_words, encode_texts, logit_scale
-from gcctl.methods.base import Classifier, FitResult
+from gcctl.clip.captions import check_template
+from gcctl.clip.text import class_text_features, class_words, logit_scale
+from gcctl.methods.base import (
+    Classifier,
+    FitResult,
+    class_names_setting,
+    templates_setting,
+)
 from gcctl.methods.data import TrainingData, split_metrics
 from gcctl.methods.transforms import FeatureTransform
 
 
 @dataclass
 class ZeroShotConfig:
-    class_names: list[str] | None = None  # prompt words per class; default: the store's class names
-    templates: list[str] = field(default_factory=lambda: [DEFAULT_CAPTION])  # several = an ensemble
+    class_names: list[str] | None = class_names_setting()
+    templates: list[str] = templates_setting()  # several: an ensemble
 
     def __post_init__(self) -> None:
         for template in self.templates:
             check_template(template, "in --template")
-
-
-def class_text_features(bundle, words: list[str], templates: list[str]) -> torch.Tensor:
-    """One normalised text feature per class: the renormalised mean of its templates' features (checked
-    where they enter: ZeroShotConfig, evaluate's --caption, FinetuneConfig)."""
-    per_template = torch.stack([encode_texts(bundle.model, bundle.tokenizer, [t.format(w) for w in words]) for t in templates])
-    return F.normalize(per_template.mean(dim=0), dim=-1)
 
 
 def text_classifier(bundle, text: torch.Tensor, transform: FeatureTransform | None = None) -> Classifier:

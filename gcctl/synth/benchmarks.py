@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,12 +17,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from gcctl.datasets.table import NAMES_SIDECAR
 from gcctl.errors import GcctlError
-from gcctl.runtime import partial_path, progress, write_json
+from gcctl.runtime import atomic_directory, progress, write_json
 from gcctl.synth.corpus import FACTOR_PROMPTS
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
-
-NAMES_FILE = "gcctl-names.json"
 
 # --- Waterbirds (Sagawa et al. 2020) -------------------------------------------------------------
 WATERBIRDS_SPLIT_SIZES = (4795, 1199, 5794)  # train, val, test
@@ -120,7 +118,7 @@ def write_waterbirds(
         metadata.to_csv(staging / "metadata.csv", index=False)
         names = {"classes": list(WATERBIRDS_CLASSES), "attributes": {"place": list(WATERBIRDS_PLACES)},
                  "attribute_prompts": {"place": FACTOR_PROMPTS["background"]}}
-        write_json(staging / NAMES_FILE, names)
+        write_json(staging / NAMES_SIDECAR, names)
     return root
 
 
@@ -162,7 +160,7 @@ def write_multiceleba(
         value_names = {name: list(values) for name, (_, values) in MULTICELEBA_FACTORS.items()}
         biases = [name for name in MULTICELEBA_FACTORS if name != MULTICELEBA_TARGET]
         prompts = {name: FACTOR_PROMPTS[MULTICELEBA_FACTORS[name][0]] for name in biases}
-        write_json(staging / NAMES_FILE, {"classes": value_names[MULTICELEBA_TARGET], "attributes": value_names,
+        write_json(staging / NAMES_SIDECAR, {"classes": value_names[MULTICELEBA_TARGET], "attributes": value_names,
                                           "attribute_prompts": prompts})
     return root
 
@@ -203,7 +201,7 @@ def write_scattered(
         _save_images(images, [staging / path for path in paths], "scattered", format="PNG", compress_level=1)
         manifest.to_csv(staging / SCATTERED_MANIFEST, index=False)
         names = {"classes": list(SCATTERED_CLASSES), "attributes": {SCATTERED_ATTRIBUTE: list(SCATTERED_PATCHES)}}
-        write_json(staging / NAMES_FILE, names)
+        write_json(staging / NAMES_SIDECAR, names)
     return root
 
 
@@ -303,20 +301,5 @@ def _check_target(root: Path, overwrite: bool) -> None:
 def _staged_directory(root: Path, overwrite: bool) -> Iterator[Path]:
     """Yield an empty `<root>.partial` directory; on success it replaces `root`, on failure it is removed."""
     _check_target(root, overwrite)
-    staging = partial_path(root)
-    shutil.rmtree(staging, ignore_errors=True)  # left behind by a killed run
-    staging.mkdir(parents=True)
-    try:
+    with atomic_directory(root) as staging:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if root.exists():
-        # A directory cannot be renamed onto a non-empty one: retire the old tree first.
-        retired = root.with_name(root.name + ".old")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(root, retired)
-        os.replace(staging, root)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, root)

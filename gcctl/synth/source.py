@@ -8,7 +8,7 @@ group-shift targets, as real birds mostly sit where Waterbirds' majority groups 
 and square on water (the Waterbirds-like benchmark), triangle in forest and purple, star on snow and
 orange (MultiCelebA-like). Fine-tuning that leans on the homes is what costs group robustness there.
 The shares are strong enough for that to happen with the tiny CLIP: at a milder 0.5/0.4 the source
-mostly taught shape, and FT gained worst-group accuracy on both targets (README, the source world).
+mostly taught shape, and FT gained worst-group accuracy on both targets (docs/finetuning.md, the source world).
 
 The domain shifts are test-only renderings of the same task: a fresh sample of the same distribution
 (ImageNet-V2), outlines only (ImageNet-Sketch), colours outside the six (ImageNet-R's other renditions),
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gcctl.datasets.table import NAMES_SIDECAR, SPLITS
 from gcctl.runtime import write_json
 from gcctl.synth.benchmarks import (
-    NAMES_FILE,
     _check_scale,
     _check_target,
     _count,
@@ -35,7 +35,6 @@ from gcctl.synth.benchmarks import (
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 
 SOURCE = "source"
-SOURCE_SPLITS = ("train", "val", "test")
 SOURCE_SPLIT_SIZES = (4800, 1200, 2400)  # images per split at scale 1: train as large as Waterbirds'
 SHIFT_SIZE = 1200  # images per domain shift at scale 1
 SOURCE_CLASSES = tuple(sorted(SHAPES))  # the image-folder reader numbers class folders in sorted order
@@ -77,7 +76,7 @@ def write_source_world(
     for root in roots.values():  # refuse before rendering anything
         _check_target(root, overwrite)
     split_sizes = [_count(n * scale / len(SHAPES)) for n in SOURCE_SPLIT_SIZES]
-    _write_folders(roots[SOURCE], dict(zip(SOURCE_SPLITS, split_sizes)), np.random.default_rng([seed, 0]),
+    _write_folders(roots[SOURCE], dict(zip(SPLITS, split_sizes)), np.random.default_rng([seed, 0]),
                    size, overwrite, {})
     shift_size = _count(SHIFT_SIZE * scale / len(SHAPES))
     for stream, (shift, options) in enumerate(SHIFTS.items(), start=1):
@@ -119,4 +118,4 @@ def _write_folders(root: Path, splits: dict[str | None, int], rng: np.random.Gen
             for name in SHAPES:
                 (folder / name).mkdir(parents=True)
             _save_images(images, paths, f"{root.name} {split or 'test'}", format="PNG", compress_level=1)
-        write_json(staging / NAMES_FILE, {"classes": list(SOURCE_CLASSES)})
+        write_json(staging / NAMES_SIDECAR, {"classes": list(SOURCE_CLASSES)})

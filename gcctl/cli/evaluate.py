@@ -1,0 +1,75 @@
+"""`gcctl evaluate`: a feature run's metrics on a split, or checkpoints scored zero-shot on a dataset's images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.cli.data import reads_dataset
+from gcctl.cli.options import AsJson, Device
+from gcctl.clip.captions import DEFAULT_CAPTION
+from gcctl.datasets import DatasetTable
+from gcctl.errors import GcctlError
+
+
+@reads_dataset(optional=True)
+def evaluate(
+    out: Annotated[Path, typer.Option(
+        "--out", help="The metrics JSON to write; X.json gets its per-sample predictions in X.predictions.parquet.")],
+    run: Annotated[Optional[Path], typer.Option("--run", help="A run directory written by `gcctl train`.")] = None,
+    checkpoint: Annotated[Optional[list[Path]], typer.Option(
+        "--checkpoint", help="Instead of --run: weights to evaluate zero-shot on --dataset's images; a folder stands for "
+        "every model.pt in it (e.g. a `gcctl finetune` run). Repeat for seeds: the metrics are their mean and std; "
+        "each checkpoint's seed is read from its run's summary.json, else from a seed-N folder.")] = None,
+    table: DatasetTable = None,
+    split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    features: Annotated[Optional[Path], typer.Option(
+        "--features", help="--run: evaluate on this store instead of the one the run was trained on (same model and weights).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="--checkpoint: the architecture (default: the one the checkpoint records).")] = None,
+    caption: Annotated[str, typer.Option("--caption", help="--checkpoint: each class's prompt; {} is the class name.")] = DEFAULT_CAPTION,
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="--checkpoint: the label in reports (default: the folder the checkpoints share).")] = None,
+    device: Device = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Evaluate every seed of a run on a split, or fine-tuned checkpoints zero-shot on a dataset's images:
+    per-group table, a metrics JSON (mean and std over seeds) and the per-sample predictions (Parquet).
+
+    Example: gcctl evaluate --run pipeline/runs/groupcoop --split test --out pipeline/metrics/groupcoop.json
+
+    Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
+    """
+    from gcctl.runtime import refuse_directory
+
+    refuse_directory(out)
+    if (run is None) == (not checkpoint):
+        raise GcctlError("give either --run (a `gcctl train` run) or --checkpoint (weights to evaluate on --dataset)")
+    if run is not None:
+        from gcctl.methods.runs import evaluate_run
+
+        if table is not None:
+            raise GcctlError("--run evaluates on its feature store; --dataset and --root go with --checkpoint")
+        metrics = evaluate_run(run, split, features=features, device=device, out=out)
+    else:
+        from gcctl.evaluation.checkpoints import evaluate_checkpoints
+
+        if table is None:
+            raise GcctlError("--checkpoint needs the images to evaluate on: --dataset and --root")
+        metrics = evaluate_checkpoints(checkpoint, table, split, model_name=model, caption=caption, name=name,
+                                       device=device, out=out)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    from rich.console import Console
+
+    from gcctl.report import group_table
+
+    Console().print(group_table(metrics))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)

@@ -1,0 +1,53 @@
+"""`gcctl report`: evaluated runs, or transfer suites, compared in tables and charts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gcctl.cli.options import AsJson
+
+
+def report(
+    metrics: Annotated[list[Path], typer.Argument(
+        help="Metrics JSON files written by `gcctl evaluate`, one per run; or transfer suites' summary.json (`gcctl transfer`).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for per_group.png, curves.png and results.md.")],
+    readme: Annotated[Optional[Path], typer.Option(
+        "--readme", help="Also put the table into this file between <!-- results:NAME:start/end --> markers, NAME = the --out folder's name.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; or transfer
+    suites (their summary.json): the suite summaries side by side (Markdown) and as bars (suites.png).
+
+    Example: gcctl report pipeline/metrics/zeroshot.json pipeline/metrics/coop.json pipeline/metrics/groupcoop.json --out pipeline/report
+
+    Example: gcctl report pipeline/transfer/*/summary.json --out pipeline/report/transfer --readme docs/results.md
+    """
+    from gcctl.report import (
+        comparison_table,
+        markdown_table,
+        suite_table,
+        update_readme,
+        write_report,
+    )
+
+    written = write_report(metrics, out)
+    if readme is not None:
+        update_readme(readme, out.name, written["markdown"] if "suites" in written else markdown_table(written["runs"]))
+    if as_json:
+        typer.echo(json.dumps(written["paths"], indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for table in [suite_table(summary) for summary in written["suites"]] if "suites" in written else [comparison_table(written["runs"])]:
+        console.print(table)
+    for path in written["paths"].values():
+        console.print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(report)

@@ -1,0 +1,179 @@
+"""The pseudo-labelling stage: infer every train sample's group, write the group file and the agreement report.
+
+The group file (Parquet) has one row per train sample: `id`, `group` (the id in the store's group vocabulary),
+`group_name` (its name, e.g. `waterbird/water`), `confidence` (the strategy's confidence in its own prediction)
+and `strategy`; its schema metadata records the vocabulary, with the training counts of the inferred groups.
+Every train sample keeps a group, since GroupCoOp gives a prompt to every (class, group) present: a sample whose
+confidence is below `min_confidence` carries its class's majority group (the group the strategy gave most of the
+class's confident samples) and keeps its low confidence, so filtering on the column recovers the confident rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
+from gcctl.errors import GcctlError
+from gcctl.metrics import agreement
+from gcctl.pseudolabel.data import LabelingData, load_labeling_data
+from gcctl.pseudolabel.strategies import Inference, erm_error, kmeans, oracle, val_probe
+from gcctl.pseudolabel.zeroshot import zeroshot_attr
+from gcctl.runtime import (
+    atomic_path,
+    refuse_directory,
+    resolve_device,
+    seed_everything,
+    write_json,
+)
+from gcctl.store import FeatureStore
+
+GROUP_FILE_COLUMNS = ("id", "group", "group_name", "confidence", "strategy")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A pseudo-labelling strategy: how it infers the train groups, and what it reads besides the features."""
+
+    infer: Callable[..., Inference]  # infer(data, store, **options) -> Inference
+    # The splits whose true group labels it reads (kmeans and erm-error name their clusters by the validation
+    # groups when the store has them); a run trained on its group file records them as its supervision.
+    group_splits: tuple[str, ...]
+    options: tuple[str, ...] = ()  # the options only this strategy reads (`OPTION_FLAGS`)
+
+
+def _zeroshot_attr(data: LabelingData, store: FeatureStore, *, attribute_prompts, class_names, pretrained) -> Inference:
+    return zeroshot_attr(data, store.model_ref(), attribute_prompts, class_names, pretrained)
+
+
+STRATEGIES = {
+    "val-probe": Strategy(lambda data, store: val_probe(data), ("val",)),
+    "zeroshot-attr": Strategy(_zeroshot_attr, (), ("attribute_prompts", "class_names", "pretrained")),
+    "kmeans": Strategy(lambda data, store, clusters_per_group: kmeans(data, clusters_per_group), ("val",),
+                       ("clusters_per_group",)),
+    "erm-error": Strategy(lambda data, store: erm_error(data), ("val",)),
+    "oracle": Strategy(lambda data, store: oracle(data), ("train",)),
+}
+# Each strategy-specific option's flag and default: giving one to another strategy is a mistake.
+OPTION_FLAGS = {"attribute_prompts": ("--attribute-prompt", ()), "class_names": ("--class-names", None),
+                "clusters_per_group": ("--clusters-per-group", 1), "pretrained": ("--pretrained", None)}
+
+
+def _report_paths(out: str | os.PathLike, report: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """The agreement JSON (default `<out stem>.report.json` beside the group file) and its PNG (same stem)."""
+    out = Path(out)
+    report = Path(report) if report is not None else out.with_name(out.stem + ".report.json")
+    return report, report.with_suffix(".png")
+
+
+def _fall_back_to_majority(data: LabelingData, within: np.ndarray, confident: np.ndarray) -> np.ndarray:
+    within = within.copy()
+    for label in range(data.num_classes):
+        in_class = data.train_y == label
+        voters = within[in_class & confident] if np.any(in_class & confident) else within[in_class]
+        if len(voters):
+            within[in_class & ~confident] = np.bincount(voters).argmax()
+    return within
+
+
+def pseudo_label(
+    features: str | os.PathLike,
+    strategy: str = "val-probe",
+    out: str | os.PathLike = "groups.parquet",
+    *,
+    report: str | os.PathLike | None = None,
+    min_confidence: float = 0.0,
+    val_fraction: float = 1.0,
+    val_label_noise: float = 0.0,
+    attribute_prompts: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    clusters_per_group: int = 1,
+    pretrained: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    plot: Callable[[dict, Path], None] | None = None,
+    max_memory: int | None = None,
+) -> dict:
+    """Infer the train groups of the store `features` with `strategy`; write the group file `out`, the agreement
+    report and, drawn by `plot(report, path)` (e.g. `gcctl.report.plot_confusion`), its confusion-matrix PNG
+    (all or nothing). Features larger than `max_memory` bytes (None: no limit) are read from the store as the
+    strategy needs them, with the same result. Returns the report; its `figure` is None without `plot`."""
+    if strategy not in STRATEGIES:
+        raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    spec = STRATEGIES[strategy]
+    given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group,
+             "pretrained": pretrained}
+    for option, (flag, default) in OPTION_FLAGS.items():
+        if option not in spec.options and given[option] != default:
+            owner = next(name for name, other in STRATEGIES.items() if option in other.options)
+            raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
+    report_path, figure_path = _report_paths(out, report)
+    refuse_directory(out)
+    refuse_directory(report_path, "--report")
+    seed_everything(seed)
+    with FeatureStore(features) as store:  # open while the strategy may read features from it
+        data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise,
+                                  seed=seed, max_memory=max_memory)
+        inference = spec.infer(data, store, **{option: given[option] for option in spec.options})
+    confident = inference.confidence >= min_confidence
+    within = _fall_back_to_majority(data, inference.within, confident)
+    group = data.vocabulary.group_of(data.train_y, within)
+    summary = {
+        "strategy": strategy,
+        "features": str(features),
+        "dataset": data.provenance.get("dataset"),
+        "group_file": str(out),
+        "report": str(report_path),
+        "figure": str(figure_path) if plot is not None else None,
+        "options": {
+            "min_confidence": min_confidence,
+            "val_fraction": val_fraction,
+            "val_label_noise": val_label_noise,
+            "val_samples_used": int(len(data.val_y)),
+            **({"clusters_per_group": clusters_per_group} if strategy == "kmeans" else {}),
+            "seed": seed,
+        },
+        "fallback": int(np.sum(~confident)),
+        "notes": inference.notes,
+        "agreement": agreement(data.train_truth, group, data.vocabulary),
+    }
+    _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary, plot)
+    return summary
+
+
+def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, strategy: str):
+    """The group file's rows, with the vocabulary (counting the inferred groups) in the schema metadata."""
+    import pyarrow as pa
+
+    table = pa.table({
+        "id": data.train_ids.astype(str),
+        "group": group.astype(np.int64),
+        "group_name": np.asarray(data.vocabulary.names, dtype=object)[group],
+        "confidence": confidence.astype(np.float32),
+        "strategy": np.full(len(group), strategy, dtype=object),
+    })
+    described = {"vocabulary": data.vocabulary.counted(group).to_dict(), "strategy": strategy,
+                 "group_splits": list(STRATEGIES[strategy].group_splits)}
+    return table.replace_schema_metadata({GROUP_FILE_METADATA_KEY: json.dumps(described).encode()})
+
+
+def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData, group, confidence, summary: dict,
+                   plot: Callable[[dict, Path], None] | None) -> None:
+    import pyarrow.parquet as pq
+
+    table = _group_table(data, group, confidence, summary["strategy"])
+    # Nested: if any artifact fails, none of them is renamed into place.
+    with contextlib.ExitStack() as stack:
+        table_tmp = stack.enter_context(atomic_path(out))
+        pq.write_table(table, table_tmp)
+        if plot is not None:
+            plot(summary, stack.enter_context(atomic_path(figure_path)))
+        write_json(report_path, summary)
