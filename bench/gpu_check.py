@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_check(check, min(check.timeout_s, left), env))
     report = {"mode": "cpu (dry)" if args.cpu else "gpu", "date": datetime.date.today().isoformat(), "machine": machine(),
               "seconds": round(time.perf_counter() - started, 1), "checks": rows}
-    from gcctl.runtime import write_json
+    from gcctl.files import write_json
 
     write_json(out, report)
     print_table(report)

@@ -33,7 +33,7 @@ _LAZY = {
     "fit": "methods.runs",
     "train_run": "methods.runs",
     "evaluate_run": "methods.runs",
-    "FinetuneConfig": "finetune.train",
+    "FinetuneConfig": "finetune.config",
     "wise_ft": "finetune.wise",
     "evaluate_checkpoints": "evaluation.checkpoints",
     "evaluate_suite": "evaluation.transfer",

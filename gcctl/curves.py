@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from gcctl.runtime import corrupt_file_error
+from gcctl.files import corrupt_file_error
 
 METRICS_SUBDIR = Path("plots") / "metrics"
 METRICS_FILE = "metrics.json"

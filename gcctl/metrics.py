@@ -28,7 +28,7 @@ import numpy as np
 
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, corrupt_file_error, write_json
+from gcctl.files import atomic_path, corrupt_file_error, write_json
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -21,8 +21,8 @@ from rich.table import Table
 
 from gcctl.curves import CURVE_DIR, read_seeded_curve
 from gcctl.errors import GcctlError
+from gcctl.files import atomic_path, read_json
 from gcctl.metrics import METRIC_KEYS
-from gcctl.runtime import atomic_path, read_json
 
 _HEADERS = {
     "acc_avg": "avg",

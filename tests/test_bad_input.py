@@ -391,7 +391,7 @@ def test_a_truncated_predictions_file_is_one_line(tmp_path):
     lambda w, out: ["pretrain", "--corpus", str(w / "corpus.npz"), "--out", str(out), *CPU],
 ], ids=["train", "finetune", "pretrain"])
 def test_an_out_another_process_is_writing_is_refused_at_once(world, tmp_path, run_cli, make_args):
-    from gcctl.runtime import output_lock
+    from gcctl.files import output_lock
 
     out = tmp_path / "out"
     with output_lock(out):  # as a first gcctl process writing `out` holds it
@@ -401,7 +401,7 @@ def test_an_out_another_process_is_writing_is_refused_at_once(world, tmp_path, r
 
 
 def test_a_lock_file_left_by_a_killed_writer_does_not_block(tmp_path):
-    from gcctl.runtime import lock_path, output_lock
+    from gcctl.files import lock_path, output_lock
 
     out = tmp_path / "f.h5"
     lock_path(out).write_text("")  # the kernel freed the lock when its process died; the file stayed

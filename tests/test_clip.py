@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -26,11 +27,11 @@ from gcctl.clip import (
     save_checkpoint,
 )
 from gcctl.clip.checkpoint import state_dict_sha256
-from gcctl.clip.pretrain import pretrain
+from gcctl.clip.pretrain import PretrainConfig, pretrain
 from gcctl.curves import read_curve
 from gcctl.errors import GcctlError
+from gcctl.files import sha256_file
 from gcctl.report import plot_pretraining_loss
-from gcctl.runtime import sha256_file
 
 MICRO = "gcctl-micro"
 
@@ -204,9 +205,9 @@ def test_vectorised_preprocessing_matches_the_eval_transform(micro):
 
 
 def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
-    settings = dict(model_name=MICRO, epochs=6, batch_size=32, lr=5e-3, seed=3, device="cpu", plot=plot_pretraining_loss)
-    summary = pretrain(corpus, tmp_path / "a", **settings)
-    again = pretrain(corpus, tmp_path / "b", **settings)
+    config = PretrainConfig(model=MICRO, epochs=6, batch_size=32, lr=5e-3, seed=3)
+    summary = pretrain(corpus, tmp_path / "a", config, device="cpu", plot=plot_pretraining_loss)
+    again = pretrain(corpus, tmp_path / "b", config, device="cpu", plot=plot_pretraining_loss)
     assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"] - 0.3
     assert summary["corpus_sha256"] == sha256_file(corpus)
     assert again["model_sha256"] == summary["model_sha256"]  # same seed, same bytes
@@ -236,13 +237,14 @@ def test_interrupted_pretraining_leaves_no_model(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(contrastive.ContrastiveOptimiser, "step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, out, model_name=MICRO, epochs=2, batch_size=32, device="cpu", overwrite=True)
+        pretrain(corpus, out, PretrainConfig(model=MICRO, epochs=2, batch_size=32), device="cpu", overwrite=True)
     assert [path.name for path in out.iterdir()] == ["dvclive"]  # the log of what ran, but no model
 
 
 def test_killed_pretraining_resumes_to_the_same_weights(corpus, tmp_path, monkeypatch):
-    settings = dict(model_name=MICRO, epochs=2, batch_size=16, lr=5e-3, seed=1, device="cpu", checkpoint_every=3)
-    whole = pretrain(corpus, tmp_path / "whole", **settings)  # 8 steps; a resumable state after steps 3, 4 and 6
+    config = PretrainConfig(model=MICRO, epochs=2, batch_size=16, lr=5e-3, seed=1)
+    settings = dict(device="cpu", checkpoint_every=3)
+    whole = pretrain(corpus, tmp_path / "whole", config, **settings)  # 8 steps; a resumable state after steps 3, 4 and 6
     out = tmp_path / "resumed"
     real_step, steps = contrastive.ContrastiveOptimiser.step, []
 
@@ -254,13 +256,13 @@ def test_killed_pretraining_resumes_to_the_same_weights(corpus, tmp_path, monkey
 
     monkeypatch.setattr(contrastive.ContrastiveOptimiser, "step", killed_in_step_seven)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(corpus, out, **settings)
+        pretrain(corpus, out, config, **settings)
     assert [record["step"] for record in read_curve(out / "dvclive")] == list(range(1, 7))
     assert (out / "state.pt").is_file() and not (out / "model.pt").exists()
     monkeypatch.setattr(contrastive.ContrastiveOptimiser, "step", real_step)
     with pytest.raises(GcctlError, match=r"another config \(lr 0.005 → 0.004\); .*--restart"):
-        pretrain(corpus, out, **{**settings, "lr": 4e-3})
-    resumed = pretrain(corpus, out, **settings)  # from step 6: the middle of the second epoch
+        pretrain(corpus, out, dataclasses.replace(config, lr=4e-3), **settings)
+    resumed = pretrain(corpus, out, config, **settings)  # from step 6: the middle of the second epoch
     assert resumed["model_sha256"] == whole["model_sha256"] == sha256_file(out / "model.pt")
     assert read_curve(out / "dvclive") == read_curve(tmp_path / "whole" / "dvclive")  # every step once
     assert sorted(path.name for path in out.iterdir()) == ["dvclive", "model.pt", "summary.json"]
@@ -269,7 +271,7 @@ def test_killed_pretraining_resumes_to_the_same_weights(corpus, tmp_path, monkey
 def test_pretraining_rejects_a_corpus_without_captions(tmp_path):
     np.savez(tmp_path / "corpus.npz", images=np.zeros((4, 32, 32, 3), np.uint8))
     with pytest.raises(GcctlError, match="has no captions array"):
-        pretrain(tmp_path / "corpus.npz", tmp_path / "out", model_name=MICRO)
+        pretrain(tmp_path / "corpus.npz", tmp_path / "out", PretrainConfig(model=MICRO))
 
 
 def test_warmup_cosine_schedule_shape():

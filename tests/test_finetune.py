@@ -21,12 +21,12 @@ from gcctl.datasets import load_dataset
 from gcctl.datasets.images import ImageDataset
 from gcctl.errors import GcctlError
 from gcctl.evaluation.checkpoints import evaluate_checkpoints, zeroshot_metrics
+from gcctl.files import sha256_file
 from gcctl.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
 from gcctl.finetune import train as train_module
 from gcctl.finetune.losses import starft_regulariser
 from gcctl.finetune.pools import SHIPPED_POOLS, draw_templates, fill
 from gcctl.metrics import metrics_from_predictions, read_predictions
-from gcctl.runtime import sha256_file
 from gcctl.store import extract
 from gcctl.synth.render import BACKGROUNDS, COLOURS
 

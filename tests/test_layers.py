@@ -16,7 +16,7 @@ PACKAGE = REPO / "gcctl"
 # loaded lazily) and `gcctl/__main__.py` stand above everything.
 LAYERS = (
     ("errors", "settings"),
-    ("runtime", "curves", "distributed"),
+    ("runtime", "files", "curves", "distributed"),
     ("datasets",),
     ("synth", "clip", "metrics"),
     ("store",),

@@ -10,7 +10,7 @@ import torch
 from gcctl.clip.factory import build_clip
 from gcctl.clip.reference import ModelRef
 from gcctl.datasets import load_dataset
-from gcctl.runtime import sha256_file
+from gcctl.files import sha256_file
 from gcctl.store import FeatureStore, extract
 
 MICRO = "gcctl-micro"

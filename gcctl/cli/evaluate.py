@@ -43,7 +43,7 @@ def evaluate(
 
     Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
     """
-    from gcctl.runtime import refuse_directory
+    from gcctl.files import refuse_directory
 
     refuse_directory(out)
     if (run is None) == (not checkpoint):

@@ -12,7 +12,7 @@ from gcctl.cli.generated import config_options
 from gcctl.cli.options import AsJson, Device
 from gcctl.cli.output import print_summary
 from gcctl.datasets import DatasetTable
-from gcctl.finetune.train import FinetuneConfig
+from gcctl.finetune.config import FinetuneConfig
 
 
 @reads_dataset

@@ -8,22 +8,18 @@ from typing import Annotated
 
 import typer
 
+from gcctl.cli.generated import config_options
 from gcctl.cli.options import Device
+from gcctl.clip.pretrain import PretrainConfig
 
 
+@config_options(PretrainConfig)
 def pretrain(
     corpus: Annotated[Path, typer.Option(
         "--corpus", help="An .npz with uint8 images [N,S,S,3] and captions [N] (see `gcctl data synth`).")],
     out: Annotated[Path, typer.Option(
         "--out", help="Folder for model.pt, summary.json, the loss curve dvclive/ (DVCLive logs) and, while training, state.pt.")],
-    model: Annotated[str, typer.Option("--model", help="Architecture name (see `gcctl models`).")] = "gcctl-tiny",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the corpus.")] = 3,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", min=2, help="Pairs per step; each pair's negatives are the rest of the batch.")] = 256,
-    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 2e-3,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay on weight matrices.")] = 0.1,
-    warmup: Annotated[float, typer.Option("--warmup", help="Fraction of steps of linear warm-up before the cosine decay.")] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds initial weights and batch order.")] = 0,
+    config: PretrainConfig = None,  # one option per field (gcctl.cli.generated.config_options)
     checkpoint_every: Annotated[int, typer.Option(
         "--checkpoint-every", min=1, help="Save the resumable state.pt every this many steps (and after every epoch).")] = 100,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the state in --out instead of resuming from it.")] = False,
@@ -44,17 +40,15 @@ def pretrain(
     from gcctl.clip.pretrain import pretrain as run_pretraining
     from gcctl.report import plot_pretraining_loss
 
-    summary = run_pretraining(corpus, out, model_name=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, warmup=warmup, seed=seed, device=device, plot=plot_pretraining_loss,
-                              overwrite=overwrite, checkpoint_every=checkpoint_every, restart=restart,
-                              restart_if_changed=restart_if_changed)
+    summary = run_pretraining(corpus, out, config, device=device, plot=plot_pretraining_loss, overwrite=overwrite,
+                              checkpoint_every=checkpoint_every, restart=restart, restart_if_changed=restart_if_changed)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    view = Table(title=f"pretrained {model} → {out / 'model.pt'}", show_header=False)
+    view = Table(title=f"pretrained {config.model} → {out / 'model.pt'}", show_header=False)
     for key, value in summary.items():
         view.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(view)

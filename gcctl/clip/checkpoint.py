@@ -20,7 +20,7 @@ from open_clip.transformer import QuickGELU
 from gcctl.clip.registry import quiet_open_clip, registered_config
 from gcctl.clip.weights import LOCAL_DIR_CONFIG, LOCAL_DIR_WEIGHTS
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, corrupt_file_error, load_torch_file, write_json
+from gcctl.files import atomic_path, corrupt_file_error, load_torch_file, write_json
 
 if TYPE_CHECKING:
     from gcctl.clip.factory import ClipBundle

@@ -30,7 +30,8 @@ from gcctl.clip.reference import HF_HUB, LOCAL_DIR, ModelRef
 from gcctl.clip.registry import quiet_open_clip
 from gcctl.clip.weights import WeightsSource, hub_access, resolve_source
 from gcctl.errors import GcctlError
-from gcctl.runtime import check_seeds, resolve_device, sha256_file
+from gcctl.files import sha256_file
+from gcctl.runtime import check_seeds, resolve_device
 
 log = logging.getLogger(__name__)
 

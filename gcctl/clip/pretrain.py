@@ -10,6 +10,7 @@ CPU); a state of other settings is refused, or discarded with `restart` (always)
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,36 +23,47 @@ from gcctl.clip.factory import fresh_clip
 from gcctl.clip.preprocess import preprocess_uint8
 from gcctl.curves import CURVE_DIR, CurveLog
 from gcctl.errors import GcctlError
-from gcctl.runtime import (
+from gcctl.files import (
     atomic_path,
-    autocast,
     check_output,
-    epoch_seed,
     load_resume_state,
     output_lock,
-    progress,
-    resolve_device,
     save_torch_file,
-    seed_everything,
     sha256_file,
     write_json,
 )
+from gcctl.runtime import (
+    autocast,
+    epoch_seed,
+    progress,
+    resolve_device,
+    seed_everything,
+)
+from gcctl.settings import setting
 
 OUTPUTS = (MODEL_FILE, SUMMARY_FILE, "loss.png")
 STATE = "state.pt"  # the resumable state of an unfinished run
 CURVE = CURVE_DIR  # the loss and learning rate per step, as DVCLive logs (gcctl.curves)
 
 
+@dataclass(frozen=True)
+class PretrainConfig:
+    """What a pretraining run is: every field enters its identity (device and checkpointing do not)."""
+
+    model: str = setting("gcctl-tiny", help="Architecture name (see `gcctl models`).")
+    epochs: int = setting(3, help="Passes over the corpus.")
+    batch_size: int = setting(256, help="Pairs per step; each pair's negatives are the rest of the batch.")
+    lr: float = setting(2e-3, help="Peak AdamW learning rate.")
+    weight_decay: float = setting(0.1, help="AdamW weight decay (on weight matrices: gcctl.clip.contrastive).")
+    warmup: float = setting(0.1, help="Fraction of steps of linear warm-up before the cosine decay.")
+    seed: int = setting(0, help="Seeds initial weights and batch order.")
+
+
 def pretrain(
     corpus: Path,
     out: Path,
-    model_name: str = "gcctl-tiny",
-    epochs: int = 3,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    weight_decay: float = 0.1,
-    warmup: float = 0.1,
-    seed: int = 0,
+    config: PretrainConfig = PretrainConfig(),
+    *,
     device: str = "auto",
     plot: Callable[[list[dict], Path, str], None] | None = None,
     overwrite: bool = False,
@@ -59,21 +71,20 @@ def pretrain(
     restart: bool = False,
     restart_if_changed: bool = False,
 ) -> dict:
-    """Train `model_name` from random weights (drawn from `seed`) on `corpus` (an .npz with uint8 `images`
+    """Train `config.model` from random weights (drawn from `config.seed`) on `corpus` (an .npz with uint8 `images`
     [N,S,S,3] and `captions` [N]); write model.pt, summary.json, the curve `dvclive/` and, drawn by
-    `plot(history, path, model_name)` (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
+    `plot(history, path, model name)` (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
 
     Batches are full (the last partial batch of an epoch is dropped): InfoNCE depends on batch size.
     The learning rate warms up linearly over the first `warmup` fraction of steps, then decays on a cosine.
     The curve grows at every checkpoint, so an unfinished run shows its progress (model.pt marks a finished one).
     A finished run in `out` is replaced only with `overwrite`; a folder holding anything else never.
     """
-    _check_settings(epochs, batch_size, lr, weight_decay, warmup, checkpoint_every)
+    _check_settings(config, checkpoint_every)
     corpus, out = Path(corpus), Path(out)
     with output_lock(out):
         check_output(out, "pretrain", is_own=_is_pretrain_run, replace_own=overwrite or not (out / MODEL_FILE).exists())
-        return _train(corpus, out, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot,
-                      checkpoint_every, restart, restart_if_changed)
+        return _train(corpus, out, config, device, plot, checkpoint_every, restart, restart_if_changed)
 
 
 def _is_pretrain_run(out: Path) -> bool:
@@ -81,15 +92,13 @@ def _is_pretrain_run(out: Path) -> bool:
     return out.is_dir() and any((out / name).exists() for name in (*OUTPUTS, STATE, CURVE))
 
 
-def _train(corpus: Path, out: Path, model_name, epochs, batch_size, lr, weight_decay, warmup, seed, device, plot,
-           checkpoint_every, restart, restart_if_changed) -> dict:
+def _train(corpus: Path, out: Path, config: PretrainConfig, device, plot, checkpoint_every, restart, restart_if_changed) -> dict:
     """`pretrain` once its --out is this process's."""
     images, captions = _load_pairs(corpus)
     torch_device = resolve_device(device)
-    seed_everything(seed)
-    bundle = fresh_clip(model_name, torch_device, seed=seed)
-    settings = {"model": model_name, "epochs": epochs, "batch_size": min(batch_size, len(images)), "lr": lr,
-                "weight_decay": weight_decay, "warmup": warmup, "seed": seed}
+    seed_everything(config.seed)
+    bundle = fresh_clip(config.model, torch_device, seed=config.seed)
+    settings = {**asdict(config), "batch_size": min(config.batch_size, len(images))}
     identity = {"config": settings, "model": bundle.reference.identity(), "corpus_sha256": sha256_file(corpus)}
     run = _Run(bundle.model, settings, len(images), torch_device)
     state = load_resume_state(out / STATE, identity, restart=restart, restart_if_changed=restart_if_changed)
@@ -112,9 +121,9 @@ def _train(corpus: Path, out: Path, model_name, epochs, batch_size, lr, weight_d
     tokens = _tokenize(bundle.tokenizer, captions).to(torch_device)
     pixels = torch.from_numpy(images).to(torch_device)
     with progress() as bar:
-        task = bar.add_task(f"pretrain {model_name}", total=run.total_steps, completed=len(run.history))
+        task = bar.add_task(f"pretrain {config.model}", total=run.total_steps, completed=len(run.history))
         run.train(pixels, tokens, checkpoint_every, checkpoint,
-                  on_step=lambda loss: bar.update(task, advance=1, description=f"pretrain {model_name} loss {loss:.3f}"))
+                  on_step=lambda loss: bar.update(task, advance=1, description=f"pretrain {config.model} loss {loss:.3f}"))
     summary = _write_outputs(run, out, corpus, identity, torch_device, plot)
     (out / STATE).unlink(missing_ok=True)  # model.pt is complete: nothing is left to resume
     return summary
@@ -256,12 +265,12 @@ def _load_pairs(corpus: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, captions.astype(str)
 
 
-def _check_settings(epochs: int, batch_size: int, lr: float, weight_decay: float, warmup: float, checkpoint_every: int) -> None:
-    if epochs < 1 or checkpoint_every < 1:
-        raise GcctlError(f"--epochs and --checkpoint-every must be at least 1, got {epochs} and {checkpoint_every}")
-    if batch_size < 2:
-        raise GcctlError(f"--batch-size must be at least 2 (contrastive pairs need negatives), got {batch_size}")
-    if lr <= 0 or weight_decay < 0:
-        raise GcctlError(f"--lr must be > 0 and --weight-decay >= 0, got {lr} and {weight_decay}")
-    if not 0 <= warmup < 1:
-        raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {warmup}")
+def _check_settings(config: PretrainConfig, checkpoint_every: int) -> None:
+    if config.epochs < 1 or checkpoint_every < 1:
+        raise GcctlError(f"--epochs and --checkpoint-every must be at least 1, got {config.epochs} and {checkpoint_every}")
+    if config.batch_size < 2:
+        raise GcctlError(f"--batch-size must be at least 2 (contrastive pairs need negatives), got {config.batch_size}")
+    if config.lr <= 0 or config.weight_decay < 0:
+        raise GcctlError(f"--lr must be > 0 and --weight-decay >= 0, got {config.lr} and {config.weight_decay}")
+    if not 0 <= config.warmup < 1:
+        raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {config.warmup}")

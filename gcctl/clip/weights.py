@@ -22,7 +22,7 @@ from open_clip.pretrained import (
 from gcctl.clip.reference import HF_HUB, LOCAL_DIR
 from gcctl.clip.registry import registered_config
 from gcctl.errors import GcctlError
-from gcctl.runtime import read_json
+from gcctl.files import read_json
 
 LOCAL_DIR_CONFIG = "open_clip_config.json"  # the names open_clip's local-dir: reader looks for
 LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"

@@ -19,7 +19,8 @@ import pandas as pd
 from gcctl.datasets.folders import readable
 from gcctl.datasets.table import DatasetTable, NameOverrides, pick_names
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_directory, progress
+from gcctl.files import atomic_directory
+from gcctl.runtime import progress
 
 CACHE = "gcctl-images"
 CIFAR10_LAYOUT = "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta} (the python version, unpacked)"

@@ -18,7 +18,7 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.subset import ClassSubset
 from gcctl.datasets.tar_members import archive_of
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path
+from gcctl.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {

@@ -28,13 +28,14 @@ from gcctl.clip.text import class_text_features, class_words
 from gcctl.datasets.images import ImageDataset
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
+from gcctl.files import read_json
 from gcctl.metrics import (
     compute_metrics,
     metrics_from_predictions,
     predictions_frame,
     write_evaluation,
 )
-from gcctl.runtime import autocast, read_json, resolve_device
+from gcctl.runtime import autocast, resolve_device
 
 
 def split_rows(table: DatasetTable, split: str) -> np.ndarray:

@@ -34,14 +34,9 @@ from gcctl.evaluation.checkpoints import (
     seeded_checkpoints,
     zeroshot_scores,
 )
+from gcctl.files import read_json, refuse_directory, sha256_file, write_json
 from gcctl.metrics import mean_std, seed_key
-from gcctl.runtime import (
-    read_json,
-    refuse_directory,
-    resolve_device,
-    sha256_file,
-    write_json,
-)
+from gcctl.runtime import resolve_device
 
 ROLES = ("source", "domain", "group", "other")
 SUMMARY = SUMMARY_FILE  # a suite's summary, named like a run's

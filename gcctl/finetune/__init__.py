@@ -8,8 +8,8 @@ a model like any other (`gcctl extract --pretrained DIR/model.pt`, then any eval
 from gcctl.runtime import lazy_exports
 
 _LAZY = {
-    "METHODS": "train",
-    "FinetuneConfig": "train",
+    "METHODS": "config",
+    "FinetuneConfig": "config",
     "finetune": "train",
     "SHIPPED_POOLS": "pools",
     "read_pool": "pools",

@@ -30,8 +30,9 @@ from gcctl.datasets.table import DatasetTable
 from gcctl.distributed import World
 from gcctl.errors import GcctlError
 from gcctl.evaluation.checkpoints import encode_images
+from gcctl.files import identity_differences
 from gcctl.finetune.parallel import gather
-from gcctl.runtime import autocast, identity_differences
+from gcctl.runtime import autocast
 from gcctl.store import FeatureStore
 
 log = logging.getLogger(__name__)

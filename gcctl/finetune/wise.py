@@ -9,7 +9,7 @@ import torch
 from gcctl.clip.checkpoint import checkpoint_model_name, save_checkpoint
 from gcctl.clip.factory import build_clip
 from gcctl.errors import GcctlError
-from gcctl.runtime import sha256_file
+from gcctl.files import sha256_file
 
 
 def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike, *, model_name: str | None = None) -> dict:

@@ -25,6 +25,16 @@ from gcctl.clip.reference import ModelRef
 from gcctl.curves import CURVE_DIR, write_seeded_curve
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
+from gcctl.files import (
+    atomic_directory,
+    check_output,
+    identity_differences,
+    load_torch_file,
+    output_lock,
+    read_json,
+    sha256_file,
+    write_json,
+)
 from gcctl.methods import get_method, group_supervision, make_config
 from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
@@ -34,19 +44,7 @@ from gcctl.metrics import (
     seed_key,
     write_evaluation,
 )
-from gcctl.runtime import (
-    atomic_directory,
-    check_output,
-    check_seeds,
-    identity_differences,
-    load_torch_file,
-    output_lock,
-    read_json,
-    resolve_device,
-    seed_everything,
-    sha256_file,
-    write_json,
-)
+from gcctl.runtime import check_seeds, resolve_device, seed_everything
 from gcctl.store import FeatureStore, check_memory_budget
 
 

@@ -21,17 +21,12 @@ import numpy as np
 
 from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
 from gcctl.errors import GcctlError
+from gcctl.files import atomic_path, refuse_directory, write_json
 from gcctl.metrics import agreement
 from gcctl.pseudolabel.data import LabelingData, load_labeling_data
 from gcctl.pseudolabel.strategies import Inference, erm_error, kmeans, oracle, val_probe
 from gcctl.pseudolabel.zeroshot import zeroshot_attr
-from gcctl.runtime import (
-    atomic_path,
-    refuse_directory,
-    resolve_device,
-    seed_everything,
-    write_json,
-)
+from gcctl.runtime import resolve_device, seed_everything
 from gcctl.store import FeatureStore
 
 GROUP_FILE_COLUMNS = ("id", "group", "group_name", "confidence", "strategy")

@@ -2,7 +2,7 @@
 
 Extraction writes into `<out>.partial` and records after every batch how many rows are done, so a killed run
 resumes where it stopped; the finished file appears by an atomic rename. One process at a time writes an
---out (`gcctl.runtime.output_lock`).
+--out (`gcctl.files.output_lock`).
 
 Under torchrun every process writes its part the same way, into `<out>.rank<r>-of-<n>`, and rank 0 then joins
 the parts into `<out>`: written like a single process's store (same datasets and attributes but `created` and
@@ -25,17 +25,14 @@ import gcctl.store.format as store_format
 from gcctl import __version__
 from gcctl.datasets.tar_members import archive_starts
 from gcctl.errors import GcctlError
-from gcctl.runtime import (
-    autocast,
+from gcctl.files import (
     check_output,
-    cpu_budget,
-    in_background,
     output_lock,
     partial_path,
     refuse_directory,
     refuse_inside,
-    resolve_device,
 )
+from gcctl.runtime import autocast, cpu_budget, in_background, resolve_device
 from gcctl.store.format import (
     COMPLETE_KEY,
     EXTRACTION_KEYS,

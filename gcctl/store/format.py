@@ -34,7 +34,7 @@ from gcctl import __version__
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.table import SPLITS
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path, corrupt_file_error, partial_path
+from gcctl.files import atomic_path, corrupt_file_error, partial_path
 
 if TYPE_CHECKING:  # the store sits above models in the layering
     from gcctl.clip.reference import ModelRef

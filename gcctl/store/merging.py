@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from gcctl.errors import GcctlError
-from gcctl.runtime import check_output, identity_differences, output_lock
+from gcctl.files import check_output, identity_differences, output_lock
 from gcctl.store.format import (
     EXTRACTION_KEYS,
     FeatureStore,

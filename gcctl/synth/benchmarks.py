@@ -19,7 +19,8 @@ from PIL import Image
 
 from gcctl.datasets.table import NAMES_SIDECAR
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_directory, progress, write_json
+from gcctl.files import atomic_directory, write_json
+from gcctl.runtime import progress
 from gcctl.synth.corpus import FACTOR_PROMPTS
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from gcctl.errors import GcctlError
-from gcctl.runtime import atomic_path
+from gcctl.files import atomic_path
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
 
 CORPUS_FILE = "corpus.npz"

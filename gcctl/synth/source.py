@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from gcctl.datasets.table import NAMES_SIDECAR, SPLITS
-from gcctl.runtime import write_json
+from gcctl.files import write_json
 from gcctl.synth.benchmarks import (
     _check_scale,
     _check_target,
