@@ -5,10 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import toy_store
 
-from gcctl.clip.factory import build_clip
-from gcctl.clip.reference import ModelRef
-from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.adapter import (
     AdapterConfig,
     HardSamples,
@@ -22,10 +20,8 @@ from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.methods.transforms import ResidualAdapter
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
-from gcctl.runtime import seed_everything
-from gcctl.store import FeatureStore, write_store
+from gcctl.store import FeatureStore
 
-MODEL, DIM = "gcctl-micro", 32
 SMALL = {"epochs": 2, "num_positives": 16, "num_negatives": 16, "num_neighbors_for_negatives": 32}
 
 
@@ -35,37 +31,16 @@ pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """Class signal on e0, a background that agrees with the class in 90% of train (independent in val/test)."""
-    rng = np.random.default_rng(0)
-    parts = []
-    for split, count in enumerate((300, 120, 120)):
-        y = rng.integers(0, 2, count)
-        place = np.where(rng.random(count) < (0.9 if split == 0 else 0.5), y, 1 - y)
-        features = 0.6 * rng.standard_normal((count, DIM))
-        features[:, 0] += 2 * y - 1
-        features[:, 1] += 2 * place - 1
-        parts.append((features / np.linalg.norm(features, axis=1, keepdims=True), y, place, np.full(count, split)))
-    features, y, place, split = (np.concatenate(p) for p in zip(*parts))
-    path = tmp_path_factory.mktemp("stores") / "toy.h5"
-    write_store(path, features.astype(np.float16), y, split, [f"img{i}" for i in range(len(y))], {"place": place},
-                vocabulary=GroupVocabulary(["landbird", "waterbird"], {"place": ["land", "water"]}),
-                provenance={"model_ref": ModelRef(MODEL, "none", "", "none").to_dict(), "embed_dim": DIM,
-                            "normalized": True, "dataset": "toy", "dataset_fingerprint": "toy"})
-    return path
+    return toy_store(tmp_path_factory.mktemp("stores") / "toy.h5", n=(300, 120, 120), corr=0.9, place_strength=1)
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    seed_everything(0)  # as train_run does, so the random weights agree with the runs'
-    return build_clip(MODEL, "none")
-
-
-def test_a_new_adapter_is_the_identity_so_its_classifier_is_zeroshot(store, bundle):
+def test_a_new_adapter_is_the_identity_so_its_classifier_is_zeroshot(store, shared_micro):
     with FeatureStore(store) as opened:
         data = load_training_data(opened, torch.device("cpu"))
-    scorer = adapter_scorer(data, AdapterConfig(), bundle, torch.device("cpu"), torch.Generator().manual_seed(0))
+    scorer = adapter_scorer(data, AdapterConfig(), shared_micro, torch.device("cpu"), torch.Generator().manual_seed(0))
     unit = torch.nn.functional.normalize(data.val.features.float(), dim=-1)
     torch.testing.assert_close(scorer.adapter(unit), unit)
-    zeroshot = fit_zeroshot(data, ZeroShotConfig(), seed=0, bundle=bundle, device=torch.device("cpu")).classifier
+    zeroshot = fit_zeroshot(data, ZeroShotConfig(), seed=0, bundle=shared_micro, device=torch.device("cpu")).classifier
     assert np.allclose(scorer.classifier().scores(data.val.features), zeroshot.scores(data.val.features), atol=1e-5)
     # ...but not a do-nothing module: its hidden layer is live, and moving `up` changes the output.
     torch.nn.init.normal_(scorer.adapter.up.weight)

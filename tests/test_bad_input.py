@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+from conftest import MICRO
 from PIL import Image
 
-MICRO = "gcctl-micro"
 CPU = ("--device", "cpu")
 
 

@@ -128,6 +128,7 @@ def test_unreadable_image_in_a_worker_is_one_line(tiny_waterbirds, micro_bundle,
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_cli_extract_then_info(tiny_waterbirds, tmp_path, run_cli):
     out = tmp_path / "f.h5"
     code, stdout, _ = run_cli("extract", "--dataset", "waterbirds", "--root", str(tiny_waterbirds),

@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MICRO
 
 from gcctl.clip import build_clip, save_checkpoint
 from gcctl.curves import read_curve
@@ -30,7 +31,6 @@ from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.store import extract
 from gcctl.synth.render import BACKGROUNDS, COLOURS
 
-MICRO = "gcctl-micro"
 # 96 train images: 3 steps of 32 per epoch; a learning rate large enough for a micro model to move.
 QUICK = dict(epochs=1, batch_size=32, lr=1e-3, pools=("synthetic",))
 
@@ -360,6 +360,7 @@ def test_restart_if_changed_resumes_the_same_config_and_starts_another_over(tabl
     assert tsv_steps(out / "dvclive" / "plots" / "metrics" / "val_acc_wg.tsv") == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_data_parallel_run_matches_one_process_with_the_same_global_batch(table, base, tmp_path):
     options = {**QUICK, "method": "starft"}
     finetune(table, tmp_path / "single", model_name=MICRO, pretrained=base, device="cpu", config=FinetuneConfig(**options))

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import MICRO
 
 from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, attribute_prompts
 from gcctl.clip.reference import ModelRef
@@ -19,7 +20,7 @@ from gcctl.store import write_store
 
 DIM = 16
 CLASSES = ["circle", "square"]
-PROVENANCE = {"model_ref": ModelRef("gcctl-micro", "none", "", "none").to_dict(), "dataset": "toy", "dataset_fingerprint": "toy"}
+PROVENANCE = {"model_ref": ModelRef(MICRO, "none", "", "none").to_dict(), "dataset": "toy", "dataset_fingerprint": "toy"}
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +58,7 @@ def _write(path, features, y, attributes, split, attribute_values):
     )
 
 
+# Not conftest.toy_store: labels of every split drawn before one noise matrix, 16-d, a weak class signal.
 def make_store(path, *, n=(600, 200, 200), minority=0.2, seed=0):
     """Features = class direction e0 + a stronger attribute direction e1 + noise, L2-normalised: as in
     Waterbirds, the spurious attribute is the easier feature."""
@@ -144,12 +146,8 @@ def _text_feature_store(path, bundle, seed=0):
                   {"place": ["grass", "water"]})
 
 
-def test_zeroshot_attr_reads_the_attribute_from_its_prompts(tmp_path):
-    from gcctl.clip.factory import build_clip
-    from gcctl.runtime import seed_everything
-
-    seed_everything(0)  # as pseudo_label does before building a model without pretrained weights
-    store = _text_feature_store(tmp_path / "text.h5", build_clip("gcctl-micro", "none"))
+def test_zeroshot_attr_reads_the_attribute_from_its_prompts(tmp_path, shared_micro):
+    store = _text_feature_store(tmp_path / "text.h5", shared_micro)  # the weights pseudo_label builds from seed 0
     summary = pseudo_label(store, "zeroshot-attr", tmp_path / "groups.parquet", seed=0)
     assert summary["agreement"]["accuracy"] > 0.9 and _minority_recall(summary) > 0.6
     assert summary["notes"]["prompts"]["place"] == ["a photo of a {class} on grass.", "a photo of a {class} on water."]

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 import typer
+from conftest import MICRO, TOY_CLASSES, toy_store
 from typer.testing import CliRunner
 
-from gcctl.clip.factory import build_clip
-from gcctl.clip.reference import ModelRef
+from gcctl.clip.registry import register_packaged_configs
 from gcctl.clip.text import encode_texts
 from gcctl.curves import read_seeded_curve
 from gcctl.datasets.groups import GroupVocabulary
@@ -23,13 +23,9 @@ from gcctl.methods.prompts import PromptLearner, TextTower
 from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.metrics import metrics_from_predictions, read_predictions
 from gcctl.report import plot_run_curve, write_report
-from gcctl.runtime import seed_everything
-from gcctl.store import write_store
 
-MODEL = "gcctl-micro"
 DIM = 32
-CLASSES = ["landbird", "waterbird"]
-VOCABULARY = GroupVocabulary(CLASSES, {"place": ["land", "water"]})
+CLASSES = TOY_CLASSES
 GROUPS = ["landbird/land", "landbird/water", "waterbird/land", "waterbird/water"]
 QUICK = {"epochs": 8}
 
@@ -37,76 +33,43 @@ QUICK = {"epochs": 8}
 pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
-def make_store(path, *, corr=0.95, bg_strength=2.0, n=(1200, 400, 800), seed=0, centers=None, model=MODEL, dim=DIM, nan=False):
-    """Features = class signal + background signal + noise, L2-normalised.
-
-    In train the background agrees with the class in a fraction `corr` of the samples; in val and test it is
-    independent of the class. `centers` [2, dim] replaces the class directions (default: ±e0).
-    """
-    rng = np.random.default_rng(seed)
-    parts = []
-    for split, count in enumerate(n):
-        y = rng.integers(0, 2, count)
-        bg = np.where(rng.random(count) < (corr if split == 0 else 0.5), y, 1 - y)
-        features = 0.6 * rng.standard_normal((count, dim))
-        if centers is None:
-            features[:, 0] += 2 * y - 1
-        else:
-            features += 3 * centers[y]
-        features[:, 1] += bg_strength * (2 * bg - 1)
-        parts.append((features / np.linalg.norm(features, axis=1, keepdims=True), y, bg, np.full(count, split)))
-    features, y, bg, split = (np.concatenate(p) for p in zip(*parts))
-    if nan:
-        features[5, 3] = np.nan
-    write_store(
-        path, features.astype(np.float16), y, split, [f"img{i}" for i in range(len(y))], {"place": bg},
-        vocabulary=VOCABULARY,
-        provenance={"model_ref": ModelRef(model, "none", "", "none").to_dict(), "embed_dim": dim, "normalized": True,
-                    "dataset": "toy", "dataset_fingerprint": "toy"},
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def spurious(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "spurious.h5")
+    return toy_store(tmp_path_factory.mktemp("stores") / "spurious.h5")
 
 
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
     """Class signal only: the background is independent of the class in every split and weak."""
-    return make_store(tmp_path_factory.mktemp("stores") / "easy.h5", corr=0.5, bg_strength=0.5)
+    return toy_store(tmp_path_factory.mktemp("stores") / "easy.h5", corr=0.5, place_strength=0.5)
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    seed_everything(0)  # as train_run does, so random weights agree
-    return build_clip(MODEL, "none")
-
-
-def test_prompt_encoder_reproduces_encode_text(bundle):
-    tower = TextTower(bundle.model)
+def test_prompt_encoder_reproduces_encode_text(shared_micro):
+    tower = TextTower(shared_micro.model)
     names = ["waterbird", "land bird"]
     templates = {"end": "a photo of a {}.", "front": "{} a photo of a.", "middle": "a photo {} of a."}
     for position, template in templates.items():
-        learner = PromptLearner(tower, bundle.tokenizer, names, [0, 1], ctx_init="a photo of a", class_position=position)
-        expected = bundle.model.encode_text(bundle.tokenizer([template.format(n) for n in names]))
+        learner = PromptLearner(tower, shared_micro.tokenizer, names, [0, 1], ctx_init="a photo of a",
+                                class_position=position)
+        expected = shared_micro.model.encode_text(shared_micro.tokenizer([template.format(n) for n in names]))
         torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-5)  # shorter matmuls round differently
         assert learner.tokens.shape[1] == 4 + 2 + 3  # cut after the end token: start, context, "land bird", ".", end
 
 
 def test_prompts_keep_their_padding_without_a_causal_mask():
-    model = open_clip.create_model(MODEL, force_custom_text=True)
+    model = open_clip.create_model(MICRO, force_custom_text=True)
     model.text.attn_mask = None  # every position sees the padding: it is part of the features
-    tokenizer = open_clip.get_tokenizer(MODEL)
+    tokenizer = open_clip.get_tokenizer(MICRO)
     learner = PromptLearner(TextTower(model), tokenizer, ["cat"], [0])
     assert learner.tokens.shape[1] == model.text.context_length
     torch.testing.assert_close(learner(), model.encode_text(tokenizer(["a photo of a cat."])), rtol=0, atol=1e-6)
 
 
 def test_prompt_encoder_supports_custom_text_clip():
-    model = open_clip.create_model(MODEL, force_custom_text=True)
-    tokenizer = open_clip.get_tokenizer(MODEL)
+    register_packaged_configs()  # gcctl-micro is ours: open_clip knows it once gcctl.clip.registry has run
+    torch.manual_seed(0)  # open_clip draws the random weights from the global generator: the same ones in any order
+    model = open_clip.create_model(MICRO, force_custom_text=True)
+    tokenizer = open_clip.get_tokenizer(MICRO)
     learner = PromptLearner(TextTower(model), tokenizer, ["cat"], [0])
     torch.testing.assert_close(learner(), model.encode_text(tokenizer(["a photo of a cat."])), rtol=0, atol=1e-6)
 
@@ -116,18 +79,18 @@ def test_other_text_towers_are_refused():
         TextTower(torch.nn.Linear(2, 2))
 
 
-def test_only_the_contexts_learn(bundle):
-    learner = PromptLearner(TextTower(bundle.model), bundle.tokenizer, ["a", "b", "c"], [0, 1, 2], ctx_init="", n_ctx=3,
-                            generator=torch.Generator().manual_seed(0))
+def test_only_the_contexts_learn(shared_micro):
+    learner = PromptLearner(TextTower(shared_micro.model), shared_micro.tokenizer, ["a", "b", "c"], [0, 1, 2], ctx_init="",
+                            n_ctx=3, generator=torch.Generator().manual_seed(0))
     assert learner.contexts.shape == (3, 3, 32)
     learner().sum().backward()
     assert learner.contexts.grad.abs().sum() > 0
     assert all(p.grad is None for name, p in learner.named_parameters() if name != "contexts")
 
 
-def test_zeroshot_classifies_features_that_are_its_prompts(tmp_path, bundle):
-    text = encode_texts(bundle.model, bundle.tokenizer, [f"a photo of a {c}." for c in CLASSES]).numpy()
-    store = make_store(tmp_path / "text.h5", corr=0.5, bg_strength=0.0, centers=text)
+def test_zeroshot_classifies_features_that_are_its_prompts(tmp_path, shared_micro):
+    text = encode_texts(shared_micro.model, shared_micro.tokenizer, [f"a photo of a {c}." for c in CLASSES]).numpy()
+    store = toy_store(tmp_path / "text.h5", corr=0.5, place_strength=0.0, class_dirs=text, class_strength=3)
     train_run(store, "zeroshot", tmp_path / "run")
     assert evaluate_run(tmp_path / "run", "test")["acc_avg"]["mean"] > 0.95
 
@@ -201,7 +164,7 @@ def test_run_round_trip_and_seeds(tmp_path, spurious):
         assert val["seeds"][seed]["acc_wg"] == pytest.approx(selection[seed]["val_metrics"]["acc_wg"])
     values = [val["seeds"][s]["acc_avg"] for s in ("2", "10")]
     assert val["acc_avg"] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
-    assert val["provenance"]["model_ref"]["architecture"] == MODEL
+    assert val["provenance"]["model_ref"]["architecture"] == MICRO
     # the predictions written beside the metrics recompute them
     written = json.loads((tmp_path / "val.json").read_text())
     predictions, vocabulary = read_predictions(tmp_path / "val.predictions.parquet")
@@ -277,7 +240,7 @@ def test_groupcoop_on_pseudo_groups_names_them_as_the_dataset_does(tmp_path, spu
 
 def test_evaluating_on_a_store_of_another_model_is_refused(tmp_path, spurious):
     train_run(spurious, "linear", tmp_path / "run", options=QUICK)
-    other = make_store(tmp_path / "other.h5", model="gcctl-tiny", dim=DIM)
+    other = toy_store(tmp_path / "other.h5", model="gcctl-tiny", dim=DIM)
     with pytest.raises(GcctlError, match="other features"):
         evaluate_run(tmp_path / "run", "test", features=other)
 
@@ -291,7 +254,7 @@ def test_nan_features_are_refused_and_nothing_is_overwritten(tmp_path, spurious)
     train_run(spurious, "linear", run, options=QUICK)
     before = tree_bytes(run)
     with pytest.raises(GcctlError, match="NaN"):
-        train_run(make_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK, overwrite=True)
+        train_run(toy_store(tmp_path / "nan.h5", nan=True), "linear", run, options=QUICK, overwrite=True)
     assert tree_bytes(run) == before
 
 
@@ -301,7 +264,7 @@ def test_diverging_loss_is_a_clear_error(tmp_path, spurious):
 
 
 def test_split_with_an_empty_group_is_refused(tmp_path):
-    store = make_store(tmp_path / "pure.h5", corr=1.0)  # train has no minority group
+    store = toy_store(tmp_path / "pure.h5", corr=1.0)  # train has no minority group
     with pytest.raises(GcctlError, match="split 'train' .* no sample of group"):
         train_run(store, "linear", tmp_path / "run")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MICRO
 
 from gcctl.clip.factory import build_clip
 from gcctl.clip.reference import ModelRef
@@ -13,7 +14,6 @@ from gcctl.datasets import load_dataset
 from gcctl.files import sha256_file
 from gcctl.store import FeatureStore, extract
 
-MICRO = "gcctl-micro"
 CHECKPOINT = "pipeline/models/micro.pt"
 STORE = "pipeline/features/waterbirds.h5"
 

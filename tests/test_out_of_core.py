@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_methods import make_store
+from conftest import toy_store
 
 import gcctl.store.format
 from gcctl.errors import GcctlError
@@ -37,7 +37,7 @@ def _small_blocks(monkeypatch):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("stores") / "small.h5", n=SPLITS)
+    return toy_store(tmp_path_factory.mktemp("stores") / "small.h5", n=SPLITS)
 
 
 def assert_identical(a, b, where="params"):
@@ -53,7 +53,7 @@ def assert_identical(a, b, where="params"):
 
 def test_stored_rows_hold_what_the_loaded_split_holds(tmp_path):
     """Rows read across storage chunks (512-wide float16: 1024 rows a chunk), by slice, positions and mask."""
-    path = make_store(tmp_path / "wide.h5", n=(1500, 700, 400), dim=512)
+    path = toy_store(tmp_path / "wide.h5", n=(1500, 700, 400), dim=512)
     with FeatureStore(path) as wide:
         index = wide.split_index("train")
         loaded = torch.from_numpy(wide.load_features(index))

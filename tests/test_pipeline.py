@@ -70,6 +70,7 @@ needs_clis = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("gcc
                                 reason="needs the installed CLIs")
 
 
+@pytest.mark.slow
 @needs_clis
 def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     repo = _project_copy(tmp_path)
@@ -140,6 +141,7 @@ extract:
 """
 
 
+@pytest.mark.slow
 @needs_clis
 def test_dvc_exp_run_selects_a_preset(tmp_path):
     repo = _project_copy(tmp_path)
@@ -228,6 +230,7 @@ def _imagenet_fixtures(root: Path) -> None:
             _write_jpegs(root / subset.replace("_", "-") / wnid, 2, 40 + index)
 
 
+@pytest.mark.slow
 @needs_clis
 def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(tmp_path):
     """`imagenet-vitb16` as a GPU runner would run it, with only the paths and the model swapped: a micro CLIP

@@ -5,23 +5,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TOY_CLASSES, TOY_PLACES, toy_features, toy_store
 
 from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, fill_prompt
-from gcctl.clip.factory import build_clip
-from gcctl.clip.reference import ModelRef
 from gcctl.clip.text import encode_texts
-from gcctl.datasets.groups import GroupVocabulary
 from gcctl.methods.runs import evaluate_run, train_run
 from gcctl.methods.spurious import prompt_embeddings
 from gcctl.methods.tie import value_directions
 from gcctl.methods.transforms import SpuriousTranslation, transform_from_state
-from gcctl.runtime import seed_everything
-from gcctl.store import write_store
 
-MODEL = "gcctl-micro"
 DIM = 32
-CLASSES = ["landbird", "waterbird"]
-PLACES = ["land", "water"]
+CLASSES, PLACES = TOY_CLASSES, TOY_PLACES
 CPU = torch.device("cpu")
 
 
@@ -29,35 +23,20 @@ pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    seed_everything(0)  # as train_run does, so random weights agree
-    return build_clip(MODEL, "none")
-
-
-@pytest.fixture(scope="module")
-def place_texts(bundle):
+def place_texts(shared_micro):
     """The default value directions: the attribute prompt of each place, averaged over the classes."""
     texts = {"place": [[fill_prompt(DEFAULT_ATTRIBUTE_PROMPT, value=p, **{"class": c}) for c in CLASSES] for p in PLACES]}
-    return value_directions(prompt_embeddings(bundle, texts)["place"])
+    return value_directions(prompt_embeddings(shared_micro, texts)["place"])
 
 
 def write_toy_store(path, place_texts, *, attributes=True, n=(400, 200, 200), seed=0):
-    """Features = class direction + the place's text direction + noise; the place follows the class in 90% of
-    train, independent of it in val and test."""
-    rng = np.random.default_rng(seed)
+    """Features = 2 × a random class direction + 3 × the place's text direction + noise; the place follows the class
+    in 90% of train, independent of it in val and test. Returns the store and its features, places and splits."""
     centers = F.normalize(torch.randn(2, DIM, generator=torch.Generator().manual_seed(seed)), dim=-1).numpy()
-    parts = []
-    for split, count in enumerate(n):
-        y = rng.integers(0, 2, count)
-        place = np.where(rng.random(count) < (0.9 if split == 0 else 0.5), y, 1 - y)
-        features = 2 * centers[y] + 3 * place_texts.numpy()[place] + 0.15 * rng.standard_normal((count, DIM))
-        parts.append((features / np.linalg.norm(features, axis=1, keepdims=True), y, place, np.full(count, split)))
-    features, y, place, split = (np.concatenate(p) for p in zip(*parts))
-    vocabulary = GroupVocabulary(CLASSES, {"place": PLACES} if attributes else None)
-    write_store(path, features.astype(np.float32), y, split, [f"img{i}" for i in range(len(y))],
-                {"place": place} if attributes else {}, vocabulary=vocabulary,
-                provenance={"model_ref": ModelRef(MODEL, "none", "", "none").to_dict(), "embed_dim": DIM,
-                            "normalized": True, "dataset": "toy", "dataset_fingerprint": "toy"})
+    options = {"n": n, "corr": 0.9, "seed": seed, "dim": DIM, "class_dirs": centers, "class_strength": 2,
+               "place_dirs": place_texts.numpy(), "place_strength": 3, "noise": 0.15}
+    toy_store(path, dtype=np.float32, attributes=attributes, **options)
+    features, _, place, split = toy_features(**options)
     return path, torch.from_numpy(features).float(), torch.from_numpy(place), split
 
 
@@ -115,12 +94,12 @@ def test_tie_star_infers_the_place_zero_shot_and_measures_scales_on_train(tmp_pa
     torch.testing.assert_close(translation.scales, expected)
 
 
-def test_attribute_prompt_sets_the_direction_and_the_run_evaluates(tmp_path, toy, bundle, run_cli):
+def test_attribute_prompt_sets_the_direction_and_the_run_evaluates(tmp_path, toy, shared_micro, run_cli):
     store = toy[0]
     code, out, err = run_cli("train", "--features", str(store), "--method", "tie-star", "--device", "cpu",
                              "--attribute-prompt", "place=a photo with a {value} background.", "--out", str(tmp_path / "run"))
     assert code == 0, err
-    texts = encode_texts(bundle.model, bundle.tokenizer, [f"a photo with a {p} background." for p in PLACES])
+    texts = encode_texts(shared_micro.model, shared_micro.tokenizer, [f"a photo with a {p} background." for p in PLACES])
     torch.testing.assert_close(saved_translation(tmp_path / "run").directions, texts)
     code, out, err = run_cli("evaluate", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "m.json"), "--device", "cpu")
     assert code == 0, err

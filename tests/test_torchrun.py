@@ -10,6 +10,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from gcctl.datasets import load_dataset
 from gcctl.store import extract
@@ -35,6 +36,7 @@ def _contents(path: Path) -> tuple[dict, dict]:
     return datasets, attrs
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_store_of_one_and_a_failed_part_resumes(tiny_waterbirds, micro_bundle, tmp_path):
     root = shutil.copytree(tiny_waterbirds, tmp_path / "waterbirds")
     table = load_dataset("waterbirds", root)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import MICRO
 
-from gcctl.clip.factory import build_clip
 from gcctl.clip.reference import ModelRef
 from gcctl.clip.text import encode_texts
 from gcctl.datasets.groups import GroupVocabulary
@@ -18,7 +18,6 @@ from gcctl.methods.orthproj import fit as fit_orthproj
 from gcctl.methods.roboshot import fit as fit_roboshot
 from gcctl.store import FeatureStore, write_store
 
-MODEL = "gcctl-micro"
 CLASSES = ["circle", "square"]
 VALUES = ["grass", "water"]
 PROMPT = "a photo of a {} on {}."  # gcctl.clip.captions' default attribute prompt
@@ -27,6 +26,7 @@ PROMPT = "a photo of a {} on {}."  # gcctl.clip.captions' default attribute prom
 pytestmark = pytest.mark.usefixtures("quiet_random_weights")  # conftest: models with random weights warn
 
 
+# Not conftest.toy_store: no signal at all, and groups laid out in a fixed, balanced pattern rather than drawn.
 def make_store(path, attributes=True, seed=0):
     """Random unit features, 40 per split, every (class, place) group present in each split."""
     rng = np.random.default_rng(seed)
@@ -36,7 +36,7 @@ def make_store(path, attributes=True, seed=0):
     vocabulary = GroupVocabulary(CLASSES, {"place": VALUES} if attributes else {})
     write_store(path, (features / np.linalg.norm(features, axis=1, keepdims=True)).astype(np.float32), y, split,
                 [f"img{i}" for i in range(n)], {"place": place} if attributes else {}, vocabulary=vocabulary,
-                provenance={"model_ref": ModelRef(MODEL, "none", "", "none").to_dict(), "embed_dim": 32,
+                provenance={"model_ref": ModelRef(MICRO, "none", "", "none").to_dict(), "embed_dim": 32,
                             "normalized": True, "dataset": "toy", "dataset_fingerprint": "toy"})
     return path
 
@@ -52,11 +52,6 @@ def data(store):
         return load_training_data(opened, torch.device("cpu"))
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return build_clip(MODEL, "none")
-
-
 def embed(bundle, texts):
     return encode_texts(bundle.model, bundle.tokenizer, texts).double()
 
@@ -69,20 +64,20 @@ def class_prompt_pairs(bundle):
 
 
 @pytest.mark.parametrize("calibrate", [False, True])
-def test_orthogonal_projection_leaves_the_classes_no_component_on_the_spurious_span(data, bundle, calibrate):
-    result = fit_orthproj(data, make_config("orthproj", {"calibrate": calibrate}), seed=0, bundle=bundle, device=torch.device("cpu"))
-    _, spurious = class_prompt_pairs(bundle)
+def test_orthogonal_projection_leaves_the_classes_no_component_on_the_spurious_span(data, shared_micro, calibrate):
+    result = fit_orthproj(data, make_config("orthproj", {"calibrate": calibrate}), seed=0, bundle=shared_micro, device=torch.device("cpu"))
+    _, spurious = class_prompt_pairs(shared_micro)
     classes = F.normalize(result.classifier.weight.double(), dim=-1)
-    before = embed(bundle, [f"a photo of a {c}." for c in CLASSES])
+    before = embed(shared_micro, [f"a photo of a {c}." for c in CLASSES])
     assert (before @ F.normalize(spurious, dim=-1).T).abs().min() > 0.05  # the prompts did lie on the span
     assert (classes @ F.normalize(spurious, dim=-1).T).abs().max() < 1e-5
 
 
-def test_calibration_is_the_closed_form_optimum_and_brings_matched_pairs_closer(data, bundle):
+def test_calibration_is_the_closed_form_optimum_and_brings_matched_pairs_closer(data, shared_micro):
     device, lam = torch.device("cpu"), 1000.0
-    plain, calibrated = (fit_orthproj(data, make_config("orthproj", {"calibrate": c}), seed=0, bundle=bundle, device=device)
+    plain, calibrated = (fit_orthproj(data, make_config("orthproj", {"calibrate": c}), seed=0, bundle=shared_micro, device=device)
                          .learned["projection"].double() for c in (False, True))
-    prompts, _ = class_prompt_pairs(bundle)
+    prompts, _ = class_prompt_pairs(shared_micro)
     differences = torch.stack([prompts[c, VALUES[0]] - prompts[c, VALUES[1]] for c in CLASSES])
     # The loss ||P - P0||² + λ mean ||P (z_i - z_j)||² is stationary where P (I + λ M) = P0.
     m = differences.T @ differences / len(differences)
@@ -99,12 +94,12 @@ def write_insights(path, lines):
     return path
 
 
-def test_roboshot_output_has_no_component_on_a_harmful_direction(tmp_path, data, bundle):
+def test_roboshot_output_has_no_component_on_a_harmful_direction(tmp_path, data, shared_micro):
     pairs = [("a circle on grass", "a circle on water"), ("a circle on water", "a square on sand"),
              ("a circle on grass", "a square on sand")]  # the third is the sum of the others: no new direction
     insights = write_insights(tmp_path / "insights.tsv", ["# harmful only: the rejection step"] + [f"harmful\t{a}\t{b}" for a, b in pairs])
-    result = fit_roboshot(data, make_config("roboshot", {"insights": str(insights)}), seed=0, bundle=bundle, device=torch.device("cpu"))
-    harmful = F.normalize(torch.stack([embed(bundle, [a])[0] - embed(bundle, [b])[0] for a, b in pairs]), dim=-1).float()
+    result = fit_roboshot(data, make_config("roboshot", {"insights": str(insights)}), seed=0, bundle=shared_micro, device=torch.device("cpu"))
+    harmful = F.normalize(torch.stack([embed(shared_micro, [a])[0] - embed(shared_micro, [b])[0] for a, b in pairs]), dim=-1).float()
     images = F.normalize(torch.randn(50, 32, generator=torch.Generator().manual_seed(0)), dim=-1)
     assert (images @ harmful.T).abs().max() > 0.1
     out = result.classifier.transform(images)
@@ -123,9 +118,9 @@ def papers_updates(images, harmful, helpful):
     return x.float()
 
 
-def test_roboshot_by_default_follows_the_papers_updates_on_insights_from_the_names(data, bundle):
-    result = fit_roboshot(data, make_config("roboshot", {}), seed=0, bundle=bundle, device=torch.device("cpu"))
-    prompts, _ = class_prompt_pairs(bundle)
+def test_roboshot_by_default_follows_the_papers_updates_on_insights_from_the_names(data, shared_micro):
+    result = fit_roboshot(data, make_config("roboshot", {}), seed=0, bundle=shared_micro, device=torch.device("cpu"))
+    prompts, _ = class_prompt_pairs(shared_micro)
     harmful = torch.stack([prompts[c, VALUES[0]] - prompts[c, VALUES[1]] for c in CLASSES])
     helpful = torch.stack([prompts[CLASSES[0], v] - prompts[CLASSES[1], v] for v in VALUES])
     images = F.normalize(torch.randn(50, 32, generator=torch.Generator().manual_seed(1)), dim=-1)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import MICRO
 
 from gcctl.clip import build_clip, save_checkpoint
 from gcctl.datasets import DatasetTable, load_dataset
 from gcctl.evaluation import transfer as transfer_module
 from gcctl.evaluation.checkpoints import evaluate_checkpoints
-
-MICRO = "gcctl-micro"
 
 
 @pytest.fixture(scope="module")
