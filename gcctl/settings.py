@@ -14,13 +14,13 @@ _MISSING = dataclasses.MISSING
 
 
 def setting(default: Any = _MISSING, *, help: str, flag: str | None = None, choices: Sequence[str] | None = None,
-            positive: bool = False, minimum: float | None = None, csv: bool = False,
+            positive: bool = False, csv: bool = False,
             default_factory: Any = _MISSING) -> Any:
     """A dataclass field with its option: `flag` (default `--name-with-dashes`; `--on/--off` for a boolean pair),
-    `choices` (the allowed values), `positive` or `minimum` (bounds), `csv` (a list given as one comma-separated
+    `choices` (the allowed values), `positive` (a bound), `csv` (a list given as one comma-separated
     value, e.g. --class-names a,b)."""
     metadata = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "positive": positive,
-                "minimum": minimum, "csv": csv}
+                "csv": csv}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -51,8 +51,6 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
         raise GcctlError(f"{flag_of(field)} '{value}' is unknown; choose one of {', '.join(meta['choices'])}")
     if meta["positive"] and not value > 0:
         raise GcctlError(f"{flag_of(field)} must be positive, got {value}")
-    if meta["minimum"] is not None and value < meta["minimum"]:
-        raise GcctlError(f"{flag_of(field)} must be at least {meta['minimum']:g}, got {value}")
 
 
 def check_settings(config: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from gcctl.cli.generated import replace_parameter
 from gcctl.cli.options import AsJson
 from gcctl.datasets import DATASETS, DatasetTable, load_dataset
 from gcctl.errors import GcctlError
@@ -69,26 +70,12 @@ def reads_dataset(command=None, *, optional: bool = False):
     `DatasetTable` they describe. With `optional=True`, --dataset and --root may be left out (table None)."""
     if command is None:
         return functools.partial(reads_dataset, optional=optional)
-    signature = inspect.signature(command, eval_str=True)  # typer needs real annotations, not strings
     dataset_parameters = [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
         for name, (annotation, default) in _DATASET_OPTIONS.items()
     ]
-    parameters = []
-    for parameter in signature.parameters.values():
-        if parameter.name == "table":
-            parameters += dataset_parameters
-        else:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-
-    @functools.wraps(command)
-    def with_table(**values):
-        options = {name: values.pop(name) for name in _DATASET_OPTIONS}
-        return command(**values, table=_load_table(**options, optional=optional))
-
-    with_table.__signature__ = signature.replace(parameters=parameters)
-    with_table.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    return with_table
+    return replace_parameter(command, dataset_parameters, "table",
+                             lambda options: _load_table(**options, optional=optional))
 
 
 def _load_table(table_file, layout, root, *, optional: bool, **options) -> DatasetTable | None:

@@ -62,10 +62,10 @@ def _field_default(field: dataclasses.Field) -> Any:
     return field.default
 
 
-def _with_parameters(command: Callable, generated: list[inspect.Parameter], replaced: str,
+def replace_parameter(command: Callable, generated: list[inspect.Parameter], replaced: str,
                      convert: Callable[[dict], Any]) -> Callable:
     """`command` with its parameter `replaced` swapped for the `generated` ones, called with
-    `replaced=convert(their values)`."""
+    `replaced=convert(their values)` (also how `gcctl.cli.data.reads_dataset` puts the dataset options in)."""
     signature = inspect.signature(command, eval_str=True)  # typer needs real annotations, not strings
     parameters = []
     for parameter in signature.parameters.values():
@@ -96,7 +96,7 @@ def config_options(config_type: type, parameter: str = "config") -> Callable[[Ca
         def convert(values: dict) -> Any:
             return config_type(**{field.name: _from_cli(field, hints[field.name], values[field.name]) for field in described})
 
-        return _with_parameters(command, generated, parameter, convert)
+        return replace_parameter(command, generated, parameter, convert)
 
     return decorate
 
@@ -128,6 +128,6 @@ def method_options(settings: dict[str, list[tuple[str, dataclasses.Field]]], con
         def convert(values: dict) -> dict:
             return {name: _from_cli(fields[name], hints[name], value) for name, value in values.items() if value is not None}
 
-        return _with_parameters(command, generated, parameter, convert)
+        return replace_parameter(command, generated, parameter, convert)
 
     return decorate
