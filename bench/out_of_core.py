@@ -59,7 +59,7 @@ def train_once(store: Path, out: Path, path: str) -> dict:
     """One GroupCoOp epoch on `store`, its splits read from the store (`path` store) or loaded (memory)."""
     import torch
 
-    from gcctl.curves import read_seeded_curve
+    from gcctl.files import read_timings
     from gcctl.methods.runs import train_run
     from gcctl.runtime import set_quiet
     from gcctl.store import memory_budget
@@ -70,7 +70,7 @@ def train_once(store: Path, out: Path, path: str) -> dict:
     train_run(store, "groupcoop", out, options={"epochs": 1, "batch_size": BATCH_SIZE}, seeds=[0], device="cpu",
               max_memory=memory_budget(BUDGET) if path == "store" else None)
     total = time.perf_counter() - started
-    return {"epoch_s": round(read_seeded_curve(out / "dvclive")[0]["seconds"], 1), "train_run_s": round(total, 1),
+    return {"epoch_s": round(read_timings(out)["epoch_seconds"]["0"][0], 1), "train_run_s": round(total, 1),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 

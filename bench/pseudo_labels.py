@@ -56,7 +56,7 @@ def measure(features: str, seeds: list[int], scratch: Path) -> list[list[str]]:
     rows = []
     for label, strategy, options in VARIANTS:
         groups = scratch / f"{strategy}.parquet"
-        report = pseudo_label(features, strategy, groups, seed=0, **options)
+        report = pseudo_label(features, strategy, groups, seed=0, overwrite=True, **options)  # the strategy's last variant's
         recall = min(report["agreement"]["per_group"][name]["recall"] for name in minority)
         train_run(features, "groupcoop", scratch / "run", groups=groups, seeds=seeds, overwrite=True)  # the last variant's
         metrics = evaluate_run(scratch / "run", "test")

@@ -1,5 +1,6 @@
 """Files: hashing, atomic writes of files and folders, output locks and the overwrite rule, torch and JSON
-files, and the identity check that lets a run resume. Every writer in gcctl goes through these."""
+files, wall-clock figures kept beside outputs, and the identity check that lets a run resume. Every writer in
+gcctl goes through these."""
 
 from __future__ import annotations
 
@@ -202,3 +203,94 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+TIMINGS_SUFFIX = ".timings.json"
+
+
+def timings_path(output: str | os.PathLike) -> Path:
+    """Where a command keeps the wall-clock figures of making `output`: beside it, never inside it.
+
+    An output is a pure function of its inputs, so a rerun (on any machine of a kind) writes the same bytes and
+    `dvc.lock` stays as committed; how long it took is a fact about the machine, kept in this sibling file,
+    which no stage declares (DVC never hashes it) and the pipeline's .gitignore covers.
+    """
+    output = Path(output)
+    return output.with_name(output.name + TIMINGS_SUFFIX)
+
+
+def write_timings(output: str | os.PathLike, figures: dict) -> None:
+    write_json(timings_path(output), figures)
+
+
+def read_timings(output: str | os.PathLike) -> dict:
+    """The figures `write_timings` kept for `output`; empty when there are none (or they cannot be read)."""
+    path = timings_path(output)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+
+
+# The overwrite rule beyond --out itself (`check_output`): the files a command writes beside its --out, outputs
+# that are the command's own inputs, and the content tests by which a command knows its own earlier output.
+
+
+def check_beside(path: str | os.PathLike, out: str | os.PathLike, command: str, *, is_own: Callable[[Path], bool],
+                 replace_own: bool, what: str) -> None:
+    """`check_output` for a file `command` writes beside its --out `out` (its `what`, e.g. "predictions"):
+    written where nothing is, or over that command's earlier one with `replace_own`; never over anything else."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir() or not is_own(path):
+        raise GcctlError(f"{path} exists and is not the {what} of a `gcctl {command}` (which writes it beside --out "
+                         f"{out}); move it away or choose another --out")
+    if not replace_own:
+        raise GcctlError(f"{path} holds the {what} of an earlier `gcctl {command}`; pass --overwrite to replace it, "
+                         "or choose another --out")
+
+
+def refuse_input(out: str | os.PathLike, inputs: dict[str, Any], option: str = "--out") -> None:
+    """An output is never one of the command's inputs, --overwrite or not (`inputs`: each input's option and
+    value; a value that names no file, such as a weights tag, is no file to protect)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for name, given in inputs.items():
+        path = Path(str(given)).expanduser() if given is not None else None
+        if path is not None and path.exists() and os.path.samefile(out, path):
+            raise GcctlError(f"{option} {out} is also the {name} input; write the output to another path")
+
+
+def json_document(path: str | os.PathLike) -> Any:
+    """The JSON object in `path`, or None where it holds none (an `is_own` test: a large binary file is not
+    read beyond its first byte)."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(1) != b"{":
+                return None
+            return json.loads(b"{" + handle.read())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def parquet_metadata(path: str | os.PathLike, key: bytes) -> bytes | None:
+    """The schema metadata `key` of the Parquet file `path` (an `is_own` test); None where the file has none or
+    is not a readable Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return (pq.read_schema(path).metadata or {}).get(key)
+    except (pa.ArrowException, OSError):
+        return None
+
+
+def is_png(path: str | os.PathLike) -> bool:
+    """Whether `path` is a PNG image (its signature), as the figures gcctl draws are."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False

@@ -28,7 +28,17 @@ import numpy as np
 
 from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_path, corrupt_file_error, write_json
+from gcctl.files import (
+    atomic_path,
+    check_beside,
+    check_output,
+    corrupt_file_error,
+    json_document,
+    parquet_metadata,
+    refuse_directory,
+    refuse_inside,
+    write_json,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -236,6 +246,23 @@ def write_evaluation(out: str | os.PathLike, metrics: dict, predictions: "pd.Dat
     with atomic_path(predictions_path(out)) as tmp:  # the JSON inside: if it fails, no Parquet is renamed into place
         pq.write_table(arrow, tmp)
         write_json(out, metrics)
+
+
+def is_metrics_document(document: object) -> bool:
+    """Whether a JSON document is a metrics file of `gcctl evaluate`: every metric, `per_group` and `provenance`."""
+    return isinstance(document, dict) and all(key in document for key in (*METRIC_KEYS, "per_group", "provenance"))
+
+
+def check_evaluation_out(out: str | os.PathLike, overwrite: bool, *, dataset_root: str | os.PathLike | None = None) -> None:
+    """Refuse an evaluation --out before any work: a folder, a path among the dataset's files, or a file that is not
+    an earlier evaluation's metrics (its predictions beside it likewise); an earlier evaluation is replaced only
+    with `overwrite`."""
+    refuse_directory(out)
+    if dataset_root is not None:
+        refuse_inside(out, dataset_root, "the dataset root")
+    check_output(out, "evaluate", is_own=lambda path: is_metrics_document(json_document(path)), replace_own=overwrite)
+    check_beside(predictions_path(out), out, "evaluate", what="predictions", replace_own=overwrite,
+                 is_own=lambda path: parquet_metadata(path, _PARQUET_METADATA_KEY) is not None)
 
 
 def read_predictions(path: str | os.PathLike) -> tuple["pd.DataFrame", GroupVocabulary]:

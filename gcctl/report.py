@@ -21,8 +21,12 @@ from rich.table import Table
 
 from gcctl.curves import CURVE_DIR, read_seeded_curve
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_path, read_json
+from gcctl.files import atomic_directory, atomic_path, check_output, read_json
 from gcctl.metrics import METRIC_KEYS
+
+REPORT_TABLE = "results.md"  # in every report folder; its first sentence is how `gcctl report` knows its own
+_RUNS_OPENING = "Accuracy in % on the "
+_SUITES_OPENING = "Zero-shot accuracy in %, mean ± std over seeds"
 
 _HEADERS = {
     "acc_avg": "avg",
@@ -133,7 +137,7 @@ def suite_markdown(summaries: list[dict]) -> str:
         seeds = ",".join("-" if seed == "none" else seed for seed in summary["seeds"])
         lines.append(f"| {summary['run']} | {seeds} | " + " | ".join(percent(summary["mean"][key]) for key in columns) + " |")
     described = "; ".join(f"{role}: {names}" for role, names in roles.items() if names)
-    return (f"Zero-shot accuracy in %, mean ± std over seeds ({described}); group shifts: the mean over their "
+    return (f"{_SUITES_OPENING} ({described}); group shifts: the mean over their "
             "targets of worst-group and of average accuracy.\n\n" + "\n".join(lines) + "\n")
 
 
@@ -156,18 +160,20 @@ def plot_suites(summaries: list[dict], path: str | os.PathLike) -> None:
     _save(figure, Path(path))
 
 
-def write_suite_report(summaries: list[dict], out: str | os.PathLike) -> dict:
-    """`results.md` and `suites.png` comparing transfer suites of the same targets, written into `out`."""
+def write_suite_report(summaries: list[dict], out: str | os.PathLike, *, overwrite: bool = False) -> dict:
+    """`results.md` and `suites.png` comparing transfer suites of the same targets, written as the folder `out`
+    (`check_report_out`)."""
+    check_report_out(out, overwrite)
     target_sets = {tuple(sorted(summary["targets"])) for summary in summaries}
     if len(target_sets) > 1:
         raise GcctlError("the suites scored different targets; compare suites of the same --target list")
     out = Path(out)
-    paths = {"plot": out / "suites.png", "table": out / "results.md"}
-    plot_suites(summaries, paths["plot"])
+    names = {"plot": "suites.png", "table": REPORT_TABLE}
     markdown = suite_markdown(summaries)
-    with atomic_path(paths["table"]) as tmp:
-        tmp.write_text(markdown)
-    return {"suites": summaries, "markdown": markdown, "paths": {key: str(path) for key, path in paths.items()}}
+    with atomic_directory(out) as staging:
+        plot_suites(summaries, staging / names["plot"])
+        (staging / names["table"]).write_text(markdown, encoding="utf-8")
+    return {"suites": summaries, "markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -180,7 +186,7 @@ def markdown_table(runs: list[dict]) -> str:
         provenance = metrics["provenance"]
         cells = [label(metrics), provenance["method"], group_supervision_text(metrics), seeds_text(provenance["seeds"])]
         lines.append("| " + " | ".join(cells + [percent(metrics[key]) for key in METRIC_KEYS]) + " |")
-    return (f"Accuracy in % on the {split} split, mean ± std over seeds. Group labels: the splits whose true group "
+    return (f"{_RUNS_OPENING}{split} split, mean ± std over seeds. Group labels: the splits whose true group "
             "labels the run used, to train, balance or keep its best epoch (pseudo-labels count as what their "
             "strategy read).\n\n" + "\n".join(lines) + "\n")
 
@@ -313,23 +319,66 @@ def is_suite_summary(document: object) -> bool:
     return isinstance(document, dict) and {"run", "targets", "seeds", "mean"} <= set(document)
 
 
-def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
-    """Per-group accuracy chart, training curves and Markdown table of the evaluated runs, written into `out`;
-    for transfer suite summaries, their comparison (`write_suite_report`)."""
+def is_report_folder(path: str | os.PathLike) -> bool:
+    """Whether the folder `path` is a report `gcctl report` wrote: its `results.md` opens with one of the tables'
+    fixed first sentences."""
+    try:
+        with open(Path(path) / REPORT_TABLE, encoding="utf-8") as handle:
+            head = handle.read(max(len(_RUNS_OPENING), len(_SUITES_OPENING)))
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.startswith((_RUNS_OPENING, _SUITES_OPENING))
+
+
+def check_report_out(out: str | os.PathLike, overwrite: bool, *, readme: str | os.PathLike | None = None,
+                     inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, a report --out that is a file, a folder holding anything but an earlier report (which
+    only `overwrite` replaces, as a whole), or the folder an input or the --readme to update lies in."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GcctlError(f"--out {out} is a file; give the folder to write the report into")
+    for option, path in [*(("metrics file", path) for path in inputs), *([("--readme", readme)] if readme is not None else [])]:
+        if Path(path).resolve().is_relative_to(out.resolve()):
+            raise GcctlError(f"{option} {path} is inside --out {out}, which the report replaces as a whole; keep it outside")
+    check_output(out, "report", is_own=is_report_folder, replace_own=overwrite)
+
+
+def check_one_dataset(runs: list[dict]) -> None:
+    """Runs of different datasets (or of different tables of one layout) do not share a table or a chart."""
+    names = sorted({str(m["provenance"]["dataset"]) for m in runs if m["provenance"].get("dataset") is not None})
+    if len(names) > 1:
+        raise GcctlError(f"the metrics files are of different datasets ({', '.join(names)}); report each dataset's runs "
+                         "separately")
+    fingerprints = sorted({m["provenance"]["dataset_fingerprint"] for m in runs
+                           if m["provenance"].get("dataset_fingerprint") is not None})
+    if len(fingerprints) > 1:
+        shown = ", ".join(fingerprint[:12] for fingerprint in fingerprints)
+        raise GcctlError(f"the metrics files are of different {names[0] if names else 'dataset'} tables (fingerprints "
+                         f"{shown}); report each table's runs separately")
+
+
+def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
+                 readme: str | os.PathLike | None = None) -> dict:
+    """Per-group accuracy chart, training curves and Markdown table of the evaluated runs (of one dataset and
+    split), written as the folder `out`; for transfer suite summaries, their comparison (`write_suite_report`).
+    An earlier report at `out` is replaced only with `overwrite`, a folder holding anything else never
+    (`check_report_out`; `readme`, the file the caller will update, must lie outside `out`)."""
+    check_report_out(out, overwrite, readme=readme, inputs=metrics_paths)
     documents = [read_json(path) for path in metrics_paths if Path(path).is_file()]
     if documents and all(is_suite_summary(document) for document in documents) and len(documents) == len(metrics_paths):
-        return write_suite_report(documents, out)
+        return write_suite_report(documents, out, overwrite=overwrite)
     runs = load_metrics(metrics_paths)
     splits = {metrics["provenance"]["split"] for metrics in runs}
     if len(splits) > 1:
         raise GcctlError(f"the metrics files were evaluated on different splits ({', '.join(sorted(splits))}); compare runs on one split")
+    check_one_dataset(runs)
     out = Path(out)
-    paths = {"per_group": out / "per_group.png", "curves": out / "curves.png", "table": out / "results.md"}
-    plot_per_group(runs, paths["per_group"])
-    plot_curves({label(m): read_curve(m["provenance"]["run_dir"]) for m in runs}, paths["curves"])
-    with atomic_path(paths["table"]) as tmp:
-        tmp.write_text(markdown_table(runs))
-    return {"runs": runs, "paths": {key: str(path) for key, path in paths.items()}}
+    names = {"per_group": "per_group.png", "curves": "curves.png", "table": REPORT_TABLE}
+    with atomic_directory(out) as staging:
+        plot_per_group(runs, staging / names["per_group"])
+        plot_curves({label(m): read_curve(m["provenance"]["run_dir"]) for m in runs}, staging / names["curves"])
+        (staging / names["table"]).write_text(markdown_table(runs), encoding="utf-8")
+    return {"runs": runs, "paths": {key: str(out / name) for key, name in names.items()}}
 
 
 def update_readme(readme: str | os.PathLike, section: str, markdown: str) -> None:

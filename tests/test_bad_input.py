@@ -171,6 +171,84 @@ def empty_state_out(tmp: Path) -> Path:
     return out
 
 
+# issue 25 item 3: each command's own earlier output, made as the command makes it
+def earlier_metrics(world: Path, tmp: Path, name: str = "m.json", **provenance) -> Path:
+    """`gcctl evaluate`'s metrics (and predictions) of the world's run, its provenance changed by `provenance`."""
+    import json
+
+    from gcctl.methods.runs import evaluate_run
+
+    evaluate_run(world / "run", "test", device="cpu", out=tmp / name)
+    if provenance:
+        metrics = json.loads((tmp / name).read_text())
+        metrics["provenance"].update(provenance)
+        (tmp / name).write_text(json.dumps(metrics))
+    return tmp / name
+
+
+def earlier_groups(world: Path, tmp: Path) -> Path:
+    from gcctl.pseudolabel import pseudo_label
+
+    pseudo_label(world / "store.h5", "oracle", tmp / "g.parquet", device="cpu")
+    return tmp / "g.parquet"
+
+
+def earlier_table(world: Path, tmp: Path) -> Path:
+    from gcctl.datasets import load_dataset
+
+    load_dataset("manifest", world / "data", file="manifest.csv", attribute_columns="place").save(tmp / "t.parquet")
+    return tmp / "t.parquet"
+
+
+def checkpoint_file(path: Path) -> Path:
+    """A checkpoint as `gcctl models fetch` and `gcctl wise` write it (gcctl-micro, random weights)."""
+    from gcctl.clip.checkpoint import save_checkpoint
+    from gcctl.clip.factory import build_clip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(build_clip(MICRO, "none"), path)
+
+
+def run_model(tmp: Path) -> Path:
+    """A run's model.pt beside its summary.json (a pretraining or fine-tuning run): that run's, no one else's."""
+    model = checkpoint_file(tmp / "ft" / "model.pt")
+    (model.parent / "summary.json").write_text("{}\n")
+    return model
+
+
+def earlier_report(world: Path, tmp: Path) -> Path:
+    """A report folder as `gcctl report` writes it (its figures left out: only results.md tells)."""
+    from gcctl.report import markdown_table, read_json
+
+    (tmp / "report").mkdir()
+    (tmp / "report" / "results.md").write_text(markdown_table([read_json(earlier_metrics(world, tmp, "r.json"))]), encoding="utf-8")
+    return tmp / "report"
+
+
+def foreign_report(tmp: Path) -> Path:
+    (tmp / "report").mkdir()
+    (tmp / "report" / "results.md").write_text("# my results, typed by hand\n")
+    return tmp / "report"
+
+
+def beside(path: Path, name: str) -> Path:
+    """`path` after writing someone's text file `name` beside it."""
+    (path.parent / name).write_text("someone else's file\n")
+    return path
+
+
+def wise_args(zeroshot: Path, finetuned: Path, out: Path, *extra: str) -> list[str]:
+    return ["wise", "--zeroshot", str(zeroshot), "--finetuned", str(finetuned), "--out", str(out), *extra]
+
+
+def fetch_args(out: Path, *extra: str, pretrained: str = "none") -> list[str]:
+    return ["models", "fetch", "--model", MICRO, "--pretrained", pretrained, "--out", str(out), *extra]
+
+
+def pseudo_label_args(world: Path, out: Path, *extra: str) -> list[str]:
+    return ["pseudo-label", "--features", str(world / "store.h5"), "--strategy", "oracle", "--out", str(out), *extra, *CPU]
+
+
 # (id, args(world, tmp) -> CLI args, a fragment of the error line)
 CASES = [
     # datasets
@@ -268,6 +346,80 @@ CASES = [
     ("report-metrics-truncated", lambda w, t: ["report", str(truncate(Path(shutil.copy(w / "run" / "config.json", t / "m.json")))),
                                                "--out", str(t / "report")],
      "m.json is incomplete or corrupt"),
+    # issue 25 item 3: never write over what is not the command's own output (--overwrite replaces only that),
+    # never inside a dataset root, never over an input
+    ("evaluate-out-foreign-file", lambda w, t: evaluate_args(w / "run", text_file(t)), "not the output of `gcctl evaluate`"),
+    ("evaluate-out-foreign-file-overwrite", lambda w, t: [*evaluate_args(w / "run", text_file(t)), "--overwrite"],
+     "not the output of `gcctl evaluate`"),
+    ("evaluate-out-earlier-metrics", lambda w, t: evaluate_args(w / "run", earlier_metrics(w, t)), "pass --overwrite"),
+    ("evaluate-predictions-foreign", lambda w, t: evaluate_args(w / "run", beside(t / "m.json", "m.predictions.parquet")),
+     "is not the predictions of a `gcctl evaluate`"),
+    ("evaluate-out-in-dataset", lambda w, t: checkpoint_args(w, w / "run" / "params.pt", w / "data" / "m.json"),
+     "inside the dataset root"),
+    ("pseudo-label-out-foreign-file", lambda w, t: pseudo_label_args(w, text_file(t)), "not the output of `gcctl pseudo-label`"),
+    ("pseudo-label-out-earlier", lambda w, t: pseudo_label_args(w, earlier_groups(w, t)), "pass --overwrite"),
+    ("pseudo-label-report-foreign", lambda w, t: pseudo_label_args(w, t / "g.parquet", "--report", str(text_file(t))),
+     "is not the agreement report of a `gcctl pseudo-label`"),
+    ("pseudo-label-figure-foreign", lambda w, t: pseudo_label_args(w, beside(t / "g.parquet", "g.report.png")),
+     "is not the confusion-matrix figure"),
+    ("pseudo-label-out-features", lambda w, t: pseudo_label_args(w, w / "store.h5", "--overwrite"), "is also the --features input"),
+    ("fetch-out-foreign-file", lambda w, t: fetch_args(text_file(t)), "not the output of `gcctl models fetch`"),
+    ("fetch-out-earlier", lambda w, t: fetch_args(checkpoint_file(t / "model.pt")), "pass --overwrite"),
+    ("fetch-out-pretrained", lambda w, t: fetch_args(t / "model.pt", "--overwrite", pretrained=str(checkpoint_file(t / "model.pt"))),
+     "is also the --pretrained input"),
+    ("wise-out-foreign-file", lambda w, t: wise_args(checkpoint_file(t / "a.pt"), checkpoint_file(t / "b.pt"), text_file(t)),
+     "not the output of `gcctl wise`"),
+    ("wise-out-zeroshot", lambda w, t: wise_args(checkpoint_file(t / "a.pt"), checkpoint_file(t / "b.pt"), t / "a.pt", "--overwrite"),
+     "is also the --zeroshot input"),
+    ("wise-out-earlier", lambda w, t: wise_args(checkpoint_file(t / "a.pt"), checkpoint_file(t / "b.pt"), checkpoint_file(t / "w.pt")),
+     "pass --overwrite"),
+    ("wise-out-a-run-model", lambda w, t: wise_args(checkpoint_file(t / "a.pt"), checkpoint_file(t / "b.pt"), run_model(t), "--overwrite"),
+     "not the output of `gcctl wise`"),
+    ("report-out-foreign-results", lambda w, t: ["report", str(earlier_metrics(w, t)), "--out", str(foreign_report(t)), "--overwrite"],
+     "not the output of `gcctl report`"),
+    ("report-out-earlier", lambda w, t: ["report", str(earlier_metrics(w, t)), "--out", str(earlier_report(w, t))], "pass --overwrite"),
+    ("report-out-file", lambda w, t: ["report", str(earlier_metrics(w, t)), "--out", str(text_file(t))], "is a file"),
+    ("report-metrics-inside-out", lambda w, t: ["report", str(earlier_metrics(w, earlier_report(w, t))), "--out", str(t / "report"),
+                                                "--overwrite"],
+     "is inside --out"),
+    ("table-out-dataset-metadata", lambda w, t: ["data", "table", *dataset_args(w), "--out", str(w / "data" / "manifest.csv")],
+     "inside the dataset root"),
+    ("table-out-foreign-file", lambda w, t: ["data", "table", *dataset_args(w), "--out", str(text_file(t))],
+     "not the output of `gcctl data table`"),
+    ("table-out-earlier", lambda w, t: ["data", "table", *dataset_args(w), "--out", str(earlier_table(w, t))], "pass --overwrite"),
+    ("table-out-its-table", lambda w, t: ["data", "table", "--table", str(earlier_table(w, t)), "--out", str(t / "t.parquet"),
+                                          "--overwrite"],
+     "is also the --table input"),
+    # issue 25 item 7: runs of different datasets share no table or chart
+    ("report-two-datasets", lambda w, t: ["report", str(earlier_metrics(w, t)), str(earlier_metrics(w, t, "c.json", dataset="celeba")),
+                                          "--out", str(t / "report")],
+     "different datasets (celeba, manifest)"),
+    ("report-two-tables", lambda w, t: ["report", str(earlier_metrics(w, t)), str(earlier_metrics(w, t, "c.json", dataset_fingerprint="0" * 64)),
+                                        "--out", str(t / "report")],
+     "different manifest tables"),
+    # issue 25 transfer: a target's or the summary's file that transfer did not write is never replaced (not even
+    # with --overwrite); a model.pt that is a folder, a split that is no split and an --out in a dataset root: one line
+    ("transfer-out-foreign-target", lambda w, t: ["transfer", "--checkpoint", str(checkpoint_file(t / "ck" / "model.pt")),
+                                                  "--target", f"source={earlier_table(w, t)}",
+                                                  "--out", str(beside(folder(t, "suite") / "t.json", "t.json").parent), *CPU],
+     "t.json exists and is not the output of `gcctl transfer`"),
+    ("transfer-out-foreign-target-overwrite", lambda w, t: ["transfer", "--checkpoint", str(checkpoint_file(t / "ck" / "model.pt")),
+                                                            "--target", f"source={earlier_table(w, t)}", "--overwrite",
+                                                            "--out", str(beside(folder(t, "suite") / "t.json", "t.json").parent), *CPU],
+     "t.json exists and is not the output of `gcctl transfer`"),
+    ("transfer-out-a-runs-summary", lambda w, t: ["transfer", "--checkpoint", str(run_model(t)), "--target", f"source={earlier_table(w, t)}",
+                                                  "--out", str(t / "ft"), *CPU],
+     "summary.json exists and is not the output of `gcctl transfer`"),
+    ("transfer-checkpoint-model-directory", lambda w, t: ["transfer", "--model", MICRO,
+                                                          "--checkpoint", str((t / "run" / "model.pt").mkdir(parents=True) or t / "run"),
+                                                          "--target", f"source={earlier_table(w, t)}", "--out", str(t / "suite"), *CPU],
+     "model.pt is a directory, not a weights file"),
+    ("transfer-target-not-a-split", lambda w, t: ["transfer", "--checkpoint", str(checkpoint_file(t / "ck" / "model.pt")),
+                                                  "--target", f"source={earlier_table(w, t)}@tset", "--out", str(t / "suite"), *CPU],
+     "'tset' is not a split"),
+    ("transfer-out-in-dataset", lambda w, t: ["transfer", "--checkpoint", str(checkpoint_file(t / "ck" / "model.pt")),
+                                              "--target", f"source={earlier_table(w, t)}", "--out", str(w / "data" / "suite"), *CPU],
+     "inside the dataset root"),
 ]
 
 
@@ -300,6 +452,34 @@ def test_bad_input_is_one_line_and_changes_nothing(world, tmp_path, run_cli, mak
     code, out, err = run_cli(*args)
     assert_one_line_error(code, out, err, fragment)
     assert snapshot(world, tmp_path) == before
+
+
+# issue 25 item 3: --overwrite replaces the command's own earlier output (each written once, then again)
+OWN_OUTPUTS = {  # command: (args(world, tmp), the output that is replaced)
+    "evaluate": (lambda w, t: evaluate_args(w / "run", t / "m.json"), "m.json"),
+    "pseudo-label": (lambda w, t: pseudo_label_args(w, t / "g.parquet"), "g.parquet"),
+    "models-fetch": (lambda w, t: fetch_args(t / "model.pt"), "model.pt"),
+    "wise": (lambda w, t: wise_args(checkpoint_file(t / "in" / "a.pt"), checkpoint_file(t / "in" / "b.pt"), t / "w.pt",
+                                    "--alpha", "0.25"), "w.pt"),
+    "report": (lambda w, t: ["report", str(earlier_metrics(w, t / "in")), "--out", str(t / "report")], "report/results.md"),
+    "data-table": (lambda w, t: ["data", "table", *dataset_args(w), "--out", str(t / "t.parquet")], "t.parquet"),
+}
+
+
+@pytest.mark.parametrize("command", OWN_OUTPUTS)
+def test_overwrite_replaces_ones_own_earlier_output(world, tmp_path, run_cli, command):
+    make_args, output = OWN_OUTPUTS[command]
+    (tmp_path / "in").mkdir()
+    args = make_args(world, tmp_path)
+    assert run_cli(*args)[0] == 0
+    os.utime(tmp_path / output, ns=(0, 0))  # so a rewrite shows
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(*args)
+    assert_one_line_error(code, out, err, "pass --overwrite")
+    assert snapshot(tmp_path) == before
+    code, _, err = run_cli(*args, "--overwrite")
+    assert code == 0, err
+    assert (tmp_path / output).stat().st_mtime_ns > 0
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")

@@ -14,6 +14,7 @@ import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
+from conftest import tree_digest
 
 from gcctl.cli import models as models_cli
 from gcctl.clip import (
@@ -30,7 +31,7 @@ from gcctl.clip.checkpoint import state_dict_sha256
 from gcctl.clip.pretrain import PretrainConfig, pretrain
 from gcctl.curves import read_curve
 from gcctl.errors import GcctlError
-from gcctl.files import sha256_file
+from gcctl.files import read_timings, sha256_file
 from gcctl.report import plot_pretraining_loss
 
 MICRO = "gcctl-micro"
@@ -211,6 +212,8 @@ def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
     assert summary["steps"] == 12 and summary["final_loss"] < summary["first_loss"] - 0.3
     assert summary["corpus_sha256"] == sha256_file(corpus)
     assert again["model_sha256"] == summary["model_sha256"]  # same seed, same bytes
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")  # summary, curve and plot too: no wall-clock
+    assert read_timings(tmp_path / "a")["seconds"] == summary["seconds"] > 0  # beside the folder instead
     assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["dvclive", "loss.png", "model.pt", "summary.json"]
     curve = read_curve(tmp_path / "a" / "dvclive")
     assert [record["step"] for record in curve] == list(range(1, 13)) and {"loss", "lr"} <= set(curve[0])

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MICRO
+from conftest import MICRO, tree_digest
 
 from gcctl.clip import build_clip, save_checkpoint
 from gcctl.curves import read_curve
@@ -22,7 +22,7 @@ from gcctl.datasets import load_dataset
 from gcctl.datasets.images import ImageDataset
 from gcctl.errors import GcctlError
 from gcctl.evaluation.checkpoints import evaluate_checkpoints, zeroshot_metrics
-from gcctl.files import sha256_file
+from gcctl.files import read_timings, sha256_file
 from gcctl.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
 from gcctl.finetune import train as train_module
 from gcctl.finetune.losses import starft_regulariser
@@ -204,6 +204,9 @@ def test_same_seed_same_weights_and_starft_with_lambda_zero_is_ft(table, base, t
     run(table, base, tmp_path / "starft", method="starft", reg_lambda=1.0)
     ft = final_weights(tmp_path / "ft")
     assert_close(ft, final_weights(tmp_path / "ft_again"))
+    # Byte for byte, state.pt and summary.json included: no wall-clock inside a run (it goes beside it).
+    assert tree_digest(tmp_path / "ft") == tree_digest(tmp_path / "ft_again")
+    assert read_timings(tmp_path / "ft")["epoch_seconds"].keys() == {"1"}
     assert_close(without_key_bias(ft), without_key_bias(final_weights(tmp_path / "starft0")), atol=1e-5)
     starft = final_weights(tmp_path / "starft")
     assert max(float((ft[key] - starft[key]).abs().max()) for key in ft) > 1e-3
@@ -315,6 +318,7 @@ def test_an_interrupted_run_resumes_without_losing_finished_epochs(table, base, 
     monkeypatch.setattr(train_module.FinetuneRun, "_epoch", lambda self, epoch, on_step: calls.append(epoch) or original_epoch(self, epoch, on_step))
     run(table, base, out, method="starft", epochs=2)
     assert calls == [0, 1, 1]  # the finished epoch is not trained again
+    assert read_timings(out)["epoch_seconds"].keys() == {"1", "2"}  # the first session's epoch kept
     assert_close(final_weights(out), final_weights(tmp_path / "straight"), atol=1e-6)
     # The resumed curve is the straight one: no epoch twice (dvclive appends), none lost.
     assert tsv_steps(out / "dvclive" / "plots" / "metrics" / "loss.tsv") == [1, 2]

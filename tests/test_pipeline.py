@@ -95,6 +95,14 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     assert (repo / "pipeline/groups/waterbirds.parquet").is_file()
     assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=repo)
 
+    # Every output is a pure function of its inputs: running stages again writes the same bytes, so dvc.lock
+    # stays as it was (wall-clock figures go beside outputs, in files no stage declares).
+    lock = (repo / "dvc.lock").read_text()
+    _run("dvc", "repro", "--force", "--single-item", "pretrain@micro", "extract@waterbirds", "pseudo_label@waterbirds",
+         "train@waterbirds-groupcoop", "evaluate@waterbirds-groupcoop", "report@waterbirds", cwd=repo)
+    assert (repo / "dvc.lock").read_text() == lock
+    assert (repo / "pipeline/runs/waterbirds/groupcoop.timings.json").is_file()
+
     # Editing one run's options changes that run's stage only.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["runs"]["groupcoop"]["epochs"] = 3

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from conftest import MICRO
@@ -111,3 +113,128 @@ def test_report_compares_suites_and_writes_their_readme_table(run_cli, run_dir, 
     wg = summary["mean"]["group_shift_acc_wg"]
     assert "| starft | 0,1 | " in table and f"{100 * wg['mean']:.1f} ± {100 * wg['std']:.1f}" in table
     assert table in readme.read_text()
+
+
+def count_scoring(monkeypatch, fail_at: int | None = None, error: BaseException | None = None) -> list:
+    """Count the (checkpoint, target) scorings of the suite; the call number `fail_at` (from 1) raises `error`."""
+    calls = []
+    original = transfer_module.zeroshot_scores
+
+    def scoring(bundle, table, *args, **kwargs):
+        calls.append(table.root)
+        if fail_at is not None and len(calls) == fail_at:
+            raise error
+        return original(bundle, table, *args, **kwargs)
+
+    monkeypatch.setattr(transfer_module, "zeroshot_scores", scoring)
+    return calls
+
+
+def file_state(*paths) -> list:
+    return [(path.read_bytes(), path.stat().st_mtime_ns) for path in paths]
+
+
+def test_a_bad_image_in_a_later_target_keeps_the_finished_ones_for_the_rerun(run_cli, run_dir, tables, tiny_waterbirds,
+                                                                             tmp_path, monkeypatch):
+    root = Path(shutil.copytree(tiny_waterbirds, tmp_path / "copy"))
+    table = load_dataset("waterbirds", root)
+    broken = root / table.frame.loc[table.frame["split"] == "test", "path"].iloc[3]
+    original = broken.read_bytes()
+    broken.write_bytes(b"not a png")
+    bad = tmp_path / "tables@v2" / "sketch.parquet"  # an @ in the path is the path's, not a split
+    table.save(bad)
+    out = tmp_path / "suite"
+    args = ["transfer", "--checkpoint", str(run_dir), "--target", f"source={tables['source']}", "--target", f"domain={bad}",
+            "--out", str(out)]
+    code, _, err = run_cli(*args)
+    assert code == 1 and f"cannot read image {broken}" in err and len(err.strip().splitlines()) == 1
+    # The source target was published when its seeds were done; the failed one and the summary were not.
+    assert sorted(path.name for path in out.iterdir()) == ["source.json", "source.predictions.parquet"]
+    finished = file_state(out / "source.json", out / "source.predictions.parquet")
+    broken.write_bytes(original)
+    calls = count_scoring(monkeypatch)
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert calls == [root, root]  # sketch, once per seed; source was read back
+    assert file_state(out / "source.json", out / "source.predictions.parquet") == finished
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["targets"]) == ["source", "sketch"] and summary["targets"]["sketch"]["split"] == "test"
+
+
+def test_ctrl_c_during_a_later_target_keeps_the_finished_ones_for_the_rerun(run_cli, run_dir, tables, tmp_path, monkeypatch):
+    out = tmp_path / "suite"
+    args = suite_args(run_dir, tables, out)
+    count_scoring(monkeypatch, fail_at=3, error=KeyboardInterrupt())  # the first seed of the second target
+    code, _, err = run_cli(*args)
+    assert (code, err) == (130, "interrupted\n")
+    assert sorted(path.name for path in out.iterdir()) == ["source.json", "source.predictions.parquet"]
+    finished = file_state(out / "source.json")
+    calls = count_scoring(monkeypatch)
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert len(calls) == 4  # sketch and birds, once per seed
+    assert file_state(out / "source.json") == finished
+    # Nothing left to do: every target and the summary stay as they are, byte for byte and untouched.
+    everything = sorted(out.iterdir())
+    before = file_state(*everything)
+    calls.clear()
+    assert run_cli(*args)[0] == 0 and calls == []
+    assert sorted(out.iterdir()) == everything and file_state(*everything) == before
+
+
+def change_weights(run) -> None:
+    """Other weights for the run's seed 1 (retrained, say)."""
+    bundle = build_clip(MICRO, "none")
+    for parameter in bundle.model.parameters():
+        parameter.data.add_(0.02)
+    save_checkpoint(bundle, run / "seed-1" / "model.pt")
+
+
+@pytest.mark.parametrize("change", ["template", "name", "weights", "split", "overwrite"])
+def test_a_target_is_scored_again_when_an_input_changed(run_cli, run_dir, tables, tmp_path, monkeypatch, change):
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    out = tmp_path / "suite"
+    args = ["transfer", "--checkpoint", str(run), "--target", f"source={tables['source']}", "--out", str(out)]
+    assert run_cli(*args)[0] == 0
+    first = json.loads((out / "source.json").read_text())
+    first_bytes = (out / "source.json").read_bytes()
+    if change == "weights":
+        change_weights(run)
+    extra = {"template": ["--template", "a drawing of a {}."], "name": ["--name", "other"], "split": [], "weights": [],
+             "overwrite": ["--overwrite"]}[change]
+    if change == "split":
+        args[4] += "@val"
+    calls = count_scoring(monkeypatch)
+    code, _, err = run_cli(*args, *extra)
+    assert code == 0, err
+    assert len(calls) == 2  # both seeds again
+    identity, before = json.loads((out / "source.json").read_text())["provenance"]["suite_identity"], first["provenance"]["suite_identity"]
+    if change == "overwrite":
+        assert (out / "source.json").read_bytes() == first_bytes  # scored again, to the same bytes
+        return
+    key = {"template": "templates", "name": "run", "weights": "checkpoints", "split": "split"}[change]
+    assert identity[key] != before[key]
+    assert {k: v for k, v in identity.items() if k != key} == {k: v for k, v in before.items() if k != key}
+
+
+def test_targets_dropped_from_the_suite_go_and_other_files_stay(run_cli, run_dir, tables, tmp_path):
+    out = tmp_path / "suite"
+    assert run_cli(*suite_args(run_dir, tables, out)[:-4], "--out", str(out))[0] == 0  # source and sketch
+    (out / "notes.txt").write_text("mine\n")
+    assert run_cli("transfer", "--checkpoint", str(run_dir), "--target", f"source={tables['source']}", "--out", str(out))[0] == 0
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "source.json", "source.predictions.parquet",
+                                                           "summary.json"]
+    assert list(json.loads((out / "summary.json").read_text())["targets"]) == ["source"]
+
+
+def test_a_target_split_comes_after_the_last_at_only_when_it_names_a_split(tmp_path):
+    from gcctl.errors import GcctlError
+
+    table = tmp_path / "v@2" / "t.parquet"
+    table.parent.mkdir()
+    table.write_bytes(b"")
+    assert transfer_module.parse_target(f"group={table}") == ("group", table, "test")
+    assert transfer_module.parse_target(f"group={table}@val") == ("group", table, "val")
+    assert transfer_module.parse_target(f"group={tmp_path}/x@train") == ("group", tmp_path / "x", "train")
+    with pytest.raises(GcctlError, match="'tset' is not a split; give one of train, val, test"):
+        transfer_module.parse_target(f"group={table}@tset")

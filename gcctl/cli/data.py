@@ -143,7 +143,10 @@ def show(
 @reads_dataset
 def write_table(
     table: DatasetTable,
-    out: Annotated[Path, typer.Option("--out", help="The Parquet file to write (appears only when complete).")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="The Parquet file to write (appears only when complete), outside the dataset's root.")],
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a table an earlier `gcctl data table` wrote at --out (nothing else is ever replaced).")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Read a dataset once into gcctl's canonical table (Parquet: one row per image, names, fingerprint).
@@ -152,8 +155,7 @@ def write_table(
 
     Example: gcctl data table --dataset waterbirds --root pipeline/data/waterbirds --out pipeline/tables/waterbirds.parquet
     """
-    table.require_files()
-    table.save(out)
+    table.write(out, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps({"out": str(out), **_summary(table)}, indent=2))
     else:

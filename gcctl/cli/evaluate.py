@@ -33,6 +33,9 @@ def evaluate(
     caption: Annotated[str, typer.Option("--caption", help="--checkpoint: each class's prompt; {} is the class name.")] = DEFAULT_CAPTION,
     name: Annotated[Optional[str], typer.Option(
         "--name", help="--checkpoint: the label in reports (default: the folder the checkpoints share).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the metrics and predictions an earlier `gcctl evaluate` wrote at --out "
+        "(nothing else is ever replaced).")] = False,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -43,9 +46,6 @@ def evaluate(
 
     Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
     """
-    from gcctl.files import refuse_directory
-
-    refuse_directory(out)
     if (run is None) == (not checkpoint):
         raise GcctlError("give either --run (a `gcctl train` run) or --checkpoint (weights to evaluate on --dataset)")
     if run is not None:
@@ -53,14 +53,14 @@ def evaluate(
 
         if table is not None:
             raise GcctlError("--run evaluates on its feature store; --dataset and --root go with --checkpoint")
-        metrics = evaluate_run(run, split, features=features, device=device, out=out)
+        metrics = evaluate_run(run, split, features=features, device=device, out=out, overwrite=overwrite)
     else:
         from gcctl.evaluation.checkpoints import evaluate_checkpoints
 
         if table is None:
             raise GcctlError("--checkpoint needs the images to evaluate on: --dataset and --root")
         metrics = evaluate_checkpoints(checkpoint, table, split, model_name=model, caption=caption, name=name,
-                                       device=device, out=out)
+                                       device=device, out=out, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return

@@ -58,10 +58,14 @@ def finetune(
 def wise(
     zeroshot: Annotated[str, typer.Option("--zeroshot", help="The zero-shot weights (a checkpoint file or an open_clip tag).")],
     finetuned: Annotated[str, typer.Option("--finetuned", help="The fine-tuned checkpoint of the same architecture.")],
-    out: Annotated[Path, typer.Option("--out", help="The interpolated checkpoint to write.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="The interpolated checkpoint to write; never one of the inputs, nor a file other than an earlier "
+        "`gcctl wise` (or `gcctl models fetch`) checkpoint, which --overwrite replaces.")],
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of the fine-tuned model: 0 zero-shot, 1 fine-tuned.")] = 0.5,
     model: Annotated[Optional[str], typer.Option(
         "--model", help="Architecture; default: the one the fine-tuned checkpoint records.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a checkpoint an earlier `gcctl wise` wrote at --out (nothing else is ever replaced).")] = False,
     as_json: AsJson = False,
 ) -> None:
     """WiSE-FT: interpolate the weights of a zero-shot and a fine-tuned model into a new checkpoint.
@@ -70,7 +74,7 @@ def wise(
     """
     from gcctl.finetune import wise_ft
 
-    summary = wise_ft(zeroshot, finetuned, alpha, out, model_name=model)
+    summary = wise_ft(zeroshot, finetuned, alpha, out, model_name=model, overwrite=overwrite)
     print_summary(summary, f"WiSE-FT α={alpha} → {out}", as_json)
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Callable, Optional, Union
 
 import typer
 
-from gcctl.settings import flag_of
+from gcctl.settings import check_settings, flag_of
 
 
 def _cli_type(annotation: Any, csv: bool) -> type:
@@ -86,7 +86,11 @@ def replace_parameter(command: Callable, generated: list[inspect.Parameter], rep
 
 
 def config_options(config_type: type, parameter: str = "config") -> Callable[[Callable], Callable]:
-    """Decorator: one option per described field of `config_type`, in place of the command's `parameter`."""
+    """Decorator: one option per described field of `config_type`, in place of the command's `parameter`.
+
+    The command gains `check_options(values)`, what `gcctl params check` asks of a run: the config made from
+    the parsed option values given (defaults for the rest) as the command makes it, with its settings' checks
+    (`check_settings`) and the config's own `check()` where it has one."""
     hints = typing.get_type_hints(config_type)
     described = [field for field in dataclasses.fields(config_type) if "help" in field.metadata]
 
@@ -96,7 +100,15 @@ def config_options(config_type: type, parameter: str = "config") -> Callable[[Ca
         def convert(values: dict) -> Any:
             return config_type(**{field.name: _from_cli(field, hints[field.name], values[field.name]) for field in described})
 
-        return replace_parameter(command, generated, parameter, convert)
+        def check_options(values: dict) -> None:
+            config = convert({field.name: values.get(field.name, _field_default(field)) for field in described})
+            check_settings(config)
+            if callable(getattr(config, "check", None)):
+                config.check()
+
+        decorated = replace_parameter(command, generated, parameter, convert)
+        decorated.check_options = check_options
+        return decorated
 
     return decorate
 
@@ -113,9 +125,12 @@ def _defaults_text(declared: list[tuple[str, dataclasses.Field]]) -> str:
 
 
 def method_options(settings: dict[str, list[tuple[str, dataclasses.Field]]], config_types: list[type],
-                   parameter: str = "options") -> Callable[[Callable], Callable]:
+                   parameter: str = "options", check: Callable[[dict, dict], None] | None = None) -> Callable[[Callable], Callable]:
     """Decorator: one unset option per setting of any method (`settings`: name -> the (method, field) pairs
-    declaring it), in place of the command's `parameter`, which receives the given ones as a dict."""
+    declaring it), in place of the command's `parameter`, which receives the given ones as a dict.
+
+    With `check`, the command gains `check_options(values)` for `gcctl params check`: `check(values, options)`
+    with the parsed option values given and the options dict they make."""
     hints: dict[str, Any] = {}
     for config_type in config_types:
         hints.update(typing.get_type_hints(config_type))
@@ -128,6 +143,9 @@ def method_options(settings: dict[str, list[tuple[str, dataclasses.Field]]], con
         def convert(values: dict) -> dict:
             return {name: _from_cli(fields[name], hints[name], value) for name, value in values.items() if value is not None}
 
-        return replace_parameter(command, generated, parameter, convert)
+        decorated = replace_parameter(command, generated, parameter, convert)
+        if check is not None:
+            decorated.check_options = lambda values: check(values, convert({name: values.get(name) for name in fields}))
+        return decorated
 
     return decorate

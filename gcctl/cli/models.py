@@ -61,6 +61,9 @@ def fetch(
     pretrained: Annotated[str, typer.Option(
         "--pretrained", help="Weights: an open_clip tag, a checkpoint file, local-dir:PATH or hf-hub:ORG/REPO.")],
     out: Annotated[Path, typer.Option("--out", help="The checkpoint file to write (appears only when complete).")],
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a checkpoint an earlier `gcctl models fetch` (or `gcctl wise`) wrote at --out "
+        "(nothing else is ever replaced).")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Download (or copy) weights once into one checkpoint file that later stages load offline.
@@ -69,7 +72,7 @@ def fetch(
     """
     from gcctl.clip import fetch_checkpoint
 
-    print_summary(fetch_checkpoint(model, pretrained, out), "fetched", as_json)
+    print_summary(fetch_checkpoint(model, pretrained, out, overwrite=overwrite), "fetched", as_json)
 
 
 def register(root: typer.Typer) -> None:

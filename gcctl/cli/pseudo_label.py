@@ -35,6 +35,9 @@ def pseudo_label(
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="zeroshot-attr: the store's model weights, if they moved since extraction (checked by sha256).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the validation cut and noise, k-means and the ERM folds.")] = 0,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the group file, report and figure an earlier `gcctl pseudo-label` wrote there "
+        "(nothing else is ever replaced).")] = False,
     device: Device = "auto",
     max_memory: MaxMemory = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
@@ -52,7 +55,7 @@ def pseudo_label(
         val_label_noise=val_label_noise, attribute_prompts=attribute_prompt or (),
         class_names=[name.strip() for name in class_names.split(",")] if class_names else None,
         clusters_per_group=clusters_per_group, pretrained=pretrained, seed=seed, device=device, plot=plot_confusion,
-        max_memory=memory_budget(max_memory),
+        max_memory=memory_budget(max_memory), overwrite=overwrite,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

@@ -14,9 +14,14 @@ from gcctl.cli.options import AsJson
 def report(
     metrics: Annotated[list[Path], typer.Argument(
         help="Metrics JSON files written by `gcctl evaluate`, one per run; or transfer suites' summary.json (`gcctl transfer`).")],
-    out: Annotated[Path, typer.Option("--out", help="Directory for per_group.png, curves.png and results.md.")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Directory for per_group.png, curves.png and results.md (transfer suites: suites.png, results.md), "
+        "written as a whole; not one holding anything but an earlier report.")],
     readme: Annotated[Optional[Path], typer.Option(
         "--readme", help="Also put the table into this file between <!-- results:NAME:start/end --> markers, NAME = the --out folder's name.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the report folder an earlier `gcctl report` wrote at --out (a folder whose "
+        "results.md is gcctl's); nothing else is ever replaced.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; or transfer
@@ -34,7 +39,7 @@ def report(
         write_report,
     )
 
-    written = write_report(metrics, out)
+    written = write_report(metrics, out, overwrite=overwrite, readme=readme)
     if readme is not None:
         update_readme(readme, out.name, written["markdown"] if "suites" in written else markdown_table(written["runs"]))
     if as_json:

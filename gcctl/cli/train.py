@@ -11,19 +11,29 @@ import typer
 from gcctl.cli.generated import method_options
 from gcctl.cli.options import AsJson, Device, MaxMemory
 from gcctl.errors import GcctlError
-from gcctl.methods import METHODS, settings
+from gcctl.methods import METHODS, make_config, settings
+from gcctl.runtime import check_seeds
 
 METHOD_HELP = "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
 
 
 def _int_list(text: str, option: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [int(part) for part in text.split(",")]  # an empty item (1,,2 or 0,1,) is no integer
     except ValueError:
         raise GcctlError(f"{option} '{text}' is not a comma-separated list of integers, e.g. 0,1,2") from None
 
 
-@method_options(settings(), [spec.config for spec in METHODS.values()])
+def _check_run(values: dict, options: dict) -> None:
+    """What `gcctl params check` asks of a train run: its seeds and its method's config, read as `train` reads them."""
+    if values.get("method") is None:
+        raise GcctlError(f"names no method; add `method: NAME` ({', '.join(METHODS)})")
+    if values.get("seeds") is not None:
+        check_seeds(_int_list(values["seeds"], "--seeds"))
+    make_config(values["method"], options)
+
+
+@method_options(settings(), [spec.config for spec in METHODS.values()], check=_check_run)
 def train(
     features: Annotated[Path, typer.Option("--features", help="The HDF5 feature store to train on.")],
     method: Annotated[str, typer.Option("--method", help=METHOD_HELP)],

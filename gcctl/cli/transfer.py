@@ -17,9 +17,11 @@ def transfer(
         "--checkpoint", help="Weights to score; a folder stands for every model.pt in it (a run, one per seed). Repeat for seeds.")],
     target: Annotated[list[str], typer.Option(
         "--target", help="ROLE=TABLE[@SPLIT], repeated: a `gcctl data table` Parquet and its role in the suite: source "
-        "(the fine-tuning task), domain (its domain shifts), group (group shifts: worst-group too) or other. Split: test.")],
+        "(the fine-tuning task), domain (its domain shifts), group (group shifts: worst-group too) or other. "
+        "Split (train, val or test after the last @): test.")],
     out: Annotated[Path, typer.Option(
-        "--out", help="Folder for one metrics JSON (+ predictions) per target and summary.json; finished targets are reused.")],
+        "--out", help="Folder for one metrics JSON (+ predictions) per target, each written when done, and summary.json "
+        "last; a target finished earlier with the same inputs is reused.")],
     template: Annotated[Optional[list[str]], typer.Option(
         "--template", help="Class prompt template with {} for the class name; repeat for an ensemble.")] = None,
     model: Annotated[Optional[str], typer.Option(
@@ -27,9 +29,13 @@ def transfer(
     name: Annotated[Optional[str], typer.Option("--name", help="The run's label in the summary (default: the --out folder's name).")] = None,
     device: Device = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Score every target again, replacing the results an earlier `gcctl transfer` wrote at --out "
+        "(nothing else is ever replaced).")] = False,
 ) -> None:
     """Score fine-tuned checkpoints zero-shot on every target: per-target metrics, and the suite summary (source
     accuracy, mean over domain shifts, worst-group and average over group shifts) per seed and as mean ± std.
+    Each target is written as soon as it is scored, so an interrupted suite resumes from the targets it finished.
 
     Example: gcctl transfer --checkpoint pipeline/finetuned/shapes/starft --target source=pipeline/tables/shapes.parquet
     --target domain=pipeline/tables/shapes-outline.parquet --target group=pipeline/tables/waterbirds.parquet --out pipeline/transfer/starft
@@ -44,7 +50,7 @@ def transfer(
         table.require_files()
         targets.append(Target(table_path.stem, role, table, split))
     summary = evaluate_suite(checkpoint, targets, out, templates=template or [DEFAULT_CAPTION], model_name=model,
-                             name=name, device=device)
+                             name=name, device=device, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

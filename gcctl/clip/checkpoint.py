@@ -20,7 +20,15 @@ from open_clip.transformer import QuickGELU
 from gcctl.clip.registry import quiet_open_clip, registered_config
 from gcctl.clip.weights import LOCAL_DIR_CONFIG, LOCAL_DIR_WEIGHTS
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_path, corrupt_file_error, load_torch_file, write_json
+from gcctl.files import (
+    atomic_path,
+    check_output,
+    corrupt_file_error,
+    load_torch_file,
+    refuse_directory,
+    refuse_input,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from gcctl.clip.factory import ClipBundle
@@ -128,6 +136,22 @@ def checkpoint_model_name(pretrained: str | os.PathLike) -> str | None:
     except Exception:  # torch raises many types for a file that is not a checkpoint
         return None
     return content.get("model_name") if isinstance(content, dict) else None
+
+
+def is_loose_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a checkpoint `save_checkpoint` wrote outside a run: what `gcctl models fetch` and `gcctl
+    wise` write. A `MODEL_FILE` beside a `SUMMARY_FILE` is the model of the run that wrote both, no one else's."""
+    path = Path(path)
+    return checkpoint_model_name(path) is not None and not (path.parent / SUMMARY_FILE).is_file()
+
+
+def check_checkpoint_out(out: str | os.PathLike, command: str, overwrite: bool, inputs: dict) -> None:
+    """Refuse, before any work, a checkpoint --out that is a folder, one of the command's `inputs` (option: value),
+    or a file other than a checkpoint an earlier `gcctl models fetch` or `gcctl wise` wrote (replaced only with
+    `overwrite`)."""
+    refuse_directory(out)
+    refuse_input(out, inputs)
+    check_output(out, command, is_own=is_loose_checkpoint, replace_own=overwrite)
 
 
 def write_checkpoint(model: torch.nn.Module, path: Path, model_name: str) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from gcctl.clip.checkpoint import (
     Checkpoint,
+    check_checkpoint_out,
     load_weights,
     read_checkpoint,
     save_checkpoint,
@@ -136,9 +137,11 @@ def _instantiate(source: WeightsSource, device: torch.device, seed: int) -> torc
     return model
 
 
-def fetch_checkpoint(model_name: str, pretrained: str, out: str | os.PathLike) -> dict:
+def fetch_checkpoint(model_name: str, pretrained: str, out: str | os.PathLike, *, overwrite: bool = False) -> dict:
     """Resolve weights once (e.g. an open_clip tag, while online) into a single checkpoint file that later
-    runs load offline with `build_clip(model_name, out)`; returns the provenance of what was fetched."""
+    runs load offline with `build_clip(model_name, out)`; returns the provenance of what was fetched. An earlier
+    fetched checkpoint at `out` is replaced only with `overwrite`; anything else there, or `pretrained` itself, never."""
+    check_checkpoint_out(out, "models fetch", overwrite, {"--pretrained": pretrained})
     bundle = build_clip(model_name, pretrained, device="cpu")
     path = save_checkpoint(bundle, out)
     return {**bundle.provenance, "out": str(path), "out_sha256": sha256_file(path)}

@@ -31,6 +31,7 @@ from gcctl.files import (
     save_torch_file,
     sha256_file,
     write_json,
+    write_timings,
 )
 from gcctl.runtime import (
     autocast,
@@ -218,8 +219,6 @@ def _write_outputs(run: _Run, out: Path, corpus: Path, identity: dict, device: t
         "seed": settings["seed"],
         "init_sha256": identity["model"]["sha256"],
         "device": str(device),
-        "seconds": round(run.seconds, 2),
-        "seconds_per_step": round(run.seconds / run.total_steps, 4),
         "first_loss": history[0]["loss"],
         "final_loss": float(np.mean(tail)),  # mean of the last 10 steps: one batch is noisy
         "logit_scale": round(run.model.logit_scale.detach().exp().item(), 3),
@@ -230,7 +229,9 @@ def _write_outputs(run: _Run, out: Path, corpus: Path, identity: dict, device: t
         if plot is not None:
             plot(history, out / "loss.png", settings["model"])
         write_json(out / SUMMARY_FILE, summary)
-    return summary
+    timings = {"seconds": round(run.seconds, 2), "seconds_per_step": round(run.seconds / run.total_steps, 4)}
+    write_timings(out, timings)  # beside the folder: model.pt and summary.json are pure functions of the inputs
+    return {**summary, **timings}
 
 
 

@@ -1,7 +1,9 @@
 """Image folders: one folder per class (`imagefolder`, `caltech101`), and PACS (one folder per domain, then class).
 
-The folders are walked by torchvision's `make_dataset`, the walk behind its `ImageFolder`; torchvision is
-imported only when a folder is read, so importing gcctl.datasets stays free of torch.
+The folders are walked as torchvision's `ImageFolder` walks them (`make_dataset`: classes in sorted order, each
+class folder's files in sorted order, its extensions), except that a directory link below a class folder is not
+followed: a link back up the tree (`a/loop -> ..`) would otherwise list the same images again and again. A class
+or split folder that is itself a link is read, since it is named as such.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ PACS_LAYOUT = "ROOT/<domain>/<class>/<image> with domains art_painting, cartoon,
 
 # Split folder names (the canonical table's split aliases, less the digits: a class may be named 0).
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+# The image files ImageFolder reads: torchvision's IMG_EXTENSIONS.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 CALTECH101_BACKGROUND = "BACKGROUND_Google"  # clutter, not a class: torchvision and CLIP leave it out
 
 
@@ -71,11 +75,19 @@ def subfolders(folder: Path) -> list[str]:
 
 def walk(root: Path, folder: str, class_to_index: dict[str, int]) -> pd.DataFrame:
     """id, path (relative to root) and y of every image in `root/folder/<class>/` for the classes given."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
-    samples = make_dataset(root / folder, class_to_index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = [(path, class_to_index[name]) for name in sorted(class_to_index)
+               for path in files_under(root / folder / name, IMAGE_EXTENSIONS)]
     paths = [os.path.relpath(path, root).replace(os.sep, "/") for path, _ in samples]
     return pd.DataFrame({"id": paths, "path": paths, "y": [y for _, y in samples]}, dtype=object).astype({"y": "int64"})
+
+
+def files_under(top: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """The files under `top` whose names end in one of `suffixes` (any case), folders and names in sorted order;
+    no directory link below `top` is followed, so a link loop lists nothing twice. The one walk of a dataset tree."""
+    if not top.is_dir():
+        return []
+    return [os.path.join(folder, name) for folder, _, names in sorted(os.walk(top)) for name in sorted(names)
+            if name.lower().endswith(suffixes)]
 
 
 def readable(folders: list[str]) -> list[str]:

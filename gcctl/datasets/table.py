@@ -18,7 +18,14 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.datasets.subset import ClassSubset
 from gcctl.datasets.tar_members import archive_of
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_path
+from gcctl.files import (
+    atomic_path,
+    check_output,
+    parquet_metadata,
+    refuse_directory,
+    refuse_input,
+    refuse_inside,
+)
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
@@ -42,6 +49,7 @@ class DatasetTable:
     attributes: dict[str, list[str]]
     class_subset: ClassSubset | None = None  # ImageNet-R/A: the classes' places among ImageNet's 1,000
     attribute_prompts: dict[str, str] = field(default_factory=dict)  # how values read in a caption (gcctl-names.json)
+    source_file: Path | None = None  # the table file it was loaded from (`load`), which `write` never replaces
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -149,6 +157,18 @@ class DatasetTable:
             raise GcctlError(f"image {self.root / missing[0]} not found (of {len(missing)} missing images checked); "
                              "point --root at the complete dataset")
 
+    def write(self, out: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """`gcctl data table`: `save` into `out` once every image is found, refusing first an `out` among the
+        dataset's own files, the table file this one was loaded from, and any file but an earlier table (which only
+        `overwrite` replaces)."""
+        refuse_directory(out)
+        refuse_inside(out, self.root, "the dataset root")
+        refuse_input(out, {"--table": self.source_file})
+        check_output(out, "data table", is_own=lambda path: parquet_metadata(path, PARQUET_METADATA_KEY) is not None,
+                     replace_own=overwrite)
+        self.require_files()
+        self.save(out)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write Parquet atomically; the group vocabulary, the fingerprint and the root travel in the schema
         metadata. The root is recorded relative to the table's folder, so a pipeline folder moved as a whole
@@ -181,7 +201,7 @@ class DatasetTable:
         return cls(frame=arrow.to_pandas(), root=Path(os.path.normpath(path.parent / described["root"])),
                    dataset=described["dataset"], class_names=vocabulary.class_names, attributes=vocabulary.attributes,
                    class_subset=ClassSubset.from_dict(described.get("class_subset"), str(path)),
-                   attribute_prompts=vocabulary.attribute_prompts)
+                   attribute_prompts=vocabulary.attribute_prompts, source_file=path)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, DatasetTable):

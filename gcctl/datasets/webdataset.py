@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gcctl.datasets.folders import files_under
 from gcctl.datasets.manifest import value_codes
 from gcctl.datasets.table import SPLIT_ALIASES, DatasetTable, NameOverrides
 from gcctl.datasets.tar_members import index_archive, member_path, read_member
@@ -38,12 +39,15 @@ def load(
     attribute_columns: tuple[str, ...] | str = (),
     id_column: str | None = None,
 ) -> DatasetTable:
-    shards = sorted(root.rglob("*.tar"))
+    shards = sorted(map(Path, files_under(root, (".tar",))))
     if not shards:
         raise GcctlError(f"no .tar shards under {root}; pass the folder img2dataset wrote (--output_format webdataset)")
     fields = {"label": label_column, "split": split_column, "id": id_column,
               "attributes": [attribute_columns] if isinstance(attribute_columns, str) else list(attribute_columns)}
     records = [record for shard in shards for record in _shard_records(root, shard, fields)]
+    if not records:
+        raise GcctlError(f"the {len(shards)} .tar shard(s) under {root} hold no samples; write them again "
+                         "(img2dataset --output_format webdataset) or pass the folder that has them")
     frame = pd.DataFrame(records)
     source = f"the shards under {root}"
     label_what = f"json field '{label_column}'" if label_column else ".cls labels"

@@ -30,6 +30,7 @@ from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
 from gcctl.files import read_json
 from gcctl.metrics import (
+    check_evaluation_out,
     compute_metrics,
     metrics_from_predictions,
     predictions_frame,
@@ -98,7 +99,12 @@ def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            inside = sorted(path.rglob(MODEL_FILE))
+            inside = sorted(path.rglob(MODEL_FILE)) if path.name != MODEL_FILE else [path]
+            folders = [checkpoint for checkpoint in inside if not checkpoint.is_file()]
+            if folders:
+                what = "a directory" if folders[0].is_dir() else "a broken link"
+                raise GcctlError(f"checkpoint {folders[0]} is {what}, not a weights file; "
+                                 "pass a checkpoint file or a finished `gcctl finetune` run")
             if not inside:
                 raise GcctlError(f"{path} holds no model.pt; pass a checkpoint file or a finished `gcctl finetune` run")
             found += inside
@@ -145,10 +151,13 @@ def evaluate_checkpoints(
     batch_size: int = 256,
     workers: int = 0,
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Zero-shot metrics on `split` of each checkpoint, keyed by the seed that trained it, aggregated as mean
-    and std in the same form as `evaluate_run`, and written like it with `out`; `model_name` defaults to the
-    architecture each checkpoint records."""
+    and std in the same form as `evaluate_run`, and written like it with `out` (outside the dataset's root; over
+    an earlier evaluation only with `overwrite`); `model_name` defaults to the architecture each checkpoint records."""
+    if out is not None:
+        check_evaluation_out(out, overwrite, dataset_root=table.root)
     check_template(caption, "in --caption")
     torch_device = resolve_device(device)
     scores, references = {}, []

@@ -7,10 +7,13 @@ targets of four kinds, each with its own class names and templates:
 - `group`: group shifts the model never trained on (Waterbirds, PACS): worst-group and average accuracy;
 - `other`: other datasets classified zero-shot (CIFAR-10, STL10, ...).
 
-Each target writes `<out>/<target>.json` and its predictions like `gcctl evaluate --checkpoint`, then
-`<out>/summary.json` holds the suite summary the paper reports, per seed and as mean ± std. A target whose
-JSON already records the same checkpoints, table and templates is read back rather than recomputed, so an
-interrupted suite resumes, and the summary appears only once every target is done.
+Each target writes `<out>/<target>.json` and its predictions like `gcctl evaluate --checkpoint`, as soon as
+every seed has scored it (atomically), then `<out>/summary.json` holds the suite summary the paper reports,
+per seed and as mean ± std; it is written last, once every target is done. A target's JSON records what its
+result depends on (`provenance.suite_identity`: the model, the weights' hashes and paths, the table's
+fingerprint, the split, the templates, the run label and role); a rerun reads a target with the same record
+back instead of scoring it again, so an interrupted suite resumes where it stopped, and scores one whose
+record differs again. Files in `<out>` that transfer did not write are never replaced.
 """
 
 from __future__ import annotations
@@ -26,20 +29,32 @@ import torch
 from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.checkpoint import SUMMARY_FILE, checkpoint_model_name
 from gcctl.clip.factory import build_clip
-from gcctl.datasets.table import DatasetTable
+from gcctl.clip.reference import ModelRef
+from gcctl.datasets.table import SPLITS, DatasetTable
 from gcctl.errors import GcctlError
 from gcctl.evaluation.checkpoints import (
     checkpoint_metrics,
     find_checkpoints,
     seeded_checkpoints,
+    split_rows,
     zeroshot_scores,
 )
-from gcctl.files import read_json, refuse_directory, sha256_file, write_json
-from gcctl.metrics import mean_std, seed_key
+from gcctl.files import (
+    output_lock,
+    partial_path,
+    read_json,
+    refuse_directory,
+    refuse_inside,
+    sha256_file,
+    write_json,
+)
+from gcctl.metrics import mean_std, predictions_path, read_predictions, seed_key
 from gcctl.runtime import resolve_device
 
 ROLES = ("source", "domain", "group", "other")
 SUMMARY = SUMMARY_FILE  # a suite's summary, named like a run's
+SUMMARY_KEYS = ("run", "targets", "seeds", "mean")  # what `suite_summary` writes, and how its file is recognised
+COMMAND = "`gcctl transfer`"
 
 
 @dataclass(frozen=True)
@@ -53,18 +68,25 @@ class Target:
 
 
 def parse_target(spec: str) -> tuple[str, Path, str]:
-    """`ROLE=TABLE[@SPLIT]` (e.g. `group=pipeline/tables/waterbirds.parquet@test`) → (role, table path, split)."""
+    """`ROLE=TABLE[@SPLIT]` (e.g. `group=pipeline/tables/waterbirds.parquet@test`) → (role, table path, split).
+
+    The split is the text after the last `@` only when it names a split (train, val, test); otherwise the `@`
+    belongs to the path, whose split is test."""
     role, sep, rest = spec.partition("=")
     if not sep or not rest:
         raise GcctlError(f"--target '{spec}' is not ROLE=TABLE[@SPLIT], e.g. group=pipeline/tables/waterbirds.parquet")
     if role not in ROLES:
         raise GcctlError(f"--target '{spec}': role '{role}' is not one of {', '.join(ROLES)}")
-    path, _, split = rest.partition("@")
-    return role, Path(path), split or "test"
+    path, at, split = rest.rpartition("@")
+    if at and split in SPLITS and path:
+        return role, Path(path), split
+    if at and path and not Path(rest).exists() and Path(path).is_file():
+        raise GcctlError(f"--target '{spec}': '{split}' is not a split; give one of {', '.join(SPLITS)} after the @")
+    return role, Path(rest), "test"
 
 
 def check_suite(targets: Sequence[Target]) -> None:
-    """One source at most, and every target named once (its name is its output file)."""
+    """One source at most, every target named once (its name is its output file), and its split present."""
     names = [target.name for target in targets]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
@@ -73,6 +95,11 @@ def check_suite(targets: Sequence[Target]) -> None:
         raise GcctlError("the suite has several source targets; give the fine-tuning dataset once as source=TABLE")
     if not targets:
         raise GcctlError("the suite has no target; add --target ROLE=TABLE")
+    reserved = [target.name for target in targets if f"{target.name}.json" == SUMMARY]
+    if reserved:
+        raise GcctlError(f"target '{reserved[0]}' would write {SUMMARY}, the suite summary; rename its table")
+    for target in targets:
+        split_rows(target.table, target.split)  # refused now, not after the targets before it are scored
 
 
 def _checkpoint_architecture(paths: list[Path], model_name: str | None) -> str:
@@ -91,24 +118,88 @@ def _checkpoint_architecture(paths: list[Path], model_name: str | None) -> str:
     return names[0]
 
 
-def _identity(checkpoints: dict, target: Target, templates: Sequence[str]) -> dict:
-    """What a target's result depends on; an existing result with the same identity is reused."""
+def _weights(by_seed: dict, architecture: str) -> dict:
+    """Each seed's weights as a target's result records them: their hash, and their path as the model
+    reference in its provenance gives it (relative to the current directory inside the project)."""
+    weights = {}
+    for seed, path in by_seed.items():
+        digest = sha256_file(path)
+        recorded = ModelRef(architecture, "file", str(Path(path).resolve()), digest).recorded_for(Path.cwd())
+        weights[seed_key(seed)] = {"sha256": digest, "path": recorded.source}
+    return weights
+
+
+def _identity(weights: dict, architecture: str, target: Target, templates: Sequence[str], label: str) -> dict:
+    """Everything a target's result file depends on; an earlier result with the same identity is reused. (The
+    device is not in it: a result scored on another device is the same evaluation, within float tolerance.)"""
     return {
-        "checkpoints": {seed_key(seed): sha256_file(path) for seed, path in checkpoints.items()},
+        "model": architecture,
+        "checkpoints": weights,
         "dataset_fingerprint": target.table.fingerprint(),
         "split": target.split,
         "templates": list(templates),
+        "run": label,
+        "role": target.role,
     }
 
 
-def _finished(path: Path, identity: dict) -> dict | None:
-    if not path.is_file():
-        return None
+def _own_target(path: Path, name: str) -> dict | None:
+    """The metrics in `path` if an earlier `gcctl transfer` wrote them for target `name`, else None."""
     try:
         metrics = read_json(path)
     except GcctlError:
-        return None  # unreadable: computed again
-    return metrics if metrics.get("provenance", {}).get("suite_identity") == identity else None
+        return None  # never written half (atomic): not a file of ours
+    provenance = metrics.get("provenance") if isinstance(metrics, dict) else None
+    if isinstance(provenance, dict) and "suite_identity" in provenance and provenance.get("target") == name:
+        return metrics
+    return None
+
+
+def _own_predictions(path: Path) -> bool:
+    try:
+        read_predictions(path)
+    except GcctlError:
+        return False
+    return True
+
+
+def _own_summary(path: Path) -> bool:
+    try:
+        summary = read_json(path)
+    except GcctlError:
+        return False
+    return isinstance(summary, dict) and tuple(summary) == SUMMARY_KEYS
+
+
+def _foreign(path: Path) -> GcctlError:
+    return GcctlError(f"{path} exists and is not the output of {COMMAND}; move it, or choose another --out")
+
+
+def _survey(out: Path, targets: Sequence[Target], identities: dict, overwrite: bool) -> tuple[dict, list[Path]]:
+    """What `out` already holds: the finished targets to reuse (by name; none with `overwrite`), and the files of
+    targets no longer in the suite (transfer's own, removed once the suite is done). Anything in the way that
+    transfer did not write is refused before any work."""
+    reused = {}
+    for target in targets:
+        path = out / f"{target.name}.json"
+        predictions = predictions_path(path)
+        if path.exists():
+            metrics = _own_target(path, target.name)
+            if metrics is None:
+                raise _foreign(path)
+            if not overwrite and predictions.is_file() and metrics["provenance"]["suite_identity"] == identities[target.name]:
+                reused[target.name] = metrics
+        elif predictions.exists() and not _own_predictions(predictions):
+            raise _foreign(predictions)
+    summary = out / SUMMARY
+    if summary.exists() and not _own_summary(summary):
+        raise _foreign(summary)
+    names = {f"{target.name}.json" for target in targets} | {SUMMARY}
+    stale = []
+    for path in sorted(out.glob("*.json")) if out.is_dir() else []:
+        if path.name not in names and _own_target(path, path.stem) is not None:
+            stale += [path, predictions_path(path)]
+    return reused, stale
 
 
 def evaluate_suite(
@@ -122,9 +213,13 @@ def evaluate_suite(
     device: str = "auto",
     batch_size: int = 256,
     workers: int = 0,
+    overwrite: bool = False,
 ) -> dict:
-    """Score every checkpoint (one per seed) zero-shot on every target; write each target's metrics and the suite
-    summary into the folder `out`. Returns the summary."""
+    """Score every checkpoint (one per seed) zero-shot on every target; write each target's metrics as soon as it
+    is done and the suite summary last, into the folder `out`. Returns the summary.
+
+    A target whose earlier result in `out` records the same inputs is read back, not scored again (`overwrite`
+    scores every target again); a file in `out` that transfer did not write is refused, never replaced."""
     check_suite(targets)
     for template in templates:
         check_template(template, "in --template")
@@ -132,40 +227,66 @@ def evaluate_suite(
     if out.exists() and not out.is_dir():
         raise GcctlError(f"--out {out} is a file; the suite writes a folder (one JSON per target)")
     for target in targets:
+        refuse_inside(out, target.table.root, f"the dataset root of target '{target.name}'")
         refuse_directory(out / f"{target.name}.json")
+        refuse_directory(predictions_path(out / f"{target.name}.json"))
+    refuse_directory(out / SUMMARY)
     by_seed = seeded_checkpoints(find_checkpoints(checkpoints))
     architecture = _checkpoint_architecture(list(by_seed.values()), model_name)
     label = name or out.name
-    identities = {target.name: _identity(by_seed, target, templates) for target in targets}
-    results = {target.name: _finished(out / f"{target.name}.json", identities[target.name]) for target in targets}
-    pending = [target for target in targets if results[target.name] is None]
-    if pending:
-        results.update(_score_pending(by_seed, architecture, pending, templates, identities, label, out,
-                                      resolve_device(device), batch_size, workers))
-    summary = suite_summary(targets, results, label)
-    write_json(out / SUMMARY, summary)
+    weights = _weights(by_seed, architecture)
+    identities = {target.name: _identity(weights, architecture, target, templates, label) for target in targets}
+    with output_lock(out):
+        results, stale = _survey(out, targets, identities, overwrite)
+        pending = [target for target in targets if target.name not in results]
+        if pending:
+            _forget_summary(out, targets)
+            results.update(_score_pending(by_seed, architecture, pending, templates, identities, label, out,
+                                          resolve_device(device), batch_size, workers))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        summary = suite_summary(targets, results, label)
+        if not (out / SUMMARY).is_file() or read_json(out / SUMMARY) != summary:  # all reused: the file stays as it is
+            write_json(out / SUMMARY, summary)
     return summary
+
+
+def _forget_summary(out: Path, targets: Sequence[Target]) -> None:
+    """Before a target is scored again: no summary of the earlier suite stays beside its new results, and no
+    file a killed run was writing."""
+    (out / SUMMARY).unlink(missing_ok=True)  # checked to be transfer's own by `_survey`
+    for target in targets:
+        path = out / f"{target.name}.json"
+        for leftover in (partial_path(path), partial_path(predictions_path(path))):
+            leftover.unlink(missing_ok=True)
+    partial_path(out / SUMMARY).unlink(missing_ok=True)
 
 
 def _score_pending(by_seed: dict, architecture: str, pending: list[Target], templates, identities: dict, label: str,
                    out: Path, device: torch.device, batch_size: int, workers: int) -> dict:
-    """Build each checkpoint once and score every pending target with it; write each target when all seeds are in."""
-    scores: dict[str, dict] = {target.name: {} for target in pending}
-    rows: dict[str, np.ndarray] = {}
-    references = []
-    for seed, path in by_seed.items():
-        bundle = build_clip(architecture, str(path), device=device)
-        references.append(bundle.reference.recorded_for(Path.cwd()).to_dict())
-        for target in pending:
-            scores[target.name][seed], rows[target.name] = zeroshot_scores(
-                bundle, target.table, target.split, device=device, templates=templates, batch_size=batch_size, workers=workers)
-        del bundle
+    """Score every pending target with every checkpoint and publish each target as soon as all its seeds are in,
+    so a failure or an interruption later in the suite keeps it. One model is held at a time; the one built last
+    scores the next target first, so a suite of one seed builds its model once."""
+    seeds = list(by_seed)
+    built: tuple | None = None  # (seed, bundle)
+    references: dict = {}
     written = {}
-    out.mkdir(parents=True, exist_ok=True)
     for target in pending:
+        order = seeds if built is None else [built[0], *(seed for seed in seeds if seed != built[0])]
+        scores: dict = {}
+        for seed in order:
+            if built is None or built[0] != seed:
+                built = None  # the previous model freed before the next is built
+                built = (seed, build_clip(architecture, str(by_seed[seed]), device=device))
+                references.setdefault(seed, built[1].reference.recorded_for(Path.cwd()).to_dict())
+            scores[seed], rows = zeroshot_scores(built[1], target.table, target.split, device=device, templates=templates,
+                                                 batch_size=batch_size, workers=workers)
         provenance = {"run": label, "target": target.name, "role": target.role, "templates": list(templates),
-                      "checkpoints": references, "suite_identity": identities[target.name]}
-        written[target.name] = checkpoint_metrics(scores[target.name], rows[target.name], target.table, target.split,
+                      "checkpoints": [references[seed] for seed in seeds], "suite_identity": identities[target.name]}
+        # The JSON is renamed into place just before its predictions: a run killed in between leaves no
+        # predictions (so the target counts as unfinished), never the new JSON beside the old predictions.
+        predictions_path(out / f"{target.name}.json").unlink(missing_ok=True)
+        written[target.name] = checkpoint_metrics({seed: scores[seed] for seed in seeds}, rows, target.table, target.split,
                                                   provenance, out=out / f"{target.name}.json")
     return written
 

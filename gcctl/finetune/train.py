@@ -24,7 +24,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,9 +46,11 @@ from gcctl.files import (
     load_resume_state,
     output_lock,
     refuse_inside,
+    read_timings,
     save_torch_file,
     sha256_file,
     write_json,
+    write_timings,
 )
 from gcctl.finetune.config import METHODS, FinetuneConfig
 from gcctl.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
@@ -162,6 +163,9 @@ class FinetuneRun:
         self.curve: list[dict] = []
         self.best: dict | None = None
         self.start_epoch = self._resume(restart, restart_if_changed)
+        # Seconds per finished epoch, beside the run (gcctl.files.timings_path), never inside it.
+        earlier = read_timings(self.out).get("epoch_seconds", {}) if self.start_epoch else {}
+        self.epoch_seconds = {epoch: seconds for epoch, seconds in earlier.items() if int(epoch) <= self.start_epoch}
         self.encoder = _Encoder(self.model)
         if world.distributed:
             device_ids = [device.index] if device.type == "cuda" else None
@@ -284,9 +288,11 @@ class FinetuneRun:
             task = bar.add_task(f"{self.config.method} {self.model_name}", total=self.config.epochs * self.steps_per_epoch,
                                 completed=self.start_epoch * self.steps_per_epoch, visible=self.world.is_main)
             for epoch in range(self.start_epoch, self.config.epochs):
+                started = time.perf_counter()
                 record = self._epoch(epoch, lambda loss: bar.update(task, advance=1, description=f"{self.config.method} loss {loss:.3f}"))
+                seconds = time.perf_counter() - started
                 if self.world.is_main:
-                    self._finish_epoch(record)
+                    self._finish_epoch(record, seconds)
                 barrier(self.world)
         return self._finalize() if self.world.is_main else {}
 
@@ -300,13 +306,11 @@ class FinetuneRun:
         loader = DataLoader(ImageDataset(self.table, self.train_transform), batch_sampler=local, num_workers=self.workers)
         totals = {"loss": 0.0, "base_loss": 0.0, "regulariser": 0.0}
         self.model.train()
-        started = time.perf_counter()
         for images, rows in loader:
             losses = self.step(images.to(self.device), rows, templates[rows].to(self.device), reg_lambda)
             for key in totals:
                 totals[key] += losses[key]
             on_step(losses["loss"])
-        seconds = time.perf_counter() - started
         self.model.eval()
         return {
             "epoch": epoch + 1,
@@ -314,8 +318,6 @@ class FinetuneRun:
             "lr_end": self.optimiser.last_lr(),
             **{key: value / self.steps_per_epoch for key, value in totals.items()},
             "steps": self.steps_per_epoch,
-            "seconds": round(seconds, 3),
-            "seconds_per_step": round(seconds / self.steps_per_epoch, 4),
         }
 
     def step(self, images: torch.Tensor, rows: torch.Tensor, templates: torch.Tensor, reg_lambda: float) -> dict:
@@ -361,8 +363,9 @@ class FinetuneRun:
         return zeroshot_metrics(self.bundle, self.table, "val", device=self.device, templates=[self.config.caption],
                                 batch_size=self.batch_size, workers=self.workers)
 
-    def _finish_epoch(self, record: dict) -> None:
-        """Validate, keep the weights if they are the best so far, checkpoint the epoch, then log it."""
+    def _finish_epoch(self, record: dict, seconds: float) -> None:
+        """Validate, keep the weights if they are the best so far, checkpoint the epoch, then log it (and its
+        training seconds, beside the run)."""
         record["val"] = self._validate()
         self.curve.append(record)
         value = record["val"][self.config.select_by]
@@ -371,6 +374,8 @@ class FinetuneRun:
             save_checkpoint(self.model, self.out / BEST, self.model_name)
         self._save_state(record["epoch"])  # after best.pt: a state never points at a best.pt not yet written
         self.curve_log.log_records([_curve_point(record)], step_key="epoch")
+        self.epoch_seconds[str(record["epoch"])] = round(seconds, 3)
+        write_timings(self.out, {"epoch_seconds": self.epoch_seconds})
 
     def _finalize(self) -> dict:
         if (self.out / BEST).is_file():
@@ -380,7 +385,6 @@ class FinetuneRun:
         summary = {
             "method": self.config.method,
             "base": self.bundle.reference.recorded_for(self.out).to_dict(),
-            "run": str(self.out),
             "config": self.identity["config"],
             "dataset": self.table.dataset,
             "dataset_fingerprint": self.identity["dataset_fingerprint"],
@@ -394,13 +398,13 @@ class FinetuneRun:
             "zeroshot_val_acc_avg": self.curve[0]["val"]["acc_avg"],
             "zeroshot_val_acc_wg": self.curve[0]["val"]["acc_wg"],
             "steps": sum(record["steps"] for record in trained),
-            "seconds": round(sum(record["seconds"] for record in trained), 2),
-            "seconds_per_step": round(float(np.mean([record["seconds_per_step"] for record in trained])), 4),
             "model_sha256": sha256_file(self.out / MODEL),
             "gcctl_version": __version__,
         }
         write_json(self.out / SUMMARY, summary)
-        return summary
+        seconds = sum(self.epoch_seconds.values())
+        return {"run": str(self.out), **summary, "seconds": round(seconds, 2),
+                "seconds_per_step": round(seconds / max(1, summary["steps"]), 4)}
 
 
 def _curve_point(record: dict) -> dict:

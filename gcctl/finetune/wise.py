@@ -6,20 +6,23 @@ import os
 
 import torch
 
-from gcctl.clip.checkpoint import checkpoint_model_name, save_checkpoint
+from gcctl.clip.checkpoint import check_checkpoint_out, checkpoint_model_name, save_checkpoint
 from gcctl.clip.factory import build_clip
 from gcctl.errors import GcctlError
 from gcctl.files import sha256_file
 
 
-def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike, *, model_name: str | None = None) -> dict:
+def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike, *, model_name: str | None = None,
+            overwrite: bool = False) -> dict:
     """Write `(1 - alpha) · zeroshot + alpha · finetuned` as a checkpoint `build_clip(model, out)` loads.
 
     Both are `--pretrained` values of one architecture (a checkpoint file, a tag...); `model_name` defaults
     to the architecture the fine-tuned checkpoint was saved for. Integer buffers must agree and are kept.
+    `out` replaces an earlier interpolation only with `overwrite`; anything else, or an input, never.
     """
     if not 0 <= alpha <= 1:
         raise GcctlError(f"--alpha must be in [0, 1] (0 = zero-shot, 1 = fine-tuned), got {alpha}")
+    check_checkpoint_out(out, "wise", overwrite, {"--zeroshot": zeroshot, "--finetuned": finetuned})
     model_name = model_name or _architecture_for(zeroshot, finetuned)
     start = build_clip(model_name, zeroshot, device="cpu")
     end = build_clip(model_name, finetuned, device="cpu")

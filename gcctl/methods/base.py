@@ -121,3 +121,4 @@ class FitResult:
     learned: dict[str, torch.Tensor]  # the trained parameters (contexts, linear weights)
     curve: list[dict] = field(default_factory=list)  # one record per epoch
     selection: dict = field(default_factory=dict)  # which epoch was kept, and why
+    epoch_seconds: list[float] = field(default_factory=list)  # wall-clock per epoch: kept beside a run, never in it

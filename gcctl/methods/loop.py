@@ -74,7 +74,7 @@ def fit_loop(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
     generator = torch.Generator().manual_seed(seed)
     weights = inverse_frequency(group_units(train.group)[0].cpu())
-    curve, best = [], None
+    curve, epoch_seconds, best = [], [], None
     with _one_cpu_thread(device), progress() as bar:
         task = bar.add_task(label, total=options.epochs)
         for epoch in range(1, options.epochs + 1):
@@ -91,9 +91,9 @@ def fit_loop(
                     "loss": mean_loss,
                     "val_acc_avg": metrics["acc_avg"],
                     "val_acc_wg": metrics["acc_wg"],
-                    "seconds": round(time.perf_counter() - started, 4),
                 }
             )
+            epoch_seconds.append(round(time.perf_counter() - started, 4))
             if best is None or metrics[options.select_by] > best["value"]:
                 best = {"epoch": epoch, "value": metrics[options.select_by], "classifier": classifier, "learned": scorer.learned(), "metrics": metrics}
             bar.advance(task)
@@ -104,7 +104,7 @@ def fit_loop(
         "epochs": options.epochs,
         "val_metrics": best["metrics"],
     }
-    return FitResult(best["classifier"], best["learned"], curve, selection)
+    return FitResult(best["classifier"], best["learned"], curve, selection, epoch_seconds)
 
 
 @contextlib.contextmanager

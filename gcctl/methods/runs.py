@@ -6,9 +6,12 @@ A run directory holds
   the splits whose true group labels the run used (`group_supervision`);
 - `params.pt`: per seed, the kept classifier and the learned parameters (e.g. prompt contexts);
 - `dvclive/`: the curves as DVCLive logs (gcctl.curves), metric `seed-S/<name>` per seed: per epoch the loss,
-  validation accuracy and worst-group accuracy, and the epoch's seconds (none for a method without training);
+  validation accuracy and worst-group accuracy (none for a method without training);
 - `curve.png`: that curve drawn by the `plot` given to `train_run` (the CLI gives `gcctl.report.plot_run_curve`);
 - `selection.json`: per seed, the kept epoch and its validation metrics (and GroupCoOp's prompts).
+
+Each epoch's seconds go beside the folder, in `<run>.timings.json` (gcctl.files.timings_path): the folder itself
+is a pure function of its inputs.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from gcctl.files import (
     read_json,
     sha256_file,
     write_json,
+    write_timings,
 )
 from gcctl.methods import get_method, group_supervision, make_config
 from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
 from gcctl.metrics import (
+    check_evaluation_out,
     metrics_from_predictions,
     predictions_frame,
     seed_key,
@@ -172,6 +177,8 @@ def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[
             if plot is not None:
                 plot([{"seed": seed, **record} for seed, r in results.items() for record in r.curve], tmp / "curve.png")
         write_json(tmp / "selection.json", {seed_key(seed): r.selection for seed, r in results.items()})
+    if any(r.epoch_seconds for r in results.values()):
+        write_timings(out, {"epoch_seconds": {seed_key(seed): r.epoch_seconds for seed, r in results.items()}})
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
@@ -196,9 +203,13 @@ def evaluate_run(
     features: str | os.PathLike | None = None,
     device: str = "auto",
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std;
-    with `out`, also written there, with the per-sample predictions beside it (`gcctl.metrics.write_evaluation`)."""
+    with `out`, also written there, with the per-sample predictions beside it (`gcctl.metrics.write_evaluation`):
+    over an earlier evaluation only with `overwrite`, over anything else never."""
+    if out is not None:
+        check_evaluation_out(out, overwrite)
     run = Path(run)
     run_config = read_run_config(run)
     params = load_torch_file(run / "params.pt")

@@ -21,7 +21,17 @@ import numpy as np
 
 from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_path, refuse_directory, write_json
+from gcctl.files import (
+    atomic_path,
+    check_beside,
+    check_output,
+    is_png,
+    json_document,
+    parquet_metadata,
+    refuse_directory,
+    refuse_input,
+    write_json,
+)
 from gcctl.metrics import agreement
 from gcctl.pseudolabel.data import LabelingData, load_labeling_data
 from gcctl.pseudolabel.strategies import Inference, erm_error, kmeans, oracle, val_probe
@@ -67,6 +77,36 @@ def _report_paths(out: str | os.PathLike, report: str | os.PathLike | None = Non
     return report, report.with_suffix(".png")
 
 
+def _is_group_file(path: Path) -> bool:
+    return parquet_metadata(path, GROUP_FILE_METADATA_KEY) is not None
+
+
+def _is_report(path: Path) -> bool:
+    document = json_document(path)
+    return isinstance(document, dict) and {"strategy", "agreement", "group_file"} <= set(document)
+
+
+def check_pseudo_label_out(out: Path | str, report_path: Path, figure_path: Path | None, overwrite: bool, *,
+                           inputs: dict) -> None:
+    """Refuse, before any work, outputs that are folders, one another or an input, or that hold anything but an
+    earlier pseudo-labelling's group file, report and figure (which only `overwrite` replaces). The figure counts
+    as one's own where it is a PNG beside one's own report."""
+    out = Path(out)
+    refuse_directory(out)
+    refuse_directory(report_path, "--report")
+    written = [out, report_path, *([figure_path] if figure_path is not None else [])]
+    if len({path.resolve() for path in written}) < len(written):
+        raise GcctlError(f"--out {out}, --report {report_path} and its figure {report_path.with_suffix('.png')} "
+                         "would be one file; give --report a .json path of its own")
+    for path, option in ((out, "--out"), (report_path, "--report")):
+        refuse_input(path, inputs, option)
+    check_output(out, "pseudo-label", is_own=_is_group_file, replace_own=overwrite)
+    check_beside(report_path, out, "pseudo-label", is_own=_is_report, replace_own=overwrite, what="agreement report")
+    if figure_path is not None:
+        check_beside(figure_path, out, "pseudo-label", replace_own=overwrite, what="confusion-matrix figure",
+                     is_own=lambda path: is_png(path) and _is_report(report_path))
+
+
 def _fall_back_to_majority(data: LabelingData, within: np.ndarray, confident: np.ndarray) -> np.ndarray:
     within = within.copy()
     for label in range(data.num_classes):
@@ -94,11 +134,13 @@ def pseudo_label(
     device: str = "auto",
     plot: Callable[[dict, Path], None] | None = None,
     max_memory: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Infer the train groups of the store `features` with `strategy`; write the group file `out`, the agreement
     report and, drawn by `plot(report, path)` (e.g. `gcctl.report.plot_confusion`), its confusion-matrix PNG
-    (all or nothing). Features larger than `max_memory` bytes (None: no limit) are read from the store as the
-    strategy needs them, with the same result. Returns the report; its `figure` is None without `plot`."""
+    (all or nothing), over an earlier pseudo-labelling's files only with `overwrite` and over nothing else.
+    Features larger than `max_memory` bytes (None: no limit) are read from the store as the strategy needs them,
+    with the same result. Returns the report; its `figure` is None without `plot`."""
     if strategy not in STRATEGIES:
         raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
     spec = STRATEGIES[strategy]
@@ -111,8 +153,8 @@ def pseudo_label(
     if not 0.0 <= min_confidence <= 1.0:
         raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
     report_path, figure_path = _report_paths(out, report)
-    refuse_directory(out)
-    refuse_directory(report_path, "--report")
+    check_pseudo_label_out(out, report_path, figure_path if plot is not None else None, overwrite,
+                           inputs={"--features": features, "--pretrained": pretrained})
     seed_everything(seed)
     with FeatureStore(features) as store:  # open while the strategy may read features from it
         data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise,

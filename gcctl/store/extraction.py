@@ -5,7 +5,7 @@ resumes where it stopped; the finished file appears by an atomic rename. One pro
 --out (`gcctl.files.output_lock`).
 
 Under torchrun every process writes its part the same way, into `<out>.rank<r>-of-<n>`, and rank 0 then joins
-the parts into `<out>`: written like a single process's store (same datasets and attributes but `created` and
+the parts into `<out>`: written like a single process's store (same datasets and attributes but
 `world_size`, the number of processes), renamed into place once, and the parts removed.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -179,7 +178,6 @@ def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dic
         handle,
         {
             **identity,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "gcctl_version": __version__,
             "n_rows": len(rows),
             "row_offset": rows.start,

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -154,7 +153,6 @@ def write_store(
         create_layout(handle, len(features), features.shape[1], dtype, y, group, split, ids, attributes)
         handle["features"][...] = features.astype(FEATURE_DTYPES[dtype], copy=False)
         attrs = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "gcctl_version": __version__,
             **provenance,
             "embed_dim": int(features.shape[1]),
