@@ -249,6 +249,26 @@ def pseudo_label_args(world: Path, out: Path, *extra: str) -> list[str]:
     return ["pseudo-label", "--features", str(world / "store.h5"), "--strategy", "oracle", "--out", str(out), *extra, *CPU]
 
 
+def latin1_params(tmp: Path) -> Path:
+    """A params file saved as Latin-1, not UTF-8 (a run named zéro)."""
+    (tmp / "params.yaml").write_bytes("train:\n  runs:\n    z\xe9ro:\n      method: zeroshot\n".encode("latin-1"))
+    return tmp / "params.yaml"
+
+
+def params_file(tmp: Path, text: str) -> Path:
+    (tmp / "params.yaml").write_text(text)
+    return tmp / "params.yaml"
+
+
+def empty_shard(tmp: Path) -> Path:
+    """A webdataset folder holding one shard with no samples in it."""
+    import tarfile
+
+    (tmp / "shards").mkdir()
+    tarfile.open(tmp / "shards" / "00000.tar", "w").close()
+    return tmp / "shards"
+
+
 # (id, args(world, tmp) -> CLI args, a fragment of the error line)
 CASES = [
     # datasets
@@ -343,6 +363,26 @@ CASES = [
     ("extract-seed-negative", lambda w, t: [*extract_args(dataset_args(w), t / "f.h5"), "--seed", "-1"], "outside 0.."),
     ("synth-seed-negative", lambda w, t: ["data", "synth", "--out", str(t / "synth"), "--seed", "-1"], "outside 0.."),
     ("unknown-method", lambda w, t: train_args(w / "store.h5", t / "run", method="svm"), "unknown method"),
+    # issue 25 items 5-7
+    ("max-memory-inf", lambda w, t: train_args(w / "store.h5", t / "run", "--max-memory", "inf"), "larger than any memory"),
+    ("max-memory-1e400", lambda w, t: ["pseudo-label", "--features", str(w / "store.h5"), "--strategy", "kmeans",
+                                       "--max-memory", "1e400", "--out", str(t / "g.parquet"), *CPU],
+     "larger than any memory"),
+    ("config-not-utf8", lambda w, t: ["--config", f"{latin1_params(t)}:train.runs.zero", *train_args(w / "store.h5", t / "run")],
+     "is not UTF-8 text"),
+    ("params-check-not-utf8", lambda w, t: ["params", "check", str(latin1_params(t))], "is not UTF-8 text"),
+    ("webdataset-empty-shard", lambda w, t: ["data", "show", "--dataset", "webdataset", "--root", str(empty_shard(t))],
+     "hold no samples"),
+    ("seeds-empty-item", lambda w, t: train_args(w / "store.h5", t / "run", "--seeds", "1,,2"), "list of integers"),
+    ("params-check-type", lambda w, t: ["params", "check", str(params_file(
+        t, "train:\n  runs:\n    adapter:\n      method: adapter\n      epochs: abc\n"))],
+     "train.runs.adapter: Invalid value for '--epochs'"),
+    ("params-check-output-collision", lambda w, t: ["params", "check", str(params_file(
+        t, "train:\n  runs:\n    gc:\n      method: groupcoop\n  pseudo_runs:\n    gc:\n      method: groupcoop\n"))],
+     "train.runs.gc and train.pseudo_runs.gc both write pipeline/runs/DATASET/gc"),
+    ("params-check-duplicate-key", lambda w, t: ["params", "check", str(params_file(
+        t, "train:\n  runs:\n    zs:\n      method: zeroshot\n      method: linear\n"))],
+     "the key 'method' appears twice in one mapping, line 5"),
     ("report-metrics-truncated", lambda w, t: ["report", str(truncate(Path(shutil.copy(w / "run" / "config.json", t / "m.json")))),
                                                "--out", str(t / "report")],
      "m.json is incomplete or corrupt"),

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 
@@ -66,3 +67,52 @@ def test_params_check_accepts_the_default_and_names_the_first_problem(tmp_path, 
     (tmp_path / "option.yaml").write_text(yaml.safe_dump(params))
     code, _, err = run_cli("params", "check", str(tmp_path / "option.yaml"))
     assert code == 1 and "datasets.waterbirds: 'colour' is not an option of gcctl data table" in err
+
+
+def _edited_default(tmp_path, edit):
+    from pathlib import Path
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda p: p["train"]["runs"]["adapter"].update(epochs="abc"),
+     "train.runs.adapter: Invalid value for '--epochs'"),
+    (lambda p: p["train"]["runs"]["adapter"].update(epochs=-1), "train.runs.adapter: --epochs must be positive, got -1"),
+    (lambda p: p["train"]["runs"]["coop"].update(calibrate=True), "train.runs.coop: --calibrate does not apply to method 'coop'"),
+    (lambda p: p["train"]["runs"]["zeroshot"].pop("method"), "train.runs.zeroshot: names no method"),
+    (lambda p: p["train"]["runs"]["zeroshot"].update(seeds="0,,1"), "--seeds '0,,1' is not a comma-separated list"),
+    (lambda p: p["train"]["runs"]["linear"].update(max_memory="1e400"), "--max-memory '1e400' is larger than any memory"),
+    (lambda p: p["finetune"]["runs"]["ft"].update(loss="mse"), "finetune.runs.ft: --loss 'mse' is unknown"),
+    (lambda p: p["finetune"]["runs"]["ft"].update(epochs=0), "finetune.runs.ft: --epochs must be ≥ 1"),
+    (lambda p: p["pretrain"]["runs"]["tiny"].update(lr="fast"), "pretrain.runs.tiny: Invalid value for '--lr'"),
+    (lambda p: p["train"]["pseudo_runs"].update(groupcoop={"method": "groupcoop"}),
+     "train.runs.groupcoop and train.pseudo_runs.groupcoop both write pipeline/runs/DATASET/groupcoop"),
+    (lambda p: p["finetune"]["runs"].update({"ft-wise": {"method": "ft"}}),
+     "finetune.runs.ft-wise and finetune.runs.ft (as ft-wise) both write pipeline/finetuned/DATASET/ft-wise"),
+    (lambda p: p["finetune"]["runs"].update(zeroshot={"method": "ft"}),
+     "dvc.yaml's transfer_zeroshot and finetune.runs.zeroshot both write pipeline/transfer/zeroshot"),
+    (lambda p: p["fetch"]["runs"].update(tiny={"model": "ViT-B-32"}), "pretrain.runs.tiny and fetch.runs.tiny both write"),
+    (lambda p: p["train"]["datasets"].append("waterbirds"), "train.datasets lists waterbirds twice"),
+    (lambda p: p["finetune"]["seeds"].append(0), "finetune.seeds lists 0 twice"),
+], ids=["type", "bound", "foreign-setting", "no-method", "seeds", "max-memory", "choice", "finetune-check", "pretrain-type",
+        "runs-and-pseudo-runs", "wise-name", "transfer-zeroshot", "pretrain-and-fetch", "dataset-twice", "seed-twice"])
+def test_params_check_refuses_what_the_command_or_dvc_would(tmp_path, run_cli, edit, fragment):
+    code, out, err = run_cli("params", "check", str(_edited_default(tmp_path, edit)))
+    assert code == 1 and out == "" and err.count("\n") == 1 and fragment in err, err
+
+
+def test_yaml_refuses_a_repeated_key_but_lets_a_merge_be_overridden(tmp_path):
+    from gcctl.cli.config import read_mapping, unique_key_loader
+    from gcctl.errors import GcctlError
+
+    merged = yaml.load("base: &b {lr: 1, epochs: 2}\nrun:\n  <<: *b\n  lr: 3\n", Loader=unique_key_loader())
+    assert merged["run"] == {"lr": 3, "epochs": 2}
+    with pytest.raises(yaml.YAMLError, match="the key 'lr' appears twice in one mapping, line 3"):
+        yaml.load("run:\n  lr: 1\n  lr: 3\n", Loader=unique_key_loader())
+    (tmp_path / "p.yaml").write_text("train:\n  runs:\n    zs:\n      method: zeroshot\n    zs:\n      method: linear\n")
+    with pytest.raises(GcctlError, match="p.yaml is not valid YAML \\(the key 'zs' appears twice"):
+        read_mapping(f"{tmp_path / 'p.yaml'}:train.runs.zs")

@@ -77,6 +77,31 @@ def test_imagefolder_bad_layouts_are_one_line_errors(tmp_path):
         load_dataset("imagefolder", write_folders(tmp_path / "two", {"cat": 1, "dog": 1}), class_names=["cat"])
 
 
+def test_a_directory_link_loop_gives_exactly_the_images_of_the_tree(tmp_path):
+    """`a/loop -> ..` once turned 4 images into 164 rows: no directory link below a class folder is followed, while
+    a class folder that is itself a link is read, as are image files that are links."""
+    root = write_folders(tmp_path / "tree", {"a": 2, "a/deeper": 1, "b": 1})
+    (root / "a" / "loop").symlink_to("..", target_is_directory=True)
+    write_folders(tmp_path / "elsewhere", {"c": 1})
+    (root / "c").symlink_to(tmp_path / "elsewhere" / "c", target_is_directory=True)
+    (root / "b" / "linked.png").symlink_to(root / "a" / "img_0.jpg")
+    table = load_dataset("imagefolder", root)
+    assert table.frame["path"].tolist() == ["a/img_0.jpg", "a/img_1.jpg", "a/deeper/img_0.jpg", "b/img_0.jpg",
+                                            "b/linked.png", "c/img_0.jpg"]
+    assert table.frame["y"].tolist() == [0, 0, 0, 1, 1, 2]
+    pacs = write_folders(tmp_path / "pacs", {"photo/dog": 1})
+    (pacs / "photo" / "dog" / "up").symlink_to("../..", target_is_directory=True)
+    assert len(load_dataset("pacs", pacs).frame) == 1
+
+
+def test_a_tree_without_links_is_read_as_torchvision_imagefolder_reads_it(tmp_path):
+    root = write_folders(tmp_path, {"cat": 2, "cat/x_y": 1, "cat/x-y": 1, "dog": 1, "dog/Z": 1}, suffix=".PNG")
+    write_folders(root, {"dog": 1}, suffix=".txt")
+    expected = [(Path(path).relative_to(root).as_posix(), y) for path, y in torchvision.datasets.ImageFolder(root).samples]
+    table = load_dataset("imagefolder", root)
+    assert list(zip(table.frame["path"], table.frame["y"])) == expected and len(expected) == 6
+
+
 def test_caltech101_leaves_out_the_background_folder(tmp_path):
     write_folders(tmp_path / "caltech101" / "101_ObjectCategories",
                   {"BACKGROUND_Google": 2, "Faces_easy": 1, "car_side": 2})

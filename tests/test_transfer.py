@@ -238,3 +238,14 @@ def test_a_target_split_comes_after_the_last_at_only_when_it_names_a_split(tmp_p
     assert transfer_module.parse_target(f"group={tmp_path}/x@train") == ("group", tmp_path / "x", "train")
     with pytest.raises(GcctlError, match="'tset' is not a split; give one of train, val, test"):
         transfer_module.parse_target(f"group={table}@tset")
+
+
+def test_an_out_another_transfer_is_writing_is_refused_at_once(run_cli, run_dir, tables, tmp_path, monkeypatch):
+    from gcctl.files import output_lock
+
+    out = tmp_path / "suite"
+    calls = count_scoring(monkeypatch)
+    with output_lock(out):
+        code, _, err = run_cli(*suite_args(run_dir, tables, out))
+    assert code == 1 and "is being written by another gcctl process" in err and len(err.strip().splitlines()) == 1
+    assert calls == [] and not out.exists()

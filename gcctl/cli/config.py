@@ -122,8 +122,8 @@ def _command(root, ctx, names: tuple[str, ...]):
     return command
 
 
-# The outputs dvc.yaml names after a run (a section's key, or the fixed name of a stage: None): two names in one family are one folder,
-# which DVC refuses (and the second stage would write over the first).
+# The outputs dvc.yaml names after a run (a section's key; section None: stage transfer_zeroshot's fixed name):
+# two names of one family are one folder, which DVC refuses (and the second stage would write over the first).
 _OUTPUT_FAMILIES = {
     "pipeline/models/NAME": (("pretrain.runs", "{}"), ("fetch.runs", "{}")),
     "pipeline/runs/DATASET/NAME": (("train.runs", "{}"), ("train.pseudo_runs", "{}")),

@@ -19,8 +19,10 @@ def check(
     path: Annotated[Path, typer.Argument(help="The params file dvc.yaml reads.")] = Path("params.yaml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
 ) -> None:
-    """Check that every named run's options exist for its command and that every dataset a stage names is
-    declared under `datasets:`; the first problem is one line naming it and the fix.
+    """Check what DVC or a stage's command would refuse: a key repeated in a mapping, a run's option its command
+    does not have or a value its parser or checks refuse (e.g. epochs: abc), two runs writing one output (a name in
+    both train.runs and train.pseudo_runs), and a dataset a stage names that `datasets:` does not declare; the
+    first problem is one line naming it and the fix.
 
     Example: gcctl params check params.yaml
     """
