@@ -3,12 +3,18 @@
 The layers that run under torchrun (the feature store's extraction, data-parallel fine-tuning) share these
 helpers; `torch.distributed` does the work. Launched without torchrun a process is rank 0 of 1 and every helper
 here is a no-op.
+
+A user error under torchrun is agreed on by every process (`raise_if_any_failed`) and printed once: rank 0
+prints its `error:` line and every process exits with `AGREED_ERROR_EXIT_CODE` (1): a failure never exits 0,
+though torchrun then adds its report of a failed child after that line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -46,12 +52,26 @@ def current_world() -> World:
     return World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def join_world(device: torch.device) -> World:
-    """Join the process group torchrun describes in the environment (MASTER_ADDR, MASTER_PORT too)."""
+def join_world(device: torch.device, backend: str | None = None) -> World:
+    """Join the process group torchrun describes in the environment (MASTER_ADDR, MASTER_PORT too), by `backend`
+    (default: nccl for CUDA, else gloo)."""
     world = current_world()
     if world.distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
     return world
+
+
+@contextlib.contextmanager
+def joined_world(device: torch.device, backend: str | None = None) -> Iterator[World]:
+    """`join_world` for the block; the group is left after it only if this call joined it (a caller that joined
+    first, e.g. to agree on errors raised before the work, keeps it)."""
+    joined = current_world().distributed and not dist.is_initialized()
+    world = join_world(device, backend)
+    try:
+        yield world
+    finally:
+        if joined:
+            leave_world(world)
 
 
 def process_device(device: torch.device, world: World) -> torch.device:
@@ -74,14 +94,28 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def raise_if_any_failed(world: World, error: GcctlError | None) -> None:
+# What every process exits with after a user error all of them agreed on (rank 0 has printed the one line that
+# says what went wrong): the user-error code, so scripts, dvc and torchrun see the failure.
+AGREED_ERROR_EXIT_CODE = 1
+
+
+def raise_if_any_failed(world: World, error: GcctlError | None, value=None) -> list:
     """Every process learns whether any failed with a user error (each passes its own, or None), and all raise
-    the first one: a process that stopped alone would leave the others waiting for it at the next collective."""
-    messages = gather_objects(world, None if error is None else str(error))
-    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
-    if failed:
-        rank, message = failed[0]
-        raise error if rank == world.rank else GcctlError(f"process {rank} of {world.size} failed: {message}")
+    the first one: a process that stopped alone would leave the others waiting for it at the next collective.
+    Otherwise every process's `value` (picklable), in rank order.
+
+    A process that fails passes its error to its next call of this, wherever it stopped, so each call is matched
+    by one call in every other process. Under torchrun the error raised is marked `agreed`, `quiet` in every
+    process but rank 0 (which prints it) and exits with `AGREED_ERROR_EXIT_CODE` (see `gcctl.cli.main`)."""
+    gathered = gather_objects(world, (None if error is None else str(error), value))
+    failed = [(rank, message) for rank, (message, _) in enumerate(gathered) if message is not None]
+    if not failed:
+        return [value for _, value in gathered]
+    rank, message = failed[0]
+    shared = error if rank == world.rank else GcctlError(f"process {rank} of {world.size} failed: {message}")
+    if world.distributed:
+        shared.agreed, shared.quiet, shared.exit_code = True, not world.is_main, AGREED_ERROR_EXIT_CODE
+    raise shared
 
 
 def gather_objects(world: World, value) -> list:

@@ -68,8 +68,52 @@ def test_interrupted_extraction_resumes_to_the_same_file(tiny_waterbirds, micro_
     summary = extract(table, micro_bundle, tmp_path / "resumed.h5", batch_size=32, dtype="float32")
     assert summary["resumed_from"] == 96  # three whole batches of 32 were done before the interruption
     with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "resumed.h5") as resumed:
-        np.testing.assert_allclose(resumed.load_features(), whole.load_features(), atol=1e-6)
+        np.testing.assert_array_equal(resumed.load_features(), whole.load_features())
     assert not (tmp_path / "resumed.h5.partial").exists()
+    assert (tmp_path / "resumed.h5").read_bytes() == (tmp_path / "whole.h5").read_bytes()
+
+
+def test_a_resume_with_another_batch_size_goes_back_to_a_batch_start(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    with pytest.raises(KeyboardInterrupt):
+        extract(table, _decoding_with(micro_bundle, _InterruptAfter(100)), tmp_path / "f.h5", batch_size=32,
+                dtype="float32", workers=0)
+    _decoding_plainly(micro_bundle)
+    summary = extract(table, micro_bundle, tmp_path / "f.h5", batch_size=40, dtype="float32")
+    assert summary["resumed_from"] == 80  # 96 rows were done: back to row 80, where a batch of 40 starts
+
+
+def test_batches_are_cut_by_the_row_index_alone(tiny_waterbirds):
+    import pandas as pd
+
+    from gcctl.store.extraction import _batch_starts, _shard_rows
+
+    table = load_dataset("waterbirds", tiny_waterbirds)  # 236 rows
+    parts = [_shard_rows(table, Shard(i, 3), 39) for i in range(3)]
+    assert parts == [range(0, 78), range(78, 156), range(156, 236)]  # whole batches; the last part ends short
+    assert [_batch_starts(table, part, 39) for part in parts] == [[0, 39], [78, 117], [156, 195, 234]]
+    whole = _batch_starts(table, _shard_rows(table, Shard(), 39), 39)
+    assert sum((_batch_starts(table, part, 39) for part in parts), []) == whole
+
+    class Archived:  # the rows of three tar files of 4, 1 and 7 images
+        frame = pd.DataFrame({"path": [f"{n}.tar::{i}.png" for n, size in enumerate((4, 1, 7)) for i in range(size)]})
+
+    assert _shard_rows(Archived, Shard(1, 2), 3) == range(4, 12)  # whole tar files, whatever the batch size
+    assert _batch_starts(Archived, range(0, 12), 3) == [0, 3, 4, 5, 8, 11]  # every 3 rows from each file's first
+    assert _batch_starts(Archived, range(4, 12), 3) == [4, 5, 8, 11]
+
+
+def test_a_single_process_run_removes_the_parts_a_torchrun_left(tiny_waterbirds, micro_bundle, tmp_path):
+    from gcctl.files import output_lock
+
+    table = load_dataset("waterbirds", tiny_waterbirds)
+    left = ["f.h5.rank0-of-2", "f.h5.rank1-of-2.partial", "f.h5.rank1-of-2.lock", "f.h5.rank2-of-3.partial"]
+    for name in left:
+        (tmp_path / name).write_bytes(b"left by a killed torchrun")
+    (tmp_path / "f.h5.rank9-of-10.partial").write_bytes(b"written by a live process, which holds its lock")
+    with output_lock(tmp_path / "f.h5.rank9-of-10"):
+        extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["f.h5", "f.h5.rank9-of-10.partial"]
 
 
 def test_a_partial_file_of_another_extraction_is_not_resumed(tiny_waterbirds, micro_bundle, tmp_path):
@@ -104,6 +148,17 @@ def test_shards_merge_into_the_whole(tiny_waterbirds, micro_bundle, tmp_path):
     with FeatureStore(tmp_path / "whole.h5") as whole, FeatureStore(tmp_path / "merged.h5") as merged:
         np.testing.assert_array_equal(merged.load_features(), whole.load_features())
         np.testing.assert_array_equal(merged.ids, whole.ids)
+
+
+def test_shards_cut_with_different_batch_sizes_are_not_merged(tiny_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", tiny_waterbirds)  # 236 rows: shard 0/2 is rows 0-127 in batches of 64
+    first = extract(table, micro_bundle, tmp_path / "p0.h5", batch_size=64, shard=Shard(0, 2))["out"]
+    second = extract(table, micro_bundle, tmp_path / "p1.h5", batch_size=32, shard=Shard(1, 2))["out"]  # from 128
+    assert merge([first, second], tmp_path / "merged.h5")  # these two happen to meet
+    third = extract(table, micro_bundle, tmp_path / "q1.h5", batch_size=50, shard=Shard(1, 2))["out"]  # from 100
+    with pytest.raises(GcctlError, match="starts at row 100 but the shards before it end at row 128"):
+        merge([first, third], tmp_path / "other.h5")
+    assert not (tmp_path / "other.h5").exists()
 
 
 def test_missing_image_fails_before_writing_anything(tiny_waterbirds, micro_bundle, tmp_path):
@@ -308,3 +363,17 @@ def test_default_workers_follow_the_cpus_this_process_may_use(monkeypatch):
         monkeypatch.setattr(store_module, "cpu_budget", lambda: budget)
         assert store_module.default_workers(torch.device("cpu")) == on_cpu
         assert store_module.default_workers(torch.device("cuda")) == on_gpu
+
+
+def test_cuda_extraction_asks_for_deterministic_kernels_and_restores_the_settings():
+    import torch
+
+    from gcctl.store.extraction import _deterministic_kernels
+
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with _deterministic_kernels(torch.device("cuda")):  # only flags: no GPU needed
+        assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, False, False, False)
+    assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    with _deterministic_kernels(torch.device("cpu")):
+        assert cudnn.deterministic == before[0]

@@ -1,7 +1,9 @@
 """The `gcctl` command line: thin Typer shells over library functions.
 
 Exit codes: 0 success; 1 a user error (bad input, missing file, unknown name), printed as one line
-on stderr; 2 a usage error (unknown option, missing argument); 130 interrupted.
+on stderr; 2 a usage error (unknown option, missing argument); 130 interrupted. Under torchrun a user error
+the processes agreed on is printed by rank 0 alone, and every process exits 1
+(`gcctl.distributed.AGREED_ERROR_EXIT_CODE`); torchrun adds its own report after that line.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def main() -> None:
     except KeyboardInterrupt:
         code = INTERRUPTED
     except GcctlError as error:
-        _fail(str(error), error.exit_code)
+        _fail(str(error), error.exit_code, quiet=getattr(error, "quiet", False))
     except PermissionError as error:
         _fail(f"permission denied: {error.filename or error}; fix its permissions or choose another path", 1)
     if code == INTERRUPTED:  # typer turns a Ctrl-C inside a command into this exit code, silently
@@ -142,6 +144,8 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, exit_code: int) -> None:
-    typer.echo(f"error: {message}", err=True)
+def _fail(message: str, exit_code: int, quiet: bool = False) -> None:
+    """Print the one `error:` line (unless `quiet`: another torchrun process prints it) and exit."""
+    if not quiet:
+        typer.echo(f"error: {message}", err=True)
     sys.exit(exit_code)

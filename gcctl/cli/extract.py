@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,8 +14,34 @@ from gcctl.cli.data import reads_dataset
 from gcctl.cli.options import AsJson, Device
 from gcctl.cli.output import print_summary
 from gcctl.datasets import DatasetTable
+from gcctl.errors import GcctlError
 
 
+def _one_error_under_torchrun(command):
+    """Under torchrun, join the processes before anything can fail (the dataset options are read inside), so a
+    user error any of them meets, wherever it is raised, is agreed on by all: rank 0 prints it once and every
+    process exits without torchrun's report (`gcctl.distributed.raise_if_any_failed`)."""
+
+    @functools.wraps(command)
+    def run(**options):
+        if os.environ.get("WORLD_SIZE", "1") == "1":
+            return command(**options)
+        import torch
+
+        from gcctl.distributed import joined_world, raise_if_any_failed
+
+        with joined_world(torch.device("cpu"), backend="gloo") as world:  # extraction's group (see its module)
+            try:
+                return command(**options)
+            except GcctlError as error:
+                if not getattr(error, "agreed", False):
+                    raise_if_any_failed(world, error)  # matched by the other processes' next agreement
+                raise
+
+    return run
+
+
+@_one_error_under_torchrun
 @reads_dataset
 def extract(
     table: DatasetTable,
@@ -37,7 +65,8 @@ def extract(
 ) -> None:
     """Encode every image once with the frozen image tower into an HDF5 feature store (resumable).
 
-    Under torchrun the processes split the rows (whole tar shards for --dataset webdataset) and rank 0 writes --out.
+    Under torchrun the processes split the rows (whole tar shards for --dataset webdataset) and rank 0 writes --out;
+    a user error is printed once, by rank 0, and every process then exits 0 (so torchrun adds no report).
 
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """

@@ -4,15 +4,25 @@ Extraction writes into `<out>.partial` and records after every batch how many ro
 resumes where it stopped; the finished file appears by an atomic rename. One process at a time writes an
 --out (`gcctl.files.output_lock`).
 
+Batches are a function of the row index alone (`_batch_starts`): rows are cut every `batch_size` rows from the
+first row (from the first row of each tar file when the images lie in archives), a part (`--shard`, a torchrun
+process) starts on such a cut, and a resumed run goes back to the last cut it reached. So every row meets the
+same rows in the same batch, hence the same kernels, however the work is split or interrupted: the store is
+bit for bit the same on CPU for the same --batch-size.
+
 Under torchrun every process writes its part the same way, into `<out>.rank<r>-of-<n>`, and rank 0 then joins
-the parts into `<out>`: written like a single process's store (same datasets and attributes but
-`world_size`, the number of processes), renamed into place once, and the parts removed.
+the parts into `<out>`: written as a single process writes its store, byte for byte (the process count is
+recorded only in the parts, as their `shard`), renamed into place once, and the parts removed. Rank 0 holds the
+lock of `<out>` from before any work to the rename, and a user error in any process is agreed on by all of them
+(`gcctl.distributed.raise_if_any_failed`) and printed once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -81,27 +91,22 @@ def extract(
     """
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
-    from gcctl.distributed import (  # torch, imported only when extracting
-        join_world,
-        leave_world,
-        process_device,
-    )
+    from gcctl.distributed import joined_world, process_device  # torch, imported only when extracting
 
     out = Path(out)
-    table.require_files()
     device = resolve_device("auto") if device is None else device
-    world = join_world(device)
-    try:
+    with joined_world(device, backend="gloo") as world:  # only small objects pass between the processes
         options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
-                   "device": process_device(device, world)}
+                   "device": device}
         if world.distributed:
             return _extract_by_rank(table, bundle, out, world, shard, overwrite, on_progress, options)
+        table.require_files()
+        options["device"] = process_device(device, world)
         with output_lock(out):  # held until the rename: the .partial is this process's alone
             check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished
-            _check_free_space(out, len(_shard_rows(table, shard)), bundle.provenance["embed_dim"], dtype)
+            _remove_parts(out)  # a killed torchrun's: this process writes every row itself
+            _check_free_space(out, len(_shard_rows(table, shard, batch_size)), bundle.provenance["embed_dim"], dtype)
             return _encode(table, bundle, out, shard=shard, on_progress=on_progress, **options)
-    finally:
-        leave_world(world)
 
 
 def check_extract_out(table: "DatasetTable", out: Path, overwrite: bool) -> None:
@@ -153,8 +158,9 @@ def _same_extraction(stored: dict, attrs: dict) -> bool:
     return extraction_identity(stored, keys) == extraction_identity(attrs, keys)
 
 
-def _open_partial(tmp: Path, attrs: dict) -> h5py.File | None:
-    """Reopen an interrupted extraction if it was made with the same identity; otherwise discard it."""
+def _open_partial(tmp: Path, attrs: dict, rows: range) -> h5py.File | None:
+    """Reopen an interrupted extraction if it was made with the same identity for the same `rows` (a part's rows
+    follow --batch-size); otherwise discard it."""
     if not tmp.exists():
         return None
     try:
@@ -162,16 +168,19 @@ def _open_partial(tmp: Path, attrs: dict) -> h5py.File | None:
     except OSError:  # killed in the middle of an HDF5 metadata write: start over
         tmp.unlink()
         return None
-    if not _same_extraction(read_attrs(handle), attrs):
+    if not (_same_extraction(stored := read_attrs(handle), attrs) and _same_rows(stored, rows)):
         handle.close()
         tmp.unlink()
         return None
     return handle
 
 
-def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dict, world_size: int = 1) -> h5py.File:
-    """A fresh `.partial` store with every dataset but the features filled in and no row done; `world_size`
-    records how many processes encode the rows."""
+def _same_rows(stored: dict, rows: range) -> bool:
+    return stored.get("row_offset") == rows.start and stored.get("n_rows") == len(rows)
+
+
+def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dict) -> h5py.File:
+    """A fresh `.partial` store with every dataset but the features filled in and no row done."""
     handle = h5py.File(tmp, "w")
     create_layout(handle, len(rows), identity["embed_dim"], identity["dtype"], **_table_arrays(table, rows))
     set_attrs(
@@ -182,7 +191,6 @@ def _create_partial(tmp: Path, table: "DatasetTable", rows: range, identity: dic
             "n_rows": len(rows),
             "row_offset": rows.start,
             "rows_done": 0,
-            "world_size": world_size,
             VOCABULARY_KEY: table.vocabulary.to_dict(),
         },
     )
@@ -194,9 +202,43 @@ def _first_line_of_worker_error(error: Exception) -> str:
     return str(error).rsplit("GcctlError: ", 1)[-1]
 
 
-def _shard_rows(table: "DatasetTable", shard: Shard) -> range:
-    """The rows of `shard`: whole tar shard files when the images lie in archives."""
-    return shard.rows(len(table.frame), archive_starts(table.frame["path"].tolist()))
+def _shard_rows(table: "DatasetTable", shard: Shard, batch_size: int) -> range:
+    """The rows of `shard`: whole tar shard files when the images lie in archives, else whole batches (it starts
+    on a multiple of `batch_size`; only the last part ends with a short batch)."""
+    n_rows, starts = len(table.frame), archive_starts(table.frame["path"].tolist())
+    if starts is not None:
+        return shard.rows(n_rows, starts)
+    batches = shard.rows(-(-n_rows // batch_size))
+    return range(min(n_rows, batches.start * batch_size), min(n_rows, batches.stop * batch_size))
+
+
+def _batch_starts(table: "DatasetTable", rows: range, batch_size: int) -> list[int]:
+    """The first row of every batch of `rows`, a function of the row index alone: every `batch_size` rows from
+    row 0, or from the first row of each tar file when the images lie in archives (a part may start at any of
+    them). Any part of the rows that starts on one of these cuts is thus encoded in the very batches one process
+    encodes the whole table in."""
+    units = archive_starts(table.frame["path"].tolist()) or [0]
+    ends = [*units[1:], len(table.frame)]
+    return [row for start, end in zip(units, ends) if start < rows.stop and end > rows.start
+            for row in range(start, end, batch_size) if rows.start <= row < rows.stop]
+
+
+@contextlib.contextmanager
+def _deterministic_kernels(device):
+    """cuDNN's deterministic algorithms, no autotuning and no TF32 while extracting on CUDA (restored after): the
+    same batch then meets the same kernels in every run. A no-op elsewhere."""
+    if device.type != "cuda":
+        yield
+        return
+    import torch
+
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def rank_part_path(out: Path, part: Shard) -> Path:
@@ -204,33 +246,62 @@ def rank_part_path(out: Path, part: Shard) -> Path:
     return out.with_name(f"{out.name}.rank{part.index}-of-{part.count}")
 
 
+_PART_SUFFIX = re.compile(r"\.rank(\d+)-of-(\d+)(?:\.partial|\.lock)?")
+
+
+def _remove_parts(out: Path) -> None:
+    """Remove every part of `out` (finished or partial, of any number of processes) a torchrun left, with its lock
+    file. Called under the lock of `out`, which a torchrun's rank 0 holds from before its work to its rename, so
+    no live torchrun is writing them; a part whose own lock is held all the same is left alone."""
+    stems = set()
+    for path in out.parent.glob(f"{glob.escape(out.name)}.rank*-of-*"):
+        found = _PART_SUFFIX.fullmatch(path.name[len(out.name):])
+        if found:
+            stems.add(rank_part_path(out, Shard(int(found[1]), int(found[2]))))
+    for stem in sorted(stems):
+        with contextlib.suppress(GcctlError), output_lock(stem):  # the lock file goes when it is released
+            stem.unlink(missing_ok=True)
+            partial_path(stem).unlink(missing_ok=True)
+
+
 def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, overwrite: bool, on_progress, options: dict) -> dict:
-    """This process's part, then (once every part is done) rank 0 publishes `out`; a user error in any process
-    stops them all with it, and every finished or partial part stays for the rerun."""
+    """This process's part, then (once every part is done) rank 0 publishes `out`. Rank 0 locks `out` before any
+    work, so a held --out stops every process at once; a user error in any process stops them all with it (one
+    agreement after the checks, one after the parts, one after publishing), and every finished or partial part
+    stays for the rerun."""
     import time
 
-    from gcctl.distributed import gather_objects, raise_if_any_failed
+    from gcctl.distributed import process_device, raise_if_any_failed
 
     started = time.perf_counter()
+    part = Shard(world.rank, world.size)
+    part_out = rank_part_path(out, part)
     summary, error = {}, None
-    try:
-        if shard != Shard():
-            raise GcctlError("--shard splits the rows by hand, but torchrun already splits them between its "
-                             "processes; leave out --shard, or run without torchrun")
-        check_extract_out(table, out, overwrite)
-        part = Shard(world.rank, world.size)
-        summary = _extract_part(table, bundle, rank_part_path(out, part), part, on_progress if world.is_main else None, options)
-    except GcctlError as failure:
-        error = failure
-    raise_if_any_failed(world, error)
-    summaries = gather_objects(world, summary)
-    error = None
-    if world.is_main:
+    with contextlib.ExitStack() as held:
         try:
-            _publish(table, bundle, out, world.size, overwrite, options)
+            if shard != Shard():
+                raise GcctlError("--shard splits the rows by hand, but torchrun already splits them between its "
+                                 "processes; leave out --shard, or run without torchrun")
+            if world.is_main:  # held until the published store is renamed into place
+                held.enter_context(output_lock(out))
+            check_extract_out(table, out, overwrite)
+            table.require_files()
+            options = {**options, "device": process_device(options["device"], world)}
+            with output_lock(part_out):  # released before rank 0 publishes (and removes) the parts
+                raise_if_any_failed(world, None)  # every process is ready: none has done any work yet
+                summary = _extract_part(table, bundle, part_out, part, on_progress if world.is_main else None, options)
         except GcctlError as failure:
+            if getattr(failure, "agreed", False):
+                raise
             error = failure
-    raise_if_any_failed(world, error)
+        summaries = raise_if_any_failed(world, error, summary)
+        error = None
+        if world.is_main:
+            try:
+                _publish(table, bundle, out, world.size, overwrite, options)
+            except GcctlError as failure:
+                error = failure
+        raise_if_any_failed(world, error)
     if not world.is_main:
         return {}
     seconds = time.perf_counter() - started
@@ -247,45 +318,43 @@ def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, ove
 
 
 def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, options: dict) -> dict:
-    """One process's part under torchrun: kept when an earlier run finished it, else encoded (resuming its .partial)."""
-    with output_lock(part_out):
-        identity = _extraction_attrs(table, bundle, options["dtype"], options["normalize"], part, part_out.parent)
-        if is_feature_store(part_out):
-            with h5py.File(part_out, "r") as handle:
-                stored = read_attrs(handle)
-            if stored.get(COMPLETE_KEY) is True and _same_extraction(stored, identity):
-                return {"rows": stored["n_rows"], "resumed_from": stored["n_rows"]}
-        # Anything else there is a part of another extraction (replaced when done) or not ours (refused).
-        check_output(part_out, "extract", is_own=is_feature_store, replace_own=True)
-        _check_free_space(part_out, len(_shard_rows(table, part)), bundle.provenance["embed_dim"], options["dtype"])
-        return _encode(table, bundle, part_out, shard=part, on_progress=on_progress, **options)
+    """One process's part under torchrun (its lock held): kept when an earlier run finished it for the same rows,
+    else encoded (resuming its .partial)."""
+    identity = _extraction_attrs(table, bundle, options["dtype"], options["normalize"], part, part_out.parent)
+    rows = _shard_rows(table, part, options["batch_size"])
+    if is_feature_store(part_out):
+        with h5py.File(part_out, "r") as handle:
+            stored = read_attrs(handle)
+        if stored.get(COMPLETE_KEY) is True and _same_extraction(stored, identity) and _same_rows(stored, rows):
+            return {"rows": stored["n_rows"], "resumed_from": stored["n_rows"]}
+    # Anything else there is a part of another extraction (replaced when done) or not ours (refused).
+    check_output(part_out, "extract", is_own=is_feature_store, replace_own=True)
+    _check_free_space(part_out, len(rows), bundle.provenance["embed_dim"], options["dtype"])
+    return _encode(table, bundle, part_out, shard=part, on_progress=on_progress, **options)
 
 
 def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options: dict) -> None:
-    """Join the finished parts into `out`, written as one process writes it, and remove every part."""
+    """Join the finished parts into `out` (whose lock the caller holds), written as one process writes it, and
+    remove every part."""
     parts = [rank_part_path(out, Shard(rank, world_size)) for rank in range(world_size)]
     missing = [part for part in parts if not part.is_file()]
     if missing:
         raise GcctlError(f"{missing[0]} is missing although its process finished it; with processes on several "
                          "machines, --out must lie on a file system they all share")
     dtype = options["dtype"]
-    with output_lock(out):
-        check_extract_out(table, out, overwrite)
-        _check_free_space(out, len(table.frame), bundle.provenance["embed_dim"], dtype)
-        identity = _extraction_attrs(table, bundle, dtype, options["normalize"], Shard(), out.parent)
-        tmp = partial_path(out)
-        handle = _create_partial(tmp, table, range(len(table.frame)), identity, world_size=world_size)
-        try:
-            for part in parts:
-                _append_part(handle, part)
-            handle.attrs[COMPLETE_KEY] = True
-        finally:
-            handle.close()
-        os.replace(tmp, out)
-    # This run's parts, and those an earlier run with another number of processes left (finished or not).
-    for part in out.parent.glob(f"{glob.escape(out.name)}.rank*-of-*"):
-        if part.suffix != ".lock":  # a lock belongs to whoever holds it
-            part.unlink(missing_ok=True)
+    check_extract_out(table, out, overwrite)  # again: something may have appeared there while the parts were encoded
+    _check_free_space(out, len(table.frame), bundle.provenance["embed_dim"], dtype)
+    identity = _extraction_attrs(table, bundle, dtype, options["normalize"], Shard(), out.parent)
+    tmp = partial_path(out)
+    handle = _create_partial(tmp, table, range(len(table.frame)), identity)
+    try:
+        for part in parts:
+            _append_part(handle, part)
+        handle.attrs[COMPLETE_KEY] = True
+    finally:
+        handle.close()
+    os.replace(tmp, out)
+    _remove_parts(out)  # this run's, and those an earlier run with another number of processes left
 
 
 def _append_part(handle: h5py.File, part: Path) -> None:
@@ -326,25 +395,30 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
     from gcctl.clip.preprocess import eval_transform_stages
     from gcctl.datasets.images import ImageDataset
 
-    rows = _shard_rows(table, shard)
+    rows = _shard_rows(table, shard, batch_size)
     tmp = partial_path(out)
     identity = _extraction_attrs(table, bundle, dtype, normalize, shard, out.parent)
-    handle = _open_partial(tmp, identity)
+    handle = _open_partial(tmp, identity, rows)
     if handle is None:
         handle = _create_partial(tmp, table, rows, identity)
-    done = int(handle.attrs["rows_done"])
-    resumed_from = done
+    starts = _batch_starts(table, rows, batch_size)
+    # Back to the last batch start reached (the rows past it were written by a run of another --batch-size):
+    # at most one batch is encoded again, and every batch from here is the one an uninterrupted run encodes.
+    first = max((start for start in starts if start <= rows.start + int(handle.attrs["rows_done"])), default=rows.stop)
+    done = resumed_from = first - rows.start
     model = bundle.model.to(device).eval()
     pixels, normalized = eval_transform_stages(bundle.preprocess)
-    dataset = ImageDataset(table, pixels, indices=list(range(rows.start + done, rows.stop)))
+    dataset = ImageDataset(table, pixels, indices=list(range(first, rows.stop)))
+    bounds = [start for start in starts if start >= first] + [rows.stop]
+    batches = [range(start - first, stop - first) for start, stop in zip(bounds, bounds[1:])]
     workers = default_workers(device) if workers is None else workers
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda", shuffle=False
+        dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda"
     )
     features = handle["features"]
     started = time.perf_counter()
     try:
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), autocast(device), _deterministic_kernels(device):
             for images, _ in in_background(loader):
                 encoded = model.encode_image(normalized(images.to(device, non_blocking=True))).float()
                 if normalize:

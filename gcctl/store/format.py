@@ -5,7 +5,7 @@ One file holds every image of a dataset encoded once by a frozen image tower:
 - datasets `features` [N, D] (float16 or float32), `y`, `group`, `split` (0 train, 1 val, 2 test), `id`,
   and one integer dataset per spurious attribute under `attributes/`;
 - root attributes: the provenance (`model_ref`: the model reference, its weights path relative to the store's
-  folder when inside the project; embed_dim, normalized, dataset fingerprint, gcctl version, creation time)
+  folder when inside the project; embed_dim, normalized, dataset fingerprint, gcctl version; no wall-clock time, so a store is a pure function of its inputs)
   and `group_vocabulary`, the dataset's `gcctl.datasets.groups.GroupVocabulary` (class and attribute names,
   training counts) that numbers `group`.
 
@@ -116,14 +116,16 @@ def create_layout(
     """Create every dataset; all but `features` are written whole, since they are small."""
     chunk_rows = max(1, min(n_rows, max(1, (1 << 20) // (embed_dim * 2))))
     chunks = (chunk_rows, embed_dim) if n_rows else None  # a part may be empty: fewer tar shards than processes
-    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=chunks)
-    handle.create_dataset("y", data=np.asarray(y, dtype=np.int64))
-    handle.create_dataset("group", data=np.asarray(group, dtype=np.int64))
-    handle.create_dataset("split", data=np.asarray(split, dtype=np.int8))
-    handle.create_dataset("id", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
+    # No creation or modification times in the file: the same rows give the same bytes (track_times=False).
+    handle.create_dataset("features", shape=(n_rows, embed_dim), dtype=FEATURE_DTYPES[dtype], chunks=chunks,
+                          track_times=False)
+    handle.create_dataset("y", data=np.asarray(y, dtype=np.int64), track_times=False)
+    handle.create_dataset("group", data=np.asarray(group, dtype=np.int64), track_times=False)
+    handle.create_dataset("split", data=np.asarray(split, dtype=np.int8), track_times=False)
+    handle.create_dataset("id", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype(), track_times=False)
     attribute_group = handle.create_group("attributes")
     for name, values in attributes.items():
-        attribute_group.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+        attribute_group.create_dataset(name, data=np.asarray(values, dtype=np.int64), track_times=False)
 
 
 def set_attrs(handle: h5py.File, attrs: dict) -> None:

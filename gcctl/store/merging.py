@@ -44,6 +44,7 @@ def _merge(parts: Sequence[str | os.PathLike], out: Path) -> Path:
             found = ", ".join(str(shard) for shard in shards)
             raise GcctlError(f"merge needs every shard exactly once; got {found}")
         ordered = [store for _, store in sorted(zip((shard.index for shard in shards), stores), key=lambda pair: pair[0])]
+        _check_contiguous(ordered)
         first = ordered[0]
         provenance = {key: first.provenance[key] for key in EXTRACTION_KEYS if key in first.provenance}
         provenance["model_ref"] = first.model_ref().recorded_for(out.resolve().parent).to_dict()
@@ -62,3 +63,18 @@ def _merge(parts: Sequence[str | os.PathLike], out: Path) -> Path:
     finally:
         for store in stores:
             store.close()
+
+
+def _check_contiguous(ordered: Sequence[FeatureStore]) -> None:
+    """Each shard starts where the one before it ends: a shard's rows follow the --batch-size it was extracted
+    with (it starts on a whole batch), so shards of one dataset cut with different batch sizes may overlap or
+    leave rows out. Stores that record no `row_offset` (written whole) are taken as they come."""
+    end = 0
+    for store in ordered:
+        offset = store.provenance.get("row_offset")
+        if offset is not None and offset != end:
+            shard = store.provenance.get("shard")
+            raise GcctlError(f"shard {shard} ({store.path}) starts at row {offset} but the shards before it end at "
+                             f"row {end}: they were extracted with different --batch-size; extract every shard "
+                             "with the same one")
+        end += len(store)
