@@ -83,14 +83,17 @@ def _edited_default(tmp_path, edit):
      "train.runs.adapter: Invalid value for '--epochs'"),
     (lambda p: p["train"]["runs"]["adapter"].update(epochs=-1), "train.runs.adapter: --epochs must be positive, got -1"),
     (lambda p: p["train"]["runs"]["coop"].update(calibrate=True), "train.runs.coop: --calibrate does not apply to method 'coop'"),
-    (lambda p: p["train"]["runs"]["zeroshot"].pop("method"), "train.runs.zeroshot: names no method"),
-    (lambda p: p["train"]["runs"]["zeroshot"].update(seeds="0,,1"), "--seeds '0,,1' is not a comma-separated list"),
+    (lambda p: p["train"]["fits"]["zeroshot"].pop("method"), "train.fits.zeroshot: names no method"),
+    (lambda p: p["train"]["runs"]["linear"].update(seeds="0,,1"), "--seeds '0,,1' is not a comma-separated list"),
     (lambda p: p["train"]["runs"]["linear"].update(max_memory="1e400"), "--max-memory '1e400' is larger than any memory"),
     (lambda p: p["finetune"]["runs"]["ft"].update(loss="mse"), "finetune.runs.ft: --loss 'mse' is unknown"),
     (lambda p: p["finetune"]["runs"]["ft"].update(epochs=0), "finetune.runs.ft: --epochs must be ≥ 1"),
     (lambda p: p["pretrain"]["runs"]["tiny"].update(lr="fast"), "pretrain.runs.tiny: Invalid value for '--lr'"),
     (lambda p: p["train"]["pseudo_runs"].update(groupcoop={"method": "groupcoop"}),
-     "train.runs.groupcoop and train.pseudo_runs.groupcoop both write pipeline/runs/DATASET/groupcoop"),
+     "train.runs.groupcoop and train.pseudo_runs.groupcoop both write pipeline/metrics/DATASET/groupcoop.json"),
+    (lambda p: p["train"]["fits"].update(linear={"method": "zeroshot"}),
+     "train.runs.linear and train.fits.linear both write pipeline/metrics/DATASET/linear.json"),
+    (lambda p: p["train"]["fits"].update(dfr2={"method": "dfr"}), "train.fits.dfr2: dfr trains; move it to train.runs"),
     (lambda p: p["finetune"]["runs"].update({"ft-wise": {"method": "ft"}}),
      "finetune.runs.ft-wise and finetune.runs.ft (as ft-wise) both write pipeline/finetuned/DATASET/ft-wise"),
     (lambda p: p["finetune"]["runs"].update(zeroshot={"method": "ft"}),
@@ -99,7 +102,7 @@ def _edited_default(tmp_path, edit):
     (lambda p: p["train"]["datasets"].append("waterbirds"), "train.datasets lists waterbirds twice"),
     (lambda p: p["finetune"]["seeds"].append(0), "finetune.seeds lists 0 twice"),
 ], ids=["type", "bound", "foreign-setting", "no-method", "seeds", "max-memory", "choice", "finetune-check", "pretrain-type",
-        "runs-and-pseudo-runs", "wise-name", "transfer-zeroshot", "pretrain-and-fetch", "dataset-twice", "seed-twice"])
+        "runs-and-pseudo-runs", "runs-and-fits", "trained-fit", "wise-name", "transfer-zeroshot", "pretrain-and-fetch", "dataset-twice", "seed-twice"])
 def test_params_check_refuses_what_the_command_or_dvc_would(tmp_path, run_cli, edit, fragment):
     code, out, err = run_cli("params", "check", str(_edited_default(tmp_path, edit)))
     assert code == 1 and out == "" and err.count("\n") == 1 and fragment in err, err

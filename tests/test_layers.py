@@ -195,8 +195,8 @@ def test_each_stage_depends_on_the_code_its_command_runs(name):
 
 
 @pytest.mark.parametrize("edited, stages", [
-    ("gcctl/finetune/train.py", ("pseudo_label", "train", "train_pseudo", "evaluate", "evaluate_pseudo", "report")),
-    ("gcctl/evaluation/transfer.py", ("pretrain", "extract", "train", "train_pseudo", "evaluate", "evaluate_pseudo")),
+    ("gcctl/finetune/train.py", ("pseudo_label", "train", "fit", "train_pseudo", "evaluate", "report")),
+    ("gcctl/evaluation/transfer.py", ("pretrain", "extract", "train", "fit", "train_pseudo", "evaluate")),
     ("gcctl/methods/coop.py", ("synth", "pretrain", "extract", "pseudo_label", "finetune", "transfer")),
     ("gcctl/methods/prompts.py", ("pretrain", "extract")),
     ("gcctl/pseudolabel/labeling.py", ("pretrain", "extract", "train", "finetune")),

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import typer
+import yaml
 from conftest import MICRO, TOY_CLASSES, toy_store, tree_digest
 from typer.testing import CliRunner
 
@@ -309,6 +310,50 @@ def test_cli_train_evaluate_report(tmp_path, spurious):
     assert all((tmp_path / "report" / name).stat().st_size > 0 for name in ("per_group.png", "curves.png"))
     result = runner.invoke(app, ["train", "--features", str(spurious), "--method", "linear", "--seeds", "a", "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, GcctlError)
+
+
+def test_each_runs_every_named_run_in_one_process_and_evaluate_takes_folders_of_runs(tmp_path, spurious, run_cli):
+    """What the stages fit@ and evaluate@ run: `--each` over a mapping of runs, then every run of two folders."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fits": {
+        "zs": {"method": "zeroshot"}, "orth": {"method": "orthproj"}}}))
+    code, _, err = run_cli("--quiet", "--config", f"{tmp_path}/params.yaml:fits", "--each", "train", "--features",
+                           str(spurious), "--out", str(tmp_path / "fits" / "{name}"))
+    assert code == 0, err
+    assert sorted(path.name for path in (tmp_path / "fits").iterdir()) == ["orth", "zs"]
+    assert json.loads((tmp_path / "fits/orth/config.json").read_text())["method"] == "orthproj"
+    code, _, err = run_cli("train", "--features", str(spurious), "--method", "linear", "--epochs", "2",
+                           "--out", str(tmp_path / "runs" / "linear"))
+    assert code == 0, err
+    out = tmp_path / "metrics"
+    code, stdout, err = run_cli("evaluate", "--run", str(tmp_path / "runs"), "--run", str(tmp_path / "fits"),
+                                "--out", str(out))
+    assert code == 0, err
+    assert sorted(path.name for path in out.iterdir()) == [
+        f"{run}{suffix}" for run in ("linear", "orth", "zs") for suffix in (".json", ".predictions.parquet")]
+    assert all(name in stdout for name in ("linear", "orth", "zs"))
+    single = tmp_path / "zs.json"
+    assert run_cli("evaluate", "--run", str(tmp_path / "fits/zs"), "--out", str(single))[0] == 0
+    assert json.loads(single.read_text())["acc_wg"] == json.loads((out / "zs.json").read_text())["acc_wg"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "PFITS", "--each", "train"], "--each: fits is not a mapping of named runs (name: options) or names none"),
+    (["--each", "train"], "--each needs --config FILE:KEY"),
+    (["evaluate", "--run", "RUNS", "--run", "RUNS", "--out", "M"], "two runs are named linear"),
+    (["evaluate", "--run", "NOWHERE", "--out", "M"], "is neither a run directory nor a folder of runs"),
+    (["evaluate", "--run", "RUNS", "--out", "P"], "with several runs --out is the folder"),
+])
+def test_each_and_several_runs_refuse_what_they_cannot_do(tmp_path, spurious, run_cli, args, message):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"fits": {}}))
+    train = ["train", "--features", str(spurious), "--method", "linear", "--epochs", "1", "--out", str(tmp_path / "runs/linear")]
+    assert run_cli(*train)[0] == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "runs/x").mkdir()
+    paths = {"P": f"{tmp_path}/params.yaml", "PFITS": f"{tmp_path}/params.yaml:fits", "RUNS": str(tmp_path / "runs"), "NOWHERE": str(tmp_path / "other"),
+             "M": str(tmp_path / "m")}
+    code, _, err = run_cli(*(paths.get(word, word) for word in args))
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "m").exists()
 
 
 def test_report_refuses_a_file_that_is_not_metrics(tmp_path):

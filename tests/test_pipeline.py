@@ -27,8 +27,9 @@ TINY_PARAMS = {
     "train": {
         "seeds": "0",
         "datasets": ["waterbirds"],
-        "runs": {"zeroshot": {"method": "zeroshot"}, "groupcoop": {"method": "groupcoop", "epochs": 2}},
+        "runs": {"groupcoop": {"method": "groupcoop", "epochs": 2}},
         "pseudo_runs": {"groupcoop-pseudo": {"method": "groupcoop", "epochs": 2}},
+        "fits": {"zeroshot": {"method": "zeroshot"}, "orthproj": {"method": "orthproj"}},
     },
     "evaluate": {"split": "test"},
     "finetune": {
@@ -84,8 +85,9 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     with FeatureStore(repo / "pipeline/features/waterbirds.h5") as store:
         assert store.model_ref().sha256 != "none" and store.model_ref().locate().is_file()
     shown = json.dumps(json.loads(_run("dvc", "metrics", "show", "--json", cwd=repo)))
-    for run in ("zeroshot", "groupcoop", "groupcoop-pseudo"):
+    for run in ("zeroshot", "orthproj", "groupcoop", "groupcoop-pseudo"):
         assert f"pipeline/metrics/waterbirds/{run}.json" in shown
+    assert sorted(path.name for path in (repo / "pipeline/fits/waterbirds").iterdir()) == ["orthproj", "zeroshot"]
     suites = (repo / "pipeline/report/transfer/results.md").read_text()
     assert all(f"| {run} |" in suites for run in ("zeroshot", "ft", "ft-wise", "starft", "starft-wise"))
     summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
@@ -99,7 +101,7 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     # stays as it was (wall-clock figures go beside outputs, in files no stage declares).
     lock = (repo / "dvc.lock").read_text()
     _run("dvc", "repro", "--force", "--single-item", "pretrain@micro", "extract@waterbirds", "pseudo_label@waterbirds",
-         "train@waterbirds-groupcoop", "evaluate@waterbirds-groupcoop", "report@waterbirds", cwd=repo)
+         "train@waterbirds-groupcoop", "fit@waterbirds", "evaluate@waterbirds", "report@waterbirds", cwd=repo)
     assert (repo / "dvc.lock").read_text() == lock
     assert (repo / "pipeline/runs/waterbirds/groupcoop.timings.json").is_file()
 
@@ -109,6 +111,9 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     changed = _changed_stages(repo)
     assert set(changed) == {"train@waterbirds-groupcoop"}, changed
+    params["train"]["fits"]["orthproj"]["calibrate"] = True  # the training-free fits of a dataset share a stage
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert set(_changed_stages(repo)) == {"train@waterbirds-groupcoop", "fit@waterbirds"}
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
 
     # A change in a method's code reruns what trains and evaluates on features, not what makes data, models or
@@ -118,7 +123,8 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     with open(coop, "a") as handle:
         handle.write("# a change\n")
     changed = set(_changed_stages(repo))
-    assert {"train@waterbirds-groupcoop", "train_pseudo@waterbirds-groupcoop-pseudo", "evaluate@waterbirds-zeroshot"} <= changed
+    assert {"train@waterbirds-groupcoop", "train_pseudo@waterbirds-groupcoop-pseudo", "fit@waterbirds",
+            "evaluate@waterbirds"} <= changed
     assert not changed & {"synth", "data@waterbirds", "pretrain@micro", "extract@waterbirds", "pseudo_label@waterbirds",
                           "finetune@ft-0", "transfer@ft"}
     coop.write_text(coop.read_text().removesuffix("# a change\n"))
@@ -126,7 +132,7 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
         handle.write("# a change\n")
     changed = set(_changed_stages(repo))
     assert {"finetune@ft-0", "wise@ft-0"} <= changed
-    assert not {name for name in changed if name.startswith(("train", "evaluate", "pseudo_label", "extract", "pretrain"))}
+    assert not {name for name in changed if name.startswith(("train", "fit", "evaluate", "pseudo_label", "extract", "pretrain"))}
 
 TINY_PRESET = """# @package _global_
 defaults:
@@ -199,9 +205,9 @@ def test_presets_compose_into_a_complete_pipeline(preset):
         assert params["extract"]["pretrained"] == f"pipeline/models/{name}/model.pt"
 
 
-def test_every_run_with_a_curve_has_its_dvc_plot_and_metrics_entry():
-    """DVC cannot generate top-level plots with foreach, so dvc.yaml lists the runs' DVCLive folders: keep it
-    in step with params.yaml (training-free runs, zero-shot among them, have no curve)."""
+def test_every_run_has_its_dvc_metrics_entries_and_every_curve_its_plot():
+    """DVC cannot generate top-level plots or metrics with foreach, so dvc.yaml lists each run's evaluation and the
+    runs' DVCLive folders: keep it in step with params.yaml (training-free runs, zero-shot among them, have no curve)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())
     runs = {**params["train"]["runs"], **params["train"]["pseudo_runs"]}
@@ -210,7 +216,9 @@ def test_every_run_with_a_curve_has_its_dvc_plot_and_metrics_entry():
     folders += [f"pipeline/finetuned/{params['finetune']['dataset']}/{name}/seed-{seed}"
                 for name in params["finetune"]["runs"] for seed in params["finetune"]["seeds"]]
     assert sorted(next(iter(entry)) for entry in pipeline["plots"]) == sorted(f"{f}/dvclive/plots/metrics" for f in folders)
-    assert sorted(pipeline["metrics"]) == sorted(f"{f}/dvclive/metrics.json" for f in folders)
+    evaluations = [f"pipeline/metrics/{dataset}/{name}.json" for dataset in params["train"]["datasets"]
+                   for name in {**runs, **params["train"]["fits"]}]
+    assert sorted(pipeline["metrics"]) == sorted([*evaluations, *(f"{f}/dvclive/metrics.json" for f in folders)])
 
 
 def _write_jpegs(folder: Path, count: int, seed: int) -> None:
@@ -267,3 +275,11 @@ def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(t
     assert {"source_acc", "domain_shift_acc", "group_shift_acc_wg", "group_shift_acc_avg"} <= set(summary["mean"])
     run = json.loads((repo / "pipeline/finetuned/imagenet/starft/seed-0/summary.json").read_text())
     assert run["config"]["lambda_schedule"] == "paper" and run["config"]["reg_lambda"] == 0.5
+
+
+def test_dvc_ignores_the_wall_clock_beside_outputs():
+    """A run's `<run>.timings.json` sits inside pipeline/runs/<dataset>, a dependency of evaluate@<dataset>: DVC must
+    not hash it, or every retraining would change that dependency and dvc.lock."""
+    from gcctl.files import TIMINGS_SUFFIX
+
+    assert f"*{TIMINGS_SUFFIX}" in (REPO / ".dvcignore").read_text().splitlines()

@@ -51,7 +51,13 @@ def _root(
         None, "--config", metavar="FILE:KEY",
         help="Take the command's option values from a YAML mapping, e.g. params.yaml:train.runs.groupcoop "
         "(how the DVC stages pass a named run); options given on the command line still win."),
+    each: bool = typer.Option(
+        False, "--each", help="With --config FILE:KEY naming a mapping of named runs: run the command once per run, "
+        "in one process, with '{name}' in its arguments replaced by the run's name (how the stage fit@ fits every "
+        "training-free run of a dataset)."),
 ) -> None:
+    if each:  # main() expands --each before the command line reaches here
+        raise GcctlError("--each needs --config FILE:KEY, KEY naming a mapping of named runs")
     set_quiet(quiet)
     if config is not None:
         from gcctl.cli.config import option_defaults
@@ -120,12 +126,47 @@ def _register(argv: Sequence[str] | None = None) -> None:
         importlib.import_module(f"gcctl.cli.{COMMAND_MODULES[key]}").register(app)
 
 
+EACH_NAME = "{name}"
+
+
+def each_run(argv: Sequence[str]) -> list[list[str]]:
+    """`argv` once per named run when it asks for `--each` (one command line per run: `--config FILE:KEY.NAME`,
+    EACH_NAME replaced by NAME in the command's arguments), else `[argv]`. Only the words before the command are
+    gcctl's own options."""
+    argv = list(argv)
+    tail = _after_root_options(argv)
+    head = argv[:len(argv) - len(tail)]
+    if "--each" not in head or "--config" not in head:
+        return [argv]
+    from gcctl.cli.config import read_mapping
+
+    head.remove("--each")
+    position = head.index("--config") + 1
+    spec = head[position]
+    key, runs = read_mapping(spec)
+    if not runs or not all(isinstance(run, dict) for run in runs.values()):
+        raise GcctlError(f"--each: {key} is not a mapping of named runs (name: options) or names none; point --config at one")
+    return [[*head[:position], f"{spec}.{name}", *head[position + 1:], *(word.replace(EACH_NAME, str(name)) for word in tail)]
+            for name in runs]
+
+
+def _after_root_options(argv: list[str]) -> list[str]:
+    """`argv` from the command's first word on."""
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        index += 2 if argv[index] == "--config" else 1
+    return argv[index:]
+
+
 def main() -> None:
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     _register()
     try:
         configure_cpu_threads()  # before any command imports torch
-        code = app(standalone_mode=False)
+        for argv in each_run(sys.argv[1:]):
+            code = app(argv, standalone_mode=False)
+            if code:
+                break
     except ClickException as error:
         error.show()
         sys.exit(error.exit_code)

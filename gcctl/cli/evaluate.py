@@ -18,8 +18,11 @@ from gcctl.errors import GcctlError
 @reads_dataset(optional=True)
 def evaluate(
     out: Annotated[Path, typer.Option(
-        "--out", help="The metrics JSON to write; X.json gets its per-sample predictions in X.predictions.parquet.")],
-    run: Annotated[Optional[Path], typer.Option("--run", help="A run directory written by `gcctl train`.")] = None,
+        "--out", help="The metrics JSON to write; X.json gets its per-sample predictions in X.predictions.parquet. "
+        "With several runs: the folder to write OUT/<run>.json into.")],
+    run: Annotated[Optional[list[Path]], typer.Option(
+        "--run", help="A run directory written by `gcctl train`, or a folder of them standing for every run in it; "
+        "repeat for more. Several runs are evaluated in one process, each on its own store.")] = None,
     checkpoint: Annotated[Optional[list[Path]], typer.Option(
         "--checkpoint", help="Instead of --run: weights to evaluate zero-shot on --dataset's images; a folder stands for "
         "every model.pt in it (e.g. a `gcctl finetune` run). Repeat for seeds: the metrics are their mean and std; "
@@ -44,16 +47,21 @@ def evaluate(
 
     Example: gcctl evaluate --run pipeline/runs/groupcoop --split test --out pipeline/metrics/groupcoop.json
 
+    Example: gcctl evaluate --run pipeline/runs/waterbirds --run pipeline/fits/waterbirds --out pipeline/metrics/waterbirds
+
     Example: gcctl evaluate --checkpoint pipeline/runs/starft --dataset waterbirds --root pipeline/data/waterbirds --out starft.json
     """
     if (run is None) == (not checkpoint):
         raise GcctlError("give either --run (a `gcctl train` run) or --checkpoint (weights to evaluate on --dataset)")
-    if run is not None:
-        from gcctl.methods.runs import evaluate_run
-
+    if run:
         if table is not None:
             raise GcctlError("--run evaluates on its feature store; --dataset and --root go with --checkpoint")
-        metrics = evaluate_run(run, split, features=features, device=device, out=out, overwrite=overwrite)
+        if len(run) > 1 or not (run[0] / "config.json").is_file():
+            _evaluate_several(run, split, features, out, overwrite, device, as_json)
+            return
+        from gcctl.methods.runs import evaluate_run
+
+        metrics = evaluate_run(run[0], split, features=features, device=device, out=out, overwrite=overwrite)
     else:
         from gcctl.evaluation.checkpoints import evaluate_checkpoints
 
@@ -69,6 +77,22 @@ def evaluate(
     from gcctl.report import group_table
 
     Console().print(group_table(metrics))
+
+
+def _evaluate_several(runs: list[Path], split: str, features, out: Path, overwrite: bool, device: str, as_json: bool) -> None:
+    from gcctl.methods.runs import evaluate_runs
+
+    if features is not None:
+        raise GcctlError("--features replaces the store of one run; evaluate several runs on their own stores")
+    results = evaluate_runs(runs, split, out, device=device, overwrite=overwrite)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    from rich.console import Console
+
+    from gcctl.report import comparison_table
+
+    Console().print(comparison_table(list(results.values())))
 
 
 def register(app: typer.Typer) -> None:

@@ -181,6 +181,41 @@ def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[
         write_timings(out, {"epoch_seconds": {seed_key(seed): r.epoch_seconds for seed, r in results.items()}})
 
 
+def run_directories(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The runs `paths` name: each a run directory, or a folder whose run directories (sorted by name) it stands for;
+    two runs of one name would write one metrics file, so they are refused."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "config.json").is_file():
+            runs.append(path)
+            continue
+        inside = sorted(child for child in path.iterdir() if (child / "config.json").is_file()) if path.is_dir() else []
+        if not inside:
+            raise GcctlError(f"{path} is neither a run directory nor a folder of runs (no config.json); "
+                             "create runs with `gcctl train`")
+        runs += inside
+    names = [run.name for run in runs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise GcctlError(f"two runs are named {repeated[0]} ({', '.join(str(r) for r in runs if r.name == repeated[0])}); "
+                         "their metrics would share one file: evaluate them into different --out folders")
+    return runs
+
+
+def evaluate_runs(runs: Sequence[str | os.PathLike], split: str, out_dir: str | os.PathLike, *, device: str = "auto",
+                  overwrite: bool = False) -> dict[str, dict]:
+    """`evaluate_run` of every run `runs` name (`run_directories`) in one process, each written to
+    `out_dir/<run>.json` with its predictions beside it; every output is checked before the first is written."""
+    runs, out_dir = run_directories(runs), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GcctlError(f"--out {out_dir} is a file; with several runs --out is the folder their metrics go to")
+    outs = {run: out_dir / f"{run.name}.json" for run in runs}
+    for out in outs.values():
+        check_evaluation_out(out, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {run.name: evaluate_run(run, split, device=device, out=out, overwrite=overwrite) for run, out in outs.items()}
+
+
 def read_run_config(run: str | os.PathLike) -> dict:
     path = Path(run) / "config.json"
     if not path.is_file():
