@@ -148,3 +148,13 @@ def test_an_adapted_classifier_scores_the_same_after_a_round_trip_through_its_st
     restored = Classifier.from_state(classifier.state(), torch.device("cpu"))
     assert isinstance(restored.transform, ResidualAdapter)
     assert np.allclose(restored.scores(features), classifier.scores(features))
+
+
+def test_group_units_is_torch_unique_without_the_sort():
+    """The contrastive loss dedupes a step's samples with group_units; it must give torch.unique's answer."""
+    from gcctl.methods.loop import group_units
+
+    indices = torch.randint(0, 5000, (20000,), generator=torch.Generator().manual_seed(0))
+    inverse, present = group_units(indices)
+    expected_present, expected_inverse = torch.unique(indices, return_inverse=True)
+    assert torch.equal(present, expected_present) and torch.equal(inverse, expected_inverse)
