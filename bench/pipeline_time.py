@@ -16,6 +16,7 @@ little to every command's time. Nothing is written inside the pipeline's artifac
 
     python bench/pipeline_time.py                                  # dvc repro report on HEAD (about 30 min)
     python bench/pipeline_time.py --targets report - --lock-out dvc.lock.full   # then the rest of dvc repro
+    python bench/pipeline_time.py --targets report - --without-lock --lock-out dvc.lock.new   # a lock from scratch
     python bench/pipeline_time.py --worktree --params tiny.yaml --keep   # uncommitted code, a tiny parameter set
 """
 
@@ -280,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, default=Path("bench-pipeline-time.json"),
                         help="Where the figures go (default: bench-pipeline-time.json here).")
     parser.add_argument("--lock-out", type=Path, default=None, help="Copy the scratch run's dvc.lock here.")
+    parser.add_argument("--without-lock", action="store_true",
+                        help="Remove the clone's dvc.lock first, as a pipeline's first `dvc repro`: the lock it writes "
+                             "then holds no entry of a stage dvc.yaml no longer has (DVC never drops one).")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch folder (its path is printed).")
     parser.add_argument("--quiet", action="store_true", help="Do not echo DVC's output.")
     args = parser.parse_args(argv)
@@ -290,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         changed = scratch_clone(scratch / "repo", args.worktree)
         if args.params:
             shutil.copy(args.params, scratch / "repo" / "params.yaml")
+        if args.without_lock:
+            (scratch / "repo" / "dvc.lock").unlink(missing_ok=True)
         bare = bare_startup()
         commands = measure(scratch, target_sets, bare, echo=not args.quiet)
         if args.lock_out:
