@@ -307,7 +307,8 @@ CASES = [
     ("pretrain-out-finished-run", lambda w, t: ["pretrain", "--corpus", str(t / "c.npz"), "--out", str(finished_pretraining(t)),
                                                 "--model", MICRO, *CPU],
      "pass --overwrite"),
-    ("evaluate-out-directory", lambda w, t: evaluate_args(t / "no-run", folder(t)), "is a directory"),
+    ("evaluate-out-directory", lambda w, t: evaluate_args(w / "run", folder(t)), "is a directory"),
+    ("evaluate-run-missing", lambda w, t: evaluate_args(t / "no-run", t / "m.json"), "neither a run directory nor a folder of runs"),
     ("pseudo-label-out-directory", lambda w, t: ["pseudo-label", "--features", str(t / "missing.h5"), "--out", str(folder(t)), *CPU],
      "is a directory"),
     # feature stores
@@ -379,7 +380,7 @@ CASES = [
      "train.runs.adapter: Invalid value for '--epochs'"),
     ("params-check-output-collision", lambda w, t: ["params", "check", str(params_file(
         t, "train:\n  runs:\n    gc:\n      method: groupcoop\n  pseudo_runs:\n    gc:\n      method: groupcoop\n"))],
-     "train.runs.gc and train.pseudo_runs.gc both write pipeline/runs/DATASET/gc"),
+     "train.runs.gc and train.pseudo_runs.gc both write pipeline/metrics/DATASET/gc.json"),
     ("params-check-duplicate-key", lambda w, t: ["params", "check", str(params_file(
         t, "train:\n  runs:\n    zs:\n      method: zeroshot\n      method: linear\n"))],
      "the key 'method' appears twice in one mapping, line 5"),
