@@ -47,7 +47,7 @@ def test_params_check_accepts_the_default_and_names_the_first_problem(tmp_path, 
     code, out, err = run_cli("params", "check", str(default), "--json")
     assert code == 0, err
     assert json.loads(out)["datasets"] == ["multiceleba", "scattered", "source", "source-outline", "source-palette",
-                                           "source-small", "source-v2", "waterbirds"]
+                                           "source-small", "source-texture", "source-v2", "waterbirds"]
 
     params = yaml.safe_load(default.read_text())
     params["train"]["datasets"].append("birds")

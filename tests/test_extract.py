@@ -191,7 +191,7 @@ def test_cli_extract_then_info(tiny_waterbirds, tmp_path, run_cli):
     assert code == 0 and json.loads(stdout)["rows"] > 0
     code, stdout, _ = run_cli("info", str(out), "--json")
     assert code == 0
-    assert json.loads(stdout)["group_counts"]["circle/water"]["test"] > 0
+    assert json.loads(stdout)["group_counts"]["heart/water"]["test"] > 0
 
 
 def test_cli_random_weights_of_one_seed_give_one_store(tiny_waterbirds, tmp_path, run_cli):

@@ -1,6 +1,4 @@
-"""The source world: a six-shape source task and its domain shifts, written as image folders."""
-
-import hashlib
+"""The source world: a ten-kind source task and its domain shifts, written as image folders."""
 
 import numpy as np
 import pytest
@@ -8,26 +6,18 @@ from conftest import tree_digest
 
 from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
-from gcctl.synth import BACKGROUNDS, COLOURS, SHAPES, render
+from gcctl.synth import BACKGROUNDS, COLOURS, FILLS, SHAPES, render
 from gcctl.synth.source import (
-    HOME_BACKGROUND,
-    HOME_BACKGROUND_SHARE,
-    HOME_COLOUR,
-    HOME_COLOUR_SHARE,
+    HOME_SHARE,
     SHIFTS,
     SOURCE_CLASSES,
     draw_source,
     source_world_roots,
     write_source_world,
 )
+from gcctl.synth.world import SOURCE_KINDS, TARGET_KINDS, home_indices
 
-SCALE = 0.02  # per shape: 16 train, 4 val, 8 test; 4 in each shift
-
-
-def _all_combinations():
-    combo = np.arange(len(SHAPES) * len(COLOURS) * len(BACKGROUNDS))
-    shape, rest = np.divmod(combo, len(COLOURS) * len(BACKGROUNDS))
-    return (shape, *np.divmod(rest, len(BACKGROUNDS)))
+SCALE = 0.02  # per kind: 10 train, 2 val, 5 test; 2 in each shift
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +27,10 @@ def world(tmp_path_factory):
     return out
 
 
-# Digests of render()'s output before it took the shift keywords: every image written before stays byte-identical.
-@pytest.mark.parametrize("size, digest", [
-    (32, "4e54656ad9191458f05958320e14302f5aa055b2fc21475c6d04649b9bc07ca3"),
-    (48, "b6399692e56dc3036e9e422e1d2e8ae8f73969bc48caf56014b7f6640ed898f1"),
-])
-def test_render_defaults_are_byte_identical_to_before(size, digest):
-    images = render(*_all_combinations(), np.random.default_rng(7), size=size)
-    assert hashlib.sha256(images.tobytes()).hexdigest() == digest
-
-
 def _object_mask(**options):
     """Where the circles are drawn: the pixels that a black and a white palette paint differently."""
     shape, colour, background = (np.zeros(6, int), np.arange(6), np.arange(6))
-    dark, light = (render(shape, colour, background, np.random.default_rng(0), palette=np.full((6, 3), value),
+    dark, light = (render(shape, colour, background, np.random.default_rng(0), palette=np.full((len(COLOURS), 3), value),
                           **options).astype(int) for value in (0, 255))
     return np.abs(light - dark).sum(axis=-1) > 300
 
@@ -61,7 +41,7 @@ def test_render_shift_keywords_change_only_the_object():
     assert not (small & ~full).any() and 0.1 < small.sum() / full.sum() < 0.4
     shape, colour, background = (np.zeros(6, int), np.arange(6), np.arange(6))
     plain = render(shape, colour, background, np.random.default_rng(0))
-    repainted = render(shape, colour, background, np.random.default_rng(0), palette=np.zeros((6, 3)))
+    repainted = render(shape, colour, background, np.random.default_rng(0), palette=np.zeros((len(COLOURS), 3)))
     assert np.array_equal(plain[~full], repainted[~full]) and (plain[full] != repainted[full]).any()
     with pytest.raises(ValueError, match="palette"):
         render(shape, colour, background, np.random.default_rng(0), palette=np.zeros((3, 3)))
@@ -69,10 +49,11 @@ def test_render_shift_keywords_change_only_the_object():
 
 def test_source_is_read_by_the_imagefolder_reader(world):
     table = load_dataset("imagefolder", world / "source")
-    assert table.class_names == list(SOURCE_CLASSES) == sorted(SHAPES)
+    assert table.class_names == list(SOURCE_CLASSES) == sorted(SOURCE_KINDS)
+    assert not set(SOURCE_CLASSES) & set(TARGET_KINDS)  # fine-tuning never trains a group benchmark's class
     counts = table.frame.groupby(["split", "y"]).size().unstack()
-    assert counts.to_dict("index") == {split: dict.fromkeys(range(6), n) for split, n in
-                                       (("train", 16), ("val", 4), ("test", 8))}
+    assert counts.to_dict("index") == {split: dict.fromkeys(range(10), n) for split, n in
+                                       (("train", 10), ("val", 2), ("test", 5))}
     first = table.frame.iloc[0]
     assert first["path"].split("/")[2].startswith(SOURCE_CLASSES[first["y"]])  # split/<class>/<class>_n.png
 
@@ -85,19 +66,24 @@ def test_domain_shifts_are_test_only_image_folders(world):
             continue
         table = load_dataset("imagefolder", roots[name])
         assert table.class_names == list(SOURCE_CLASSES)
-        assert set(table.frame["split"]) == {"test"} and table.frame["y"].value_counts().to_dict() == dict.fromkeys(range(6), 4)
+        assert set(table.frame["split"]) == {"test"} and table.frame["y"].value_counts().to_dict() == dict.fromkeys(range(10), 2)
 
 
-def test_source_prefers_home_backgrounds_and_colours():
-    shapes, colours, backgrounds = draw_source(4000, np.random.default_rng(0))
-    assert np.bincount(shapes).tolist() == [4000] * 6
-    for values, vocabulary, home, share in ((backgrounds, BACKGROUNDS, HOME_BACKGROUND, HOME_BACKGROUND_SHARE),
-                                            (colours, COLOURS, HOME_COLOUR, HOME_COLOUR_SHARE)):
-        for index, name in enumerate(SHAPES):
-            seen = np.bincount(values[shapes == index], minlength=6) / 4000
-            home_index = vocabulary.index(home[name])
-            assert abs(seen[home_index] - share) < 0.03
-            assert np.allclose(np.delete(seen, home_index), (1 - share) / 5, atol=0.015)
+def test_source_prefers_home_backgrounds_colours_and_fills():
+    shapes, colours, backgrounds, fills = draw_source(4000, np.random.default_rng(0))
+    kinds = [SHAPES.index(name) for name in SOURCE_CLASSES]
+    assert np.bincount(shapes, minlength=len(SHAPES))[kinds].tolist() == [4000] * len(kinds)
+    homes = dict(zip(("background", "colour", "fill"), home_indices(shapes)))
+    for name, values, vocabulary in (("background", backgrounds, BACKGROUNDS), ("colour", colours, COLOURS),
+                                     ("fill", fills, FILLS)):
+        for kind in kinds:
+            chosen = shapes == kind
+            seen = np.bincount(values[chosen], minlength=len(vocabulary)) / 4000
+            home = homes[name][chosen][0]
+            assert abs(seen[home] - HOME_SHARE[name]) < 0.03
+            assert np.allclose(np.delete(seen, home), (1 - HOME_SHARE[name]) / (len(vocabulary) - 1), atol=0.015)
+    _, _, _, shifted = draw_source(500, np.random.default_rng(0), fill_share=0.0)  # the texture shift
+    assert not (shifted == home_indices(draw_source(500, np.random.default_rng(0), 0.0)[0])[2]).any()
 
 
 def test_same_seed_same_bytes_and_streams_differ(tmp_path, world):

@@ -1,9 +1,7 @@
 """The synthetic world: rendering, the pretraining corpus and the benchmarks in real on-disk layouts."""
 
-import hashlib
 import json
 import time
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -17,14 +15,18 @@ from gcctl.errors import GcctlError
 from gcctl.synth import (
     BACKGROUNDS,
     COLOURS,
+    FILLS,
     SHAPES,
     load_corpus,
     render,
+    render_scene,
     write_corpus,
     write_multiceleba,
     write_scattered,
     write_waterbirds,
 )
+from gcctl.synth.corpus import CORPUS_HOME_SHARE, SCENE_SHARES, SCENES, TEMPLATES, caption_words, plural
+from gcctl.synth.world import home_indices
 from gcctl.synth.benchmarks import (
     CELEBA_ATTRIBUTES,
     MULTICELEBA_SPLIT_SIZES,
@@ -61,7 +63,7 @@ def test_render_is_deterministic_and_seed_dependent():
     first, *_ = _render_all(seed=3)
     again, *_ = _render_all(seed=3)
     other, *_ = _render_all(seed=4)
-    assert first.dtype == np.uint8 and first.shape == (216, 32, 32, 3)
+    assert first.dtype == np.uint8 and first.shape == (len(SHAPES) * len(COLOURS) * len(BACKGROUNDS), 32, 32, 3)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
 
@@ -69,7 +71,7 @@ def test_render_is_deterministic_and_seed_dependent():
 @pytest.mark.parametrize("size", [16, 48])
 def test_render_honours_size(size):
     images, *_ = _render_all(seed=0, size=size)
-    assert images.shape == (216, size, size, 3)
+    assert images.shape == (len(SHAPES) * len(COLOURS) * len(BACKGROUNDS), size, size, 3)
 
 
 def test_object_is_drawn_in_its_colour_at_the_centre():
@@ -91,11 +93,33 @@ def test_backgrounds_are_distinguishable_by_their_corners():
     assert distances[~np.eye(len(BACKGROUNDS), dtype=bool)].min() > 30
 
 
-def test_render_without_cues_is_unchanged():
-    # sha256 of these pixels before render() gained cues: the corpus and the first two benchmarks stay byte-identical.
-    images, *_ = _render_all(seed=0)
-    assert hashlib.sha256(images.tobytes()).hexdigest() == (
-        "882965c9cee7a05ca5dc9eb5ff00c21b57b57f10559a03de9c0ab2ebb862e0dc")
+def test_all_solid_fills_draw_what_no_fills_draw():
+    images, shape, colour, background = _render_all(seed=0)
+    solid = render(shape, colour, background, np.random.default_rng(0), fills=np.zeros(len(shape), int))
+    assert np.array_equal(images, solid)  # the same pixels, and the same random draws
+
+
+def test_patterned_fills_change_only_the_object():
+    n = 40
+    kinds, colours, snow = np.zeros(n, int), np.full(n, COLOURS.index("red")), np.full(n, BACKGROUNDS.index("snow"))
+    solid = render(kinds, colours, snow, np.random.default_rng(0)).astype(int)
+    for fill in ("striped", "dotted", "checkered"):
+        patterned = render(kinds, colours, snow, np.random.default_rng(0), fills=np.full(n, FILLS.index(fill))).astype(int)
+        changed = np.abs(patterned - solid).sum(axis=-1) > 0
+        assert changed[:, 14:18, 14:18].any() and not changed[:, :3, :3].any(), fill  # inside the object only
+
+
+def test_render_scene_draws_each_present_object_where_it_is_placed():
+    n = 8
+    rng = np.random.default_rng(0)
+    objects = [{"shape": np.zeros(n, int), "colour": np.full(n, COLOURS.index("red")), "fill": np.zeros(n, int),
+                "centre": np.tile([[8.0, 16.0]], (n, 1)), "radius": np.full(n, 4.0), "present": np.ones(n, bool)},
+               {"shape": np.zeros(n, int), "colour": np.full(n, COLOURS.index("blue")), "fill": np.zeros(n, int),
+                "centre": np.tile([[24.0, 16.0]], (n, 1)), "radius": np.full(n, 4.0), "present": np.arange(n) % 2 == 0}]
+    images = render_scene(np.full(n, BACKGROUNDS.index("snow")), objects, rng).astype(int)
+    left, right = images[:, 15:17, 7:9].mean(axis=(1, 2)), images[:, 15:17, 23:25].mean(axis=(1, 2))
+    assert (left[:, 0] > left[:, 2] + 100).all()  # red on the left in every image
+    assert np.array_equal(right[:, 2] > right[:, 0] + 100, np.arange(n) % 2 == 0)  # blue on the right where present
 
 
 @pytest.mark.parametrize("size", [32, 48])
@@ -131,18 +155,34 @@ def test_render_rejects_bad_input():
 # --- corpus ------------------------------------------------------------------------------------------
 
 
-def test_corpus_is_balanced_captioned_and_round_trips(tmp_path):
-    path = write_corpus(tmp_path / "corpus", n=2 * 216 + 5, seed=0, size=16)
+def test_corpus_round_trips_and_every_caption_names_its_first_object(tmp_path):
+    path = write_corpus(tmp_path / "corpus", n=600, seed=0, size=16)
     assert path == tmp_path / "corpus" / "corpus.npz"
     assert sorted(p.name for p in path.parent.iterdir()) == ["corpus.npz"]  # no .npz.npz, no .partial
     corpus = load_corpus(path)
-    assert len(corpus) == 437 and corpus.images.shape == (437, 16, 16, 3) and corpus.images.dtype == np.uint8
-    counts = Counter(zip(corpus.shape.tolist(), corpus.colour.tolist(), corpus.background.tolist()))
-    assert len(counts) == 216 and set(counts.values()) == {2, 3}
-    assert corpus.captions.dtype.kind == "U"
-    for text, s, c, b in zip(corpus.captions, corpus.shape, corpus.colour, corpus.background):
-        assert text == f"a photo of a {corpus.colours[c]} {corpus.shapes[s]} on {corpus.backgrounds[b]}."
-    assert (corpus.shapes, corpus.colours, corpus.backgrounds) == (SHAPES, COLOURS, BACKGROUNDS)
+    assert len(corpus) == 600 and corpus.images.shape == (600, 16, 16, 3) and corpus.images.dtype == np.uint8
+    assert (corpus.kinds, corpus.colours, corpus.backgrounds, corpus.fills) == (SHAPES, COLOURS, BACKGROUNDS, FILLS)
+    assert corpus.scenes == SCENES and corpus.captions.dtype.kind == "U"
+    known = caption_words()
+    for text, kind in zip(corpus.captions, corpus.kind):
+        words = text.replace(".", " .").split()
+        assert set(words) <= known and text.endswith(".")
+        assert corpus.kinds[kind] in words or plural(corpus.kinds[kind]) in words, text
+
+
+def test_corpus_is_long_tailed_paraphrased_and_prefers_homes(tmp_path):
+    corpus = load_corpus(write_corpus(tmp_path, n=6000, seed=0, size=16))
+    counts = np.bincount(corpus.kind, minlength=len(SHAPES))
+    assert counts.min() > 0 and counts.max() > 2.5 * counts.min()  # weights 1/sqrt(rank): 4x from first to last
+    prefixes = [template.split("{}")[0] for template in TEMPLATES if not template.startswith("{}")]
+    assert all(any(text.startswith(prefix) for text in corpus.captions) for prefix in prefixes)  # every paraphrase
+    home_background, _, _ = home_indices(corpus.kind)
+    assert abs((corpus.background == home_background).mean() - CORPUS_HOME_SHARE["background"]) < 0.03
+    scene_shares = np.bincount(corpus.scene, minlength=len(SCENES)) / len(corpus)
+    assert np.allclose(scene_shares, SCENE_SHARES, atol=0.03)
+    named = np.mean([COLOURS[c] in text.split() for c, text in zip(corpus.colour, corpus.captions)])
+    assert 0.4 < named < 0.75  # alt-text names the colour only some of the time
+    assert len(set(corpus.captions)) > len(corpus) / 3
 
 
 def test_corpus_is_deterministic_per_seed(tmp_path, monkeypatch):
@@ -153,13 +193,14 @@ def test_corpus_is_deterministic_per_seed(tmp_path, monkeypatch):
     a, b, c = (load_corpus(path) for path in (first, second, write_corpus(tmp_path / "c", n=300, seed=2)))
     assert np.array_equal(a.images, b.images) and np.array_equal(a.captions, b.captions)
     assert not np.array_equal(a.images, c.images)
-    assert not np.array_equal(a.shape, c.shape)
+    assert not np.array_equal(a.kind, c.kind)
 
 
 def test_corpus_loads_without_pickle_and_reports_bad_files(tmp_path):
     path = write_corpus(tmp_path, n=10)
     with np.load(path, allow_pickle=False) as data:
-        expected = {"images", "captions", "shape", "colour", "background", "shapes", "colours", "backgrounds"}
+        expected = {"images", "captions", "kind", "colour", "background", "fill", "scene", "kinds", "colours",
+                    "backgrounds", "fills", "scenes"}
         assert expected <= set(data.files)
     assert len(load_corpus(tmp_path)) == 10  # the directory is accepted too
     with pytest.raises(GcctlError, match="not found"):
@@ -193,13 +234,13 @@ def test_waterbirds_layout_and_names(waterbirds):
     assert metadata["img_id"].tolist() == list(range(1, len(metadata) + 1))
     assert metadata["img_filename"].is_unique
     folders = metadata["img_filename"].str.split("/").str[0]
-    assert (folders == metadata["y"].map({0: "001.Circle", 1: "002.Square"})).all()
+    assert (folders == metadata["y"].map({0: "001.Heart", 1: "002.Ellipse"})).all()
     for name in metadata["img_filename"].iloc[:20]:
         with Image.open(waterbirds / name) as image:
             assert image.format == "PNG" and image.size == (32, 32) and image.mode == "RGB"
     assert len(list(waterbirds.rglob("*.png"))) == len(metadata)
     names = json.loads((waterbirds / "gcctl-names.json").read_text())
-    assert names == {"classes": ["circle", "square"], "attributes": {"place": ["grass", "water"]},
+    assert names == {"classes": ["heart", "ellipse"], "attributes": {"place": ["grass", "water"]},
                      "attribute_prompts": {"place": "a photo of a {class} on {value}."}}
     assert not (waterbirds.parent / "waterbirds.partial").exists()
 
@@ -322,12 +363,12 @@ def _read_scattered(root):
 
 def test_scattered_is_read_as_a_manifest_with_its_groups(scattered):
     table = _read_scattered(scattered)
-    assert table.class_names == ["circle", "square"] and table.attributes == {"patch": ["water", "grass"]}
+    assert table.class_names == ["diamond", "semicircle"] and table.attributes == {"patch": ["water", "grass"]}
     counts = table.group_counts()
     per_class = int(SCATTERED_SPLIT_SIZES[0] * SCALE / 2 + 0.5)  # the writer rounds half up
     minority = int(per_class * 0.05 + 0.5)
-    assert counts["train"].to_dict() == {"circle/water": per_class - minority, "circle/grass": minority,
-                                         "square/water": minority, "square/grass": per_class - minority}
+    assert counts["train"].to_dict() == {"diamond/water": per_class - minority, "diamond/grass": minority,
+                                         "semicircle/water": minority, "semicircle/grass": per_class - minority}
     for split, full_size in zip(("val", "test"), SCATTERED_SPLIT_SIZES[1:]):
         assert set(counts[split]) == {int(full_size * SCALE / 4 + 0.5)}
     assert table.missing_files() == []
@@ -361,7 +402,7 @@ def test_scattered_rejects_bad_input(tmp_path):
 def test_synth_command_writes_the_scattered_benchmark(run_cli, tmp_path):
     code, out, _ = run_cli("data", "synth", "--out", str(tmp_path), "--corpus-size", "8", "--scale", "0.01", "--json")
     assert code == 0 and json.loads(out)["scattered"] == str(tmp_path / "scattered")
-    assert _read_scattered(tmp_path / "scattered").class_names == ["circle", "square"]
+    assert _read_scattered(tmp_path / "scattered").class_names == ["diamond", "semicircle"]
 
 
 # --- atomic directories ------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ app.add_typer(data_app, name="data")
 # options from the configs they fill (`gcctl.cli.generated`).
 COMMAND_MODULES = {
     "models": "models",
+    "models card": "card",
     "pretrain": "pretrain",
     "extract": "extract",
     "info": "extract",
@@ -122,8 +123,12 @@ def _register(argv: Sequence[str] | None = None) -> None:
     key = next((key for key in (" ".join(words[:2]), " ".join(words[:1])) if key in COMMAND_MODULES), None)
     if key is None:
         register_all()
-    else:
-        importlib.import_module(f"gcctl.cli.{COMMAND_MODULES[key]}").register(app)
+        return
+    # A group's own word (`models`) brings every module of the group, so its help lists all its commands.
+    modules = {COMMAND_MODULES[key]} | {module for words_key, module in COMMAND_MODULES.items()
+                                        if " " not in key and words_key.startswith(key + " ")}
+    for module in sorted(modules):
+        importlib.import_module(f"gcctl.cli.{module}").register(app)
 
 
 EACH_NAME = "{name}"

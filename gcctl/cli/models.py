@@ -76,4 +76,5 @@ def fetch(
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="models")
+    if not any(group.typer_instance is app for group in root.registered_groups):
+        root.add_typer(app, name="models")

@@ -15,7 +15,7 @@ def synth(
     out: Annotated[Path, typer.Option(
         "--out", help="Folder to write corpus.npz, waterbirds/, multiceleba/, scattered/, source/ and source-<shift>/ into.")],
     seed: Annotated[int, typer.Option("--seed", help="Everything written follows from this seed.")] = 0,
-    corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Image-caption pairs for pretraining.")] = 35000,
+    corpus_size: Annotated[int, typer.Option("--corpus-size", min=1, help="Captioned scenes for pretraining.")] = 50000,
     image_size: Annotated[int, typer.Option("--image-size", min=16, help="Image side in pixels.")] = 32,
     scale: Annotated[float, typer.Option(
         "--scale", help="Benchmark sizes relative to the defaults (Waterbirds' 4795/1199/5794, the source's 4800/1200/2400).")] = 1.0,
@@ -32,8 +32,8 @@ def synth(
     MultiCelebA-like one in CelebA's official txt layout, so `--dataset waterbirds` and `--dataset celeba`
     read them like the real ones. The scattered one (each class's groups differ in colour; the spurious
     cue is a small corner patch) is a manifest: `--dataset manifest --manifest-file manifest.csv
-    --attribute-column patch`. The source task (six shapes, source/{train,val,test}/<shape>/) and its
-    test-only domain shifts (source-v2, source-outline, source-palette, source-small) are read with
+    --attribute-column patch`. The source task (ten kinds no benchmark asks about, source/{train,val,test}/<kind>/) and its
+    test-only domain shifts (source-v2, source-outline, source-palette, source-small, source-texture) are read with
     `--dataset imagefolder`: fine-tune on the source, then score zero-shot with `gcctl transfer`.
 
     Example: gcctl data synth --out pipeline/data --seed 0 --scale 0.1

@@ -17,7 +17,7 @@ import open_clip
 import torch
 from open_clip.transformer import QuickGELU
 
-from gcctl.clip.registry import quiet_open_clip, registered_config
+from gcctl.clip.registry import quiet_open_clip, registered_config, word_tokenizer
 from gcctl.clip.weights import LOCAL_DIR_CONFIG, LOCAL_DIR_WEIGHTS
 from gcctl.errors import GcctlError
 from gcctl.files import (
@@ -55,6 +55,7 @@ class Checkpoint:
     model_name: str | None = None
     quick_gelu: bool = False  # the weights were trained with QuickGELU (OpenAI's): the model must use it too
     preprocess: dict = field(default_factory=dict)  # mean, std, interpolation, resize_mode of the weights
+    vocabulary: str | None = None  # sha256 of the word list of a word-tokenized model (gcctl.clip.words)
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -77,6 +78,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         model_name=meta.get("model_name"),
         quick_gelu=bool(meta.get("quick_gelu", False)),
         preprocess=meta.get("preprocess_cfg", {}),
+        vocabulary=meta.get("vocabulary"),
     )
 
 
@@ -162,6 +164,7 @@ def write_checkpoint(model: torch.nn.Module, path: Path, model_name: str) -> Non
             "model_name": model_name,
             "quick_gelu": _uses_quick_gelu(model),
             "preprocess_cfg": _weights_preprocess(model),
+            **({"vocabulary": words.digest} if (words := word_tokenizer(model_name)) else {}),
         },
         path,
     )

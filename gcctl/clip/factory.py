@@ -28,7 +28,7 @@ from gcctl.clip.checkpoint import (
 )
 from gcctl.clip.preprocess import describe_preprocess, eval_transform, square_or_pair
 from gcctl.clip.reference import HF_HUB, LOCAL_DIR, ModelRef
-from gcctl.clip.registry import quiet_open_clip
+from gcctl.clip.registry import quiet_open_clip, word_tokenizer
 from gcctl.clip.weights import WeightsSource, hub_access, resolve_source
 from gcctl.errors import GcctlError
 from gcctl.files import sha256_file
@@ -92,8 +92,10 @@ def _bundle(source: WeightsSource, device: torch.device, seed: int) -> ClipBundl
     model = _instantiate(source, device, seed)
     model.eval()
     network = hub_access() if source.tokenizer.startswith(HF_HUB) else contextlib.nullcontext()
-    with quiet_open_clip(), network:
-        tokenizer = open_clip.get_tokenizer(source.tokenizer or source.architecture)
+    tokenizer = word_tokenizer(source.architecture) if not source.tokenizer else None
+    if tokenizer is None:
+        with quiet_open_clip(), network:
+            tokenizer = open_clip.get_tokenizer(source.tokenizer or source.architecture)
     preprocess_cfg = model.visual.preprocess_cfg
     reference = ModelRef(
         architecture=source.name,
@@ -133,8 +135,17 @@ def _instantiate(source: WeightsSource, device: torch.device, seed: int) -> torc
             device=device,
         )
     if source.weights is not None:
+        _check_vocabulary(checkpoint, source)
         load_weights(model, checkpoint, source.weights, source.name)
     return model
+
+
+def _check_vocabulary(checkpoint: Checkpoint, source: WeightsSource) -> None:
+    """Weights trained with one word list are refused with another: every text feature would be noise."""
+    words = word_tokenizer(source.architecture)
+    if words is not None and checkpoint.vocabulary is not None and checkpoint.vocabulary != words.digest:
+        raise GcctlError(f"checkpoint {source.weights} was trained with another word list than {source.architecture} "
+                         "has now (gcctl/clip/configs/words.txt changed); pretrain it again")
 
 
 def fetch_checkpoint(model_name: str, pretrained: str, out: str | os.PathLike, *, overwrite: bool = False) -> dict:

@@ -52,7 +52,7 @@ class PretrainConfig:
     """What a pretraining run is: every field enters its identity (device and checkpointing do not)."""
 
     model: str = setting("gcctl-tiny", help="Architecture name (see `gcctl models`).")
-    epochs: int = setting(3, help="Passes over the corpus.")
+    epochs: int = setting(5, help="Passes over the corpus.")
     batch_size: int = setting(256, help="Pairs per step; each pair's negatives are the rest of the batch.")
     lr: float = setting(2e-3, help="Peak AdamW learning rate.")
     weight_decay: float = setting(0.1, help="AdamW weight decay (on weight matrices: gcctl.clip.contrastive).")

@@ -47,6 +47,19 @@ def describe_model(name: str) -> dict:
     }
 
 
+def word_tokenizer(name: str):
+    """The word-level tokenizer a packaged architecture names (`gcctl.clip.words`), or None: open_clip's own."""
+    if name not in PACKAGED_MODELS:
+        return None
+    text_cfg = registered_config(name)["text_cfg"]
+    vocabulary = (text_cfg.get("tokenizer_kwargs") or {}).get("vocabulary")
+    if vocabulary is None:
+        return None
+    from gcctl.clip.words import WordTokenizer
+
+    return WordTokenizer.from_file(CONFIG_DIR / vocabulary, text_cfg["context_length"], text_cfg["vocab_size"])
+
+
 def registered_config(name: str) -> dict:
     cfg = open_clip.get_model_config(name) if name and ":" not in name else None
     if cfg is None:

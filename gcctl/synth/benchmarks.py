@@ -23,12 +23,13 @@ from gcctl.files import atomic_directory, write_json
 from gcctl.runtime import progress
 from gcctl.synth.corpus import FACTOR_PROMPTS
 from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
+from gcctl.synth.world import HOME, MULTICELEBA_KINDS, SCATTERED_KINDS, WATERBIRDS_KINDS
 
 # --- Waterbirds (Sagawa et al. 2020) -------------------------------------------------------------
 WATERBIRDS_SPLIT_SIZES = (4795, 1199, 5794)  # train, val, test
-WATERBIRDS_CLASSES = ("circle", "square")  # y: 0 "landbird", 1 "waterbird"
-WATERBIRDS_PLACES = ("grass", "water")  # place: 0 land, 1 water
-_WATERBIRDS_FOLDERS = ("001.Circle", "002.Square")
+WATERBIRDS_CLASSES = WATERBIRDS_KINDS  # y: 0 "landbird", 1 "waterbird"
+WATERBIRDS_PLACES = tuple(HOME[name].background for name in WATERBIRDS_CLASSES)  # place: 0 land, 1 water
+_WATERBIRDS_FOLDERS = tuple(f"{index:03d}.{name.capitalize()}" for index, name in enumerate(WATERBIRDS_CLASSES, start=1))
 
 # --- MultiCelebA (Kim et al., ICML 2024, arXiv 2409.03303) ---------------------------------------
 CELEBA_ATTRIBUTES = (
@@ -39,12 +40,13 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
 ).split()
 MULTICELEBA_TARGET = "High_Cheekbones"
-# Each of the three attributes is one visual factor the pretraining captions name; value index 0 is
-# the attribute's -1. Shapes and backgrounds avoid the Waterbirds-like benchmark's circle/square/grass/water.
+# Each of the three attributes is one visual factor the pretraining captions name; value index 0 is the
+# attribute's -1. The majority groups (present, woman, young) and (absent, man, old) are the two kinds' homes.
+_ABSENT, _PRESENT = (HOME[name] for name in MULTICELEBA_KINDS)
 MULTICELEBA_FACTORS = {
-    "Male": ("background", ("snow", "forest")),
-    "Young": ("colour", ("purple", "orange")),
-    "High_Cheekbones": ("shape", ("triangle", "star")),
+    "Male": ("background", (_PRESENT.background, _ABSENT.background)),
+    "Young": ("colour", (_ABSENT.colour, _PRESENT.colour)),
+    "High_Cheekbones": ("shape", MULTICELEBA_KINDS),
 }
 MULTICELEBA_GROUP_KEY = ("High_Cheekbones", "Male", "Young")  # the order of MULTICELEBA_TRAIN_GROUPS' keys
 # Training images per (High_Cheekbones, Male, Young) group, 1 = attribute present: the subset of the
@@ -64,7 +66,7 @@ MULTICELEBA_TRAIN_GROUPS = {
 MULTICELEBA_SPLIT_SIZES = (10000, 2000, 4000)  # train, val, test at scale 1; val/test have 8 equal groups
 
 # --- Scattered: a class whose groups look different, and a small spurious cue ---------------------------
-SCATTERED_CLASSES = ("circle", "square")
+SCATTERED_CLASSES = SCATTERED_KINDS
 SCATTERED_ATTRIBUTE = "patch"  # an 8 px corner patch of one of these textures on a random other background
 SCATTERED_PATCHES = ("water", "grass")
 SCATTERED_PATCH_SIZE = 8.0  # px at 32 px: 6% of the image, against Waterbirds-like's whole background
@@ -83,7 +85,7 @@ def write_waterbirds(
     minority_fraction: float = 0.05,
     overwrite: bool = False,
 ) -> Path:
-    """Write a Waterbirds-like benchmark (circle on grass vs square on water) in Waterbirds' layout.
+    """Write a Waterbirds-like benchmark (hearts on grass vs ellipses on water) in Waterbirds' layout.
 
     Classes are balanced in every split. In train, `minority_fraction` of each class sits on the other
     class's background; in val and test, background is independent of class (four equal groups).
@@ -174,9 +176,9 @@ def write_scattered(
     minority_fraction: float = 0.05,
     overwrite: bool = False,
 ) -> Path:
-    """Write the scattered benchmark (circle vs square, spurious corner patch) as a generic manifest.
+    """Write the scattered benchmark (diamond vs semicircle, spurious corner patch) as a generic manifest.
 
-    Class k's train images mostly carry patch k (water for circles, grass for squares), `minority_fraction`
+    Class k's train images mostly carry patch k (water for diamonds, grass for semicircles), `minority_fraction`
     the other; val and test have four equal groups. The minority groups are also the other colour
     (SCATTERED_COLOURS). Read it with `--dataset manifest --manifest-file manifest.csv --attribute-column patch`.
     """
