@@ -8,7 +8,8 @@ not the run), then the test suite with CUDA visible, prints one table and writes
 - one GroupCoOp epoch on cached features against encoding the images every step (bench/train_speed.py);
 - FT and StarFT steps with autocast (bench/starft_step.py), and the same through DistributedDataParallel in a
   one-process group under torchrun;
-- `pytest -x -q`, without the files that need the `dvc` CLI, which the GPU machine lacks (CI runs them).
+- `pytest -q`, the whole suite (no `-x`: every failure counts), without the files that need the `dvc` CLI,
+  which the GPU machine lacks (CI runs them); its JUnit XML names each failing test in the table and the JSON.
 
 `--cpu` is the dry mode: the same steps with gcctl-micro, a few images, on the CPU, no test suite; it checks
 that the script and the benchmarks' options still fit together, in under a minute.
@@ -30,7 +31,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -99,9 +102,32 @@ def plan(cpu: bool) -> list[Check]:
         # a few processes when pytest-xdist is there (the GPU machine has it): the suite is single-threaded CPU
         # work, 5.5 minutes on 2 cores; a test file stays in one process, its fixtures too
         parallel = ("-n", "4", "--dist", "loadfile") if importlib.util.find_spec("xdist") else ()
-        checks.append(Check("tests", " ".join(("pytest -x -q", *parallel, "with CUDA visible")),
-                            (sys.executable, "-m", "pytest", "-x", "-q", *parallel, *ignored), GPU_SECONDS, lambda r: r["summary"]))
+        junit = f"--junitxml={JUNIT_XML}"
+        checks.append(Check("tests", " ".join(("pytest -q", *parallel, "with CUDA visible")),
+                            (sys.executable, "-m", "pytest", "-q", *parallel, junit, *ignored), GPU_SECONDS, _test_figures))
     return checks
+
+
+JUNIT_XML = Path(tempfile.gettempdir()) / "gcctl-gpu-tests.xml"
+
+
+def _test_figures(r: dict) -> str:
+    failed = r.get("failed_tests") or []
+    return r["summary"] + (f"; failed: {', '.join(failed)}" if failed else "")
+
+
+def failed_tests(junit_xml: Path) -> list[str]:
+    """`FILE::NAME` of every test the JUnit XML records as failed or in error (a crashed run may leave none)."""
+    try:
+        root = ElementTree.parse(junit_xml).getroot()
+    except (OSError, ElementTree.ParseError):
+        return []
+    names = []
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            path = case.get("classname", "").replace(".", "/")
+            names.append(f"{path}.py::{case.get('name')}" if path else case.get("name", "?"))
+    return names
 
 
 def run_check(check: Check, timeout_s: float, env: dict) -> dict:
@@ -110,9 +136,13 @@ def run_check(check: Check, timeout_s: float, env: dict) -> dict:
     if timeout_s < 1:
         return {**row, "status": "skipped: no time left", "seconds": 0.0, "figures": "", "result": None}
     started = time.perf_counter()
+    JUNIT_XML.unlink(missing_ok=True)  # a report from an earlier run must not name this run's failures
     stdout, stderr, status = _run(check.command, timeout_s, env)
     row.update(status=status, seconds=round(time.perf_counter() - started, 1))
-    result = _last_json(stdout) if check.name != "tests" else {"summary": _last_line(stdout)}
+    if check.name == "tests":
+        result = {"summary": _last_line(stdout), "failed_tests": failed_tests(JUNIT_XML)}
+    else:
+        result = _last_json(stdout)
     try:
         row["figures"] = check.figures(result) if result else ""
     except (KeyError, TypeError, ValueError):

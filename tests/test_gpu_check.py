@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import re
 import sys
 import time
@@ -47,6 +48,27 @@ def test_the_gpu_plan_runs_the_test_suite_last_and_the_dry_plan_skips_it(gpu_che
     assert [check.name for check in gpu_check.plan(cpu=False)][-1] == "tests"
     assert "tests" not in [check.name for check in gpu_check.plan(cpu=True)]
     assert all("cuda" in check.command for check in gpu_check.plan(cpu=False) if check.name != "tests")
+
+
+def test_the_suite_runs_whole_and_its_failures_are_named(gpu_check, tmp_path, monkeypatch):
+    (tests,) = [check for check in gpu_check.plan(cpu=False) if check.name == "tests"]
+    assert "-x" not in tests.command and f"--junitxml={gpu_check.JUNIT_XML}" in tests.command
+    report = tmp_path / "junit.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_extract" name="test_ok" time="0.1" />'
+        '<testcase classname="tests.test_extract" name="test_workers[2]"><failure message="boom" /></testcase>'
+        '<testcase classname="tests.test_torchrun" name="test_ranks"><error message="crash" /></testcase>'
+        '</testsuite></testsuites>')
+    failed = gpu_check.failed_tests(report)
+    assert failed == ["tests/test_extract.py::test_workers[2]", "tests/test_torchrun.py::test_ranks"]
+    assert gpu_check.failed_tests(tmp_path / "missing.xml") == []
+    figures = tests.figures({"summary": "2 failed, 1 passed", "failed_tests": failed})
+    assert figures == "2 failed, 1 passed; failed: tests/test_extract.py::test_workers[2], tests/test_torchrun.py::test_ranks"
+    monkeypatch.setattr(gpu_check, "JUNIT_XML", report)
+    stub = gpu_check.Check("tests", "a suite", (sys.executable, "-c", "print('3 passed')"), 30, tests.figures)
+    row = gpu_check.run_check(stub, 30, dict(os.environ))
+    assert row["result"] == {"summary": "3 passed", "failed_tests": []}  # the stale report was removed first
 
 
 def _check(gpu_check, code: str, timeout_s: int = 30):
