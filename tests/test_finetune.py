@@ -409,6 +409,19 @@ def test_wise_interpolates_the_weights(table, base, tmp_path):
         assert_close(mixed, expected, atol=1e-6)
 
 
+def test_wise_keeps_the_fine_tuned_batch_norm_counters(tmp_path):
+    zeroshot, finetuned = (build_clip("gcctl-tiny", "none", seed=seed) for seed in (0, 1))  # a ResNet tower
+    counters = [key for key in finetuned.model.state_dict() if key.endswith("num_batches_tracked")]
+    assert counters
+    with torch.no_grad():
+        for key in counters:
+            finetuned.model.state_dict()[key].fill_(7)  # the fine-tuned model took 7 training steps
+    paths = [save_checkpoint(bundle, tmp_path / f"{name}.pt") for name, bundle in (("zs", zeroshot), ("ft", finetuned))]
+    wise_ft(str(paths[0]), str(paths[1]), 0.5, tmp_path / "wise.pt")
+    mixed = torch.load(tmp_path / "wise.pt", weights_only=True)["state_dict"]
+    assert all(int(mixed[key]) == 7 for key in counters)
+
+
 def test_wise_refuses_checkpoints_of_two_architectures_and_a_bad_alpha(base, tmp_path):
     tiny = save_checkpoint(build_clip("gcctl-tiny", "none"), tmp_path / "tiny.pt")
     with pytest.raises(GcctlError, match="one architecture"):

@@ -11,13 +11,16 @@ from gcctl.clip.factory import build_clip
 from gcctl.errors import GcctlError
 from gcctl.files import sha256_file
 
+_COUNTER = "num_batches_tracked"  # a BatchNorm buffer that counts steps: no weight to interpolate
+
 
 def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike, *, model_name: str | None = None,
             overwrite: bool = False) -> dict:
     """Write `(1 - alpha) · zeroshot + alpha · finetuned` as a checkpoint `build_clip(model, out)` loads.
 
     Both are `--pretrained` values of one architecture (a checkpoint file, a tag...); `model_name` defaults
-    to the architecture the fine-tuned checkpoint was saved for. Integer buffers must agree and are kept.
+    to the architecture the fine-tuned checkpoint was saved for. Integer buffers must agree and are kept, except
+    batch-norm step counters (`num_batches_tracked`), which count training and are the fine-tuned model's.
     `out` replaces an earlier interpolation only with `overwrite`; anything else, or an input, never.
     """
     if not 0 <= alpha <= 1:
@@ -31,7 +34,7 @@ def wise_ft(zeroshot: str, finetuned: str, alpha: float, out: str | os.PathLike,
     for key, value in end.model.state_dict().items():
         if value.is_floating_point():
             mixed[key] = torch.lerp(start_weights[key].float(), value.float(), alpha).to(value.dtype)
-        elif torch.equal(start_weights[key], value):
+        elif torch.equal(start_weights[key], value) or key.endswith(_COUNTER):
             mixed[key] = value
         else:
             raise GcctlError(f"{zeroshot} and {finetuned} differ in the non-float tensor {key}; they are not one architecture")
