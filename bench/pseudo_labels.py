@@ -41,9 +41,7 @@ def minority_groups(features: str) -> list[str]:
     """Groups with fewer training samples than the largest group of their class."""
     with FeatureStore(features) as store:
         vocabulary = store.vocabulary
-    counts = vocabulary.train_counts.reshape(vocabulary.num_classes, vocabulary.groups_per_class)
-    minority = (counts > 0) & (counts < counts.max(axis=1, keepdims=True))
-    return [name for name, small in zip(vocabulary.names, minority.ravel()) if small]
+    return [name for name, small in zip(vocabulary.names, vocabulary.minority(vocabulary.train_counts)) if small]
 
 
 def _percent(metric: dict) -> str:

@@ -27,6 +27,8 @@ from gcctl.metrics import METRIC_KEYS
 REPORT_TABLE = "results.md"  # in every report folder; its first sentence is how `gcctl report` knows its own
 _RUNS_OPENING = "Accuracy in % on the "
 _SUITES_OPENING = "Zero-shot accuracy in %, mean ± std over seeds"
+_SWEEP_OPENING = "Worst-group accuracy in % against K"
+ALL_IMAGES = "all"  # the sweep's column for a run trained on every image (no --minority-per-group)
 
 _HEADERS = {
     "acc_avg": "avg",
@@ -174,6 +176,76 @@ def write_suite_report(summaries: list[dict], out: str | os.PathLike, *, overwri
         plot_suites(summaries, staging / names["plot"])
         (staging / names["table"]).write_text(markdown, encoding="utf-8")
     return {"suites": summaries, "markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
+
+
+def sweep_points(runs: list[dict]) -> tuple[list, dict[str, dict]]:
+    """A K sweep's columns (the K values, then ALL_IMAGES when some run used every image) and, per run name, its
+    metrics by column: runs trained with `--minority-per-group K` and, under ALL_IMAGES, without."""
+    rows: dict[str, dict] = {}
+    for metrics in runs:
+        k = metrics["provenance"].get("minority_per_group")
+        column = ALL_IMAGES if k is None else k
+        if column in rows.setdefault(label(metrics), {}):
+            raise GcctlError(f"two metrics files of run '{label(metrics)}' at K = {column}; give each (run, K) once")
+        rows[label(metrics)][column] = metrics
+    ks = sorted({column for row in rows.values() for column in row if column != ALL_IMAGES})
+    return ks + ([ALL_IMAGES] if any(ALL_IMAGES in row for row in rows.values()) else []), rows
+
+
+def sweep_markdown(runs: list[dict]) -> str:
+    """The K sweep as one row per run, its worst-group accuracy (mean ± std over seeds) at each K."""
+    columns, rows = sweep_points(runs)
+    lines = [f"| run | method | group labels | {' | '.join(f'K = {k}' if k != ALL_IMAGES else k for k in columns)} |",
+             "|---|---|---|" + "---:|" * len(columns)]
+    for name, row in rows.items():
+        first = next(iter(row.values()))
+        cells = [percent(row[k]["acc_wg"]) if k in row else "–" for k in columns]
+        lines.append(f"| {name} | {first['provenance']['method']} | {group_supervision_text(first)} | " + " | ".join(cells) + " |")
+    split = runs[0]["provenance"]["split"]
+    return (f"{_SWEEP_OPENING}, the training images kept in each minority group (a group smaller than its "
+            f"class's largest; {ALL_IMAGES}: every image), {split} split, mean ± std over seeds; each seed draws its "
+            "own images, the same for every method.\n\n" + "\n".join(lines) + "\n")
+
+
+def sweep_table(runs: list[dict]) -> Table:
+    columns, rows = sweep_points(runs)
+    table = Table(title="worst-group accuracy % against K, the training images per minority group (mean ± std over seeds)")
+    table.add_column("run")
+    for k in columns:
+        table.add_column(f"K = {k}" if k != ALL_IMAGES else k, justify="right")
+    for name, row in rows.items():
+        table.add_row(name, *(percent(row[k]["acc_wg"]) if k in row else "–" for k in columns))
+    return table
+
+
+def plot_sweep(runs: list[dict], path: str | os.PathLike) -> None:
+    """Worst-group accuracy against K, one line per run (error bars: std over seeds)."""
+    from matplotlib.figure import Figure
+
+    columns, rows = sweep_points(runs)
+    figure = Figure(figsize=(6.4, 4), layout="constrained")
+    axes = figure.subplots()
+    for name, row in rows.items():
+        at = [i for i, k in enumerate(columns) if k in row]
+        stats = [row[columns[i]]["acc_wg"] for i in at]
+        axes.errorbar(at, [100 * s["mean"] for s in stats], yerr=[100 * s["std"] for s in stats], marker="o",
+                      capsize=2, label=name)
+    axes.set_xticks(range(len(columns)), [str(k) for k in columns])
+    axes.set_xlabel("training images per minority group (K)")
+    axes.set_ylabel("worst-group accuracy %")
+    axes.set_title(f"few-sample minority groups ({runs[0]['provenance']['split']} split)")
+    axes.legend(fontsize="small")
+    _save(figure, Path(path))
+
+
+def write_sweep_report(runs: list[dict], out: Path) -> dict:
+    """`results.md` and `sweep.png` of a K sweep, written as the folder `out` (already checked)."""
+    names = {"plot": "sweep.png", "table": REPORT_TABLE}
+    markdown = sweep_markdown(runs)
+    with atomic_directory(out) as staging:
+        plot_sweep(runs, staging / names["plot"])
+        (staging / names["table"]).write_text(markdown, encoding="utf-8")
+    return {"runs": runs, "markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -324,10 +396,10 @@ def is_report_folder(path: str | os.PathLike) -> bool:
     fixed first sentences."""
     try:
         with open(Path(path) / REPORT_TABLE, encoding="utf-8") as handle:
-            head = handle.read(max(len(_RUNS_OPENING), len(_SUITES_OPENING)))
+            head = handle.read(max(map(len, (_RUNS_OPENING, _SUITES_OPENING, _SWEEP_OPENING))))
     except (OSError, UnicodeDecodeError):
         return False
-    return head.startswith((_RUNS_OPENING, _SUITES_OPENING))
+    return head.startswith((_RUNS_OPENING, _SUITES_OPENING, _SWEEP_OPENING))
 
 
 def check_report_out(out: str | os.PathLike, overwrite: bool, *, readme: str | os.PathLike | None = None,
@@ -360,7 +432,9 @@ def check_one_dataset(runs: list[dict]) -> None:
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
                  readme: str | os.PathLike | None = None) -> dict:
     """Per-group accuracy chart, training curves and Markdown table of the evaluated runs (of one dataset and
-    split), written as the folder `out`; for transfer suite summaries, their comparison (`write_suite_report`).
+    split), written as the folder `out`; for runs trained with `--minority-per-group`, the K sweep
+    (`write_sweep_report`: runs of one name at each K, and without it); for transfer suite summaries, their
+    comparison (`write_suite_report`).
     An earlier report at `out` is replaced only with `overwrite`, a folder holding anything else never
     (`check_report_out`; `readme`, the file the caller will update, must lie outside `out`)."""
     check_report_out(out, overwrite, readme=readme, inputs=metrics_paths)
@@ -373,6 +447,8 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
         raise GcctlError(f"the metrics files were evaluated on different splits ({', '.join(sorted(splits))}); compare runs on one split")
     check_one_dataset(runs)
     out = Path(out)
+    if any(metrics["provenance"].get("minority_per_group") is not None for metrics in runs):
+        return write_sweep_report(runs, out)
     names = {"per_group": "per_group.png", "curves": "curves.png", "table": REPORT_TABLE}
     with atomic_directory(out) as staging:
         plot_per_group(runs, staging / names["per_group"])

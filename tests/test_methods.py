@@ -407,3 +407,60 @@ def test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl(tmp_path, spurio
 ])
 def test_a_run_records_whose_group_labels_it_used(method, options, train_groups_use, expected):
     assert group_supervision(method, make_config(method, options), train_groups_use) == expected
+
+
+def test_minority_cut_keeps_k_per_minority_group_the_same_for_every_method_and_nested(spurious):
+    from gcctl.methods.data import cut_minority_groups, load_training_data
+    from gcctl.store import FeatureStore
+
+    with FeatureStore(spurious) as store:
+        data = load_training_data(store, torch.device("cpu"))
+    vocabulary, before = data.vocabulary, np.bincount(data.train.group.numpy(), minlength=4)
+    minority = vocabulary.minority(before)
+    assert minority.tolist() == [False, True, True, False]  # landbird/water, waterbird/land
+    cuts = {k: cut_minority_groups(data.train, vocabulary, k, seed=0) for k in (1, 3)}
+    after = np.bincount(cuts[3].group.numpy(), minlength=4)
+    assert after[minority].tolist() == [3, 3] and np.array_equal(after[~minority], before[~minority])
+    kept = {k: {tuple(row) for row in split.features.float().numpy().round(4).tolist()} for k, split in cuts.items()}
+    assert kept[1] < kept[3]  # a smaller cut keeps a subset of a larger one's
+    again = cut_minority_groups(data.train, vocabulary, 3, seed=0)
+    assert torch.equal(again.features, cuts[3].features)
+    assert not torch.equal(cut_minority_groups(data.train, vocabulary, 3, seed=1).features, cuts[3].features)
+    with pytest.raises(GcctlError, match="outside 1..") as error:
+        cut_minority_groups(data.train, vocabulary, 10**6, seed=0)
+    assert "\n" not in str(error.value)
+
+
+def test_train_records_the_minority_cut_and_evaluation_carries_it(spurious, tmp_path):
+    train_run(spurious, "linear", tmp_path / "run", options={"epochs": 2}, seeds=[0], minority_per_group=2)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["minority_per_group"] == 2
+    assert evaluate_run(tmp_path / "run")["provenance"]["minority_per_group"] == 2
+    train_run(spurious, "linear", tmp_path / "whole", options={"epochs": 2}, seeds=[0])
+    assert evaluate_run(tmp_path / "whole")["provenance"]["minority_per_group"] is None
+
+
+def test_train_refuses_a_minority_cut_out_of_range_in_one_line_writing_nothing(spurious, tmp_path, run_cli):
+    code, _, err = run_cli("--quiet", "train", "--features", str(spurious), "--method", "linear", "--epochs", "1",
+                           "--minority-per-group", "0", "--out", str(tmp_path / "run"))
+    assert code != 0 and "--minority-per-group 0 is outside 1.." in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_of_a_k_sweep_tabulates_and_plots_worst_group_against_k(spurious, tmp_path, run_cli):
+    for k in (1, 3, None):
+        runs = tmp_path / f"k{k}"
+        train_run(spurious, "linear", runs / "linear", options={"epochs": 2}, seeds=[0, 1], minority_per_group=k)
+        evaluate_run(runs / "linear", out=tmp_path / f"metrics-k{k}" / "linear.json")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:sweep:start -->\n<!-- results:sweep:end -->\n")
+    code, stdout, err = run_cli("report", *(str(tmp_path / f"metrics-k{k}" / "linear.json") for k in (3, 1)),
+                                "--every-image", str(tmp_path / "metrics-kNone"), "--out", str(tmp_path / "sweep"),
+                                "--readme", str(readme))
+    assert code == 0, err
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert table.startswith("Worst-group accuracy in % against K")
+    assert "| run | method | group labels | K = 1 | K = 3 | all |" in table and table in readme.read_text()
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0 and "K = 1" in stdout
+    code, _, err = run_cli("report", str(tmp_path / "metrics-k1" / "linear.json"), str(tmp_path / "metrics-k1" / "linear.json"),
+                           "--out", str(tmp_path / "twice"))
+    assert code != 0 and "two metrics files of run 'linear' at K = 1" in err and not (tmp_path / "twice").exists()

@@ -32,6 +32,7 @@ TINY_PARAMS = {
         "fits": {"zeroshot": {"method": "zeroshot"}, "orthproj": {"method": "orthproj"}},
     },
     "evaluate": {"split": "test"},
+    "sweep": {"datasets": ["waterbirds"], "k": [1], "runs": {"groupcoop": {"method": "groupcoop", "epochs": 2}}},
     "finetune": {
         "dataset": "waterbirds",
         "seeds": [0],
@@ -93,6 +94,10 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
     assert {"source_acc", "group_shift_acc_wg", "group_shift_acc_avg"} <= set(summary["mean"])
     assert (repo / "pipeline/finetuned/waterbirds/starft/seed-0/state.pt").is_file()  # kept for resuming
+    sweep = (repo / "pipeline/report/sweep-waterbirds/results.md").read_text()  # K = 1 beside the default run
+    assert "| run | method | group labels | K = 1 | all |" in sweep and "| groupcoop | groupcoop |" in sweep
+    cut = json.loads((repo / "pipeline/sweep/waterbirds/k1/groupcoop/config.json").read_text())
+    assert cut["minority_per_group"] == 1 and cut["method"] == "groupcoop"
     assert (repo / "pipeline/tables/multiceleba.parquet").is_file()
     assert (repo / "pipeline/groups/waterbirds.parquet").is_file()
     assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=repo)

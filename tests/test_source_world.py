@@ -7,6 +7,8 @@ from conftest import tree_digest
 from gcctl.datasets import load_dataset
 from gcctl.errors import GcctlError
 from gcctl.synth import BACKGROUNDS, COLOURS, FILLS, SHAPES, render
+import gcctl.synth.benchmarks as benchmarks
+from gcctl.synth.render import SMALL_RADIUS
 from gcctl.synth.source import (
     HOME_SHARE,
     SHIFTS,
@@ -45,6 +47,20 @@ def test_render_shift_keywords_change_only_the_object():
     assert np.array_equal(plain[~full], repainted[~full]) and (plain[full] != repainted[full]).any()
     with pytest.raises(ValueError, match="palette"):
         render(shape, colour, background, np.random.default_rng(0), palette=np.zeros((3, 3)))
+
+
+def test_small_radius_draws_the_same_objects_smaller():
+    big, small = _object_mask(), _object_mask(radius=SMALL_RADIUS)
+    assert 0.2 < small.sum() / big.sum() < 0.5  # (4.75 / 7.5) squared is 0.40 on average
+    assert not (small & ~big).any()  # the same centres, each radius smaller
+
+
+def test_waterbirds_like_birds_are_small_in_their_landscape(tmp_path, monkeypatch):
+    radii = []
+    real_render = benchmarks.render
+    monkeypatch.setattr(benchmarks, "render", lambda *a, **k: radii.append(k.get("radius")) or real_render(*a, **k))
+    benchmarks.write_waterbirds(tmp_path / "wb", scale=0.01)
+    assert radii == [SMALL_RADIUS]
 
 
 def test_source_is_read_by_the_imagefolder_reader(world):

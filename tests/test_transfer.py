@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import MICRO
 
@@ -190,7 +191,23 @@ def change_weights(run) -> None:
     save_checkpoint(bundle, run / "seed-1" / "model.pt")
 
 
-@pytest.mark.parametrize("change", ["template", "name", "weights", "split", "overwrite"])
+def repaint_a_test_image(table_path, tmp_path) -> Path:
+    """A copy of the table's dataset with one test image's pixels changed and every name kept (re-rendered, say)."""
+    from PIL import Image
+
+
+    table = DatasetTable.load(table_path)
+    root = Path(shutil.copytree(table.root, tmp_path / "repainted"))
+    image = root / table.frame.loc[table.frame["split"] == "test", "path"].iloc[0]
+    pixels = np.asarray(Image.open(image)).copy()
+    Image.fromarray(255 - pixels).save(image)
+    table.root = root
+    (tmp_path / "tables").mkdir()
+    table.save(tmp_path / "tables" / "source.parquet")  # the target keeps its name: its file's stem
+    return tmp_path / "tables" / "source.parquet"
+
+
+@pytest.mark.parametrize("change", ["template", "name", "weights", "split", "images", "overwrite"])
 def test_a_target_is_scored_again_when_an_input_changed(run_cli, run_dir, tables, tmp_path, monkeypatch, change):
     run = Path(shutil.copytree(run_dir, tmp_path / "run"))
     out = tmp_path / "suite"
@@ -201,9 +218,11 @@ def test_a_target_is_scored_again_when_an_input_changed(run_cli, run_dir, tables
     if change == "weights":
         change_weights(run)
     extra = {"template": ["--template", "a drawing of a {}."], "name": ["--name", "other"], "split": [], "weights": [],
-             "overwrite": ["--overwrite"]}[change]
+             "images": [], "overwrite": ["--overwrite"]}[change]
     if change == "split":
         args[4] += "@val"
+    if change == "images":
+        args[4] = f"source={repaint_a_test_image(tables['source'], tmp_path)}"
     calls = count_scoring(monkeypatch)
     code, _, err = run_cli(*args, *extra)
     assert code == 0, err
@@ -212,9 +231,10 @@ def test_a_target_is_scored_again_when_an_input_changed(run_cli, run_dir, tables
     if change == "overwrite":
         assert (out / "source.json").read_bytes() == first_bytes  # scored again, to the same bytes
         return
-    key = {"template": "templates", "name": "run", "weights": "checkpoints", "split": "split"}[change]
-    assert identity[key] != before[key]
-    assert {k: v for k, v in identity.items() if k != key} == {k: v for k, v in before.items() if k != key}
+    keys = {"template": {"templates"}, "name": {"run"}, "weights": {"checkpoints"}, "split": {"split", "images_sha256"},
+            "images": {"images_sha256"}}[change]
+    assert all(identity[key] != before[key] for key in keys)
+    assert {k: v for k, v in identity.items() if k not in keys} == {k: v for k, v in before.items() if k not in keys}
 
 
 def test_targets_dropped_from_the_suite_go_and_other_files_stay(run_cli, run_dir, tables, tmp_path):

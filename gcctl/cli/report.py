@@ -22,33 +22,46 @@ def report(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the report folder an earlier `gcctl report` wrote at --out (a folder whose "
         "results.md is gcctl's); nothing else is ever replaced.")] = False,
+    every_image: Annotated[Optional[Path], typer.Option(
+        "--every-image", metavar="DIR", help="For a K sweep: the folder of `gcctl evaluate` metrics of the same runs "
+        "trained on every image (DIR/RUN.json), the sweep's 'all' column.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; or transfer
-    suites (their summary.json): the suite summaries side by side (Markdown) and as bars (suites.png).
+    """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; runs trained
+    with --minority-per-group: worst-group accuracy against K (results.md, sweep.png); or transfer suites (their
+    summary.json): the suite summaries side by side (Markdown) and as bars (suites.png).
 
     Example: gcctl report pipeline/metrics/zeroshot.json pipeline/metrics/coop.json pipeline/metrics/groupcoop.json --out pipeline/report
 
     Example: gcctl report pipeline/transfer/*/summary.json --out pipeline/report/transfer --readme docs/results.md
+
+    Example: gcctl report pipeline/sweep/waterbirds/metrics-k*/*.json --every-image pipeline/metrics/waterbirds --out pipeline/report/sweep-waterbirds
     """
     from gcctl.report import (
         comparison_table,
         markdown_table,
         suite_table,
+        sweep_table,
         update_readme,
         write_report,
     )
 
+    if every_image is not None:  # evaluate names each metrics file after its run
+        metrics = [*metrics, *(every_image / f"{name}.json" for name in dict.fromkeys(path.stem for path in metrics))]
     written = write_report(metrics, out, overwrite=overwrite, readme=readme)
     if readme is not None:
-        update_readme(readme, out.name, written["markdown"] if "suites" in written else markdown_table(written["runs"]))
+        update_readme(readme, out.name, written["markdown"] if "markdown" in written else markdown_table(written["runs"]))
     if as_json:
         typer.echo(json.dumps(written["paths"], indent=2))
         return
     from rich.console import Console
 
     console = Console()
-    for table in [suite_table(summary) for summary in written["suites"]] if "suites" in written else [comparison_table(written["runs"])]:
+    if "suites" in written:
+        tables = [suite_table(summary) for summary in written["suites"]]
+    else:
+        tables = [(sweep_table if "markdown" in written else comparison_table)(written["runs"])]
+    for table in tables:
         console.print(table)
     for path in written["paths"].values():
         console.print(f"wrote {path}")

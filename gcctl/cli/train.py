@@ -48,6 +48,10 @@ def train(
         "(checked against the store's sha256).")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a run an earlier `gcctl train` wrote at --out (once the new one is complete).")] = False,
+    minority_per_group: Annotated[Optional[int], typer.Option(
+        "--minority-per-group", metavar="K", help="Keep at most K training images of each minority group (one smaller "
+        "than its class's largest), drawn per seed, the same for every method: GroupCoOp's few-sample regime. "
+        "Default: every image.")] = None,
     device: Device = "auto",
     max_memory: MaxMemory = None,
     as_json: AsJson = False,
@@ -67,7 +71,7 @@ def train(
 
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
                         device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite,
-                        max_memory=memory_budget(max_memory))
+                        max_memory=memory_budget(max_memory), minority_per_group=minority_per_group)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

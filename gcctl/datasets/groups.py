@@ -101,6 +101,12 @@ class GroupVocabulary:
         group = np.asarray(group, dtype=np.int64)
         return (group < 0) | (group >= self.n_groups) | (self.class_of(group) != np.asarray(y))
 
+    def minority(self, counts: np.ndarray) -> np.ndarray:
+        """Mask of the minority groups: those with samples but fewer than the largest group of their class
+        (`counts`: samples per group id)."""
+        counts = np.asarray(counts, dtype=np.int64).reshape(self.num_classes, self.groups_per_class)
+        return ((counts > 0) & (counts < counts.max(axis=1, keepdims=True))).ravel()
+
     def counted(self, train_groups: np.ndarray) -> GroupVocabulary:
         """The same vocabulary with training counts taken from the group ids of the train split."""
         counts = np.bincount(np.asarray(train_groups, dtype=np.int64), minlength=self.n_groups)

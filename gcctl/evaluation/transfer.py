@@ -11,8 +11,8 @@ Each target writes `<out>/<target>.json` and its predictions like `gcctl evaluat
 every seed has scored it (atomically), then `<out>/summary.json` holds the suite summary the paper reports,
 per seed and as mean ± std; it is written last, once every target is done. A target's JSON records what its
 result depends on (`provenance.suite_identity`: the model, the weights' hashes and paths, the table's
-fingerprint, the split, the templates, the run label and role); a rerun reads a target with the same record
-back instead of scoring it again, so an interrupted suite resumes where it stopped, and scores one whose
+fingerprint and its images' bytes, the split, the templates, the run label and role); a rerun reads a target
+with the same record back instead of scoring it again, so an interrupted suite resumes where it stopped, and scores one whose
 record differs again. Files in `<out>` that transfer did not write are never replaced.
 """
 
@@ -136,6 +136,7 @@ def _identity(weights: dict, architecture: str, target: Target, templates: Seque
         "model": architecture,
         "checkpoints": weights,
         "dataset_fingerprint": target.table.fingerprint(),
+        "images_sha256": target.table.content_digest(target.split),  # the fingerprint reads no pixel
         "split": target.split,
         "templates": list(templates),
         "run": label,

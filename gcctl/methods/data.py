@@ -7,7 +7,7 @@ and test always use the store's true groups. Both are numbered and named by the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,32 @@ class TrainingData:
     @property
     def class_names(self) -> list[str]:
         return self.vocabulary.class_names
+
+    def with_minority_cut(self, per_group: int | None, seed: int) -> "TrainingData":
+        """The same data with each minority train group cut to at most `per_group` samples (None: unchanged)."""
+        if per_group is None:
+            return self
+        return replace(self, train=cut_minority_groups(self.train, self.vocabulary, per_group, seed))
+
+
+def cut_minority_groups(split: Split, vocabulary: GroupVocabulary, per_group: int, seed: int) -> Split:
+    """`split` with each minority group (`GroupVocabulary.minority`, by the split's own groups) cut to at most
+    `per_group` samples; majority groups stay whole. The few-sample regime GroupCoOp's premise is about.
+
+    The kept samples are the first of one permutation per group drawn from `seed`, so every method trained with
+    that seed sees the same samples, and a smaller cut keeps a subset of a larger one's."""
+    y, group = split.y.cpu().numpy(), split.group.cpu().numpy()
+    class_sizes = np.bincount(y, minlength=vocabulary.num_classes)
+    if per_group < 1 or per_group > class_sizes.min():
+        smallest = vocabulary.class_names[int(class_sizes.argmin())]
+        raise GcctlError(f"--minority-per-group {per_group} is outside 1..{class_sizes.min()} (class '{smallest}' has "
+                         f"{class_sizes.min()} training images); give a count in that range")
+    rng = np.random.default_rng(seed)
+    keep = np.ones(len(group), dtype=bool)
+    for minority in np.flatnonzero(vocabulary.minority(np.bincount(group, minlength=vocabulary.n_groups))):
+        members = rng.permutation(np.flatnonzero(group == minority))
+        keep[members[per_group:]] = False
+    return split.subset(torch.from_numpy(np.flatnonzero(keep)).to(split.y.device))
 
 
 def check_split_groups(store: FeatureStore, split: str) -> None:

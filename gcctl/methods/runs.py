@@ -66,6 +66,7 @@ def train_run(
     plot: Callable[[list[dict], Path], None] | None = None,
     overwrite: bool = False,
     max_memory: int | None = None,
+    minority_per_group: int | None = None,
 ) -> dict:
     """Train `method` on the store `features` once per seed and write the run directory `out`, with
     `curve.png` drawn by `plot(curve records, path)` when given. An earlier run in `out` is replaced only
@@ -73,7 +74,9 @@ def train_run(
 
     A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
     A split larger than `max_memory` bytes (None: no limit) is read from the store batch by batch, with the
-    same results. Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
+    same results. `minority_per_group` keeps at most that many training samples of each minority group, drawn
+    per seed (`cut_minority_groups`). Returns a summary: per seed, the kept epoch and its validation accuracy and
+    worst-group accuracy.
     """
     config = make_config(method, options or {})  # an unknown method is refused here
     if not seeds:
@@ -83,7 +86,7 @@ def train_run(
     with output_lock(out):
         check_output(out, "train", is_own=lambda path: (path / "config.json").is_file(), replace_own=overwrite)
         return _train_seeds(features, method, config, out, groups, seeds, resolve_device(device), pretrained, plot,
-                            max_memory)
+                            max_memory, minority_per_group)
 
 
 def fit(
@@ -96,17 +99,19 @@ def fit(
     device: str = "auto",
     pretrained: str | None = None,
     max_memory: int | None = None,
+    minority_per_group: int | None = None,
 ) -> FitResult:
     """Train `method` on the store `features` with one seed, in memory, writing nothing: the result's
     `classifier` scores a store's features (`classifier.predict`, `classifier.scores`), its `selection` says
-    which epoch it kept. Options, groups, pretrained and max_memory are those of `train_run`."""
+    which epoch it kept. Options, groups, pretrained, max_memory and minority_per_group are those of `train_run`."""
     config = make_config(method, options or {})
     check_seeds([seed])
     torch_device = resolve_device(device)
     with FeatureStore(features) as store:
         data, _, bundle = _prepare(store, method, config, groups, torch_device, pretrained, max_memory)
         seed_everything(seed)
-        return get_method(method).fit(data, config, seed=seed, bundle=bundle, device=torch_device)
+        return get_method(method).fit(data.with_minority_cut(minority_per_group, seed), config, seed=seed,
+                                      bundle=bundle, device=torch_device)
 
 
 def _prepare(store: FeatureStore, method: str, config, groups, device, pretrained, max_memory):
@@ -128,7 +133,8 @@ def _prepare(store: FeatureStore, method: str, config, groups, device, pretraine
     return data, reference, bundle
 
 
-def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot, max_memory) -> dict:
+def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot, max_memory,
+                 minority_per_group) -> dict:
     """`train_run` once its --out is this process's; the store stays open while a split may be read from it."""
     spec = get_method(method)
     with FeatureStore(features) as store:
@@ -139,7 +145,8 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
         results = {}
         for seed in fitted_seeds:
             seed_everything(0 if seed is None else seed)
-            results[seed] = spec.fit(data, config, seed=seed, bundle=bundle, device=device)
+            seed_data = data.with_minority_cut(minority_per_group, 0 if seed is None else seed)
+            results[seed] = spec.fit(seed_data, config, seed=seed, bundle=bundle, device=device)
     run_config = {
         "method": method,
         "config": asdict(config),
@@ -149,6 +156,7 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
         "features": {"path": str(features), "provenance": {k: v for k, v in data.provenance.items() if k != "model_ref"}},
         "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
         "group_supervision": group_supervision(method, config, data.train_group_splits),
+        "minority_per_group": minority_per_group,
         "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
@@ -277,6 +285,7 @@ def evaluate_run(
             "dataset_fingerprint": provenance.get("dataset_fingerprint"),
             "train_groups": run_config["groups"],
             "group_supervision": run_config.get("group_supervision"),  # None: a run from before it was recorded
+            "minority_per_group": run_config.get("minority_per_group"),  # None: every training image
         },
     }
     if out is not None:

@@ -22,7 +22,7 @@ from gcctl.errors import GcctlError
 from gcctl.files import atomic_directory, write_json
 from gcctl.runtime import progress
 from gcctl.synth.corpus import FACTOR_PROMPTS
-from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, render
+from gcctl.synth.render import BACKGROUNDS, COLOURS, SHAPES, SMALL_RADIUS, render
 from gcctl.synth.world import HOME, MULTICELEBA_KINDS, SCATTERED_KINDS, WATERBIRDS_KINDS
 
 # --- Waterbirds (Sagawa et al. 2020) -------------------------------------------------------------
@@ -87,14 +87,15 @@ def write_waterbirds(
 ) -> Path:
     """Write a Waterbirds-like benchmark (hearts on grass vs ellipses on water) in Waterbirds' layout.
 
-    Classes are balanced in every split. In train, `minority_fraction` of each class sits on the other
+    As Waterbirds pastes a bird into a Places landscape, each object is drawn small (SMALL_RADIUS) on its
+    background. Classes are balanced in every split. In train, `minority_fraction` of each class sits on the other
     class's background; in val and test, background is independent of class (four equal groups).
     """
     root = Path(root)
     rng, y, split, place = _two_by_two_draw(root, WATERBIRDS_SPLIT_SIZES, seed, scale, minority_fraction, overwrite)
     shapes = np.array([SHAPES.index(name) for name in WATERBIRDS_CLASSES])[y]
     backgrounds = np.array([BACKGROUNDS.index(name) for name in WATERBIRDS_PLACES])[place]
-    images = render(shapes, rng.integers(len(COLOURS), size=len(y)), backgrounds, rng, size=size)
+    images = render(shapes, rng.integers(len(COLOURS), size=len(y)), backgrounds, rng, size=size, radius=SMALL_RADIUS)
 
     image_number = _number_within(y)
     place_number = _number_within(place)

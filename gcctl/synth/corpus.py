@@ -24,7 +24,7 @@ import numpy as np
 
 from gcctl.errors import GcctlError
 from gcctl.files import atomic_path
-from gcctl.synth.render import BACKGROUNDS, COLOURS, FILLS, SHAPES, render_scene
+from gcctl.synth.render import BACKGROUNDS, BIG_RADIUS, COLOURS, FILLS, SHAPES, SMALL_RADIUS, render_scene
 from gcctl.synth.world import home_indices, prefer
 
 CORPUS_FILE = "corpus.npz"
@@ -156,8 +156,8 @@ def _layout(scene: np.ndarray, first: dict, second: dict, rng: np.random.Generat
     above = rng.random(n) < 0.5
     nudge = rng.uniform(-1.5, 1.5, size=(3, n, 2))
     centre = np.full((n, 2), 16.0) + rng.uniform(-3, 3, size=(n, 2))
-    radius = rng.uniform(6, 9, size=n)
-    small_radius = rng.uniform(4, 5.5, size=(3, n))
+    radius = rng.uniform(*BIG_RADIUS, size=n)
+    small_radius = rng.uniform(*SMALL_RADIUS, size=(3, n))
     # Pairs: the first object left of (or above) the second.
     offset = np.where(above[:, None], [[0.0, -7.0]], [[-7.0, 0.0]])
     big = single & ~small

@@ -31,6 +31,10 @@ _COLOUR_RGB = np.array(
 _COLOUR_JITTER = 18  # per image and channel, so a colour is a region of RGB space, not one point
 _PIXEL_NOISE = 4.0  # sensor-like noise over the whole image
 _PATTERN_SHADE = 0.35  # a pattern's pixels: the object's colour darkened to this share (lightened for dark colours)
+# An object's radius range in px at 32 px: big (a single object filling the image, the default) and small (a
+# single object among its scene, the corpus's "small"; a Waterbirds-like bird in its landscape).
+BIG_RADIUS = (6.0, 9.0)
+SMALL_RADIUS = (4.0, 5.5)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ def render(
     object_scale: float = 1.0,
     outline: bool = False,
     fills=None,
+    radius: tuple[float, float] = BIG_RADIUS,
 ) -> np.ndarray:
     """Render one image per index triple; returns uint8 [N, size, size, 3].
 
@@ -73,7 +78,8 @@ def render(
     The keywords draw domain-shifted variants (the source world's shifts); they change no random draw, so
     their defaults leave every image as it was: `palette` replaces the colours' RGB values ([len(COLOURS), 3]),
     `object_scale` multiplies every shape's radius, `outline` keeps only a shape's boundary, `fills` (FILLS
-    indices; None: all solid) patterns the objects' surfaces.
+    indices; None: all solid) patterns the objects' surfaces, `radius` is the range radii are drawn from
+    (BIG_RADIUS or SMALL_RADIUS).
     """
     shapes, colours, backgrounds = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (shapes, colours, backgrounds))
     if not len(shapes) == len(colours) == len(backgrounds):
@@ -97,7 +103,7 @@ def render(
     scale = size / 32
     # Per-image geometry and colour drawn up front, so they do not depend on the chunking.
     centres = size / 2 + rng.uniform(-3, 3, size=(n, 2)) * scale
-    radii = rng.uniform(6, 9, size=n) * scale
+    radii = rng.uniform(*radius, size=n) * scale
     radii = radii * object_scale
     rgb = (_COLOUR_RGB if palette is None else np.asarray(palette, dtype=np.float32))[colours] + _jitter(rng, n)
     layer = Layer(shapes, rgb, fills, centres, radii)
