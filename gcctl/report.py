@@ -169,13 +169,18 @@ def write_suite_report(summaries: list[dict], out: str | os.PathLike, *, overwri
     target_sets = {tuple(sorted(summary["targets"])) for summary in summaries}
     if len(target_sets) > 1:
         raise GcctlError("the suites scored different targets; compare suites of the same --target list")
-    out = Path(out)
-    names = {"plot": "suites.png", "table": REPORT_TABLE}
-    markdown = suite_markdown(summaries)
+    written = _write_plot_and_table(Path(out), "suites.png", lambda path: plot_suites(summaries, path),
+                                    suite_markdown(summaries))
+    return {"suites": summaries, **written}
+
+
+def _write_plot_and_table(out: Path, plot_name: str, draw, markdown: str) -> dict:
+    """The folder `out` (already checked) holding one figure, drawn by `draw(path)`, and the Markdown table."""
+    names = {"plot": plot_name, "table": REPORT_TABLE}
     with atomic_directory(out) as staging:
-        plot_suites(summaries, staging / names["plot"])
-        (staging / names["table"]).write_text(markdown, encoding="utf-8")
-    return {"suites": summaries, "markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
+        draw(staging / plot_name)
+        (staging / REPORT_TABLE).write_text(markdown, encoding="utf-8")
+    return {"markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
 
 
 def sweep_points(runs: list[dict]) -> tuple[list, dict[str, dict]]:
@@ -192,10 +197,14 @@ def sweep_points(runs: list[dict]) -> tuple[list, dict[str, dict]]:
     return ks + ([ALL_IMAGES] if any(ALL_IMAGES in row for row in rows.values()) else []), rows
 
 
+def _sweep_header(column) -> str:
+    return column if column == ALL_IMAGES else f"K = {column}"
+
+
 def sweep_markdown(runs: list[dict]) -> str:
     """The K sweep as one row per run, its worst-group accuracy (mean ± std over seeds) at each K."""
     columns, rows = sweep_points(runs)
-    lines = [f"| run | method | group labels | {' | '.join(f'K = {k}' if k != ALL_IMAGES else k for k in columns)} |",
+    lines = [f"| run | method | group labels | {' | '.join(map(_sweep_header, columns))} |",
              "|---|---|---|" + "---:|" * len(columns)]
     for name, row in rows.items():
         first = next(iter(row.values()))
@@ -212,7 +221,7 @@ def sweep_table(runs: list[dict]) -> Table:
     table = Table(title="worst-group accuracy % against K, the training images per minority group (mean ± std over seeds)")
     table.add_column("run")
     for k in columns:
-        table.add_column(f"K = {k}" if k != ALL_IMAGES else k, justify="right")
+        table.add_column(_sweep_header(k), justify="right")
     for name, row in rows.items():
         table.add_row(name, *(percent(row[k]["acc_wg"]) if k in row else "–" for k in columns))
     return table
@@ -240,12 +249,8 @@ def plot_sweep(runs: list[dict], path: str | os.PathLike) -> None:
 
 def write_sweep_report(runs: list[dict], out: Path) -> dict:
     """`results.md` and `sweep.png` of a K sweep, written as the folder `out` (already checked)."""
-    names = {"plot": "sweep.png", "table": REPORT_TABLE}
-    markdown = sweep_markdown(runs)
-    with atomic_directory(out) as staging:
-        plot_sweep(runs, staging / names["plot"])
-        (staging / names["table"]).write_text(markdown, encoding="utf-8")
-    return {"runs": runs, "markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
+    written = _write_plot_and_table(out, "sweep.png", lambda path: plot_sweep(runs, path), sweep_markdown(runs))
+    return {"runs": runs, **written}
 
 
 def markdown_table(runs: list[dict]) -> str:

@@ -12,8 +12,8 @@ every seed has scored it (atomically), then `<out>/summary.json` holds the suite
 per seed and as mean ± std; it is written last, once every target is done. A target's JSON records what its
 result depends on (`provenance.suite_identity`: the model, the weights' hashes and paths, the table's
 fingerprint and its images' bytes, the split, the templates, the run label and role); a rerun reads a target
-with the same record back instead of scoring it again, so an interrupted suite resumes where it stopped, and scores one whose
-record differs again. Files in `<out>` that transfer did not write are never replaced.
+with the same record back instead of scoring it again, so an interrupted suite resumes where it stopped, and
+scores one whose record differs again. Files in `<out>` that transfer did not write are never replaced.
 """
 
 from __future__ import annotations

@@ -144,9 +144,10 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
         fitted_seeds = list(seeds) if spec.trains else [None]
         results = {}
         for seed in fitted_seeds:
-            seed_everything(0 if seed is None else seed)
-            seed_data = data.with_minority_cut(minority_per_group, 0 if seed is None else seed)
-            results[seed] = spec.fit(seed_data, config, seed=seed, bundle=bundle, device=device)
+            draw_seed = 0 if seed is None else seed
+            seed_everything(draw_seed)
+            results[seed] = spec.fit(data.with_minority_cut(minority_per_group, draw_seed), config, seed=seed,
+                                     bundle=bundle, device=device)
     run_config = {
         "method": method,
         "config": asdict(config),
