@@ -68,10 +68,32 @@ def resolve_device(requested: str = "auto"):
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise GcctlError(f"--device '{requested}' is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GcctlError(f"device '{requested}' requested but CUDA is not available; use --device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GcctlError(f"device '{requested}' requested but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}; choose one of them or --device auto")
     return device
+
+
+def worker_context(workers: int):
+    """The multiprocessing context DataLoader workers start in: the platform's default (fork on Linux, the
+    cheapest) until this process has initialised CUDA, forkserver (else spawn) from then on. A worker forked
+    from a CUDA process aborts with "CUDA error: initialization error" as soon as it frees an inherited CUDA
+    tensor, and forking from the helper thread of `in_background` can deadlock; a forkserver's workers start
+    from a clean single-threaded process and receive only the pickled dataset."""
+    import multiprocessing
+
+    import torch
+
+    if workers == 0 or not torch.cuda.is_initialized():
+        return None
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 # The user's override of the CPU thread count gcctl chooses (see `configure_cpu_threads`).

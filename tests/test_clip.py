@@ -27,6 +27,7 @@ from gcctl.clip import (
     preprocess_uint8,
     save_checkpoint,
 )
+from gcctl.clip import schedule
 from gcctl.clip.checkpoint import state_dict_sha256
 from gcctl.clip.pretrain import PretrainConfig, pretrain
 from gcctl.curves import read_curve
@@ -278,10 +279,21 @@ def test_pretraining_rejects_a_corpus_without_captions(tmp_path):
 
 
 def test_warmup_cosine_schedule_shape():
-    factors = [contrastive.warmup_cosine(step, 100, 0.1) for step in range(100)]
+    factors = [schedule.warmup_cosine(step, 100, 0.1) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(later <= earlier for earlier, later in zip(factors[9:], factors[10:]))
     assert factors[-1] < 0.01
+
+
+def test_a_warmup_from_one_is_a_step_count_as_the_starft_authors_give_it():
+    factors = [schedule.warmup_cosine(step, 1000, 500) for step in range(1000)]
+    assert factors[0] == pytest.approx(1 / 500) and factors[499] == pytest.approx(1.0)
+    assert factors[750] == pytest.approx(0.5, abs=0.01)  # half way through the cosine after the warm-up
+    assert schedule.warmup_cosine(9, 10, 500) == pytest.approx(10 / 500)  # longer than the run: never shortened
+    for bad in (-0.1, 1.5, 12.25):
+        with pytest.raises(GcctlError, match="fraction of the steps in \\[0, 1\\) or a whole number of steps"):
+            schedule.check_warmup(bad)
+    schedule.check_warmup(500)
 
 
 def test_models_command_lists_ours_first_with_sizes():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from conftest import MICRO, tree_digest
 
 from gcctl.clip import build_clip, save_checkpoint
+from gcctl.clip.preprocess import train_transform
 from gcctl.curves import read_curve
 from gcctl.datasets import load_dataset
 from gcctl.datasets.images import ImageDataset
@@ -134,6 +135,36 @@ def test_bad_pool_files_are_one_line_user_errors(tmp_path, content, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_torch_pool_of_strings_is_read_like_the_authors_keywords_files(tmp_path):
+    torch.save(["{} surrounded by flowers.", "  ", "{} in urban settings."], tmp_path / "bg.pt")
+    assert read_pool(tmp_path / "bg.pt") == ["{} surrounded by flowers.", "{} in urban settings."]
+    assert read_pools(["background", tmp_path / "bg.pt"])[-1] == "{} in urban settings."
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("a pickle that runs code",))
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"bg": ["{} on grass."]}, "holds a dict, not a list of template strings"),
+    (["{} on grass.", 3], "holds a list, not a list of template strings"),
+    (["on grass."], "bg.pt:0 has no {}"),
+    (_Payload(), "as a torch file of a list of strings"),
+    (b"not a torch file", "as a torch file of a list of strings"),
+])
+def test_a_torch_pool_of_anything_else_is_refused_in_one_line(tmp_path, content, message, capsys):
+    pool = tmp_path / "bg.pt"
+    if isinstance(content, bytes):
+        pool.write_bytes(content)
+    else:
+        torch.save(content, pool)
+    with pytest.raises(GcctlError) as error:
+        read_pool(pool)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert "runs code" not in capsys.readouterr().out  # weights_only loading never called it
+
+
 def test_an_unknown_pool_name_lists_the_shipped_ones():
     with pytest.raises(GcctlError, match="background, resolution, synthetic, texture"):
         read_pool("backgrounds")
@@ -157,6 +188,24 @@ def test_regulariser_is_the_masked_kl_from_zero_shot_to_fine_tuned():
         q = torch.softmax(10 * image[i] @ spurious[other].T, dim=0)
         expected += float((p * (p.log() - q.log())).sum())
     assert value.item() == pytest.approx(expected / 6, rel=1e-5)
+
+
+def test_the_unmasked_ablation_is_the_kl_over_every_caption_of_the_batch():
+    labels = torch.tensor([0, 1, 0, 1, 2, 2])
+    image, spurious, zs_image, zs_spurious = (_features(6, seed) for seed in range(4))
+    value = starft_regulariser(image, spurious, zs_image, zs_spurious, labels, 10.0, mask_same_class=False)
+    expected = F.kl_div(torch.log_softmax(10 * image @ spurious.T, -1), torch.softmax(10 * zs_image @ zs_spurious.T, -1),
+                        reduction="batchmean")  # what the authors' SpuriousKLReg computes
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert value.item() != pytest.approx(starft_regulariser(image, spurious, zs_image, zs_spurious, labels, 10.0).item())
+
+
+def test_the_regulariser_option_reaches_the_step(table, base, tmp_path):
+    star = run(table, base, tmp_path / "star", method="starft", epochs=1)
+    kl = run(table, base, tmp_path / "kl", method="starft", epochs=1, regulariser="kl")
+    assert star["config"]["regulariser"] == "star" and kl["config"]["regulariser"] == "kl"
+    curves = [read_curve(tmp_path / name / "dvclive")[1]["regulariser"] for name in ("star", "kl")]
+    assert curves[0] != pytest.approx(curves[1])
 
 
 def test_regulariser_is_zero_for_the_zero_shot_model_and_ignores_same_class_captions():
@@ -195,6 +244,28 @@ def test_finetune_writes_a_loadable_model_of_the_best_validation_epoch(table, ba
     assert curve[1]["regulariser"] > 0 and curve[1]["loss"] > curve[1]["base_loss"]
     assert summary["teacher_cache"]["images"] == "computed once"
     assert summary["teacher_cache"]["training_images"] == int((table.frame["split"] == "train").sum())
+
+
+def test_select_by_last_keeps_the_last_epoch_whatever_validation_says(table, base, tmp_path):
+    summary = run(table, base, tmp_path / "run", method="ft", epochs=3, select_by="last")
+    assert summary["best_epoch"] == 3 and summary["select_by"] == "last"
+    kept = build_clip(MICRO, str(tmp_path / "run" / "model.pt"))
+    last = read_curve(tmp_path / "run" / "dvclive")[-1]
+    assert zeroshot_metrics(kept, table, "val", device=torch.device("cpu"))["acc_avg"] == last["val_acc_avg"]
+    with pytest.raises(GcctlError, match="--select-by 'best' is unknown; choose one of acc_wg, acc_avg, last"):
+        FinetuneConfig(select_by="best").check()
+
+
+def test_the_random_resized_crop_keeps_the_scale_range_asked_for(base):
+    from torchvision.transforms import RandomResizedCrop
+
+    model = build_clip(MICRO, base).model
+    crops = [step for step in train_transform(model, 0.5).transforms if isinstance(step, RandomResizedCrop)]
+    assert [crop.scale for crop in crops] == [(0.5, 1.0)]
+    assert next(step for step in train_transform(model).transforms if isinstance(step, RandomResizedCrop)).scale == (0.9, 1.0)
+    for bad in (0, 1.5):
+        with pytest.raises(GcctlError, match="--crop-scale is a share of the image's area in \\(0, 1\\]"):
+            FinetuneConfig(crop_scale=bad).check()
 
 
 def test_same_seed_same_weights_and_starft_with_lambda_zero_is_ft(table, base, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gcctl.finetune import FinetuneConfig
 from gcctl.methods import get_method
 from gcctl.store import FeatureStore
 
@@ -210,6 +211,22 @@ def test_presets_compose_into_a_complete_pipeline(preset):
         assert params["extract"]["pretrained"] == f"pipeline/models/{name}/model.pt"
 
 
+# The StarFT authors' fine-tuning (alinlab/StarFT: scripts/train.sh, src/args.py, clip/clip.py's training crop).
+AUTHORS_FINETUNING = {"epochs": 10, "batch_size": 512, "lr": 1e-5, "weight_decay": 0.1, "warmup": 500, "augment": True,
+                      "crop_scale": 0.9, "select_by": "last"}
+
+
+@pytest.mark.parametrize("preset", sorted(path.stem for path in (REPO / "conf/preset").glob("*.yaml")))
+def test_presets_fine_tune_at_the_starft_authors_settings(preset):
+    runs = _compose([f"preset={preset}"])["finetune"]["runs"]
+    for name, run in runs.items():
+        assert {key: run.get(key) for key in AUTHORS_FINETUNING} == AUTHORS_FINETUNING, name
+        renamed = {"lambda": "reg_lambda", "pool": "pools"}
+        FinetuneConfig(**{renamed.get(key, key): (value,) if key == "pool" else value for key, value in run.items()}).check()
+    starft = runs["starft"]
+    assert (starft["lambda"], starft["lambda_schedule"], starft["pool"]) == (0.5, "paper", "background")
+
+
 def test_every_run_has_its_dvc_metrics_entries_and_every_curve_its_plot():
     """DVC cannot generate top-level plots or metrics with foreach, so dvc.yaml lists each run's evaluation and the
     runs' DVCLive folders: keep it in step with params.yaml (training-free runs, zero-shot among them, have no curve)."""
@@ -280,6 +297,7 @@ def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(t
     assert {"source_acc", "domain_shift_acc", "group_shift_acc_wg", "group_shift_acc_avg"} <= set(summary["mean"])
     run = json.loads((repo / "pipeline/finetuned/imagenet/starft/seed-0/summary.json").read_text())
     assert run["config"]["lambda_schedule"] == "paper" and run["config"]["reg_lambda"] == 0.5
+    assert run["config"]["warmup"] == 500 and run["config"]["augment"] and run["select_by"] == "last"
 
 
 def test_dvc_ignores_the_wall_clock_beside_outputs():

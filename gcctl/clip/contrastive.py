@@ -15,17 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gcctl.clip.schedule import warmup_cosine
+
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's cap: a larger temperature makes the loss unstable
 WEIGHT_DECAY_RULE = "matrices"  # recorded in a run's identity: states saved under another rule do not resume
-
-
-def warmup_cosine(step: int, total_steps: int, warmup: float) -> float:
-    """The learning-rate factor at `step`: linear warm-up to 1, then cosine decay to 0."""
-    warmup_steps = max(1, round(warmup * total_steps))
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress_fraction = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_fraction)))
 
 
 def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:

@@ -32,10 +32,12 @@ def eval_transform(preprocess_cfg: dict) -> Callable:
     return image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
 
 
-def train_transform(model: torch.nn.Module) -> Callable:
-    """open_clip's training transform for `model`'s preprocessing: a random resized crop (scale 0.9–1), then the
-    eval transform's normalisation; what FLYP and StarFT fine-tune with. Random: an image differs every epoch."""
-    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True)
+def train_transform(model: torch.nn.Module, crop_scale: float = 0.9) -> Callable:
+    """open_clip's training transform for `model`'s preprocessing: a random resized crop covering [crop_scale, 1]
+    of the image's area (0.9 in open_clip and in the StarFT authors' code), then the eval transform's
+    normalisation; what FLYP and StarFT fine-tune with. Random: an image differs every epoch."""
+    return image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=True,
+                              aug_cfg={"scale": (crop_scale, 1.0)})
 
 
 def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, device=None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from gcctl.clip.checkpoint import MODEL_FILE, SUMMARY_FILE, write_checkpoint
 from gcctl.clip.contrastive import ContrastiveOptimiser, symmetric_infonce
 from gcctl.clip.factory import fresh_clip
 from gcctl.clip.preprocess import preprocess_uint8
+from gcctl.clip.schedule import WARMUP_HELP, check_warmup
 from gcctl.curves import CURVE_DIR, CurveLog
 from gcctl.errors import GcctlError
 from gcctl.files import (
@@ -56,7 +57,7 @@ class PretrainConfig:
     batch_size: int = setting(256, help="Pairs per step; each pair's negatives are the rest of the batch.")
     lr: float = setting(2e-3, help="Peak AdamW learning rate.")
     weight_decay: float = setting(0.1, help="AdamW weight decay (on weight matrices: gcctl.clip.contrastive).")
-    warmup: float = setting(0.1, help="Fraction of steps of linear warm-up before the cosine decay.")
+    warmup: float = setting(0.1, help=WARMUP_HELP)
     seed: int = setting(0, help="Seeds initial weights and batch order.")
 
 
@@ -77,7 +78,7 @@ def pretrain(
     `plot(history, path, model name)` (e.g. `gcctl.report.plot_pretraining_loss`), loss.png to `out`; return the summary.
 
     Batches are full (the last partial batch of an epoch is dropped): InfoNCE depends on batch size.
-    The learning rate warms up linearly over the first `warmup` fraction of steps, then decays on a cosine.
+    The learning rate warms up linearly over `warmup` (a fraction of the steps, or a step count), then decays on a cosine.
     The curve grows at every checkpoint, so an unfinished run shows its progress (model.pt marks a finished one).
     A finished run in `out` is replaced only with `overwrite`; a folder holding anything else never.
     """
@@ -273,5 +274,4 @@ def _check_settings(config: PretrainConfig, checkpoint_every: int) -> None:
         raise GcctlError(f"--batch-size must be at least 2 (contrastive pairs need negatives), got {config.batch_size}")
     if config.lr <= 0 or config.weight_decay < 0:
         raise GcctlError(f"--lr must be > 0 and --weight-decay >= 0, got {config.lr} and {config.weight_decay}")
-    if not 0 <= config.warmup < 1:
-        raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {config.warmup}")
+    check_warmup(config.warmup)

@@ -6,11 +6,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from gcctl.datasets.table import DatasetTable
 from gcctl.datasets.tar_members import open_image_source
 from gcctl.errors import GcctlError
+from gcctl.runtime import worker_context
 
 # Integer grey levels beyond 8 bits: Pillow opens 16-bit PNG/TIFF/PNM as I;16* (older versions: I).
 _WIDE_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -63,3 +64,10 @@ class ImageDataset(Dataset):
             reason = str(error).replace(f" {source!r}", "")  # Pillow names a tar member's buffer by its repr
             raise GcctlError(f"cannot read image {path}: {reason}") from None
         return self.transform(rgb), row
+
+
+def image_loader(dataset: ImageDataset, *, workers: int, device=None, **batching) -> DataLoader:
+    """The one way gcctl batches images: `workers` decoding processes started CUDA-safely (`worker_context`),
+    pinned host memory when the batches go to a CUDA device; `batching` is DataLoader's batch_size or batch_sampler."""
+    return DataLoader(dataset, num_workers=workers, multiprocessing_context=worker_context(workers),
+                      pin_memory=device is not None and device.type == "cuda", **batching)

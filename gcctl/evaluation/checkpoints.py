@@ -25,7 +25,7 @@ from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.checkpoint import MODEL_FILE, SUMMARY_FILE, checkpoint_model_name
 from gcctl.clip.factory import ClipBundle, build_clip
 from gcctl.clip.text import class_text_features, class_words
-from gcctl.datasets.images import ImageDataset
+from gcctl.datasets.images import ImageDataset, image_loader
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
 from gcctl.files import read_json
@@ -76,8 +76,8 @@ def zeroshot_scores(
     model.eval()
     try:
         text = class_text_features(bundle, class_words(None, table.class_names), list(templates)).to(device)
-        loader = DataLoader(ImageDataset(table, bundle.preprocess, split_rows(table, split)),
-                            batch_size=batch_size, num_workers=workers)
+        loader = image_loader(ImageDataset(table, bundle.preprocess, split_rows(table, split)),
+                              workers=workers, device=device, batch_size=batch_size)
         features, rows = encode_images(model, loader, device)
     finally:
         model.train(was_training)

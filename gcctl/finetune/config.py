@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gcctl.clip.captions import DEFAULT_CAPTION, check_template
+from gcctl.clip.schedule import WARMUP_HELP, check_warmup
 from gcctl.errors import GcctlError
 from gcctl.metrics import SELECT_BY
 from gcctl.settings import check_settings, setting
@@ -25,7 +26,9 @@ METHODS = {
 }
 LOSSES = ("contrastive", "ce")
 LAMBDA_SCHEDULES = ("linear", "paper", "constant")
+REGULARISERS = ("star", "kl")
 TOWERS = ("both", "image", "text")
+LAST_EPOCH = "last"  # --select-by: keep the last epoch, whatever validation says
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class FinetuneConfig:
                         help="contrastive (FLYP: image vs class caption) or ce (cross-entropy via a zero-shot head).")
     towers: str = setting("both", choices=TOWERS, help="Which towers train: both, image or text.")
     reg_lambda: float = setting(0.5, flag="--lambda", help="Weight of the StarFT regulariser.")
+    regulariser: str = setting("star", choices=REGULARISERS, help=(
+        "StarFT's term: star (the KL over spurious captions of other classes, same-class ones masked) or kl "
+        "(the authors' unmasked ablation, --spurious-type kl in their code)."))
     lambda_schedule: str = setting("linear", choices=LAMBDA_SCHEDULES, help=(
         "The weight over epochs e = 0..E-1: linear λ(1-e/E), paper λ(1-(e+1)/E) (the authors' code: 0 in the last "
         "epoch, so a 1-epoch run is FT), or constant λ."))
@@ -44,15 +50,21 @@ class FinetuneConfig:
         "Train on open_clip's random resized crops (what the StarFT authors train with) instead of the eval "
         "transform; StarFT's teacher then encodes every batch."))
     pools: tuple[str, ...] = setting(("background",), flag="--pool", help=(
-        "Spurious templates: a shipped pool (background, texture, resolution, synthetic) or a file, one template "
-        "with {} per line; repeat to join pools."))
+        "Spurious templates: a shipped pool (background, texture, resolution, synthetic), a text file of one "
+        "template with {} per line, or a .pt file of a list of them (the StarFT authors' keywords/*.pt); repeat "
+        "to join pools."))
     caption: str = setting(DEFAULT_CAPTION, help="Each image's class caption; {} is the class name.")
     epochs: int = setting(10, help="Passes over the train split.")
     batch_size: int = setting(256, help="Global batch (split over torchrun processes).")
     lr: float = setting(1e-5, help="Peak AdamW learning rate.")
     weight_decay: float = setting(0.1, help="AdamW weight decay (on weight matrices: gcctl.clip.contrastive).")
-    warmup: float = setting(0.1, help="Fraction of steps of linear warm-up before the cosine decay.")
-    select_by: str = setting("acc_wg", choices=SELECT_BY, help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")
+    crop_scale: float = setting(0.9, help=(
+        "With --augment: the smallest share of the image's area a random resized crop keeps (crops cover [s, 1]; "
+        "the StarFT authors: 0.9)."))
+    warmup: float = setting(0.1, help=WARMUP_HELP)
+    select_by: str = setting("acc_wg", choices=(*SELECT_BY, LAST_EPOCH), help=(
+        "What picks the kept epoch: validation acc_wg or acc_avg, or last (every epoch checkpointed, the last kept: "
+        "the StarFT authors' protocol, which needs no validation labels)."))
     seed: int = setting(0, help="Seeds batch order, template draws and the random weights of --pretrained none.")
 
     def check(self) -> None:
@@ -61,8 +73,9 @@ class FinetuneConfig:
             raise GcctlError(f"--epochs must be ≥ 1 and --batch-size ≥ 2 (contrastive pairs need negatives), got {self.epochs} and {self.batch_size}")
         if self.lr <= 0 or self.weight_decay < 0 or self.reg_lambda < 0:
             raise GcctlError(f"--lr must be > 0, --weight-decay and --lambda ≥ 0, got {self.lr}, {self.weight_decay}, {self.reg_lambda}")
-        if not 0 <= self.warmup < 1:
-            raise GcctlError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if not 0 < self.crop_scale <= 1:
+            raise GcctlError(f"--crop-scale is a share of the image's area in (0, 1], got {self.crop_scale}")
+        check_warmup(self.warmup)
         check_template(self.caption, "in --caption")
 
     def lambda_at(self, epoch: int) -> float:

@@ -35,16 +35,20 @@ def starft_regulariser(
     zeroshot_spurious_features: torch.Tensor,
     labels: torch.Tensor,
     zeroshot_scale: float,
+    mask_same_class: bool = True,
 ) -> torch.Tensor:
     """KL(zero-shot ‖ fine-tuned) between each image's softmax over the batch's spurious captions.
 
     Caption j is sample j's class caption with a spurious template. Entries whose caption has the image's
     own class (the diagonal included) are left out of the softmax, so what is kept is how the image relates
-    to the spurious attributes of *other* classes. Both similarity matrices use the frozen model's
+    to the spurious attributes of *other* classes (the authors' `StarReg`; `mask_same_class=False` keeps every
+    caption, their `SpuriousKLReg`, the `kl` ablation). Both similarity matrices use the frozen model's
     temperature. A row with no caption of another class has nothing to align and adds 0; the sum is
     divided by the batch size (batch mean, as in the authors' code).
     """
     same_class = labels[:, None] == labels[None, :]
+    if not mask_same_class:
+        same_class = torch.zeros_like(same_class)
     finetuned = _masked_log_softmax(zeroshot_scale * image_features.float() @ spurious_features.float().T, same_class)
     with torch.no_grad():
         zeroshot = _masked_log_softmax(

@@ -21,11 +21,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from gcctl.clip.reference import ModelRef
 from gcctl.clip.text import logit_scale
-from gcctl.datasets.images import ImageDataset
+from gcctl.datasets.images import ImageDataset, image_loader
 from gcctl.datasets.table import DatasetTable
 from gcctl.distributed import World
 from gcctl.errors import GcctlError
@@ -68,7 +67,8 @@ class Teacher:
         share = -(-len(rows) // world.size)
         mine = rows[world.rank * share : (world.rank + 1) * share]
         mine = np.concatenate([mine, np.repeat(rows[-1:], share - len(mine))])  # all_gather needs equal shares
-        loader = DataLoader(ImageDataset(table, transform, mine), batch_size=batch_size, num_workers=workers)
+        loader = image_loader(ImageDataset(table, transform, mine), workers=workers, device=self.device,
+                              batch_size=batch_size)
         encoded, _ = encode_images(self.model, loader, self.device)
         # Shares are padded at their ends and only the last ones are short, so the first len(rows) are `rows` in order.
         self._keep(len(table.frame), rows, gather(encoded, world)[: len(rows)], "computed once")

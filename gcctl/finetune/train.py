@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from gcctl import __version__
 from gcctl.clip.checkpoint import MODEL_FILE, SUMMARY_FILE, save_checkpoint
@@ -36,7 +35,7 @@ from gcctl.clip.factory import build_clip
 from gcctl.clip.preprocess import train_transform
 from gcctl.clip.text import class_words, logit_scale
 from gcctl.curves import CURVE_DIR, CurveLog
-from gcctl.datasets.images import ImageDataset
+from gcctl.datasets.images import ImageDataset, image_loader
 from gcctl.datasets.table import DatasetTable
 from gcctl.distributed import World, barrier, join_world, leave_world, process_device
 from gcctl.errors import GcctlError
@@ -52,7 +51,7 @@ from gcctl.files import (
     write_json,
     write_timings,
 )
-from gcctl.finetune.config import METHODS, FinetuneConfig
+from gcctl.finetune.config import LAST_EPOCH, METHODS, FinetuneConfig
 from gcctl.finetune.losses import ZeroShotHead, flyp_loss, starft_regulariser
 from gcctl.finetune.parallel import gather
 from gcctl.finetune.pools import draw_templates, fill, read_pools
@@ -155,7 +154,7 @@ class FinetuneRun:
         self.labels = torch.tensor(table.frame["y"].to_numpy(), dtype=torch.long)
         self._prepare_texts()
         self.head = self._zero_shot_head() if config.loss == "ce" else None
-        self.train_transform = train_transform(self.model) if config.augment else self.bundle.preprocess
+        self.train_transform = train_transform(self.model, config.crop_scale) if config.augment else self.bundle.preprocess
         # StarFT's reference, the initial model (None for FT): made before any weight is loaded or trained.
         self.teacher = self._teacher(teacher_cache, teacher_features) if aligns else None
         self.trainable = self._set_trainable()
@@ -303,7 +302,8 @@ class FinetuneRun:
         batches = order[: self.steps_per_epoch * self.batch_size].view(self.steps_per_epoch, self.batch_size)
         local = [self.world.share(self.train_rows[batch]).tolist() for batch in batches]
         templates = draw_templates(len(self.table.frame), max(1, len(self.templates)), seed)
-        loader = DataLoader(ImageDataset(self.table, self.train_transform), batch_sampler=local, num_workers=self.workers)
+        loader = image_loader(ImageDataset(self.table, self.train_transform), workers=self.workers, device=self.device,
+                              batch_sampler=local)
         totals = {"loss": 0.0, "base_loss": 0.0, "regulariser": 0.0}
         self.model.train()
         for images, rows in loader:
@@ -354,6 +354,7 @@ class FinetuneRun:
             gather(self.teacher.spurious[labels, templates], self.world),
             all_labels,
             self.teacher.scale,
+            mask_same_class=self.config.regulariser == "star",
         )
 
 
@@ -368,7 +369,7 @@ class FinetuneRun:
         training seconds, beside the run)."""
         record["val"] = self._validate()
         self.curve.append(record)
-        value = record["val"][self.config.select_by]
+        value = record["epoch"] if self.config.select_by == LAST_EPOCH else record["val"][self.config.select_by]
         if self.best is None or value > self.best["value"]:
             self.best = {"epoch": record["epoch"], "value": value}
             save_checkpoint(self.model, self.out / BEST, self.model_name)
@@ -392,7 +393,7 @@ class FinetuneRun:
             "teacher_cache": self.teacher.cache if self.teacher is not None else None,
             "processes": self.world.size,
             "best_epoch": self.best["epoch"],
-            "select_by": f"val_{self.config.select_by}",
+            "select_by": LAST_EPOCH if self.config.select_by == LAST_EPOCH else f"val_{self.config.select_by}",
             "val_acc_avg": kept["val"]["acc_avg"],
             "val_acc_wg": kept["val"]["acc_wg"],
             "zeroshot_val_acc_avg": self.curve[0]["val"]["acc_avg"],

@@ -393,7 +393,7 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
     import torch
 
     from gcctl.clip.preprocess import eval_transform_stages
-    from gcctl.datasets.images import ImageDataset
+    from gcctl.datasets.images import ImageDataset, image_loader
 
     rows = _shard_rows(table, shard, batch_size)
     tmp = partial_path(out)
@@ -412,9 +412,7 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
     bounds = [start for start in starts if start >= first] + [rows.stop]
     batches = [range(start - first, stop - first) for start, stop in zip(bounds, bounds[1:])]
     workers = default_workers(device) if workers is None else workers
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda"
-    )
+    loader = image_loader(dataset, workers=workers, device=device, batch_sampler=batches)
     features = handle["features"]
     started = time.perf_counter()
     try:
