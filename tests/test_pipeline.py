@@ -294,6 +294,9 @@ def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(t
     assert all(f"| {run} |" in suites for run in ("zeroshot", "ft", "ft-wise", "starft", "starft-wise")), suites
     summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
     assert summary["targets"]["imagenet-r"] == {"role": "domain", "split": "test", "dataset": "imagenet-r"}
+    templates = {name: json.loads((repo / f"pipeline/transfer/starft/{name}.json").read_text())["provenance"]["templates"]
+                 for name in ("imagenet-r", "waterbirds")}
+    assert len(templates["imagenet-r"]) == 80 and templates["waterbirds"] == ["This is a picture of a {}."]
     assert {"source_acc", "domain_shift_acc", "group_shift_acc_wg", "group_shift_acc_avg"} <= set(summary["mean"])
     run = json.loads((repo / "pipeline/finetuned/imagenet/starft/seed-0/summary.json").read_text())
     assert run["config"]["lambda_schedule"] == "paper" and run["config"]["reg_lambda"] == 0.5

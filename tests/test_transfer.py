@@ -63,6 +63,30 @@ def test_the_suite_scores_every_target_and_summarises_by_role(run_cli, run_dir, 
     assert summary["mean"]["group_shift_acc_wg"]["mean"] == pytest.approx(alone["acc_wg"]["mean"])
 
 
+def test_each_target_is_scored_with_its_own_templates(run_cli, run_dir, tables, tmp_path):
+    picture = "This is a picture of a {}."
+    code, _, err = run_cli(*suite_args(run_dir, tables, tmp_path / "suite"), "--template", "a sketch of a {}.",
+                           "--target-template", f"birds={picture}", "--target-template", "source=openai-imagenet")
+    assert code == 0, err
+    recorded = {name: json.loads((tmp_path / "suite" / f"{name}.json").read_text())["provenance"]["templates"]
+                for name in ("source", "sketch", "birds")}
+    assert recorded["birds"] == [picture] and recorded["sketch"] == ["a sketch of a {}."]
+    assert len(recorded["source"]) == 80 and recorded["source"][0] == "a bad photo of a {}."
+    alone = evaluate_checkpoints([run_dir], DatasetTable.load(tables["birds"]), "test", device="cpu", caption=picture)
+    assert json.loads((tmp_path / "suite" / "birds.json").read_text())["acc_wg"] == alone["acc_wg"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("birds", "is not TARGET=TEMPLATE"),
+    ("herons=a photo of a {}.", "no target 'herons' in the suite (its targets: source, sketch, birds)"),
+    ("birds=a photo of a bird.", "for target birds (or a named set: openai-imagenet) has no {}"),
+])
+def test_a_bad_target_template_is_one_line_and_writes_nothing(run_cli, run_dir, tables, tmp_path, spec, message):
+    code, _, err = run_cli(*suite_args(run_dir, tables, tmp_path / "suite"), "--target-template", spec)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "suite").exists()
+
+
 def test_finished_targets_are_reused_and_only_new_ones_scored(run_cli, run_dir, tables, tmp_path, monkeypatch):
     out = tmp_path / "suite"
     args = suite_args(run_dir, tables, out)

@@ -23,7 +23,11 @@ def transfer(
         "--out", help="Folder for one metrics JSON (+ predictions) per target, each written when done, and summary.json "
         "last; a target finished earlier with the same inputs is reused.")],
     template: Annotated[Optional[list[str]], typer.Option(
-        "--template", help="Class prompt template with {} for the class name; repeat for an ensemble.")] = None,
+        "--template", help="Class prompt template with {} for the class name, or a named set (openai-imagenet: "
+        "OpenAI's 80 ImageNet prompts); repeat for an ensemble. For every target without --target-template.")] = None,
+    target_template: Annotated[Optional[list[str]], typer.Option(
+        "--target-template", help="TARGET=TEMPLATE: the templates of one target (its table's file stem), as "
+        "--template takes them; repeat for an ensemble or for other targets.")] = None,
     model: Annotated[Optional[str], typer.Option(
         "--model", help="The architecture (default: the one the checkpoints record; they must agree).")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="The run's label in the summary (default: the --out folder's name).")] = None,
@@ -41,7 +45,7 @@ def transfer(
     --target domain=pipeline/tables/shapes-outline.parquet --target group=pipeline/tables/waterbirds.parquet --out pipeline/transfer/starft
     """
     from gcctl.datasets import DatasetTable
-    from gcctl.evaluation.transfer import Target, evaluate_suite, parse_target
+    from gcctl.evaluation.transfer import Target, evaluate_suite, parse_target, with_target_templates
 
     targets = []
     for spec in target:
@@ -49,6 +53,7 @@ def transfer(
         table = DatasetTable.load(table_path)
         table.require_files()
         targets.append(Target(table_path.stem, role, table, split))
+    targets = with_target_templates(targets, target_template or [])
     summary = evaluate_suite(checkpoint, targets, out, templates=template or [DEFAULT_CAPTION], model_name=model,
                              name=name, device=device, overwrite=overwrite)
     if as_json:

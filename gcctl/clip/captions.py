@@ -27,6 +27,25 @@ def check_template(template: str, where: str, slot: str = "the class name") -> N
                          "e.g. 'a photo of a {}.'")
 
 
+# Named template ensembles a `--template` may give instead of a template: OpenAI's 80 ImageNet prompts (CLIP's
+# zero-shot notebook; what the StarFT authors evaluate ImageNet and its shifts with), read from open_clip.
+TEMPLATE_SETS = ("openai-imagenet",)
+
+
+def expand_templates(specs: Sequence[str], where: str = "in --template") -> list[str]:
+    """`specs` with each named set replaced by its templates, every template checked, each kept once in order."""
+    templates: list[str] = []
+    for spec in specs:
+        if spec in TEMPLATE_SETS:
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+            templates += [make("{}") for make in OPENAI_IMAGENET_TEMPLATES]
+        else:
+            check_template(spec, f"{where} (or a named set: {', '.join(TEMPLATE_SETS)})")
+            templates.append(spec)
+    return list(dict.fromkeys(templates))
+
+
 # The prompt naming one value of a spurious attribute, per class (zeroshot-attr, the debiasing methods).
 DEFAULT_ATTRIBUTE_PROMPT = "a photo of a {class} on {value}."
 

@@ -19,14 +19,14 @@ scores one whose record differs again. Files in `<out>` that transfer did not wr
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from gcctl.clip.captions import DEFAULT_CAPTION, check_template
+from gcctl.clip.captions import DEFAULT_CAPTION, expand_templates
 from gcctl.clip.checkpoint import SUMMARY_FILE, checkpoint_model_name
 from gcctl.clip.factory import build_clip
 from gcctl.clip.reference import ModelRef
@@ -59,12 +59,30 @@ COMMAND = "`gcctl transfer`"
 
 @dataclass(frozen=True)
 class Target:
-    """One dataset of the suite: its name (the table's file stem), role, canonical table and split."""
+    """One dataset of the suite: its name (the table's file stem), role, canonical table, split, and the class
+    prompt templates it is scored with (empty: the suite's)."""
 
     name: str
     role: str
     table: DatasetTable
     split: str = "test"
+    templates: tuple[str, ...] = ()
+
+
+def with_target_templates(targets: Sequence[Target], specs: Sequence[str]) -> list[Target]:
+    """`targets` with the templates of `specs` (`--target-template NAME=TEMPLATE`, repeated for an ensemble; a
+    TEMPLATE may be a named set), each given to the target of that name."""
+    chosen: dict[str, list[str]] = {}
+    names = [target.name for target in targets]
+    for spec in specs:
+        name, sep, template = spec.partition("=")
+        if not sep or not template:
+            raise GcctlError(f"--target-template '{spec}' is not TARGET=TEMPLATE, e.g. 'waterbirds=This is a picture of a {{}}.'")
+        if name not in names:
+            raise GcctlError(f"--target-template '{spec}': no target '{name}' in the suite (its targets: {', '.join(names)})")
+        chosen.setdefault(name, []).append(template)
+    return [replace(target, templates=tuple(expand_templates(chosen[target.name], f"for target {target.name}")))
+            if target.name in chosen else target for target in targets]
 
 
 def parse_target(spec: str) -> tuple[str, Path, str]:
@@ -129,7 +147,7 @@ def _weights(by_seed: dict, architecture: str) -> dict:
     return weights
 
 
-def _identity(weights: dict, architecture: str, target: Target, templates: Sequence[str], label: str) -> dict:
+def _identity(weights: dict, architecture: str, target: Target, label: str) -> dict:
     """Everything a target's result file depends on; an earlier result with the same identity is reused. (The
     device is not in it: a result scored on another device is the same evaluation, within float tolerance.)"""
     return {
@@ -138,7 +156,7 @@ def _identity(weights: dict, architecture: str, target: Target, templates: Seque
         "dataset_fingerprint": target.table.fingerprint(),
         "images_sha256": target.table.content_digest(target.split),  # the fingerprint reads no pixel
         "split": target.split,
-        "templates": list(templates),
+        "templates": list(target.templates),
         "run": label,
         "role": target.role,
     }
@@ -222,8 +240,8 @@ def evaluate_suite(
     A target whose earlier result in `out` records the same inputs is read back, not scored again (`overwrite`
     scores every target again); a file in `out` that transfer did not write is refused, never replaced."""
     check_suite(targets)
-    for template in templates:
-        check_template(template, "in --template")
+    suite_templates = tuple(expand_templates(templates))
+    targets = [target if target.templates else replace(target, templates=suite_templates) for target in targets]
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GcctlError(f"--out {out} is a file; the suite writes a folder (one JSON per target)")
@@ -236,13 +254,13 @@ def evaluate_suite(
     architecture = _checkpoint_architecture(list(by_seed.values()), model_name)
     label = name or out.name
     weights = _weights(by_seed, architecture)
-    identities = {target.name: _identity(weights, architecture, target, templates, label) for target in targets}
+    identities = {target.name: _identity(weights, architecture, target, label) for target in targets}
     with output_lock(out):
         results, stale = _survey(out, targets, identities, overwrite)
         pending = [target for target in targets if target.name not in results]
         if pending:
             _forget_summary(out, targets)
-            results.update(_score_pending(by_seed, architecture, pending, templates, identities, label, out,
+            results.update(_score_pending(by_seed, architecture, pending, identities, label, out,
                                           resolve_device(device), batch_size, workers))
         for path in stale:
             path.unlink(missing_ok=True)
@@ -263,7 +281,7 @@ def _forget_summary(out: Path, targets: Sequence[Target]) -> None:
     partial_path(out / SUMMARY).unlink(missing_ok=True)
 
 
-def _score_pending(by_seed: dict, architecture: str, pending: list[Target], templates, identities: dict, label: str,
+def _score_pending(by_seed: dict, architecture: str, pending: list[Target], identities: dict, label: str,
                    out: Path, device: torch.device, batch_size: int, workers: int) -> dict:
     """Score every pending target with every checkpoint and publish each target as soon as all its seeds are in,
     so a failure or an interruption later in the suite keeps it. One model is held at a time; the one built last
@@ -280,9 +298,9 @@ def _score_pending(by_seed: dict, architecture: str, pending: list[Target], temp
                 built = None  # the previous model freed before the next is built
                 built = (seed, build_clip(architecture, str(by_seed[seed]), device=device))
                 references.setdefault(seed, built[1].reference.recorded_for(Path.cwd()).to_dict())
-            scores[seed], rows = zeroshot_scores(built[1], target.table, target.split, device=device, templates=templates,
+            scores[seed], rows = zeroshot_scores(built[1], target.table, target.split, device=device, templates=target.templates,
                                                  batch_size=batch_size, workers=workers)
-        provenance = {"run": label, "target": target.name, "role": target.role, "templates": list(templates),
+        provenance = {"run": label, "target": target.name, "role": target.role, "templates": list(target.templates),
                       "checkpoints": [references[seed] for seed in seeds], "suite_identity": identities[target.name]}
         # The JSON is renamed into place just before its predictions: a run killed in between leaves no
         # predictions (so the target counts as unfinished), never the new JSON beside the old predictions.
