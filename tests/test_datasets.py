@@ -215,6 +215,42 @@ def test_celeba_two_biases_give_multiceleba_eight_groups(celeba_root):
     assert table.group_counts().shape == (8, 3)
 
 
+def test_multiceleba_keeps_the_first_author_subsample_of_train_and_the_official_val_and_test(tmp_path):
+    from gcctl.datasets.celeba import MULTICELEBA_TRAIN_COUNTS
+
+    rng = np.random.default_rng(0)
+    cells = [cell for cell, count in MULTICELEBA_TRAIN_COUNTS.items() for _ in range((count or 30) + 7)]
+    cells = [cells[k] for k in rng.permutation(len(cells))]  # the cells interleaved in file order
+    splits = [0] * len(cells) + [1] * 40 + [2] * 40
+    cells += [tuple(int(v) for v in rng.integers(0, 2, 3)) for _ in range(80)]
+    frame = pd.DataFrame({"image_id": [f"{k:06d}.jpg" for k in range(len(cells))],
+                          "Young": [2 * young - 1 for young, _, _ in cells], "Male": [2 * male - 1 for _, male, _ in cells],
+                          "High_Cheekbones": [2 * cheeks - 1 for _, _, cheeks in cells]})
+    frame.to_csv(tmp_path / "list_attr_celeba.csv", index=False)
+    pd.DataFrame({"image_id": frame["image_id"], "partition": splits}).to_csv(tmp_path / "list_eval_partition.csv", index=False)
+
+    table = load_dataset("multiceleba", tmp_path)
+    kept = table.frame
+    train = kept[kept["split"] == "train"]
+    counts = train.groupby(["Young", "Male", "y"]).size().to_dict()
+    assert counts == {cell: count or 30 + 7 for cell, count in MULTICELEBA_TRAIN_COUNTS.items()}
+    assert sum(count for count in MULTICELEBA_TRAIN_COUNTS.values() if count) + 44528 == 66898  # the code's total
+    for cell, count in MULTICELEBA_TRAIN_COUNTS.items():  # the first of each cell in file order, as the code takes them
+        rows = frame.index[:len(frame) - 80][[cells[k] == cell for k in range(len(frame) - 80)]]
+        expected = frame["image_id"][rows[:count]] if count else frame["image_id"][rows]
+        in_cell = (train["Young"] == cell[0]) & (train["Male"] == cell[1]) & (train["y"] == cell[2])
+        assert train["id"][in_cell].tolist() == expected.tolist()
+    assert (kept["split"] != "train").sum() == 80 and table.dataset == "multiceleba"
+    assert table.class_names == ["not_High_Cheekbones", "High_Cheekbones"] and list(table.attributes) == ["Young", "Male"]
+
+
+def test_multiceleba_without_its_attributes_is_one_line(tmp_path):
+    pd.DataFrame({"image_id": ["000001.jpg"], "Young": [1], "Male": [-1]}).to_csv(tmp_path / "list_attr_celeba.csv", index=False)
+    pd.DataFrame({"image_id": ["000001.jpg"], "partition": [0]}).to_csv(tmp_path / "list_eval_partition.csv", index=False)
+    with pytest.raises(GcctlError, match="unknown CelebA attribute 'High_Cheekbones' in list_attr_celeba.csv"):
+        load_dataset("multiceleba", tmp_path)
+
+
 def test_unknown_celeba_attribute_suggests_close_names(celeba_root):
     with pytest.raises(GcctlError, match="unknown CelebA attribute 'Blond_Hiar'.*Blond_Hair"):
         load_dataset("celeba", celeba_root, target="Blond_Hiar")
@@ -366,7 +402,7 @@ def test_missing_files_lists_absent_images_up_to_the_limit(waterbirds_root):
 
 
 def test_registry_errors(tmp_path, waterbirds_root):
-    with pytest.raises(GcctlError, match="unknown dataset 'imagenet-c'; known: waterbirds, celeba, manifest, imagefolder"):
+    with pytest.raises(GcctlError, match="unknown dataset 'imagenet-c'; known: waterbirds, celeba, multiceleba, manifest, imagefolder"):
         load_dataset("imagenet-c", waterbirds_root)
     with pytest.raises(GcctlError, match="is not a directory"):
         load_dataset("waterbirds", tmp_path / "absent")

@@ -27,12 +27,47 @@ LAYOUT = (f"ROOT/{ATTRIBUTES_TXT}, ROOT/{PARTITION_TXT} and ROOT/{IMAGES}/ (offi
           f"or the .csv pair with ROOT/{IMAGES}/{IMAGES}/ (Kaggle)")
 
 
+# MultiCelebA (the GroupCoOp first author's benchmark of two biases): CelebA's High_Cheekbones against Young and
+# Male, trained on a fixed subsample of the official train split, validated and tested on the official splits.
+# Per (Young, Male, High_Cheekbones) cell, the first N of its official-train images in file order (None: all);
+# 66,898 images in all. Counts and rule from Nayeong-V-Kim/multiple_spurious_correlation_by_MOO,
+# data/multi_celebA_dataset.py, which takes them from the first 162,770 rows: the official train split.
+MULTICELEBA_TARGET, MULTICELEBA_BIASES = "High_Cheekbones", ("Young", "Male")
+MULTICELEBA_TRAIN_COUNTS = {
+    (1, 0, 1): None, (1, 1, 1): 2200, (0, 0, 1): 2200, (0, 1, 1): 110,
+    (1, 0, 0): 40, (1, 1, 0): 800, (0, 0, 0): 800, (0, 1, 0): 16220,
+}
+
+
 def load(root: Path, names: NameOverrides, *, target: str = "Blond_Hair", bias: tuple[str, ...] | str = ("Male",)) -> DatasetTable:
     biases = [bias] if isinstance(bias, str) else list(bias)
     if not biases:
         raise GcctlError("CelebA needs at least one bias attribute; pass --bias NAME (e.g. Male)")
     if target in biases:
         raise GcctlError(f"'{target}' is both the target and a bias; choose a different --bias")
+    return _table(root, names, _core(root, target, biases), target, biases, "celeba", f"CelebA under {root}")
+
+
+def load_multiceleba(root: Path, names: NameOverrides) -> DatasetTable:
+    """MultiCelebA: CelebA with its train split cut to the fixed subsample of `MULTICELEBA_TRAIN_COUNTS`."""
+    biases = list(MULTICELEBA_BIASES)
+    core = _core(root, MULTICELEBA_TARGET, biases)
+    train = core.index[core["split"] == 0]
+    cells = core.loc[train, ["Young", "Male", "y"]].itertuples(index=False, name=None)
+    taken = {cell: 0 for cell in MULTICELEBA_TRAIN_COUNTS}
+    keep = []
+    for row, cell in zip(train, cells):  # file order
+        limit = MULTICELEBA_TRAIN_COUNTS[cell]
+        if limit is None or taken[cell] < limit:
+            taken[cell] += 1
+            keep.append(row)
+    core = core.drop(index=train.difference(keep)).reset_index(drop=True)
+    return _table(root, names, core, MULTICELEBA_TARGET, biases, "multiceleba",
+                  f"MultiCelebA (CelebA's fixed train subsample) under {root}")
+
+
+def _core(root: Path, target: str, biases: list[str]) -> pd.DataFrame:
+    """id, path, split (0/1/2), y and one 0/1 column per bias, in the attribute file's row order."""
     attributes = _read_attributes(root, [target, *biases])
     partition = _read_partition(root)
     frame = attributes.merge(partition, on="image_id", how="left", validate="one_to_one")
@@ -40,7 +75,7 @@ def load(root: Path, names: NameOverrides, *, target: str = "Blond_Hair", bias: 
     if len(unsplit):
         raise GcctlError(f"{len(unsplit)} CelebA images have no split in the partition file (first: {unsplit.iloc[0]}); "
                          "use the partition file that comes with the attribute file")
-    core = pd.DataFrame({
+    return pd.DataFrame({
         "id": frame["image_id"],
         "path": _image_prefix(root) + frame["image_id"],
         "split": frame["split"].astype("int64"),
@@ -48,13 +83,17 @@ def load(root: Path, names: NameOverrides, *, target: str = "Blond_Hair", bias: 
         "y": (frame[target] > 0).astype("int64"),
         **{name: (frame[name] > 0).astype("int64") for name in biases},
     })
+
+
+def _table(root: Path, names: NameOverrides, core: pd.DataFrame, target: str, biases: list[str], dataset: str,
+           source: str) -> DatasetTable:
     return DatasetTable.build(
         core,
         root=root,
-        dataset="celeba",
+        dataset=dataset,
         class_names=pick_names(names.classes or names.attributes.get(target), _binary_names(target), f"target {target}"),
         attributes={name: pick_names(names.attributes.get(name), _binary_names(name), f"bias {name}") for name in biases},
-        source=f"CelebA under {root}",
+        source=source,
     )
 
 

@@ -23,6 +23,7 @@ from gcctl.errors import GcctlError
 DATASETS: dict[str, Callable[..., DatasetTable]] = {
     "waterbirds": waterbirds.load,
     "celeba": celeba.load,
+    "multiceleba": celeba.load_multiceleba,
     "manifest": manifest.load,
     "imagefolder": folders.load_imagefolder,
     "imagenet": imagenet.load_imagenet,
@@ -41,6 +42,7 @@ DATASETS: dict[str, Callable[..., DatasetTable]] = {
 LAYOUTS: dict[str, str] = {
     "waterbirds": waterbirds.LAYOUT,
     "celeba": celeba.LAYOUT,
+    "multiceleba": celeba.LAYOUT,
     "manifest": manifest.LAYOUT,
     "imagefolder": folders.IMAGEFOLDER_LAYOUT,
     "imagenet": imagenet.IMAGENET_LAYOUT,
