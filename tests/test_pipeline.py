@@ -254,7 +254,8 @@ def _write_jpegs(folder: Path, count: int, seed: int) -> None:
 
 
 def _imagenet_fixtures(root: Path) -> None:
-    """ImageNet and its four shift sets in their release layouts, a few random images of a few classes each."""
+    """ImageNet, its four shift sets, Caltech101 and PACS in their release layouts, a few random images of a few
+    classes each."""
     from gcctl.datasets.imagenet import imagenet_classes
 
     classes = imagenet_classes()
@@ -266,6 +267,11 @@ def _imagenet_fixtures(root: Path) -> None:
     for subset in ("imagenet_r", "imagenet_a"):
         for index, wnid in enumerate(classes[classes[subset] == 1]["wnid"][:2]):
             _write_jpegs(root / subset.replace("_", "-") / wnid, 2, 40 + index)
+    for index, name in enumerate(("accordion", "airplanes")):
+        _write_jpegs(root / "caltech101/101_ObjectCategories" / name, 2, 50 + index)
+    for index, domain in enumerate(("art_painting", "photo")):
+        for offset, name in enumerate(("dog", "horse")):
+            _write_jpegs(root / "pacs" / domain / name, 2, 60 + 2 * index + offset)
 
 
 @pytest.mark.slow
@@ -273,14 +279,17 @@ def _imagenet_fixtures(root: Path) -> None:
 def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(tmp_path):
     """`imagenet-vitb16` as a GPU runner would run it, with only the paths and the model swapped: a micro CLIP
     pretrained for one epoch on the tiny synthetic corpus instead of the fetched ViT-B/16, tiny fixtures in the
-    datasets' real layouts, one epoch. CIFAR-10 is left out: torchvision checks its files' md5 sums, which
-    fixtures cannot match (its reader is tested in-process in test_readers.py)."""
+    datasets' real layouts, one epoch. CIFAR-10, CIFAR-100 and STL10 are left out: torchvision checks their files'
+    md5 sums, which fixtures cannot match (their readers are tested in-process in test_readers.py)."""
     repo = _project_copy(tmp_path)
     _imagenet_fixtures(repo / "fixtures")
     params = _compose(["preset=imagenet-vitb16"])
     params.update({key: TINY_PARAMS[key] for key in ("synth", "pretrain", "fetch", "extract")})
-    del params["datasets"]["cifar10"]
-    params["transfer"]["target"] = [spec for spec in params["transfer"]["target"] if "cifar10" not in spec]
+    packed = ("cifar10", "cifar100", "stl10")
+    for name in packed:
+        del params["datasets"][name]
+    params["transfer"]["target"] = [spec for spec in params["transfer"]["target"]
+                                    if Path(spec.split("=")[1]).stem not in packed]
     for name, dataset in params["datasets"].items():
         dataset["root"] = "pipeline/data/waterbirds" if name == "waterbirds" else f"fixtures/{name}"
     params["finetune"]["seeds"] = [0]
@@ -294,6 +303,7 @@ def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(t
     assert all(f"| {run} |" in suites for run in ("zeroshot", "ft", "ft-wise", "starft", "starft-wise")), suites
     summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
     assert summary["targets"]["imagenet-r"] == {"role": "domain", "split": "test", "dataset": "imagenet-r"}
+    assert summary["targets"]["pacs"]["role"] == "group" and summary["targets"]["caltech101"]["role"] == "other"
     templates = {name: json.loads((repo / f"pipeline/transfer/starft/{name}.json").read_text())["provenance"]["templates"]
                  for name in ("imagenet-r", "waterbirds")}
     assert len(templates["imagenet-r"]) == 80 and templates["waterbirds"] == ["This is a picture of a {}."]
