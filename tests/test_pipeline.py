@@ -211,6 +211,17 @@ def test_presets_compose_into_a_complete_pipeline(preset):
         assert params["extract"]["pretrained"] == f"pipeline/models/{name}/model.pt"
 
 
+@pytest.mark.parametrize("model", sorted(path.stem for path in (REPO / "conf/model").glob("*.yaml") if path.stem != "tiny"))
+def test_each_model_config_fetches_an_architecture_and_weights_open_clip_knows(model):
+    import open_clip
+
+    params = _compose([f"model={model}"])
+    (name, fetch), = params["fetch"]["runs"].items()
+    assert fetch["model"] in open_clip.list_models() and fetch["pretrained"] in open_clip.list_pretrained_tags_by_model(fetch["model"])
+    assert params["extract"] == {**params["extract"], "model": fetch["model"], "pretrained": f"pipeline/models/{name}/model.pt"}
+    assert params["pretrain"]["runs"] == {}
+
+
 # The StarFT authors' fine-tuning (alinlab/StarFT: scripts/train.sh, src/args.py, clip/clip.py's training crop).
 AUTHORS_FINETUNING = {"epochs": 10, "batch_size": 512, "lr": 1e-5, "weight_decay": 0.1, "warmup": 500, "augment": True,
                       "crop_scale": 0.9, "select_by": "last"}
