@@ -131,6 +131,19 @@ def test_groupcoop_beats_coop_on_worst_group(tmp_path, spurious):
     assert wga["groupcoop"] > wga["coop"] + 0.2
 
 
+def test_groupcoop_vector_ablation_learns_free_embeddings_started_at_the_prompts(tmp_path, spurious):
+    options = {"epochs": 4, "init": "words"}
+    train_run(spurious, "groupcoop", tmp_path / "prompt", options={**options, "epochs": 1})
+    train_run(spurious, "groupcoop", tmp_path / "vector", options={**options, "learn": "vector"})
+    prompt, vector = (torch.load(tmp_path / name / "params.pt", weights_only=True)[0] for name in ("prompt", "vector"))
+    assert set(vector["learned"]) == {"vectors"} and set(prompt["learned"]) == {"contexts"}
+    assert vector["learned"]["vectors"].shape == vector["classifier"]["weight"].shape  # one per (class, group)
+    assert json.loads((tmp_path / "vector" / "selection.json").read_text())["0"]["learn"] == "vector"
+    assert evaluate_run(tmp_path / "vector", "test")["acc_avg"]["mean"] > 0.6
+    with pytest.raises(GcctlError, match="--learn 'linear' is unknown; choose one of prompt, vector"):
+        make_config("groupcoop", {"learn": "linear"})
+
+
 def assert_same_params(run_a, run_b, seed=0):
     a, b = (torch.load(run / "params.pt", weights_only=True)[seed] for run in (run_a, run_b))
     for part in ("classifier", "learned"):

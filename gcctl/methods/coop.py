@@ -31,6 +31,7 @@ from gcctl.settings import override, setting
 
 TARGETS = ("prompt", "class")
 INITS = ("coop", "words")
+LEARNS = ("prompt", "vector")
 
 
 @dataclass
@@ -50,6 +51,9 @@ class GroupCoOpConfig(CoOpConfig):
                           "sample's (class, group) prompt the target) or class (on the aggregated class scores).")
     init: str = setting("coop", choices=INITS, help="Contexts start from: coop (a CoOp context trained first on the "
                         "same data) or words (--ctx-init).")
+    learn: str = setting("prompt", choices=LEARNS, help="What each (class, group) learns: prompt (a context read "
+                         "through the frozen text tower: GroupCoOp) or vector (a free embedding started from that "
+                         "prompt's text embedding: the paper's linear-classifier ablation).")
 
 
 class PromptScorer(nn.Module):
@@ -79,7 +83,23 @@ class PromptScorer(nn.Module):
         )
 
     def learned(self) -> dict:
-        return {"contexts": self.learner.contexts.detach().clone()}
+        return self.learner.learned()
+
+
+class VectorLearner(nn.Module):
+    """One free text-side embedding per prompt, started from `initial` (the prompts' text embeddings): GroupCoOp's
+    ablation that keeps its group-wise classifiers and objective but learns no prompt, so the text tower's prior
+    shapes only the start."""
+
+    def __init__(self, initial: torch.Tensor):
+        super().__init__()
+        self.vectors = nn.Parameter(initial.detach().float().clone())
+
+    def forward(self) -> torch.Tensor:
+        return self.vectors
+
+    def learned(self) -> dict:
+        return {"vectors": self.vectors.detach().clone()}
 
 
 def _learner(bundle, names: list[str], context_of: list[int], config: CoOpConfig, seed: int) -> PromptLearner:
@@ -113,7 +133,7 @@ def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bun
     unit, unit_group = group_units(data.train.group)
     unit_class = torch.from_numpy(data.vocabulary.class_of(unit_group.cpu().numpy())).to(device)
     learner = _learner(bundle, [words[c] for c in unit_class.tolist()], list(range(len(unit_class))), config, seed)
-    init_log = {"init": config.init}
+    init_log = {"init": config.init, "learn": config.learn}
     if config.init == "coop":
         coop_config = CoOpConfig(**{f.name: getattr(config, f.name) for f in fields(CoOpConfig)})
         coop = fit_coop(data, coop_config, seed=seed, bundle=bundle, device=device)
@@ -121,6 +141,9 @@ def fit_groupcoop(data: TrainingData, config: GroupCoOpConfig, *, seed: int, bun
         with torch.no_grad():
             learner.contexts.copy_(coop.learned["contexts"][class_context[unit_class]])
         init_log["coop_selection"] = {key: coop.selection[key] for key in ("best_epoch", "best_value")}
+    if config.learn == "vector":
+        with torch.no_grad():
+            learner = VectorLearner(learner())
     scorer = PromptScorer(learner, unit_class, num_classes, logit_scale(bundle.model), config.aggregation)
     if config.target == "prompt":
         loss_fn = cross_entropy_loss(unit)

@@ -213,3 +213,7 @@ class PromptLearner(nn.Module):
         index = self.ctx_positions.unsqueeze(-1).expand(-1, -1, ctx.shape[-1])
         embeddings = self.base_embeddings.scatter(1, index, ctx)
         return self.tower(embeddings, self.tokens)
+
+    def learned(self) -> dict:
+        """What training changed, as a run's params.pt keeps it."""
+        return {"contexts": self.contexts.detach().clone()}
