@@ -324,6 +324,35 @@ def test_the_imagenet_preset_runs_starfts_protocol_end_to_end_on_tiny_fixtures(t
     assert run["config"]["warmup"] == 500 and run["config"]["augment"] and run["select_by"] == "last"
 
 
+@pytest.mark.slow
+@needs_clis
+@pytest.mark.parametrize("preset, source, group", [
+    ("waterbirds-vitb16", "waterbirds", None),
+    ("celeba-vitb16", "celeba", "multiceleba"),
+])
+def test_the_real_data_presets_fine_tune_and_transfer_end_to_end_on_tiny_fixtures(tmp_path, preset, source, group):
+    """A preset as a GPU runner runs it up to its transfer report, with only the roots and the model swapped: the
+    tiny synthetic world's benchmarks in the datasets' real layouts (its CelebA files carry all 40 attributes)
+    and a micro CLIP pretrained for one epoch; one epoch of batch 4."""
+    repo = _project_copy(tmp_path)
+    params = _compose([f"preset={preset}"])
+    params.update({key: TINY_PARAMS[key] for key in ("synth", "pretrain", "fetch", "extract")})
+    for name, dataset in params["datasets"].items():
+        dataset["root"] = "pipeline/data/waterbirds" if dataset["layout"] == "waterbirds" else "pipeline/data/multiceleba"
+    params["finetune"]["seeds"] = [0]
+    for run in params["finetune"]["runs"].values():
+        run.update(epochs=1, batch_size=4, lr=0.001)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    _run("dvc", "repro", "report_transfer", cwd=repo)
+
+    summary = json.loads((repo / "pipeline/transfer/starft/summary.json").read_text())
+    assert summary["targets"][source]["role"] == "source"
+    assert group is None or summary["targets"][group]["role"] == "group"
+    run = json.loads((repo / f"pipeline/finetuned/{source}/starft/seed-0/summary.json").read_text())
+    assert run["config"]["warmup"] == 500 and run["select_by"] == "last" and run["config"]["lambda_schedule"] == "paper"
+
+
 def test_dvc_ignores_the_wall_clock_beside_outputs():
     """A run's `<run>.timings.json` sits inside pipeline/runs/<dataset>, a dependency of evaluate@<dataset>: DVC must
     not hash it, or every retraining would change that dependency and dvc.lock."""
