@@ -330,3 +330,29 @@ def test_the_eval_transform_cut_in_two_stages_gives_the_same_input_bit_for_bit(s
     decoded = torch.stack([pixels(image) for image in images])
     assert decoded.dtype == torch.uint8 and decoded.shape == (4, 3, 32, 32)
     assert torch.equal(normalized(decoded), torch.stack([bundle.preprocess(image) for image in images]))
+
+
+def _without_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is None
+
+
+@pytest.mark.skipif(not _without_transformers(), reason="transformers is installed")
+@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "roberta-ViT-B-32"])
+def test_a_hugging_face_family_without_transformers_names_the_extra_in_one_line(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GcctlError, match=rf"^model {name} needs Hugging Face's transformers .* pip install 'gcctl\[hf\]'$"):
+        build_clip(name, "none")
+
+
+def test_a_hugging_face_tokenizer_missing_offline_names_the_cache_in_one_line(monkeypatch):
+    import open_clip
+
+    def offline(name, *args, **kwargs):
+        raise OSError(f"We couldn't connect to the hub to load the files of {name}, and couldn't find them in the cache")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    with pytest.raises(GcctlError, match=r"tokenizer \(timm/ViT-B-16-SigLIP\) is not in the Hugging Face cache .* HF_HOME"):
+        build_clip("ViT-B-16-SigLIP", "none")

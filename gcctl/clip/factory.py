@@ -89,12 +89,14 @@ def build_from_reference(
 
 
 def _bundle(source: WeightsSource, device: torch.device, seed: int) -> ClipBundle:
-    model = _instantiate(source, device, seed)
+    with _hugging_face_parts(source):
+        model = _instantiate(source, device, seed)
     model.eval()
-    network = hub_access() if source.tokenizer.startswith(HF_HUB) else contextlib.nullcontext()
+    hf_tokenizer = source.tokenizer.startswith(HF_HUB) or _hf_tokenizer_name(source)
+    network = hub_access() if hf_tokenizer else contextlib.nullcontext()
     tokenizer = word_tokenizer(source.architecture) if not source.tokenizer else None
     if tokenizer is None:
-        with quiet_open_clip(), network:
+        with quiet_open_clip(), network, _hugging_face_parts(source, tokenizing=bool(hf_tokenizer)):
             tokenizer = open_clip.get_tokenizer(source.tokenizer or source.architecture)
     preprocess_cfg = model.visual.preprocess_cfg
     reference = ModelRef(
@@ -117,6 +119,29 @@ def _bundle(source: WeightsSource, device: torch.device, seed: int) -> ClipBundl
             "context_length": tokenizer.context_length,
         },
     )
+
+
+def _hf_tokenizer_name(source: WeightsSource) -> str:
+    return source.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name") or ""
+
+
+@contextlib.contextmanager
+def _hugging_face_parts(source: WeightsSource, tokenizing: bool = False):
+    """The families whose tokenizer or text tower open_clip takes from Hugging Face (SigLIP, SigLIP2, RoBERTa
+    and NLLB towers): without `transformers`, or (`tokenizing`) offline with the tokenizer not cached, one line."""
+    try:
+        yield
+    except (ImportError, RuntimeError) as error:
+        if "transformers" not in f"{getattr(error, 'name', '')} {error}":
+            raise
+        raise GcctlError(f"model {source.name} needs Hugging Face's transformers (its tokenizer or text tower); "
+                         "install it with pip install 'gcctl[hf]'") from None
+    except OSError:
+        if not tokenizing:
+            raise
+        raise GcctlError(f"model {source.name}'s tokenizer ({_hf_tokenizer_name(source) or source.tokenizer}) is not "
+                         "in the Hugging Face cache and the hub cannot be reached; fetch it once online, or set "
+                         "HF_HOME to a cache that holds it") from None
 
 
 def _instantiate(source: WeightsSource, device: torch.device, seed: int) -> torch.nn.Module:
