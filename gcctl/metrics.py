@@ -281,3 +281,82 @@ def read_predictions(path: str | os.PathLike) -> tuple["pd.DataFrame", GroupVoca
         raise GcctlError(f"{path} is not a predictions file of `gcctl evaluate`; pass the *{PREDICTIONS_SUFFIX} it wrote")
     vocabulary = GroupVocabulary.from_dict(json.loads(described).get("vocabulary", {}), str(path))
     return arrow.to_pandas(), vocabulary
+
+
+# ---------------------------------------------------------------------------- intervals and paired comparisons
+
+BOOTSTRAP_RESAMPLES = 1000
+INTERVAL_LEVEL = 0.95
+INTERVAL_KEYS = ("acc_wg", "acc_avg")  # the metrics given an interval and compared in pairs
+_BOOTSTRAP_SEED = 0  # fixed: a report is a pure function of its predictions
+
+
+def _correct_by_seed(frame: "pd.DataFrame") -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(seed keys, ids [N], correct [S, N], group [N]) with the samples in id order, the same in every seed."""
+    seeds, ids, correct, group = [], None, [], None
+    for seed, rows in frame.groupby("seed", sort=True, dropna=False):
+        rows = rows.sort_values("id", kind="stable")
+        if ids is None:
+            ids, group = rows["id"].to_numpy(), rows["group"].to_numpy(dtype=np.int64)
+        elif len(rows) != len(ids) or (rows["id"].to_numpy() != ids).any():
+            raise GcctlError(f"seed {seed_key(seed)} of the predictions scored other samples than the first seed; "
+                             "evaluate every seed on the same split")
+        seeds.append(seed_key(seed))
+        correct.append((rows["pred"].to_numpy() == rows["y"].to_numpy()).astype(np.float64))
+    return seeds, ids, np.stack(correct), group
+
+
+def _resampled_metrics(correct: np.ndarray, group: np.ndarray, resamples: int) -> dict[str, np.ndarray]:
+    """acc_wg and acc_avg [resamples + 1, S]: row 0 the samples as they are, then resamples drawn with replacement
+    within each group (so every group keeps its size), the same draws for every seed (and every run compared)."""
+    rng = np.random.default_rng(_BOOTSTRAP_SEED)
+    accuracies, sizes = [], []
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        counts = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=resamples)
+        counts = np.vstack([np.ones(len(members)), counts])  # row 0: each sample once
+        accuracies.append(counts @ correct[:, members].T / len(members))  # [B + 1, S]
+        sizes.append(len(members))
+    by_group = np.stack(accuracies, axis=-1)  # [B + 1, S, G]
+    return {"acc_wg": by_group.min(axis=-1), "acc_avg": by_group @ np.asarray(sizes, dtype=np.float64) / sum(sizes)}
+
+
+def _over_seeds(values: np.ndarray) -> np.ndarray:
+    """[B + 1] from [B + 1, S]: row 0 the mean over the seeds, then each resample's mean over seeds drawn with
+    replacement (one seed: the seed itself), so the interval spans the samples and the seeds."""
+    rng = np.random.default_rng(_BOOTSTRAP_SEED + 1)
+    drawn = rng.integers(0, values.shape[1], size=(len(values) - 1, values.shape[1]))
+    return np.concatenate([[values[0].mean()], np.take_along_axis(values[1:], drawn, axis=1).mean(axis=1)])
+
+
+def _interval(samples: np.ndarray) -> list[float]:
+    tail = (1 - INTERVAL_LEVEL) / 2
+    return [float(np.quantile(samples, tail)), float(np.quantile(samples, 1 - tail))]
+
+
+def bootstrap_intervals(frame: "pd.DataFrame", resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """95% percentile intervals of worst-group and average accuracy from one run's predictions: per seed over
+    the test samples (resampled within each group), and over seeds and samples together."""
+    seeds, _, correct, group = _correct_by_seed(frame)
+    resampled = _resampled_metrics(correct, group, resamples)
+    return {key: {"over_seeds": _interval(_over_seeds(values)[1:]),
+                  "per_seed": {seed: _interval(values[1:, s]) for s, seed in enumerate(seeds)}}
+            for key, values in resampled.items()}
+
+
+def paired_comparison(frame_a: "pd.DataFrame", frame_b: "pd.DataFrame", resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """Run A minus run B on the same test samples: for worst-group and average accuracy, the difference of their
+    means over seeds, its 95% interval and a two-sided p-value from a paired bootstrap (each resample draws the
+    same samples for both runs; a run's seeds are resampled as in `bootstrap_intervals`)."""
+    _, ids_a, correct_a, group = _correct_by_seed(frame_a)
+    _, ids_b, correct_b, _ = _correct_by_seed(frame_b)
+    if len(ids_a) != len(ids_b) or (ids_a != ids_b).any():
+        raise GcctlError("the two runs were scored on different samples; compare runs evaluated on the same split")
+    a, b = (_resampled_metrics(correct, group, resamples) for correct in (correct_a, correct_b))
+    compared = {}
+    for key in INTERVAL_KEYS:
+        difference = _over_seeds(a[key]) - _over_seeds(b[key])
+        resampled = difference[1:]
+        p_value = min(1.0, 2 * min(float(np.mean(resampled <= 0)), float(np.mean(resampled >= 0))))
+        compared[key] = {"difference": float(difference[0]), "interval": _interval(resampled), "p_value": p_value}
+    return compared

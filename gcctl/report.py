@@ -21,8 +21,16 @@ from rich.table import Table
 
 from gcctl.curves import CURVE_DIR, read_seeded_curve
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_directory, atomic_path, check_output, read_json
-from gcctl.metrics import METRIC_KEYS
+from gcctl.files import atomic_directory, atomic_path, check_output, read_json, write_json
+from gcctl.metrics import (
+    INTERVAL_KEYS,
+    INTERVAL_LEVEL,
+    METRIC_KEYS,
+    bootstrap_intervals,
+    paired_comparison,
+    predictions_path,
+    read_predictions,
+)
 
 REPORT_TABLE = "results.md"  # in every report folder; its first sentence is how `gcctl report` knows its own
 _RUNS_OPENING = "Accuracy in % on the "
@@ -64,6 +72,75 @@ def percent(stat: dict) -> str:
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
 
 
+def with_interval(metrics: dict, key: str) -> str:
+    """'87.1 ± 1.2 [85.0, 89.1]': the mean ± std over seeds and, where the run's predictions gave one, the
+    bootstrap interval over seeds and test samples (`attach_intervals`)."""
+    interval = metrics.get("interval", {}).get(key)
+    text = percent(metrics[key])
+    return text if interval is None else f"{text} [{100 * interval['over_seeds'][0]:.1f}, {100 * interval['over_seeds'][1]:.1f}]"
+
+
+def attach_intervals(runs: list[dict], metrics_paths: Sequence[str | os.PathLike]) -> None:
+    """Each run's bootstrap intervals (`gcctl.metrics.bootstrap_intervals`) from the predictions beside its metrics
+    file, as `interval` (in memory: the metrics file stays as `gcctl evaluate` wrote it); none without them."""
+    for metrics, path in zip(runs, metrics_paths):
+        predictions = predictions_path(path)
+        if predictions.is_file():
+            metrics["interval"] = bootstrap_intervals(read_predictions(predictions)[0])
+            metrics["predictions"] = str(predictions)
+
+
+def compare_runs(runs: list[dict], pairs: Sequence[str]) -> list[dict]:
+    """`A:B` pairs of run names → paired comparisons of A minus B (`gcctl.metrics.paired_comparison`)."""
+    by_name = {label(metrics): metrics for metrics in runs}
+    compared = []
+    for pair in pairs:
+        first, sep, second = pair.partition(":")
+        if not sep or first not in by_name or second not in by_name:
+            raise GcctlError(f"--compare '{pair}' is not A:B of two reported runs (the runs: {', '.join(by_name)})")
+        missing = [name for name in (first, second) if "predictions" not in by_name[name]]
+        if missing:
+            raise GcctlError(f"--compare '{pair}': run {missing[0]} has no predictions beside its metrics file; "
+                             "evaluate it again with `gcctl evaluate`")
+        frames = [read_predictions(by_name[name]["predictions"])[0] for name in (first, second)]
+        compared.append({"a": first, "b": second, **paired_comparison(*frames)})
+    return compared
+
+
+def _p_value_text(p_value: float) -> str:
+    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
+
+
+def comparisons_markdown(compared: list[dict]) -> str:
+    lines = [f"\nPaired comparisons (A − B on the same test samples; {INTERVAL_LEVEL:.0%} interval and p-value "
+             "from a paired bootstrap over samples and seeds):\n",
+             "| A | B | " + " | ".join(f"{_HEADERS[key]} difference | p" for key in INTERVAL_KEYS) + " |",
+             "|---|---|" + "---:|---:|" * len(INTERVAL_KEYS)]
+    for row in compared:
+        cells = [row["a"], row["b"]]
+        for key in INTERVAL_KEYS:
+            low, high = row[key]["interval"]
+            cells += [f"{100 * row[key]['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", _p_value_text(row[key]["p_value"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparisons_table(compared: list[dict]) -> Table:
+    table = Table(title="A − B, paired bootstrap (percentage points)")
+    table.add_column("A")
+    table.add_column("B")
+    for key in INTERVAL_KEYS:
+        table.add_column(f"{_HEADERS[key]} diff", justify="right")
+        table.add_column("p", justify="right")
+    for row in compared:
+        cells = [row["a"], row["b"]]
+        for key in INTERVAL_KEYS:
+            low, high = row[key]["interval"]
+            cells += [f"{100 * row[key]['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", _p_value_text(row[key]["p_value"])]
+        table.add_row(*cells)
+    return table
+
+
 def seeds_text(seeds: list) -> str:
     """'0,1,2'; '-' stands for a model without a known seed."""
     return ",".join("-" if seed is None else str(seed) for seed in seeds)
@@ -93,13 +170,13 @@ def group_supervision_text(metrics: dict) -> str:
 
 
 def comparison_table(runs: list[dict]) -> Table:
-    table = Table(title="accuracy % (mean ± std over seeds)")
+    table = Table(title=f"accuracy % (mean ± std over seeds [{INTERVAL_LEVEL:.0%} bootstrap interval])")
     table.add_column("run")
     table.add_column("group labels")
     for key in METRIC_KEYS:
         table.add_column(_HEADERS[key], justify="right")
     for metrics in runs:
-        table.add_row(label(metrics), group_supervision_text(metrics), *(percent(metrics[key]) for key in METRIC_KEYS))
+        table.add_row(label(metrics), group_supervision_text(metrics), *(with_interval(metrics, key) for key in METRIC_KEYS))
     return table
 
 
@@ -250,7 +327,7 @@ def plot_sweep(runs: list[dict], path: str | os.PathLike) -> None:
 def write_sweep_report(runs: list[dict], out: Path) -> dict:
     """`results.md` and `sweep.png` of a K sweep, written as the folder `out` (already checked)."""
     written = _write_plot_and_table(out, "sweep.png", lambda path: plot_sweep(runs, path), sweep_markdown(runs))
-    return {"runs": runs, **written}
+    return {"runs": runs, "sweep": True, **written}
 
 
 def markdown_table(runs: list[dict]) -> str:
@@ -262,10 +339,11 @@ def markdown_table(runs: list[dict]) -> str:
     for metrics in runs:
         provenance = metrics["provenance"]
         cells = [label(metrics), provenance["method"], group_supervision_text(metrics), seeds_text(provenance["seeds"])]
-        lines.append("| " + " | ".join(cells + [percent(metrics[key]) for key in METRIC_KEYS]) + " |")
-    return (f"{_RUNS_OPENING}{split} split, mean ± std over seeds. Group labels: the splits whose true group "
-            "labels the run used, to train, balance or keep its best epoch (pseudo-labels count as what their "
-            "strategy read).\n\n" + "\n".join(lines) + "\n")
+        lines.append("| " + " | ".join(cells + [with_interval(metrics, key) for key in METRIC_KEYS]) + " |")
+    return (f"{_RUNS_OPENING}{split} split, mean ± std over seeds; in brackets, where the predictions were there, "
+            f"the {INTERVAL_LEVEL:.0%} bootstrap interval over seeds and test samples (resampled within each group). "
+            "Group labels: the splits whose true group labels the run used, to train, balance or keep its best "
+            "epoch (pseudo-labels count as what their strategy read).\n\n" + "\n".join(lines) + "\n")
 
 
 def _save(figure, path: Path) -> None:
@@ -435,13 +513,14 @@ def check_one_dataset(runs: list[dict]) -> None:
 
 
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
-                 readme: str | os.PathLike | None = None) -> dict:
+                 readme: str | os.PathLike | None = None, compare: Sequence[str] = ()) -> dict:
     """Per-group accuracy chart, training curves and Markdown table of the evaluated runs (of one dataset and
     split), written as the folder `out`; for runs trained with `--minority-per-group`, the K sweep
     (`write_sweep_report`: runs of one name at each K, and without it); for transfer suite summaries, their
     comparison (`write_suite_report`).
     An earlier report at `out` is replaced only with `overwrite`, a folder holding anything else never
-    (`check_report_out`; `readme`, the file the caller will update, must lie outside `out`)."""
+    (`check_report_out`; `readme`, the file the caller will update, must lie outside `out`). Runs get bootstrap
+    intervals from their predictions; `compare` (`A:B` run names) adds paired comparisons."""
     check_report_out(out, overwrite, readme=readme, inputs=metrics_paths)
     documents = [read_json(path) for path in metrics_paths if Path(path).is_file()]
     if documents and all(is_suite_summary(document) for document in documents) and len(documents) == len(metrics_paths):
@@ -454,12 +533,19 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     out = Path(out)
     if any(metrics["provenance"].get("minority_per_group") is not None for metrics in runs):
         return write_sweep_report(runs, out)
+    attach_intervals(runs, metrics_paths)
+    compared = compare_runs(runs, compare)
+    markdown = markdown_table(runs) + (comparisons_markdown(compared) if compared else "")
     names = {"per_group": "per_group.png", "curves": "curves.png", "table": REPORT_TABLE}
     with atomic_directory(out) as staging:
         plot_per_group(runs, staging / names["per_group"])
         plot_curves({label(m): read_curve(m["provenance"]["run_dir"]) for m in runs}, staging / names["curves"])
-        (staging / names["table"]).write_text(markdown_table(runs), encoding="utf-8")
-    return {"runs": runs, "paths": {key: str(out / name) for key, name in names.items()}}
+        (staging / names["table"]).write_text(markdown, encoding="utf-8")
+        if compared:
+            names["comparisons"] = "comparisons.json"
+            write_json(staging / names["comparisons"], compared)
+    return {"runs": runs, "comparisons": compared, "markdown": markdown,
+            "paths": {key: str(out / name) for key, name in names.items()}}
 
 
 def update_readme(readme: str | os.PathLike, section: str, markdown: str) -> None:

@@ -1,6 +1,7 @@
 """The feature-based methods on tiny stores of made-up features, with the `gcctl-micro` model."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -321,6 +322,17 @@ def test_cli_train_evaluate_report(tmp_path, spurious):
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| linear | linear | val | 0,1 |" in table and "| groupcoop | groupcoop | train + val | 0,1 |" in table
     assert all((tmp_path / "report" / name).stat().st_size > 0 for name in ("per_group.png", "curves.png"))
+    assert re.search(r"\| linear \| linear \| val \| 0,1 \| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\] \|", table)
+    result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), str(tmp_path / "groupcoop.json"), "--out",
+                                 str(tmp_path / "compared"), "--compare", "groupcoop:linear"])
+    assert result.exit_code == 0, result.output
+    compared = json.loads((tmp_path / "compared" / "comparisons.json").read_text())
+    assert [(row["a"], row["b"]) for row in compared] == [("groupcoop", "linear")]
+    low, high = compared[0]["acc_wg"]["interval"]
+    assert low <= compared[0]["acc_wg"]["difference"] <= high and 0 <= compared[0]["acc_wg"]["p_value"] <= 1
+    assert "| groupcoop | linear | " in (tmp_path / "compared" / "results.md").read_text()
+    result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), "--out", str(tmp_path / "bad"), "--compare", "linear:dfr"])
+    assert isinstance(result.exception, GcctlError) and "not A:B of two reported runs (the runs: linear)" in str(result.exception)
     result = runner.invoke(app, ["train", "--features", str(spurious), "--method", "linear", "--seeds", "a", "--out", str(tmp_path / "x")])
     assert isinstance(result.exception, GcctlError)
 

@@ -126,3 +126,45 @@ def test_evaluation_is_written_with_predictions_that_recompute_its_metrics(tmp_p
     assert sorted(path.name for path in tmp_path.iterdir()) == ["run.json", "run.predictions.parquet"]
     with pytest.raises(GcctlError, match="not found"):
         read_predictions(tmp_path / "absent.parquet")
+
+
+def _predictions(correct_rate, *, seeds=(0, 1, 2), n=300, seed=0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    group = 2 * y + (np.arange(n) // 2) % 2
+    blocks = []
+    for s in seeds:
+        right = rng.random(n) < np.where(group == 3, correct_rate - 0.2, correct_rate)
+        blocks.append(pd.DataFrame({"id": [f"{i:04d}" for i in range(n)], "y": y, "group": group,
+                                    "seed": pd.array([s] * n, dtype="Int64"), "pred": np.where(right, y, 1 - y)}))
+    return pd.concat(blocks, ignore_index=True)
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_are_a_function_of_the_predictions():
+    from gcctl.metrics import bootstrap_intervals
+
+    frame = _predictions(0.85)
+    intervals = bootstrap_intervals(frame)
+    assert intervals == bootstrap_intervals(frame)  # fixed draws: a report is reproducible
+    for key in ("acc_wg", "acc_avg"):
+        per_seed = [metrics(*(rows[c].to_numpy() for c in ("pred", "y", "group")))[key] for _, rows in frame.groupby("seed")]
+        low, high = intervals[key]["over_seeds"]
+        assert low < np.mean(per_seed) < high and high - low < 0.3
+        for s, value in zip("012", per_seed):
+            assert intervals[key]["per_seed"][s][0] <= value <= intervals[key]["per_seed"][s][1]
+    perfect = _predictions(1.2)  # every sample right: no resample can say otherwise
+    assert bootstrap_intervals(perfect)["acc_wg"]["over_seeds"] == [1.0, 1.0]
+
+
+def test_a_paired_comparison_finds_a_real_gap_and_none_between_a_run_and_itself():
+    from gcctl.metrics import paired_comparison
+
+    better, worse = _predictions(0.95, seed=1), _predictions(0.75, seed=2)
+    gap = paired_comparison(better, worse)
+    assert gap["acc_avg"]["difference"] > 0.1 and gap["acc_avg"]["interval"][0] > 0 and gap["acc_avg"]["p_value"] < 0.01
+    same = paired_comparison(worse, worse)
+    assert same["acc_wg"] == {"difference": 0.0, "interval": [0.0, 0.0], "p_value": 1.0}
+    with pytest.raises(GcctlError, match="scored on different samples"):
+        paired_comparison(better, _predictions(0.9, n=200))

@@ -25,6 +25,9 @@ def report(
     every_image: Annotated[Optional[Path], typer.Option(
         "--every-image", metavar="DIR", help="For a K sweep: the folder of `gcctl evaluate` metrics of the same runs "
         "trained on every image (DIR/RUN.json), the sweep's 'all' column.")] = None,
+    compare: Annotated[Optional[list[str]], typer.Option(
+        "--compare", metavar="A:B", help="Also compare run A with run B (their names, e.g. groupcoop:linear) on the "
+        "same test samples: the difference with its interval and a paired-bootstrap p-value; repeat for more pairs.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; runs trained
@@ -39,7 +42,7 @@ def report(
     """
     from gcctl.report import (
         comparison_table,
-        markdown_table,
+        comparisons_table,
         suite_table,
         sweep_table,
         update_readme,
@@ -48,9 +51,9 @@ def report(
 
     if every_image is not None:  # evaluate names each metrics file after its run
         metrics = [*metrics, *(every_image / f"{name}.json" for name in dict.fromkeys(path.stem for path in metrics))]
-    written = write_report(metrics, out, overwrite=overwrite, readme=readme)
+    written = write_report(metrics, out, overwrite=overwrite, readme=readme, compare=compare or [])
     if readme is not None:
-        update_readme(readme, out.name, written["markdown"] if "markdown" in written else markdown_table(written["runs"]))
+        update_readme(readme, out.name, written["markdown"])
     if as_json:
         typer.echo(json.dumps(written["paths"], indent=2))
         return
@@ -60,7 +63,9 @@ def report(
     if "suites" in written:
         tables = [suite_table(summary) for summary in written["suites"]]
     else:
-        tables = [(sweep_table if "markdown" in written else comparison_table)(written["runs"])]
+        tables = [(sweep_table if written.get("sweep") else comparison_table)(written["runs"])]
+        if written.get("comparisons"):
+            tables.append(comparisons_table(written["comparisons"]))
     for table in tables:
         console.print(table)
     for path in written["paths"].values():
