@@ -6,6 +6,7 @@
 - `acc_adj_avg`: group accuracies weighted by the TRAIN split's group proportions (group_DRO / WILDS
   Waterbirds convention), so a test split with balanced groups still reflects the training distribution.
 - `acc_balanced`: mean per-class recall.
+- `acc_worst_class`: the lowest per-class recall (needs no group label).
 - `per_group`: {group name: {"acc", "n"}}.
 
 Groups with no sample in the evaluated split are left out of every group-based metric and of `per_group`;
@@ -43,9 +44,10 @@ from gcctl.files import (
 if TYPE_CHECKING:
     import pandas as pd
 
-METRIC_KEYS = ("acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced")
-# The validation metrics that may pick a trained epoch (`--select-by`).
-SELECT_BY = ("acc_wg", "acc_avg")
+METRIC_KEYS = ("acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced", "acc_worst_class")
+# The validation metrics that may pick a trained epoch (`--select-by`); acc_wg alone reads validation group
+# labels, acc_worst_class is SubpopBench's rule without them.
+SELECT_BY = ("acc_wg", "acc_avg", "acc_worst_class")
 
 
 def compute_metrics(
@@ -85,6 +87,7 @@ def compute_metrics(
         "acc_mean_group": float(group_acc.mean()),
         "acc_adj_avg": float(np.dot(train_weights, group_acc) / train_weights.sum()),
         "acc_balanced": float(np.mean(class_correct[classes] / class_n[classes])),
+        "acc_worst_class": float(np.min(class_correct[classes] / class_n[classes])),
         "per_group": {
             groups.names[g]: {"acc": float(acc), "n": int(group_n[g])} for g, acc in zip(present, group_acc)
         },

@@ -44,6 +44,7 @@ _HEADERS = {
     "acc_mean_group": "mean-group",
     "acc_adj_avg": "adjusted avg",
     "acc_balanced": "balanced",
+    "acc_worst_class": "worst-class",
 }
 
 
@@ -167,6 +168,12 @@ def group_supervision_text(metrics: dict) -> str:
     if splits is None:
         return "–"
     return " + ".join(splits) if splits else "none"
+
+
+def selection_text(metrics: dict) -> str:
+    """What kept the run's epoch: 'val worst-group', 'val worst-class', …; '–' for a method that keeps none."""
+    rule = metrics["provenance"].get("select_by")
+    return "–" if rule is None else f"val {_HEADERS.get(rule, rule)}"
 
 
 def comparison_table(runs: list[dict]) -> Table:
@@ -333,17 +340,19 @@ def write_sweep_report(runs: list[dict], out: Path) -> dict:
 def markdown_table(runs: list[dict]) -> str:
     split = runs[0]["provenance"]["split"]
     lines = [
-        f"| run | method | group labels | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} |",
-        "|---|---|---|---|" + "---:|" * len(METRIC_KEYS),
+        f"| run | method | group labels | epoch kept by | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} |",
+        "|---|---|---|---|---|" + "---:|" * len(METRIC_KEYS),
     ]
     for metrics in runs:
         provenance = metrics["provenance"]
-        cells = [label(metrics), provenance["method"], group_supervision_text(metrics), seeds_text(provenance["seeds"])]
+        cells = [label(metrics), provenance["method"], group_supervision_text(metrics), selection_text(metrics),
+                 seeds_text(provenance["seeds"])]
         lines.append("| " + " | ".join(cells + [with_interval(metrics, key) for key in METRIC_KEYS]) + " |")
     return (f"{_RUNS_OPENING}{split} split, mean ± std over seeds; in brackets, where the predictions were there, "
             f"the {INTERVAL_LEVEL:.0%} bootstrap interval over seeds and test samples (resampled within each group). "
             "Group labels: the splits whose true group labels the run used, to train, balance or keep its best "
-            "epoch (pseudo-labels count as what their strategy read).\n\n" + "\n".join(lines) + "\n")
+            "epoch (pseudo-labels count as what their strategy read); epoch kept by: the validation metric that "
+            "picked the kept epoch.\n\n" + "\n".join(lines) + "\n")
 
 
 def _save(figure, path: Path) -> None:

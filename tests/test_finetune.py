@@ -252,7 +252,7 @@ def test_select_by_last_keeps_the_last_epoch_whatever_validation_says(table, bas
     kept = build_clip(MICRO, str(tmp_path / "run" / "model.pt"))
     last = read_curve(tmp_path / "run" / "dvclive")[-1]
     assert zeroshot_metrics(kept, table, "val", device=torch.device("cpu"))["acc_avg"] == last["val_acc_avg"]
-    with pytest.raises(GcctlError, match="--select-by 'best' is unknown; choose one of acc_wg, acc_avg, last"):
+    with pytest.raises(GcctlError, match="--select-by 'best' is unknown; choose one of acc_wg, acc_avg, acc_worst_class, last"):
         FinetuneConfig(select_by="best").check()
 
 

@@ -320,9 +320,10 @@ def test_cli_train_evaluate_report(tmp_path, spurious):
     result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), str(tmp_path / "groupcoop.json"), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
     table = (tmp_path / "report" / "results.md").read_text()
-    assert "| linear | linear | val | 0,1 |" in table and "| groupcoop | groupcoop | train + val | 0,1 |" in table
+    assert "| linear | linear | val | val worst-group | 0,1 |" in table
+    assert "| groupcoop | groupcoop | train + val | val worst-group | 0,1 |" in table
     assert all((tmp_path / "report" / name).stat().st_size > 0 for name in ("per_group.png", "curves.png"))
-    assert re.search(r"\| linear \| linear \| val \| 0,1 \| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\] \|", table)
+    assert re.search(r"\| linear \| linear \| val \| val worst-group \| 0,1 \| \d+\.\d ± \d+\.\d \[\d+\.\d, \d+\.\d\] \|", table)
     result = runner.invoke(app, ["report", str(tmp_path / "linear.json"), str(tmp_path / "groupcoop.json"), "--out",
                                  str(tmp_path / "compared"), "--compare", "groupcoop:linear"])
     assert result.exit_code == 0, result.output
@@ -429,9 +430,20 @@ def test_dvc_plots_and_metrics_show_a_runs_curves_without_gcctl(tmp_path, spurio
     ("groupcoop", {}, ("train",), ["train", "val"]),
     ("groupcoop", {}, ("val",), ["val"]),  # on val-probe's pseudo-labels
     ("groupcoop", {"select_by": "acc_avg"}, (), []),  # on zeroshot-attr's pseudo-labels
+    ("linear", {"select_by": "acc_worst_class"}, ("train",), []),  # SubpopBench's rule: class labels only
 ])
 def test_a_run_records_whose_group_labels_it_used(method, options, train_groups_use, expected):
     assert group_supervision(method, make_config(method, options), train_groups_use) == expected
+
+
+def test_worst_class_selection_keeps_the_epoch_of_best_validation_worst_class_accuracy(tmp_path, spurious):
+    train_run(spurious, "linear", tmp_path / "run", options={"epochs": 4, "select_by": "acc_worst_class"}, seeds=[0])
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())["0"]
+    curve = read_seeded_curve(tmp_path / "run" / "dvclive")
+    assert selection["select_by"] == "val_acc_worst_class"
+    assert selection["best_value"] == max(point["val_acc_worst_class"] for point in curve)
+    metrics = evaluate_run(tmp_path / "run", "test")
+    assert metrics["provenance"]["select_by"] == "acc_worst_class" and metrics["provenance"]["group_supervision"] == []
 
 
 def test_minority_cut_keeps_k_per_minority_group_the_same_for_every_method_and_nested(spurious):

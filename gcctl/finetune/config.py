@@ -63,7 +63,7 @@ class FinetuneConfig:
         "the StarFT authors: 0.9)."))
     warmup: float = setting(0.1, help=WARMUP_HELP)
     select_by: str = setting("acc_wg", choices=(*SELECT_BY, LAST_EPOCH), help=(
-        "What picks the kept epoch: validation acc_wg or acc_avg, or last (every epoch checkpointed, the last kept: "
+        "What picks the kept epoch: validation acc_wg, acc_avg or acc_worst_class, or last (every epoch checkpointed, the last kept: "
         "the StarFT authors' protocol, which needs no validation labels)."))
     seed: int = setting(0, help="Seeds batch order, template draws and the random weights of --pretrained none.")
 

@@ -95,7 +95,8 @@ class LoopOptions:
     weight_decay: float = setting(0.0, help="SGD weight decay.")
     balance: str = setting("none", choices=BALANCES, help="Group balancing over (class, group): none, weights "
                            "(inverse frequency) or sampling (group-balanced batches).")
-    select_by: str = setting("acc_wg", choices=SELECT_BY, help="Validation metric that picks the kept epoch: acc_wg or acc_avg.")
+    select_by: str = setting("acc_wg", choices=SELECT_BY, help="Validation metric that picks the kept epoch: acc_wg "
+                             "(reads validation group labels), acc_avg or acc_worst_class (class labels only).")
 
 
 # Settings several methods share, declared once.

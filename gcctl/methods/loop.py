@@ -91,6 +91,7 @@ def fit_loop(
                     "loss": mean_loss,
                     "val_acc_avg": metrics["acc_avg"],
                     "val_acc_wg": metrics["acc_wg"],
+                    f"val_{options.select_by}": metrics[options.select_by],  # what keeps the epoch, always drawn
                 }
             )
             epoch_seconds.append(round(time.perf_counter() - started, 4))

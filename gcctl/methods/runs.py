@@ -286,6 +286,7 @@ def evaluate_run(
             "dataset_fingerprint": provenance.get("dataset_fingerprint"),
             "train_groups": run_config["groups"],
             "group_supervision": run_config.get("group_supervision"),  # None: a run from before it was recorded
+            "select_by": run_config["config"].get("select_by"),  # None: a training-free method, nothing selected
             "minority_per_group": run_config.get("minority_per_group"),  # None: every training image
         },
     }
