@@ -112,17 +112,21 @@ def _p_value_text(p_value: float) -> str:
     return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
 
 
+def _comparison_cells(row: dict) -> list[str]:
+    """A, B, then per compared metric its difference with interval (percentage points) and p-value."""
+    cells = [row["a"], row["b"]]
+    for key in INTERVAL_KEYS:
+        low, high = row[key]["interval"]
+        cells += [f"{100 * row[key]['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", _p_value_text(row[key]["p_value"])]
+    return cells
+
+
 def comparisons_markdown(compared: list[dict]) -> str:
     lines = [f"\nPaired comparisons (A − B on the same test samples; {INTERVAL_LEVEL:.0%} interval and p-value "
              "from a paired bootstrap over samples and seeds):\n",
              "| A | B | " + " | ".join(f"{_HEADERS[key]} difference | p" for key in INTERVAL_KEYS) + " |",
              "|---|---|" + "---:|---:|" * len(INTERVAL_KEYS)]
-    for row in compared:
-        cells = [row["a"], row["b"]]
-        for key in INTERVAL_KEYS:
-            low, high = row[key]["interval"]
-            cells += [f"{100 * row[key]['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", _p_value_text(row[key]["p_value"])]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(_comparison_cells(row)) + " |" for row in compared]
     return "\n".join(lines) + "\n"
 
 
@@ -134,11 +138,7 @@ def comparisons_table(compared: list[dict]) -> Table:
         table.add_column(f"{_HEADERS[key]} diff", justify="right")
         table.add_column("p", justify="right")
     for row in compared:
-        cells = [row["a"], row["b"]]
-        for key in INTERVAL_KEYS:
-            low, high = row[key]["interval"]
-            cells += [f"{100 * row[key]['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]", _p_value_text(row[key]["p_value"])]
-        table.add_row(*cells)
+        table.add_row(*_comparison_cells(row))
     return table
 
 
