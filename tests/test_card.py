@@ -25,6 +25,17 @@ def test_every_value_of_every_factor_is_checked(shared_micro):
         concept_check(shared_micro, per_value=0)
 
 
+def test_a_card_beside_its_weights_records_them_by_a_relative_path(run_cli, tmp_path):
+    from gcctl.clip import build_clip, save_checkpoint
+
+    weights = save_checkpoint(build_clip("gcctl-micro", "none"), tmp_path / "model" / "model.pt")
+    out = tmp_path / "model" / "card.json"
+    code, _, err = run_cli("models", "card", "--model", "gcctl-micro", "--pretrained", str(weights), "--per-value", "1",
+                           "--out", str(out))
+    assert code == 0, err
+    assert json.loads(out.read_text())["model_ref"]["source"] == "model.pt"  # no machine path in the artifact
+
+
 def test_card_command_writes_what_it_prints(run_cli, tmp_path):
     out = tmp_path / "card.json"
     code, printed, err = run_cli("models", "card", "--model", "gcctl-micro", "--per-value", "1", "--out", str(out), "--json")

@@ -35,7 +35,10 @@ def card(
     if out is not None:
         refuse_directory(out)
     bundle = build_clip(model, pretrained, device=device)
-    card = {"model_ref": bundle.reference.to_dict(), "seed": seed, **concept_check(bundle, per_value=per_value, seed=seed)}
+    # A weights path inside the project or beside the card is recorded relative to the card: no machine path
+    # inside a cached artifact (the same card wherever the project is cloned).
+    reference = bundle.reference.recorded_for(out.parent if out is not None else Path.cwd())
+    card = {"model_ref": reference.to_dict(), "seed": seed, **concept_check(bundle, per_value=per_value, seed=seed)}
     if out is not None:
         write_json(out, card)
     if as_json:
