@@ -70,6 +70,17 @@ def forward_images_per_second(bundle, tensors: torch.Tensor, batch_size: int, de
         return len(tensors) / (time.perf_counter() - started)
 
 
+def forward_flops_per_image(bundle, tensors: torch.Tensor, device) -> float:
+    """The image tower's FLOPs for one image, as torch's FLOP counter counts them (a multiply-add is 2), so
+    images per second become achieved TFLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = bundle.model.to(device).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.encode_image(tensors[:2].to(device))
+    return counter.get_total_flops() / 2
+
+
 def _synchronize(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -103,6 +114,7 @@ def main() -> None:
         root = write_waterbirds(Path(scratch) / "waterbirds", scale=scale, size=args.image_size)
         table = _table_of(root, args.images, args.jpeg)
         tensors = preprocessed(bundle, table)
+        flops = forward_flops_per_image(bundle, tensors, device)
         forward, extracted = [], []
         for _ in range(args.repeats):
             forward.append(forward_images_per_second(bundle, tensors, args.batch_size, device))
@@ -120,6 +132,8 @@ def main() -> None:
         "workers": workers,
         "repeats": args.repeats,
         "forward_images_per_s": round(statistics.median(forward), 1),
+        "forward_gflops_per_image": round(flops / 1e9, 3),
+        "forward_tflops_per_s": round(flops * statistics.median(forward) / 1e12, 3),
         "extract_images_per_s": round(statistics.median(extracted), 1),
         "ratios": [round(ratio, 3) for ratio in ratios],
         "ratio": round(statistics.median(ratios), 3),

@@ -63,7 +63,8 @@ def _bench(script: str, *options: str, torchrun: bool = False) -> tuple[str, ...
 
 
 def _extract_figures(r: dict) -> str:
-    return (f"{r['extract_images_per_s']:.0f} img/s extract vs {r['forward_images_per_s']:.0f} forward: ratio {r['ratio']:.2f} "
+    return (f"{r['extract_images_per_s']:.0f} img/s extract vs {r['forward_images_per_s']:.0f} forward "
+            f"({r['forward_tflops_per_s']:.2f} TFLOP/s at {r['forward_gflops_per_image']:.2f} GFLOP an image): ratio {r['ratio']:.2f} "
             f"({r['images']} {r['image_format']} images, {r['image_size']} px, batch {r['batch_size']}, {r['workers']} workers)")
 
 
