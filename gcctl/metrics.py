@@ -8,6 +8,10 @@
 - `acc_balanced`: mean per-class recall.
 - `acc_worst_class`: the lowest per-class recall (needs no group label).
 - `per_group`: {group name: {"acc", "n"}}.
+- `calibration` (from the predictions' class scores, softmax-normalised): `ece` (expected calibration error,
+  15 equal-width confidence bins, Guo et al. 2017), `brier` (multi-class Brier score, the squared distance of the
+  probability vector to the one-hot label, summed over classes), each per group and at its worst group
+  (`ece_worst_group`, `brier_worst_group`: the highest); lower is better.
 
 Groups with no sample in the evaluated split are left out of every group-based metric and of `per_group`;
 whether such a split is acceptable at all is the caller's decision.
@@ -45,9 +49,16 @@ if TYPE_CHECKING:
     import pandas as pd
 
 METRIC_KEYS = ("acc_avg", "acc_wg", "acc_mean_group", "acc_adj_avg", "acc_balanced", "acc_worst_class")
-# The validation metrics that may pick a trained epoch (`--select-by`); acc_wg alone reads validation group
-# labels, acc_worst_class is SubpopBench's rule without them.
-SELECT_BY = ("acc_wg", "acc_avg", "acc_worst_class")
+# The validation metrics that may pick a trained epoch (`--select-by`): acc_wg reads the validation group labels,
+# acc_wg_pseudo the worst group of validation pseudo-groups (`gcctl train --val-groups`), acc_worst_class is
+# SubpopBench's rule with class labels only.
+SELECT_BY = ("acc_wg", "acc_avg", "acc_worst_class", "acc_wg_pseudo")
+PSEUDO_SELECTION = "acc_wg_pseudo"
+
+
+def selection_value(metrics: dict, select_by: str) -> float:
+    """The figure of `select_by` in the validation metrics (computed on pseudo-groups for acc_wg_pseudo)."""
+    return metrics["acc_wg" if select_by == PSEUDO_SELECTION else select_by]
 
 
 def compute_metrics(
@@ -219,13 +230,96 @@ def predictions_frame(
     return pd.concat(blocks, ignore_index=True)
 
 
+def score_columns(vocabulary: GroupVocabulary) -> list[str]:
+    return [f"score_{name}" for name in vocabulary.class_names]
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(scores, dtype=np.float64) - np.max(scores, axis=1, keepdims=True)
+    exponent = np.exp(shifted)
+    return exponent / exponent.sum(axis=1, keepdims=True)
+
+
 def metrics_from_predictions(frame: "pd.DataFrame", vocabulary: GroupVocabulary) -> dict:
-    """`aggregate_seeds` of every seed's `compute_metrics`, plus `seeds`: {seed_key: metrics}, in seed order."""
-    per_seed = {
-        seed_key(seed): compute_metrics(rows["pred"].to_numpy(), rows["y"].to_numpy(), rows["group"].to_numpy(), vocabulary)
-        for seed, rows in frame.groupby("seed", sort=True, dropna=False)
+    """`aggregate_seeds` of every seed's `compute_metrics` with its `calibration`, plus `seeds`: {seed_key: metrics},
+    in seed order."""
+    per_seed = {}
+    for seed, rows in frame.groupby("seed", sort=True, dropna=False):
+        y, group = rows["y"].to_numpy(), rows["group"].to_numpy()
+        per_seed[seed_key(seed)] = {
+            **compute_metrics(rows["pred"].to_numpy(), y, group, vocabulary),
+            "calibration": calibration_metrics(softmax(rows[score_columns(vocabulary)].to_numpy()), y, group, vocabulary),
+        }
+    seeds = list(per_seed.values())
+    return {**aggregate_seeds(seeds), "calibration": aggregate_calibration([m["calibration"] for m in seeds]),
+            "seeds": per_seed}
+
+
+# ---------------------------------------------------------------------------- calibration
+
+CALIBRATION_BINS = 15  # Guo et al. 2017's count
+CALIBRATION_KEYS = ("ece", "brier", "ece_worst_group", "brier_worst_group")
+
+
+def expected_calibration_error(probabilities: np.ndarray, y: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Σ over equal-width bins of the top-class confidence: |accuracy − mean confidence| × the bin's share."""
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == y).astype(np.float64)
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of 0 cannot occur with C ≥ 1 classes.
+    bin_of = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    gap = np.bincount(bin_of, weights=correct - confidence, minlength=bins)
+    return float(np.abs(gap).sum() / len(y))
+
+
+def brier_score(probabilities: np.ndarray, y: np.ndarray) -> float:
+    one_hot = np.eye(probabilities.shape[1])[y]
+    return float(np.mean(np.sum((probabilities - one_hot) ** 2, axis=1)))
+
+
+def calibration_metrics(probabilities: np.ndarray, y: np.ndarray, group: np.ndarray, vocabulary: GroupVocabulary) -> dict:
+    """ECE and Brier score over the split and per group (present groups only), with their worst group."""
+    y, group = np.asarray(y, dtype=np.int64), np.asarray(group, dtype=np.int64)
+    per_group = {}
+    for g in np.unique(group):
+        members = group == g
+        per_group[vocabulary.names[g]] = {"ece": expected_calibration_error(probabilities[members], y[members]),
+                                          "brier": brier_score(probabilities[members], y[members])}
+    return {
+        "ece": expected_calibration_error(probabilities, y),
+        "brier": brier_score(probabilities, y),
+        "ece_worst_group": max(stats["ece"] for stats in per_group.values()),
+        "brier_worst_group": max(stats["brier"] for stats in per_group.values()),
+        "per_group": per_group,
     }
-    return {**aggregate_seeds(list(per_seed.values())), "seeds": per_seed}
+
+
+def aggregate_calibration(per_seed: list[dict]) -> dict:
+    """Mean and std over seeds of every `calibration_metrics` figure, per group too."""
+    return {
+        **{key: mean_std([c[key] for c in per_seed]) for key in CALIBRATION_KEYS},
+        "per_group": {name: {key: mean_std([c["per_group"][name][key] for c in per_seed]) for key in ("ece", "brier")}
+                      for name in per_seed[0]["per_group"]},
+    }
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising the cross-entropy of softmax(scores / T) on
+    labelled (validation) samples; predictions are unchanged, only their confidence."""
+    import torch
+
+    logits = torch.as_tensor(np.asarray(scores, dtype=np.float64))
+    labels = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return float(log_t.exp())
 
 
 def predictions_path(metrics_path: str | os.PathLike) -> Path:

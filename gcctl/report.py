@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 from rich.table import Table
@@ -23,6 +24,8 @@ from gcctl.curves import CURVE_DIR, read_seeded_curve
 from gcctl.errors import GcctlError
 from gcctl.files import atomic_directory, atomic_path, check_output, read_json, write_json
 from gcctl.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    CALIBRATION_KEYS,
     INTERVAL_KEYS,
     INTERVAL_LEVEL,
     METRIC_KEYS,
@@ -35,7 +38,7 @@ from gcctl.metrics import (
 REPORT_TABLE = "results.md"  # in every report folder; its first sentence is how `gcctl report` knows its own
 _RUNS_OPENING = "Accuracy in % on the "
 _SUITES_OPENING = "Zero-shot accuracy in %, mean ± std over seeds"
-_SWEEP_OPENING = "Worst-group accuracy in % against K"
+_SWEEP_OPENING = "Worst-group accuracy in % against"
 ALL_IMAGES = "all"  # the sweep's column for a run trained on every image (no --minority-per-group)
 
 _HEADERS = {
@@ -45,6 +48,7 @@ _HEADERS = {
     "acc_adj_avg": "adjusted avg",
     "acc_balanced": "balanced",
     "acc_worst_class": "worst-class",
+    "acc_wg_pseudo": "worst pseudo-group",  # a selection rule only: the worst group of inferred validation groups
 }
 
 
@@ -81,17 +85,25 @@ def with_interval(metrics: dict, key: str) -> str:
     return text if interval is None else f"{text} [{100 * interval['over_seeds'][0]:.1f}, {100 * interval['over_seeds'][1]:.1f}]"
 
 
-def attach_intervals(runs: list[dict], metrics_paths: Sequence[str | os.PathLike]) -> None:
+def calibration_text(metrics: dict, key: str = "ece_worst_group") -> str:
+    """A calibration figure (`gcctl.metrics.calibration_metrics`) in percent, mean ± std; '–' where the metrics
+    predate it."""
+    stat = metrics.get("calibration", {}).get(key)
+    return "–" if stat is None else percent(stat)
+
+
+def attach_intervals(runs: list[dict], metrics_paths: Sequence[str | os.PathLike],
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> None:
     """Each run's bootstrap intervals (`gcctl.metrics.bootstrap_intervals`) from the predictions beside its metrics
     file, as `interval` (in memory: the metrics file stays as `gcctl evaluate` wrote it); none without them."""
     for metrics, path in zip(runs, metrics_paths):
         predictions = predictions_path(path)
         if predictions.is_file():
-            metrics["interval"] = bootstrap_intervals(read_predictions(predictions)[0])
+            metrics["interval"] = bootstrap_intervals(read_predictions(predictions)[0], resamples)
             metrics["predictions"] = str(predictions)
 
 
-def compare_runs(runs: list[dict], pairs: Sequence[str]) -> list[dict]:
+def compare_runs(runs: list[dict], pairs: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES) -> list[dict]:
     """`A:B` pairs of run names → paired comparisons of A minus B (`gcctl.metrics.paired_comparison`)."""
     by_name = {label(metrics): metrics for metrics in runs}
     compared = []
@@ -104,7 +116,7 @@ def compare_runs(runs: list[dict], pairs: Sequence[str]) -> list[dict]:
             raise GcctlError(f"--compare '{pair}': run {missing[0]} has no predictions beside its metrics file; "
                              "evaluate it again with `gcctl evaluate`")
         frames = [read_predictions(by_name[name]["predictions"])[0] for name in (first, second)]
-        compared.append({"a": first, "b": second, **paired_comparison(*frames)})
+        compared.append({"a": first, "b": second, **paired_comparison(*frames, resamples=resamples)})
     return compared
 
 
@@ -154,11 +166,16 @@ def group_table(metrics: dict) -> Table:
     table.add_column("group")
     table.add_column("n", justify="right")
     table.add_column("accuracy %", justify="right")
+    table.add_column("ECE %", justify="right")
+    calibration = metrics.get("calibration", {}).get("per_group", {})
     for name, stats in metrics["per_group"].items():
-        table.add_row(name, str(stats["n"]), percent(stats["acc"]))
+        ece = calibration.get(name, {}).get("ece")
+        table.add_row(name, str(stats["n"]), percent(stats["acc"]), "–" if ece is None else percent(ece))
     table.add_section()
     for key in METRIC_KEYS:
-        table.add_row(key, "", percent(metrics[key]))
+        table.add_row(key, "", percent(metrics[key]), "")
+    for key in CALIBRATION_KEYS:
+        table.add_row(key, "", "", calibration_text(metrics, key))
     return table
 
 
@@ -182,8 +199,10 @@ def comparison_table(runs: list[dict]) -> Table:
     table.add_column("group labels")
     for key in METRIC_KEYS:
         table.add_column(_HEADERS[key], justify="right")
+    table.add_column("ECE worst group", justify="right")
     for metrics in runs:
-        table.add_row(label(metrics), group_supervision_text(metrics), *(with_interval(metrics, key) for key in METRIC_KEYS))
+        table.add_row(label(metrics), group_supervision_text(metrics), *(with_interval(metrics, key) for key in METRIC_KEYS),
+                      calibration_text(metrics))
     return table
 
 
@@ -267,55 +286,92 @@ def _write_plot_and_table(out: Path, plot_name: str, draw, markdown: str) -> dic
     return {"markdown": markdown, "paths": {key: str(out / name) for key, name in names.items()}}
 
 
-def sweep_points(runs: list[dict]) -> tuple[list, dict[str, dict]]:
-    """A K sweep's columns (the K values, then ALL_IMAGES when some run used every image) and, per run name, its
-    metrics by column: runs trained with `--minority-per-group K` and, under ALL_IMAGES, without."""
+@dataclass(frozen=True)
+class SweepAxis:
+    """What a sweep varies: the provenance key, its column header, where its default (every image, every
+    label) lies, and the words of its table and figure."""
+
+    key: str  # in a metrics file's provenance
+    header: Callable[[object], str]
+    is_default: Callable[[object], bool]  # the run trained without the sweep's option
+    default_column: str
+    opening: str  # the table's opening, after "Worst-group accuracy in % against "
+    draws: str  # how its samples are drawn
+    xlabel: str
+    title: str
+
+
+SWEEP_AXES = (
+    SweepAxis("minority_per_group", lambda k: f"K = {k}", lambda k: k is None, ALL_IMAGES,
+              "K, the training images kept in each minority group (a group smaller than its class's largest; "
+              f"{ALL_IMAGES}: every image)", "each seed draws its own images, the same for every method",
+              "training images per minority group (K)", "few-sample minority groups"),
+    SweepAxis("val_fraction", lambda f: f"{100 * f:g}%", lambda f: f is None or f == 1.0, "100%",
+              "the share of each validation group whose group labels the run had (its selection, DFR's and TIE's "
+              "fits, val-probe's pseudo-labels), the rest unused", "the samples are drawn once (--val-seed), the same "
+              "for every method and seed", "validation samples with group labels",
+              "validation-label budget"),
+)
+
+
+def sweep_axis(runs: list[dict]) -> SweepAxis | None:
+    """The axis the runs sweep (a run off its default), None for none; two at once are refused."""
+    swept = [axis for axis in SWEEP_AXES if any(not axis.is_default(m["provenance"].get(axis.key)) for m in runs)]
+    if len(swept) > 1:
+        raise GcctlError(f"the runs sweep both {' and '.join(axis.key for axis in swept)}; report each sweep on its own")
+    return swept[0] if swept else None
+
+
+def sweep_points(runs: list[dict], axis: SweepAxis) -> tuple[list, dict[str, dict]]:
+    """A sweep's columns (its values, then the default column when some run is at the default) and, per run
+    name, its metrics by column."""
     rows: dict[str, dict] = {}
     for metrics in runs:
-        k = metrics["provenance"].get("minority_per_group")
-        column = ALL_IMAGES if k is None else k
+        value = metrics["provenance"].get(axis.key)
+        column = axis.default_column if axis.is_default(value) else value
         if column in rows.setdefault(label(metrics), {}):
-            raise GcctlError(f"two metrics files of run '{label(metrics)}' at K = {column}; give each (run, K) once")
+            shown = column if column == axis.default_column else axis.header(column)
+            raise GcctlError(f"two metrics files of run '{label(metrics)}' at {shown}; give each run once per value")
         rows[label(metrics)][column] = metrics
-    ks = sorted({column for row in rows.values() for column in row if column != ALL_IMAGES})
-    return ks + ([ALL_IMAGES] if any(ALL_IMAGES in row for row in rows.values()) else []), rows
+    values = sorted({column for row in rows.values() for column in row if column != axis.default_column})
+    return values + ([axis.default_column] if any(axis.default_column in row for row in rows.values()) else []), rows
 
 
-def _sweep_header(column) -> str:
-    return column if column == ALL_IMAGES else f"K = {column}"
+def _sweep_header(axis: SweepAxis, column) -> str:
+    return column if column == axis.default_column else axis.header(column)
 
 
-def sweep_markdown(runs: list[dict]) -> str:
-    """The K sweep as one row per run, its worst-group accuracy (mean ± std over seeds) at each K."""
-    columns, rows = sweep_points(runs)
-    lines = [f"| run | method | group labels | {' | '.join(map(_sweep_header, columns))} |",
+def sweep_markdown(runs: list[dict], axis: SweepAxis) -> str:
+    """The sweep as one row per run, its worst-group accuracy (mean ± std over seeds) at each value."""
+    columns, rows = sweep_points(runs, axis)
+    lines = [f"| run | method | group labels | {' | '.join(_sweep_header(axis, c) for c in columns)} |",
              "|---|---|---|" + "---:|" * len(columns)]
     for name, row in rows.items():
         first = next(iter(row.values()))
         cells = [percent(row[k]["acc_wg"]) if k in row else "–" for k in columns]
         lines.append(f"| {name} | {first['provenance']['method']} | {group_supervision_text(first)} | " + " | ".join(cells) + " |")
     split = runs[0]["provenance"]["split"]
-    return (f"{_SWEEP_OPENING}, the training images kept in each minority group (a group smaller than its "
-            f"class's largest; {ALL_IMAGES}: every image), {split} split, mean ± std over seeds; each seed draws its "
-            "own images, the same for every method.\n\n" + "\n".join(lines) + "\n")
+    return (f"{_SWEEP_OPENING} {axis.opening}, {split} split, mean ± std over seeds; {axis.draws}.\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def sweep_table(runs: list[dict]) -> Table:
-    columns, rows = sweep_points(runs)
-    table = Table(title="worst-group accuracy % against K, the training images per minority group (mean ± std over seeds)")
+    axis = sweep_axis(runs)
+    columns, rows = sweep_points(runs, axis)
+    table = Table(title=f"worst-group accuracy % against {axis.xlabel} (mean ± std over seeds)")
     table.add_column("run")
     for k in columns:
-        table.add_column(_sweep_header(k), justify="right")
+        table.add_column(_sweep_header(axis, k), justify="right")
     for name, row in rows.items():
         table.add_row(name, *(percent(row[k]["acc_wg"]) if k in row else "–" for k in columns))
     return table
 
 
-def plot_sweep(runs: list[dict], path: str | os.PathLike) -> None:
-    """Worst-group accuracy against K, one line per run (error bars: std over seeds)."""
+def plot_sweep(runs: list[dict], path: str | os.PathLike, axis: SweepAxis) -> None:
+    """Worst-group accuracy against the swept value, one line per run (error bars: std over seeds)."""
     from matplotlib.figure import Figure
 
-    columns, rows = sweep_points(runs)
+    columns, rows = sweep_points(runs, axis)
     figure = Figure(figsize=(6.4, 4), layout="constrained")
     axes = figure.subplots()
     for name, row in rows.items():
@@ -323,36 +379,38 @@ def plot_sweep(runs: list[dict], path: str | os.PathLike) -> None:
         stats = [row[columns[i]]["acc_wg"] for i in at]
         axes.errorbar(at, [100 * s["mean"] for s in stats], yerr=[100 * s["std"] for s in stats], marker="o",
                       capsize=2, label=name)
-    axes.set_xticks(range(len(columns)), [str(k) for k in columns])
-    axes.set_xlabel("training images per minority group (K)")
+    axes.set_xticks(range(len(columns)), [_sweep_header(axis, k) for k in columns])
+    axes.set_xlabel(axis.xlabel)
     axes.set_ylabel("worst-group accuracy %")
-    axes.set_title(f"few-sample minority groups ({runs[0]['provenance']['split']} split)")
+    axes.set_title(f"{axis.title} ({runs[0]['provenance']['split']} split)")
     axes.legend(fontsize="small")
     _save(figure, Path(path))
 
 
-def write_sweep_report(runs: list[dict], out: Path) -> dict:
-    """`results.md` and `sweep.png` of a K sweep, written as the folder `out` (already checked)."""
-    written = _write_plot_and_table(out, "sweep.png", lambda path: plot_sweep(runs, path), sweep_markdown(runs))
+def write_sweep_report(runs: list[dict], out: Path, axis: SweepAxis) -> dict:
+    """`results.md` and `sweep.png` of a sweep, written as the folder `out` (already checked)."""
+    written = _write_plot_and_table(out, "sweep.png", lambda path: plot_sweep(runs, path, axis), sweep_markdown(runs, axis))
     return {"runs": runs, "sweep": True, **written}
 
 
 def markdown_table(runs: list[dict]) -> str:
     split = runs[0]["provenance"]["split"]
     lines = [
-        f"| run | method | group labels | epoch kept by | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} |",
-        "|---|---|---|---|---|" + "---:|" * len(METRIC_KEYS),
+        f"| run | method | group labels | epoch kept by | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} | ECE worst group |",
+        "|---|---|---|---|---|" + "---:|" * (len(METRIC_KEYS) + 1),
     ]
     for metrics in runs:
         provenance = metrics["provenance"]
         cells = [label(metrics), provenance["method"], group_supervision_text(metrics), selection_text(metrics),
                  seeds_text(provenance["seeds"])]
-        lines.append("| " + " | ".join(cells + [with_interval(metrics, key) for key in METRIC_KEYS]) + " |")
+        lines.append("| " + " | ".join(cells + [with_interval(metrics, key) for key in METRIC_KEYS] + [calibration_text(metrics)]) + " |")
     return (f"{_RUNS_OPENING}{split} split, mean ± std over seeds; in brackets, where the predictions were there, "
             f"the {INTERVAL_LEVEL:.0%} bootstrap interval over seeds and test samples (resampled within each group). "
             "Group labels: the splits whose true group labels the run used, to train, balance or keep its best "
             "epoch (pseudo-labels count as what their strategy read); epoch kept by: the validation metric that "
-            "picked the kept epoch.\n\n" + "\n".join(lines) + "\n")
+            "picked the kept epoch (worst pseudo-group: of the validation groups a pseudo-labelling strategy "
+            "inferred); ECE worst group: the highest expected calibration error of any group (lower is better)."
+            "\n\n" + "\n".join(lines) + "\n")
 
 
 def _save(figure, path: Path) -> None:
@@ -522,14 +580,18 @@ def check_one_dataset(runs: list[dict]) -> None:
 
 
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
-                 readme: str | os.PathLike | None = None, compare: Sequence[str] = ()) -> dict:
+                 readme: str | os.PathLike | None = None, compare: Sequence[str] = (),
+                 resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Per-group accuracy chart, training curves and Markdown table of the evaluated runs (of one dataset and
     split), written as the folder `out`; for runs trained with `--minority-per-group`, the K sweep
     (`write_sweep_report`: runs of one name at each K, and without it); for transfer suite summaries, their
     comparison (`write_suite_report`).
     An earlier report at `out` is replaced only with `overwrite`, a folder holding anything else never
     (`check_report_out`; `readme`, the file the caller will update, must lie outside `out`). Runs get bootstrap
-    intervals from their predictions; `compare` (`A:B` run names) adds paired comparisons."""
+    intervals from their predictions (`resamples` bootstrap draws); `compare` (`A:B` run names) adds paired
+    comparisons."""
+    if resamples < 1:
+        raise GcctlError(f"--resamples {resamples} must be at least 1 (the bootstrap's draws; {BOOTSTRAP_RESAMPLES} by default)")
     check_report_out(out, overwrite, readme=readme, inputs=metrics_paths)
     documents = [read_json(path) for path in metrics_paths if Path(path).is_file()]
     if documents and all(is_suite_summary(document) for document in documents) and len(documents) == len(metrics_paths):
@@ -540,10 +602,11 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
         raise GcctlError(f"the metrics files were evaluated on different splits ({', '.join(sorted(splits))}); compare runs on one split")
     check_one_dataset(runs)
     out = Path(out)
-    if any(metrics["provenance"].get("minority_per_group") is not None for metrics in runs):
-        return write_sweep_report(runs, out)
-    attach_intervals(runs, metrics_paths)
-    compared = compare_runs(runs, compare)
+    axis = sweep_axis(runs)
+    if axis is not None:
+        return write_sweep_report(runs, out, axis)
+    attach_intervals(runs, metrics_paths, resamples)
+    compared = compare_runs(runs, compare, resamples)
     markdown = markdown_table(runs) + (comparisons_markdown(compared) if compared else "")
     names = {"per_group": "per_group.png", "curves": "curves.png", "table": REPORT_TABLE}
     with atomic_directory(out) as staging:

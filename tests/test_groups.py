@@ -300,3 +300,35 @@ def test_cli_pseudo_label(monkeypatch, capsys, tmp_path, toy):
     code, out, err = _cli(monkeypatch, capsys, "pseudo-label", "--features", str(tmp_path / "missing.h5"),
                           "--out", str(tmp_path / "x.parquet"))
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("strategy", ["kmeans", "erm-error"])
+def test_the_validation_split_is_labelled_without_reading_a_validation_group(tmp_path, toy, strategy):
+    from gcctl.methods.data import read_group_file
+    from gcctl.store import FeatureStore
+
+    out = tmp_path / "val.parquet"
+    summary = pseudo_label(toy, strategy, out, split="val")
+    assert summary["split"] == "val" and summary["group_splits"] == [] and summary["options"]["val_samples_used"] == 0
+    assert summary["agreement"]["accuracy_up_to_relabelling"] > 0.9
+    with FeatureStore(toy) as store:
+        assert list(pd.read_parquet(out)["id"]) == list(store.ids[store.split_index("val")])
+        groups, group_splits = read_group_file(out, store, "val")
+        assert group_splits == () and len(groups) == len(store.split_index("val"))
+        with pytest.raises(GcctlError, match="no group for 600 train id"):
+            read_group_file(out, store)  # a validation file is not the train split's
+
+
+def test_group_files_say_which_true_groups_they_stand_for(tmp_path, toy):
+    assert pseudo_label(toy, "kmeans", tmp_path / "a.parquet", val_fraction=0.0)["group_splits"] == []
+    assert pseudo_label(toy, "kmeans", tmp_path / "b.parquet")["group_splits"] == ["val"]
+    assert pseudo_label(toy, "oracle", tmp_path / "c.parquet", split="val")["group_splits"] == ["val"]
+    assert pseudo_label(toy, "oracle", tmp_path / "d.parquet")["group_splits"] == ["train"]
+
+
+@pytest.mark.parametrize("strategy, split, message", [("val-probe", "val", "cannot infer them"),
+                                                      ("kmeans", "test", "cannot be labelled")])
+def test_a_split_that_cannot_be_labelled_is_refused_writing_nothing(tmp_path, toy, strategy, split, message):
+    with pytest.raises(GcctlError, match=message):
+        pseudo_label(toy, strategy, tmp_path / "groups.parquet", split=split)
+    assert not any(tmp_path.iterdir())

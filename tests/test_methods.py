@@ -436,6 +436,13 @@ def test_a_run_records_whose_group_labels_it_used(method, options, train_groups_
     assert group_supervision(method, make_config(method, options), train_groups_use) == expected
 
 
+def test_validation_pseudo_groups_stand_for_what_their_strategy_read():
+    config = make_config("groupcoop", {"select_by": "acc_wg_pseudo"})
+    assert group_supervision("groupcoop", config, ("val",), ()) == ["val"]  # val-probe train groups, label-free val
+    assert group_supervision("groupcoop", config, (), ()) == []
+    assert group_supervision("dfr", make_config("dfr", {"select_by": "acc_avg"}), (), ()) == []
+
+
 def test_worst_class_selection_keeps_the_epoch_of_best_validation_worst_class_accuracy(tmp_path, spurious):
     train_run(spurious, "linear", tmp_path / "run", options={"epochs": 4, "select_by": "acc_worst_class"}, seeds=[0])
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())["0"]
@@ -501,3 +508,109 @@ def test_report_of_a_k_sweep_tabulates_and_plots_worst_group_against_k(spurious,
     code, _, err = run_cli("report", str(tmp_path / "metrics-k1" / "linear.json"), str(tmp_path / "metrics-k1" / "linear.json"),
                            "--out", str(tmp_path / "twice"))
     assert code != 0 and "two metrics files of run 'linear' at K = 1" in err and not (tmp_path / "twice").exists()
+
+
+def test_temperature_scaling_keeps_the_predictions_and_records_the_scaled_scores(tmp_path, spurious):
+    train_run(spurious, "linear", tmp_path / "run", options={"epochs": 3}, seeds=[0, 1])
+    plain = evaluate_run(tmp_path / "run", "test", out=tmp_path / "plain.json")
+    scaled = evaluate_run(tmp_path / "run", "test", out=tmp_path / "scaled.json", temperature_scale=True)
+    temperatures = scaled["provenance"]["temperature"]
+    assert plain["provenance"]["temperature"] is None and sorted(temperatures) == ["0", "1"]
+    assert all(t > 0 for t in temperatures.values())
+    assert scaled["acc_wg"] == plain["acc_wg"] and scaled["per_group"] == plain["per_group"]
+    assert scaled["calibration"] != plain["calibration"]
+    before, _ = read_predictions(tmp_path / "plain.predictions.parquet")
+    after, vocabulary = read_predictions(tmp_path / "scaled.predictions.parquet")
+    score = f"score_{vocabulary.class_names[0]}"
+    seed0 = before["seed"] == 0
+    assert after.loc[seed0, score].to_numpy() == pytest.approx(before.loc[seed0, score].to_numpy() / temperatures["0"], rel=1e-5)
+    assert metrics_from_predictions(after, vocabulary)["calibration"] == scaled["calibration"]
+
+
+def _val_group_file(store, out, strategy="oracle"):
+    from gcctl.pseudolabel import pseudo_label
+
+    pseudo_label(store, strategy, out, split="val")
+    return out
+
+
+def test_pseudo_group_selection_on_the_true_validation_groups_keeps_the_epoch_worst_group_keeps(tmp_path, spurious):
+    val_groups = _val_group_file(spurious, tmp_path / "val.parquet")
+    train_run(spurious, "linear", tmp_path / "true", options={"epochs": 4}, seeds=[0])
+    train_run(spurious, "linear", tmp_path / "pseudo", options={"epochs": 4, "select_by": "acc_wg_pseudo"}, seeds=[0],
+              val_groups=val_groups)
+    true, pseudo = (json.loads((tmp_path / name / "selection.json").read_text())["0"] for name in ("true", "pseudo"))
+    assert pseudo["select_by"] == "val_acc_wg_pseudo" and pseudo["best_epoch"] == true["best_epoch"]
+    assert_same_params(tmp_path / "true", tmp_path / "pseudo", seed=0)
+    provenance = evaluate_run(tmp_path / "pseudo")["provenance"]
+    assert provenance["group_supervision"] == ["val"]  # the oracle's validation file is the true groups
+    assert provenance["val_groups"]["source"] == "file" and provenance["select_by"] == "acc_wg_pseudo"
+
+
+def test_a_run_without_any_group_label_says_none_and_dfr_balances_on_the_pseudo_groups(tmp_path, spurious):
+    from gcctl.pseudolabel import pseudo_label
+
+    val_groups = _val_group_file(spurious, tmp_path / "val.parquet", "erm-error")
+    pseudo_label(spurious, "erm-error", tmp_path / "train.parquet", val_fraction=0.0)
+    train_run(spurious, "groupcoop", tmp_path / "groupcoop", options={"epochs": 2, "select_by": "acc_wg_pseudo"}, seeds=[0],
+              groups=tmp_path / "train.parquet", val_groups=val_groups)
+    train_run(spurious, "dfr", tmp_path / "dfr", options={"epochs": 2, "select_by": "acc_worst_class"}, seeds=[0],
+              val_groups=val_groups)
+    for run in ("groupcoop", "dfr"):
+        assert evaluate_run(tmp_path / run)["provenance"]["group_supervision"] == []
+    train_run(spurious, "dfr", tmp_path / "dfr-true", options={"epochs": 2, "select_by": "acc_worst_class"}, seeds=[0])
+    assert evaluate_run(tmp_path / "dfr-true")["provenance"]["group_supervision"] == ["val"]
+
+
+@pytest.mark.parametrize("method, options, with_val_groups, message", [
+    ("linear", {"select_by": "acc_wg_pseudo"}, False, "needs --val-groups"),
+    ("linear", {}, True, "say --select-by acc_wg_pseudo"),
+    ("linear", {"select_by": "acc_worst_class"}, True, "would change nothing"),
+])
+def test_a_selection_rule_without_the_groups_it_needs_is_refused_writing_nothing(tmp_path, spurious, method, options,
+                                                                                 with_val_groups, message):
+    val_groups = _val_group_file(spurious, tmp_path / "val.parquet") if with_val_groups else None
+    with pytest.raises(GcctlError, match=message):
+        train_run(spurious, method, tmp_path / "run", options={"epochs": 1, **options}, val_groups=val_groups)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_label_budget_cuts_each_validation_group_as_pseudo_labelling_does(tmp_path, spurious):
+    from gcctl.datasets.groups import labelled_subset
+    from gcctl.store import FeatureStore
+
+    train_run(spurious, "tie", tmp_path / "run", val_fraction=0.2, val_seed=3)
+    selection = json.loads((tmp_path / "run" / "selection.json").read_text())["none"]
+    with FeatureStore(spurious) as store:
+        val = store.split_index("val")
+        vocabulary = store.vocabulary
+        kept, _ = labelled_subset(vocabulary.within(store.group[val]), store.y[val], vocabulary.groups_per_class, 0.2,
+                                  0.0, np.random.default_rng(3))
+        expected = np.bincount(store.group[val][kept], minlength=vocabulary.n_groups)
+    assert {name: stats["n"] for name, stats in selection["val_metrics"]["per_group"].items()} == {
+        vocabulary.names[g]: int(n) for g, n in enumerate(expected) if n}
+    assert evaluate_run(tmp_path / "run")["provenance"]["val_fraction"] == 0.2
+
+
+@pytest.mark.parametrize("method, options, fraction, message", [
+    ("dfr", {}, 0.0, "outside \\(0, 1\\]"),
+    ("dfr", {}, 1.5, "outside \\(0, 1\\]"),
+    ("linear", {"select_by": "acc_worst_class"}, 0.5, "--val-fraction would change nothing"),
+])
+def test_a_budget_outside_its_range_or_unread_is_refused_writing_nothing(tmp_path, spurious, method, options, fraction,
+                                                                         message):
+    with pytest.raises(GcctlError, match=message):
+        train_run(spurious, method, tmp_path / "run", options={"epochs": 1, **options}, val_fraction=fraction)
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_of_a_label_budget_tabulates_worst_group_against_the_labelled_share(spurious, tmp_path, run_cli):
+    for fraction in (0.05, 1.0):
+        train_run(spurious, "dfr", tmp_path / f"f{fraction}" / "dfr", options={"epochs": 2}, val_fraction=fraction)
+        evaluate_run(tmp_path / f"f{fraction}" / "dfr", out=tmp_path / "metrics" / f"f{fraction}" / "dfr.json")
+    code, _, err = run_cli("report", *(str(tmp_path / "metrics" / f"f{f}" / "dfr.json") for f in (0.05, 1.0)),
+                           "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "| run | method | group labels | 5% | 100% |" in table and "validation group" in table
+    assert (tmp_path / "report" / "sweep.png").read_bytes()[:4] == b"\x89PNG"

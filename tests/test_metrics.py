@@ -6,7 +6,12 @@ from gcctl.errors import GcctlError
 from gcctl.metrics import (
     METRIC_KEYS,
     aggregate_seeds,
+    brier_score,
+    calibration_metrics,
     compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
     metrics_from_predictions,
     predictions_frame,
     predictions_path,
@@ -110,7 +115,7 @@ def test_predictions_frame_is_long_with_one_score_column_per_class():
 def test_metrics_from_predictions_are_keyed_by_seed_in_numeric_order():
     recomputed = metrics_from_predictions(_frame({10: _scores(PRED), 2: _scores(BETTER)}), COUNTED)
     assert list(recomputed["seeds"]) == ["2", "10"]
-    assert recomputed["seeds"]["10"] == metrics()
+    assert {key: value for key, value in recomputed["seeds"]["10"].items() if key != "calibration"} == metrics()
     assert recomputed["acc_avg"] == aggregate_seeds([metrics(), metrics(pred=BETTER)])["acc_avg"]
     unseeded = metrics_from_predictions(_frame({None: _scores(PRED)}), COUNTED)
     assert list(unseeded["seeds"]) == ["none"] and unseeded["acc_wg"]["mean"] == metrics()["acc_wg"]
@@ -168,3 +173,48 @@ def test_a_paired_comparison_finds_a_real_gap_and_none_between_a_run_and_itself(
     assert same["acc_wg"] == {"difference": 0.0, "interval": [0.0, 0.0], "p_value": 1.0}
     with pytest.raises(GcctlError, match="scored on different samples"):
         paired_comparison(better, _predictions(0.9, n=200))
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def _simulated(n: int, rng: np.random.Generator, sharpen: float = 1.0):
+    """Two-class logits whose softmax is calibrated (a sample is right with the probability it is given), then
+    multiplied by `sharpen` (> 1: overconfident); labels drawn accordingly."""
+    confidence = rng.uniform(0.5, 1.0, size=n)
+    y = rng.integers(0, 2, size=n)
+    right = rng.uniform(size=n) < confidence
+    predicted = np.where(right, y, 1 - y)
+    margin = np.log(confidence / (1 - confidence))  # logit gap that gives that confidence
+    logits = np.zeros((n, 2))
+    logits[np.arange(n), predicted] = margin
+    return sharpen * logits, y
+
+
+def test_a_calibrated_classifier_has_an_ece_near_zero_and_an_overconfident_one_does_not():
+    rng = np.random.default_rng(0)
+    logits, y = _simulated(20000, rng)
+    assert expected_calibration_error(softmax(logits), y) < 0.015
+    sharp, y = _simulated(20000, rng, sharpen=4.0)
+    assert expected_calibration_error(softmax(sharp), y) > 0.1
+
+
+def test_the_brier_score_by_hand():
+    probabilities = np.array([[0.8, 0.2], [0.4, 0.6]])
+    # (0.2² + 0.2²) for the first (label 0), (0.6² + 0.6²) for the second (label 0)
+    assert brier_score(probabilities, np.array([0, 0])) == pytest.approx((0.08 + 0.72) / 2)
+
+
+def test_temperature_scaling_recovers_the_sharpening_of_a_calibrated_model():
+    logits, y = _simulated(20000, np.random.default_rng(1), sharpen=3.0)
+    assert fit_temperature(logits, y) == pytest.approx(3.0, rel=0.1)
+
+
+def test_calibration_is_per_group_with_its_worst_and_comes_from_the_predictions_alone():
+    probabilities = softmax(_scores(PRED) * 2.0)
+    figures = calibration_metrics(probabilities, Y, GROUP, COUNTED)
+    assert figures["ece_worst_group"] == max(g["ece"] for g in figures["per_group"].values())
+    assert set(figures["per_group"]) == {COUNTED.names[g] for g in np.unique(GROUP)}
+    recomputed = metrics_from_predictions(_frame({0: _scores(PRED) * 2.0}), COUNTED)
+    assert recomputed["seeds"]["0"]["calibration"] == figures
+    assert recomputed["calibration"]["brier"]["mean"] == figures["brier"]

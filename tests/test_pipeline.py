@@ -28,11 +28,15 @@ TINY_PARAMS = {
     "train": {
         "seeds": "0",
         "datasets": ["waterbirds"],
-        "runs": {"groupcoop": {"method": "groupcoop", "epochs": 2}},
+        "runs": {"groupcoop": {"method": "groupcoop", "epochs": 2}, "dfr": {"method": "dfr", "epochs": 2}},
         "pseudo_runs": {"groupcoop-pseudo": {"method": "groupcoop", "epochs": 2}},
         "fits": {"zeroshot": {"method": "zeroshot"}, "orthproj": {"method": "orthproj"}},
     },
     "evaluate": {"split": "test"},
+    "label_free": {"strategy": "erm-error", "seed": 0,
+                   "runs": {"groupcoop-free": {"method": "groupcoop", "epochs": 2, "select_by": "acc_wg_pseudo"}}},
+    "budget": {"datasets": ["waterbirds"], "fraction": [0.5], "val_seed": 0, "runs": {"dfr": {"method": "dfr", "epochs": 2}},
+               "pseudo_runs": {"groupcoop-pseudo": {"method": "groupcoop", "epochs": 2}}},
     "sweep": {"datasets": ["waterbirds"], "k": [1], "runs": {"groupcoop": {"method": "groupcoop", "epochs": 2}}},
     "finetune": {
         "dataset": "waterbirds",
@@ -101,6 +105,11 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     assert cut["minority_per_group"] == 1 and cut["method"] == "groupcoop"
     assert (repo / "pipeline/tables/multiceleba.parquet").is_file()
     assert (repo / "pipeline/groups/waterbirds.parquet").is_file()
+    budget = (repo / "pipeline/report/budget-waterbirds/results.md").read_text()  # 50% beside train's runs (100%)
+    assert "| run | method | group labels | 50% | 100% |" in budget and "| groupcoop-pseudo | groupcoop |" in budget
+    assert json.loads((repo / "pipeline/budget/waterbirds/f0.5/dfr/config.json").read_text())["val_fraction"] == 0.5
+    label_free = (repo / "pipeline/report-label-free/waterbirds/results.md").read_text()  # beside the default runs
+    assert "| groupcoop-free | groupcoop | none | val worst pseudo-group |" in label_free and "| groupcoop | groupcoop |" in label_free
     assert "Data and pipelines are up to date" in _run("dvc", "status", cwd=repo)
 
     # Every output is a pure function of its inputs: running stages again writes the same bytes, so dvc.lock

@@ -39,6 +39,9 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the metrics and predictions an earlier `gcctl evaluate` wrote at --out "
         "(nothing else is ever replaced).")] = False,
+    temperature_scale: Annotated[bool, typer.Option(
+        "--temperature-scale", help="--run: divide each seed's scores by a temperature fitted on the store's "
+        "validation split (class labels only) before the calibration figures; predictions are unchanged.")] = False,
     device: Device = "auto",
     as_json: AsJson = False,
 ) -> None:
@@ -53,15 +56,18 @@ def evaluate(
     """
     if (run is None) == (not checkpoint):
         raise GcctlError("give either --run (a `gcctl train` run) or --checkpoint (weights to evaluate on --dataset)")
+    if temperature_scale and not run:
+        raise GcctlError("--temperature-scale applies to --run (a feature run), not to --checkpoint; drop it")
     if run:
         if table is not None:
             raise GcctlError("--run evaluates on its feature store; --dataset and --root go with --checkpoint")
         if len(run) > 1 or not (run[0] / "config.json").is_file():
-            _evaluate_several(run, split, features, out, overwrite, device, as_json)
+            _evaluate_several(run, split, features, out, overwrite, device, as_json, temperature_scale)
             return
         from gcctl.methods.runs import evaluate_run
 
-        metrics = evaluate_run(run[0], split, features=features, device=device, out=out, overwrite=overwrite)
+        metrics = evaluate_run(run[0], split, features=features, device=device, out=out, overwrite=overwrite,
+                               temperature_scale=temperature_scale)
     else:
         from gcctl.evaluation.checkpoints import evaluate_checkpoints
 
@@ -79,12 +85,13 @@ def evaluate(
     Console().print(group_table(metrics))
 
 
-def _evaluate_several(runs: list[Path], split: str, features, out: Path, overwrite: bool, device: str, as_json: bool) -> None:
+def _evaluate_several(runs: list[Path], split: str, features, out: Path, overwrite: bool, device: str, as_json: bool,
+                      temperature_scale: bool) -> None:
     from gcctl.methods.runs import evaluate_runs
 
     if features is not None:
         raise GcctlError("--features replaces the store of one run; evaluate several runs on their own stores")
-    results = evaluate_runs(runs, split, out, device=device, overwrite=overwrite)
+    results = evaluate_runs(runs, split, out, device=device, overwrite=overwrite, temperature_scale=temperature_scale)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return

@@ -40,6 +40,9 @@ _RUN_SECTIONS = {
     "train.runs": ("train",),
     "train.pseudo_runs": ("train",),
     "train.fits": ("train",),
+    "label_free.runs": ("train",),
+    "budget.runs": ("train",),
+    "budget.pseudo_runs": ("train",),
     "finetune.runs": ("finetune",),
     "datasets": ("data", "table"),
 }
@@ -57,12 +60,14 @@ def _command(root, ctx, names: tuple[str, ...]):
 # two names of one family are one folder, which DVC refuses (and the second stage would write over the first).
 _OUTPUT_FAMILIES = {
     "pipeline/models/NAME": (("pretrain.runs", "{}"), ("fetch.runs", "{}")),
-    "pipeline/metrics/DATASET/NAME.json": (("train.runs", "{}"), ("train.pseudo_runs", "{}"), ("train.fits", "{}")),
+    # label_free's runs write pipeline/metrics-label-free/, reported in one table with these (report_label_free)
+    "pipeline/metrics/DATASET/NAME.json": (("train.runs", "{}"), ("train.pseudo_runs", "{}"), ("train.fits", "{}"),
+                                           ("label_free.runs", "{}")),
     "pipeline/finetuned/DATASET/NAME": (("finetune.runs", "{}"), ("finetune.runs", "{}-wise")),
     "pipeline/transfer/NAME": ((None, "zeroshot"), ("finetune.runs", "{}"), ("finetune.runs", "{}-wise")),
 }
 # Lists a stage is repeated over (foreach, matrix): an item given twice is two stages writing one output.
-_STAGE_LISTS = ("train.datasets", "finetune.seeds")
+_STAGE_LISTS = ("train.datasets", "finetune.seeds", "sweep.datasets", "budget.datasets", "budget.fraction")
 
 
 def _parsed(path: Path, key: str, defaults: dict, command, ctx) -> dict:
@@ -150,6 +155,7 @@ def check_params(path: Path, root_command, ctx) -> dict:
     if not isinstance(listed, list):
         raise GcctlError(f"{path}: train.datasets is not a list of dataset names, e.g. [waterbirds]")
     named = [("train.datasets", name) for name in listed]
+    named += [(key, name) for key in ("sweep.datasets", "budget.datasets") for name in value_at(document, key) or []]
     if value_at(document, "finetune.dataset") is not None:
         named.append(("finetune.dataset", value_at(document, "finetune.dataset")))
     named += [("transfer.target", Path(spec.partition("=")[2].partition("@")[0]).stem)

@@ -1,4 +1,4 @@
-"""`gcctl pseudo-label`: infer the train split's groups and report their agreement with the true groups."""
+"""`gcctl pseudo-label`: infer a split's groups (train by default) and report their agreement with the true groups."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def pseudo_label(
     out: Annotated[Path, typer.Option("--out", help="The Parquet group file to write (id, group, group_name, confidence, strategy).")],
     strategy: Annotated[str, typer.Option(
         "--strategy", help="val-probe, zeroshot-attr, kmeans, erm-error or oracle.")] = "val-probe",
+    split: Annotated[str, typer.Option(
+        "--split", help="The split labelled: train, or val (no validation group label read: for `gcctl train "
+        "--val-groups`).")] = "train",
     report: Annotated[Optional[Path], typer.Option(
         "--report", help="The agreement JSON (default: <out stem>.report.json); its PNG gets the same stem.")] = None,
     min_confidence: Annotated[float, typer.Option(
@@ -55,7 +58,7 @@ def pseudo_label(
         val_label_noise=val_label_noise, attribute_prompts=attribute_prompt or (),
         class_names=[name.strip() for name in class_names.split(",")] if class_names else None,
         clusters_per_group=clusters_per_group, pretrained=pretrained, seed=seed, device=device, plot=plot_confusion,
-        max_memory=memory_budget(max_memory), overwrite=overwrite,
+        max_memory=memory_budget(max_memory), overwrite=overwrite, split=split,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))

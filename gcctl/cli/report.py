@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from gcctl.cli.options import AsJson
+from gcctl.metrics import BOOTSTRAP_RESAMPLES
 
 
 def report(
@@ -28,6 +29,8 @@ def report(
     compare: Annotated[Optional[list[str]], typer.Option(
         "--compare", metavar="A:B", help="Also compare run A with run B (their names, e.g. groupcoop:linear) on the "
         "same test samples: the difference with its interval and a paired-bootstrap p-value; repeat for more pairs.")] = None,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", help="Bootstrap draws behind each interval and paired comparison.")] = BOOTSTRAP_RESAMPLES,
     as_json: AsJson = False,
 ) -> None:
     """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; runs trained
@@ -51,7 +54,7 @@ def report(
 
     if every_image is not None:  # evaluate names each metrics file after its run
         metrics = [*metrics, *(every_image / f"{name}.json" for name in dict.fromkeys(path.stem for path in metrics))]
-    written = write_report(metrics, out, overwrite=overwrite, readme=readme, compare=compare or [])
+    written = write_report(metrics, out, overwrite=overwrite, readme=readme, compare=compare or [], resamples=resamples)
     if readme is not None:
         update_readme(readme, out.name, written["markdown"])
     if as_json:

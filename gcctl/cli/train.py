@@ -40,6 +40,13 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="The run directory to write (appears only when complete).")],
     groups: Annotated[Optional[Path], typer.Option(
         "--groups", help="Parquet group labels (id, group: the store's group ids or names, e.g. waterbird/water) for the train split; default: the store's true groups.")] = None,
+    val_groups: Annotated[Optional[Path], typer.Option(
+        "--val-groups", help="Parquet group labels of the validation split (`gcctl pseudo-label --split val`): they "
+        "replace its true groups wherever the method reads them (--select-by acc_wg_pseudo, DFR, TIE).")] = None,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="A validation-label budget: keep this share of each validation group (at least one "
+        "sample), the rest unused; the samples `gcctl pseudo-label --val-fraction` keeps with the same --val-seed.")] = 1.0,
+    val_seed: Annotated[int, typer.Option("--val-seed", help="Seeds the --val-fraction draw.")] = 0,
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds, one trained model each, e.g. 0,1,2.")] = "0",
     options: dict = None,  # one option per method setting (gcctl.cli.generated.method_options)
     pretrained: Annotated[Optional[str], typer.Option(
@@ -71,7 +78,8 @@ def train(
 
     summary = train_run(features, method, out, options=options, groups=groups, seeds=_int_list(seeds, "--seeds"),
                         device=device, pretrained=pretrained, plot=plot_run_curve, overwrite=overwrite,
-                        max_memory=memory_budget(max_memory), minority_per_group=minority_per_group)
+                        max_memory=memory_budget(max_memory), minority_per_group=minority_per_group,
+                        val_groups=val_groups, val_fraction=val_fraction, val_seed=val_seed)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -139,3 +139,33 @@ class GroupVocabulary:
 
     def __repr__(self) -> str:
         return f"GroupVocabulary({self.class_names}, {self.attributes}, train_counts={self.to_dict()['train_counts']})"
+
+
+def check_val_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction <= 1.0:
+        raise GcctlError(f"--val-fraction {fraction} must be between 0 (no validation groups) and 1 (all)")
+
+
+def labelled_subset(
+    within: np.ndarray, y: np.ndarray, per_class: int, fraction: float, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the validation samples whose group labels are kept, and their (possibly flipped) within-class
+    groups: the one rule of a validation-label budget (`--val-fraction` of pseudo-label and train).
+
+    The cut keeps `fraction` of every (class, group) (at least one sample when the fraction is positive);
+    the noise moves `noise` of the kept samples to another group of the same class, uniformly.
+    """
+    kept = []
+    for label in np.unique(y):
+        for w in np.unique(within[y == label]):
+            members = np.flatnonzero((y == label) & (within == w))
+            if fraction > 0:
+                count = max(1, int(np.floor(fraction * len(members) + 0.5)))
+                kept.append(rng.permutation(members)[:count])
+    kept = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
+    labels = within[kept].copy()
+    flipped = rng.permutation(len(kept))[: int(np.floor(noise * len(kept) + 0.5))]
+    for i in flipped:
+        others = [w for w in range(per_class) if w != labels[i]]
+        labels[i] = rng.choice(others)
+    return kept, labels

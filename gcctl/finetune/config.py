@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.schedule import WARMUP_HELP, check_warmup
 from gcctl.errors import GcctlError
-from gcctl.metrics import SELECT_BY
+from gcctl.metrics import PSEUDO_SELECTION, SELECT_BY
 from gcctl.settings import check_settings, setting
 
 
@@ -62,7 +62,8 @@ class FinetuneConfig:
         "With --augment: the smallest share of the image's area a random resized crop keeps (crops cover [s, 1]; "
         "the StarFT authors: 0.9)."))
     warmup: float = setting(0.1, help=WARMUP_HELP)
-    select_by: str = setting("acc_wg", choices=(*SELECT_BY, LAST_EPOCH), help=(
+    # acc_wg_pseudo reads a feature run's --val-groups, which fine-tuning does not take.
+    select_by: str = setting("acc_wg", choices=(*(rule for rule in SELECT_BY if rule != PSEUDO_SELECTION), LAST_EPOCH), help=(
         "What picks the kept epoch: validation acc_wg, acc_avg or acc_worst_class, or last (every epoch checkpointed, the last kept: "
         "the StarFT authors' protocol, which needs no validation labels)."))
     seed: int = setting(0, help="Seeds batch order, template draws and the random weights of --pretrained none.")

@@ -18,6 +18,7 @@ from gcctl.methods.roboshot import fit as fit_roboshot
 from gcctl.methods.tie import TIEConfig, fit_tie, fit_tie_star
 from gcctl.methods.zeroshot import ZeroShotConfig
 from gcctl.methods.zeroshot import fit as fit_zeroshot
+from gcctl.metrics import PSEUDO_SELECTION
 from gcctl.settings import check_value, flag_of
 
 
@@ -58,19 +59,31 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def group_supervision(method: str, config, train_groups_use: Sequence[str] = ("train",)) -> list[str]:
-    """The splits whose group labels a run of `method` with `config` uses: its own (GroupCoOp's train), the split
-    it balances groups on (train, DFR's val), val for keeping the epoch of best worst-group accuracy. Train groups
-    read from a group file stand for what that file's strategy used instead (`train_groups_use`: val for val-probe)."""
+def split_groups_read(method: str, config) -> set[str]:
+    """The splits whose groups (true, or a group file's) a run of `method` with `config` reads: its own, the
+    split it balances groups on, val for keeping the epoch by worst(-pseudo)-group accuracy."""
     spec = get_method(method)
     used = set(spec.group_splits)
     if getattr(config, "balance", "none") != "none":
         used.add(spec.trains_on)
-    if getattr(config, "select_by", None) == "acc_wg":
+    if getattr(config, "select_by", None) in ("acc_wg", PSEUDO_SELECTION):
         used.add("val")
+    return used
+
+
+def group_supervision(method: str, config, train_groups_use: Sequence[str] = ("train",),
+                      val_groups_use: Sequence[str] = ("val",)) -> list[str]:
+    """The splits whose true group labels a run of `method` with `config` uses: its own (GroupCoOp's train), the
+    split it balances groups on (train, DFR's val), val for keeping the epoch of best worst-group accuracy. Train
+    or validation groups read from a group file stand for what that file's strategy read instead
+    (`train_groups_use`, `val_groups_use`: val for val-probe, none for a label-free strategy)."""
+    used = split_groups_read(method, config)
+    read = used - {"train", "val"}
     if "train" in used:
-        used = (used - {"train"}) | set(train_groups_use)
-    return sorted(used)
+        read |= set(train_groups_use)
+    if "val" in used:
+        read |= set(val_groups_use)
+    return sorted(read)
 
 
 def settings() -> dict[str, list[tuple[str, Field]]]:

@@ -96,7 +96,8 @@ class LoopOptions:
     balance: str = setting("none", choices=BALANCES, help="Group balancing over (class, group): none, weights "
                            "(inverse frequency) or sampling (group-balanced batches).")
     select_by: str = setting("acc_wg", choices=SELECT_BY, help="Validation metric that picks the kept epoch: acc_wg "
-                             "(reads validation group labels), acc_avg or acc_worst_class (class labels only).")
+                             "(reads validation group labels), acc_wg_pseudo (worst group of the --val-groups "
+                             "pseudo-groups), acc_avg or acc_worst_class (class labels only).")
 
 
 # Settings several methods share, declared once.

@@ -1,7 +1,7 @@
 """What the feature-based methods train and evaluate on: splits of a feature store, with their group labels.
 
-Train groups come from the store (true groups) or from a group file (the pseudo-labelling output); validation
-and test always use the store's true groups. Both are numbered and named by the store's group vocabulary.
+Train and validation groups come from the store (true groups) or from group files (the pseudo-labelling
+output, `--groups` and `--val-groups`); test always uses the store's true groups. Both are numbered and named by the store's group vocabulary.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY, GroupVocabulary
+from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY, GroupVocabulary, labelled_subset
 from gcctl.errors import GcctlError
 from gcctl.metrics import compute_metrics
 from gcctl.store import FeatureStore, StoredRows, load_rows
@@ -59,12 +59,14 @@ def split_metrics(pred: np.ndarray, split: Split, vocabulary: GroupVocabulary) -
 @dataclass
 class TrainingData:
     train: Split  # groups: true, or from the group file (in the same vocabulary)
-    val: Split  # true groups
+    val: Split  # groups: true, or from the validation group file (`--val-groups`)
     vocabulary: GroupVocabulary  # the store's: numbers and names both splits' groups; true training counts
     provenance: dict
     # Whose true group labels the train groups stand for: the store's own (train), or what the group file's
     # strategy read (val for val-probe, none for zeroshot-attr; train for a file gcctl did not write).
     train_group_splits: tuple[str, ...] = ("train",)
+    val_group_splits: tuple[str, ...] = ("val",)  # likewise for the validation groups
+    val_groups_inferred: bool = False  # whether the validation groups came from a group file
 
     @property
     def class_names(self) -> list[str]:
@@ -159,13 +161,13 @@ def _group_ids(values, vocabulary: GroupVocabulary, path: Path) -> np.ndarray:
     return ids
 
 
-def read_group_file(path: str | Path, store: FeatureStore) -> tuple[np.ndarray, tuple[str, ...]]:
-    """The groups of the store's train split, in its vocabulary, from a Parquet file with columns `id` and `group`.
+def read_group_file(path: str | Path, store: FeatureStore, split: str = "train") -> tuple[np.ndarray, tuple[str, ...]]:
+    """The groups of the store's `split`, in its vocabulary, from a Parquet file with columns `id` and `group`.
 
-    `group` holds the store's group ids or names. Every train id needs exactly one row, in a group of its class;
-    rows of the store's other ids (val/test) are ignored, since evaluation uses true groups. A file gcctl wrote
+    `group` holds the store's group ids or names. Every id of the split needs exactly one row, in a group of its
+    class; rows of the store's other ids are ignored (test always keeps its true groups). A file gcctl wrote
     records its vocabulary, which must be the store's, and the splits whose true groups its strategy read
-    (returned beside the groups; a file from elsewhere counts as true train groups).
+    (returned beside the groups; a file from elsewhere counts as the split's true groups).
     """
     import pandas as pd
 
@@ -182,32 +184,50 @@ def read_group_file(path: str | Path, store: FeatureStore) -> tuple[np.ndarray, 
     foreign = ~ids.isin(store.ids)
     if foreign.any():
         raise GcctlError(f"group file {path} has {int(foreign.sum())} id(s) not in the feature store, e.g. '{ids[foreign][0]}'; it was made for another store")
-    train = store.split_index("train")
-    train_ids = store.ids[train]
-    absent = ~pd.Index(train_ids).isin(ids)
+    rows = store.split_index(split)
+    split_ids = store.ids[rows]
+    absent = ~pd.Index(split_ids).isin(ids)
     if absent.any():
-        raise GcctlError(f"group file {path} has no group for {int(absent.sum())} train id(s), e.g. '{train_ids[absent][0]}'; label the whole train split")
-    groups = pd.Series(_group_ids(frame["group"], vocabulary, path), index=ids).loc[train_ids].to_numpy()
-    wrong = np.flatnonzero(vocabulary.inconsistent(store.y[train], groups))
+        hint = "" if split == "train" else f" (`gcctl pseudo-label --split {split}` labels it)"
+        raise GcctlError(f"group file {path} has no group for {int(absent.sum())} {split} id(s), e.g. '{split_ids[absent][0]}'; "
+                         f"label the whole {split} split{hint}")
+    groups = pd.Series(_group_ids(frame["group"], vocabulary, path), index=ids).loc[split_ids].to_numpy()
+    wrong = np.flatnonzero(vocabulary.inconsistent(store.y[rows], groups))
     if len(wrong):
         first = wrong[0]
-        raise GcctlError(f"group file {path} puts {len(wrong)} train sample(s) in a group of another class, e.g. "
-                         f"'{train_ids[first]}' (class {vocabulary.class_names[store.y[train][first]]}) in "
+        raise GcctlError(f"group file {path} puts {len(wrong)} {split} sample(s) in a group of another class, e.g. "
+                         f"'{split_ids[first]}' (class {vocabulary.class_names[store.y[rows][first]]}) in "
                          f"'{vocabulary.names[groups[first]]}'; give every sample a group of its class")
-    return groups, tuple(described.get("group_splits", ("train",)))
+    return groups, tuple(described.get("group_splits", (split,)))
 
 
 def load_training_data(store: FeatureStore, device: torch.device, groups_path: str | Path | None = None,
-                       max_memory: int | None = None) -> TrainingData:
-    """Train and validation splits; each kept in memory when it fits `max_memory` bytes (None: no limit), else
-    read from the store on demand (see `load_split`)."""
+                       max_memory: int | None = None, val_groups_path: str | Path | None = None,
+                       val_fraction: float = 1.0, val_seed: int = 0) -> TrainingData:
+    """Train and validation splits, their groups the store's or those of the group files; each kept in memory
+    when it fits `max_memory` bytes (None: no limit), else read from the store on demand (see `load_split`).
+    A `val_fraction` below 1 is a validation-label budget: the validation split is cut to that share of each of
+    its groups (`labelled_subset`, seeded by `val_seed`: the samples `gcctl pseudo-label --val-fraction` keeps
+    with the same seed), and everything the run reads of validation (selection, DFR, TIE) is that cut."""
+    if not 0.0 < val_fraction <= 1.0:
+        raise GcctlError(f"--val-fraction {val_fraction} is outside (0, 1]: the share of each validation group whose "
+                         "labels the run has (1: all)")
     for split in ("train", "val"):
         check_split_groups(store, split)
     train_groups, group_splits = (None, ("train",)) if groups_path is None else read_group_file(groups_path, store)
+    val_groups, val_group_splits = (None, ("val",)) if val_groups_path is None else read_group_file(val_groups_path, store, "val")
+    val = load_split(store, "val", device, val_groups, max_memory)
+    if val_fraction < 1.0:
+        vocabulary = store.vocabulary
+        kept, _ = labelled_subset(vocabulary.within(val.group.cpu().numpy()), val.y.cpu().numpy(), vocabulary.groups_per_class,
+                                  val_fraction, 0.0, np.random.default_rng(val_seed))
+        val = val.subset(torch.from_numpy(kept).to(val.y.device))
     return TrainingData(
         train=load_split(store, "train", device, train_groups, max_memory),
-        val=load_split(store, "val", device, max_memory=max_memory),
+        val=val,
         vocabulary=store.vocabulary,
         provenance=dict(store.provenance),
         train_group_splits=group_splits,
+        val_group_splits=val_group_splits,
+        val_groups_inferred=val_groups_path is not None,
     )

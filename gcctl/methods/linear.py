@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gcctl.errors import GcctlError
 from gcctl.methods.base import Classifier, FitResult, LoopOptions
 from gcctl.methods.data import TrainingData
 from gcctl.methods.loop import cross_entropy_loss, fit_loop, group_units
@@ -65,13 +66,17 @@ def fit_linear(data: TrainingData, config: LinearConfig, *, seed: int, bundle=No
 def fit_dfr(data: TrainingData, config: DFRConfig, *, seed: int, bundle=None, device=None) -> FitResult:
     """Train on one half of the validation split (true groups), select the epoch on the other half."""
     fit_half, select_half = _halves_per_group(data, seed)
+    if len(select_half) == 0:
+        raise GcctlError("dfr fits on half of each validation group and keeps its epoch on the other half, and every "
+                         "group has one validation sample; give a larger --val-fraction")
     result = _fit_probe(data, config, data.val.subset(fit_half), data.val.subset(select_half), seed, "dfr")
     result.selection["fit_on"] = f"{len(fit_half)} validation samples; selected on the other {len(select_half)}"
     return result
 
 
 def _halves_per_group(data: TrainingData, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random half of every (class, group) unit of the validation split, and the rest."""
+    """A random half of every (class, group) unit of the validation split (the larger half of an odd unit, so a
+    unit of one sample, as a small validation-label budget leaves, is still fitted on), and the rest."""
     generator = torch.Generator().manual_seed(seed)
     unit, _ = group_units(data.val.group)
     unit = unit.cpu()
@@ -79,7 +84,7 @@ def _halves_per_group(data: TrainingData, seed: int) -> tuple[torch.Tensor, torc
     for u in range(int(unit.max()) + 1):
         members = (unit == u).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        first.append(members[: len(members) // 2])
-        second.append(members[len(members) // 2 :])
+        first.append(members[: (len(members) + 1) // 2])
+        second.append(members[(len(members) + 1) // 2 :])
     device = data.val.y.device
     return torch.cat(first).to(device), torch.cat(second).to(device)

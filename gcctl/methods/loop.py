@@ -1,8 +1,8 @@
 """The training loop shared by the trained feature-based methods (linear, dfr, coop, groupcoop).
 
 Features stay on the device in the stored dtype and are converted to float32 one batch at a time. After every
-epoch the current classifier is scored on the selection split (validation, true groups) and the best epoch by
-`select_by` is kept.
+epoch the current classifier is scored on the selection split (validation, with its true groups or the
+pseudo-groups of `--val-groups`) and the best epoch by `select_by` is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gcctl.datasets.groups import GroupVocabulary
 from gcctl.errors import GcctlError
 from gcctl.methods.base import FitResult, LoopOptions
 from gcctl.methods.data import Split, split_metrics
+from gcctl.metrics import selection_value
 from gcctl.runtime import autocast, progress
 
 # (prompt scores [B, P] float32, indices of the batch's samples in the train split) -> loss per sample [B]
@@ -91,12 +92,13 @@ def fit_loop(
                     "loss": mean_loss,
                     "val_acc_avg": metrics["acc_avg"],
                     "val_acc_wg": metrics["acc_wg"],
-                    f"val_{options.select_by}": metrics[options.select_by],  # what keeps the epoch, always drawn
+                    f"val_{options.select_by}": selection_value(metrics, options.select_by),  # what keeps the epoch, always drawn
                 }
             )
             epoch_seconds.append(round(time.perf_counter() - started, 4))
-            if best is None or metrics[options.select_by] > best["value"]:
-                best = {"epoch": epoch, "value": metrics[options.select_by], "classifier": classifier, "learned": scorer.learned(), "metrics": metrics}
+            value = selection_value(metrics, options.select_by)
+            if best is None or value > best["value"]:
+                best = {"epoch": epoch, "value": value, "classifier": classifier, "learned": scorer.learned(), "metrics": metrics}
             bar.advance(task)
     selection = {
         "select_by": f"val_{options.select_by}",

@@ -39,11 +39,13 @@ from gcctl.files import (
     write_json,
     write_timings,
 )
-from gcctl.methods import get_method, group_supervision, make_config
+from gcctl.methods import get_method, group_supervision, make_config, split_groups_read
 from gcctl.methods.base import Classifier, FitResult
 from gcctl.methods.data import check_split_groups, load_split, load_training_data
 from gcctl.metrics import (
+    PSEUDO_SELECTION,
     check_evaluation_out,
+    fit_temperature,
     metrics_from_predictions,
     predictions_frame,
     seed_key,
@@ -67,6 +69,9 @@ def train_run(
     overwrite: bool = False,
     max_memory: int | None = None,
     minority_per_group: int | None = None,
+    val_groups: str | os.PathLike | None = None,
+    val_fraction: float = 1.0,
+    val_seed: int = 0,
 ) -> dict:
     """Train `method` on the store `features` once per seed and write the run directory `out`, with
     `curve.png` drawn by `plot(curve records, path)` when given. An earlier run in `out` is replaced only
@@ -75,8 +80,10 @@ def train_run(
     A method with the text tower rebuilds the store's model, from `pretrained` when given (its weights moved).
     A split larger than `max_memory` bytes (None: no limit) is read from the store batch by batch, with the
     same results. `minority_per_group` keeps at most that many training samples of each minority group, drawn
-    per seed (`cut_minority_groups`). Returns a summary: per seed, the kept epoch and its validation accuracy and
-    worst-group accuracy.
+    per seed (`cut_minority_groups`). `val_groups` (a group file of the validation split) replaces the validation
+    groups wherever the method reads them: `--select-by acc_wg_pseudo`, DFR's balancing, TIE's translation.
+    `val_fraction` < 1 cuts the validation split to that share of each group, drawn with `val_seed` (a
+    validation-label budget, `load_training_data`). Returns a summary: per seed, the kept epoch and its validation accuracy and worst-group accuracy.
     """
     config = make_config(method, options or {})  # an unknown method is refused here
     if not seeds:
@@ -85,8 +92,8 @@ def train_run(
     out = Path(out)
     with output_lock(out):
         check_output(out, "train", is_own=lambda path: (path / "config.json").is_file(), replace_own=overwrite)
-        return _train_seeds(features, method, config, out, groups, seeds, resolve_device(device), pretrained, plot,
-                            max_memory, minority_per_group)
+        return _train_seeds(features, method, config, out, (groups, val_groups), seeds, resolve_device(device), pretrained,
+                            plot, max_memory, minority_per_group, (val_fraction, val_seed))
 
 
 def fit(
@@ -100,27 +107,59 @@ def fit(
     pretrained: str | None = None,
     max_memory: int | None = None,
     minority_per_group: int | None = None,
+    val_groups: str | os.PathLike | None = None,
+    val_fraction: float = 1.0,
+    val_seed: int = 0,
 ) -> FitResult:
     """Train `method` on the store `features` with one seed, in memory, writing nothing: the result's
     `classifier` scores a store's features (`classifier.predict`, `classifier.scores`), its `selection` says
-    which epoch it kept. Options, groups, pretrained, max_memory and minority_per_group are those of `train_run`."""
+    which epoch it kept. Options, groups, val_groups, val_fraction, val_seed, pretrained, max_memory and
+    minority_per_group are those of `train_run`."""
     config = make_config(method, options or {})
     check_seeds([seed])
     torch_device = resolve_device(device)
     with FeatureStore(features) as store:
-        data, _, bundle = _prepare(store, method, config, groups, torch_device, pretrained, max_memory)
+        data, _, bundle = _prepare(store, method, config, (groups, val_groups), torch_device, pretrained, max_memory,
+                                   (val_fraction, val_seed))
         seed_everything(seed)
         return get_method(method).fit(data.with_minority_cut(minority_per_group, seed), config, seed=seed,
                                       bundle=bundle, device=torch_device)
 
 
-def _prepare(store: FeatureStore, method: str, config, groups, device, pretrained, max_memory):
-    """The training data, the store's model reference, and the model itself for methods with a text tower."""
+def _check_val_groups(method: str, config, val_groups) -> None:
+    """A selection rule must read the validation groups the run has: pseudo ones under acc_wg_pseudo only."""
+    select_by = getattr(config, "select_by", None)
+    if select_by == PSEUDO_SELECTION and val_groups is None:
+        raise GcctlError("--select-by acc_wg_pseudo keeps the epoch of best worst pseudo-group accuracy and needs "
+                         "--val-groups (`gcctl pseudo-label --split val` writes one); or choose acc_worst_class")
+    if val_groups is None:
+        return
+    if select_by == "acc_wg":
+        raise GcctlError("with --val-groups the validation groups are pseudo-groups; say --select-by acc_wg_pseudo "
+                         "(or drop --val-groups to select on the true validation groups)")
+    if "val" not in split_groups_read(method, config):
+        raise GcctlError(f"method {method} with these options reads no validation group, so --val-groups would "
+                         "change nothing; drop it or add --select-by acc_wg_pseudo")
+
+
+def _prepare(store: FeatureStore, method: str, config, groups, device, pretrained, max_memory, val_budget=(1.0, 0)):
+    """The training data, the store's model reference, and the model itself for methods with a text tower;
+    `groups` is the (train, validation) group files, each None for the store's own groups; `val_budget` the
+    validation cut's (fraction, seed)."""
     if pretrained and not get_method(method).uses_clip:
         raise GcctlError(f"--pretrained applies to methods with the text tower, not to {method}; drop it")
+    train_groups, val_groups = groups
+    _check_val_groups(method, config, val_groups)
     if max_memory is not None and hasattr(config, "batch_size"):  # a training-free method has no batch
         check_memory_budget(max_memory, config.batch_size, store.embed_dim)
-    data = load_training_data(store, device, groups, max_memory)
+    val_fraction, val_seed = val_budget
+    if val_fraction < 1.0 and "val" not in split_groups_read(method, config):
+        raise GcctlError(f"method {method} with these options reads no validation group, so --val-fraction would "
+                         "change nothing; drop it")
+    data = load_training_data(store, device, train_groups, max_memory, val_groups, val_fraction, val_seed)
+    if getattr(config, "select_by", None) == "acc_worst_class" and len(torch.unique(data.val.y)) < 2:
+        raise GcctlError("--select-by acc_worst_class compares classes and the validation split holds one; "
+                         "choose acc_avg, or a store whose validation split has every class")
     reference = store.model_ref()
     bundle = None
     if get_method(method).uses_clip:
@@ -134,11 +173,11 @@ def _prepare(store: FeatureStore, method: str, config, groups, device, pretraine
 
 
 def _train_seeds(features, method: str, config, out: Path, groups, seeds, device, pretrained, plot, max_memory,
-                 minority_per_group) -> dict:
+                 minority_per_group, val_budget) -> dict:
     """`train_run` once its --out is this process's; the store stays open while a split may be read from it."""
     spec = get_method(method)
     with FeatureStore(features) as store:
-        data, reference, bundle = _prepare(store, method, config, groups, device, pretrained, max_memory)
+        data, reference, bundle = _prepare(store, method, config, groups, device, pretrained, max_memory, val_budget)
         # A training-free method gives one model whatever the seed: fit once and recorded without a seed, so
         # reports show "-" rather than a spread of zero over identical copies.
         fitted_seeds = list(seeds) if spec.trains else [None]
@@ -155,9 +194,12 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
         "device": str(device),
         "model_ref": reference.recorded_for(out).to_dict(),
         "features": {"path": str(features), "provenance": {k: v for k, v in data.provenance.items() if k != "model_ref"}},
-        "groups": {"source": "file", "path": str(groups), "sha256": sha256_file(groups)} if groups else {"source": "store"},
-        "group_supervision": group_supervision(method, config, data.train_group_splits),
+        "groups": _group_source(groups[0]),
+        "val_groups": _group_source(groups[1]),
+        "group_supervision": group_supervision(method, config, data.train_group_splits, data.val_group_splits),
         "minority_per_group": minority_per_group,
+        "val_fraction": val_budget[0],
+        "val_seed": val_budget[1],
         "vocabulary": data.vocabulary.to_dict(),
         "gcctl_version": __version__,
     }
@@ -170,6 +212,10 @@ def _train_seeds(features, method: str, config, out: Path, groups, seeds, device
             for seed, r in results.items()
         },
     }
+
+
+def _group_source(path) -> dict:
+    return {"source": "file", "path": str(path), "sha256": sha256_file(path)} if path else {"source": "store"}
 
 
 def _write_run(out: Path, run_config: dict, results: dict, plot: Callable[[list[dict], Path], None] | None) -> None:
@@ -212,7 +258,7 @@ def run_directories(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def evaluate_runs(runs: Sequence[str | os.PathLike], split: str, out_dir: str | os.PathLike, *, device: str = "auto",
-                  overwrite: bool = False) -> dict[str, dict]:
+                  overwrite: bool = False, temperature_scale: bool = False) -> dict[str, dict]:
     """`evaluate_run` of every run `runs` name (`run_directories`) in one process, each written to
     `out_dir/<run>.json` with its predictions beside it; every output is checked before the first is written."""
     runs, out_dir = run_directories(runs), Path(out_dir)
@@ -222,7 +268,8 @@ def evaluate_runs(runs: Sequence[str | os.PathLike], split: str, out_dir: str | 
     for out in outs.values():
         check_evaluation_out(out, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {run.name: evaluate_run(run, split, device=device, out=out, overwrite=overwrite) for run, out in outs.items()}
+    return {run.name: evaluate_run(run, split, device=device, out=out, overwrite=overwrite, temperature_scale=temperature_scale)
+            for run, out in outs.items()}
 
 
 def read_run_config(run: str | os.PathLike) -> dict:
@@ -248,10 +295,16 @@ def evaluate_run(
     device: str = "auto",
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    temperature_scale: bool = False,
 ) -> dict:
     """Metrics of every seed of a run on `split` of its store (or of `features`), aggregated as mean and std;
     with `out`, also written there, with the per-sample predictions beside it (`gcctl.metrics.write_evaluation`):
-    over an earlier evaluation only with `overwrite`, over anything else never."""
+    over an earlier evaluation only with `overwrite`, over anything else never. With `temperature_scale`, each
+    seed's scores are divided by a temperature fitted on the store's validation split first (the predictions
+    keep their class; the recorded scores are the scaled ones, so the Parquet alone recomputes the calibration)."""
+    if temperature_scale and split == "val":
+        raise GcctlError("--temperature-scale fits its temperature on the validation split; evaluate --split test "
+                         "(or train), or drop --temperature-scale")
     if out is not None:
         check_evaluation_out(out, overwrite)
     run = Path(run)
@@ -269,7 +322,11 @@ def evaluate_run(
         data = load_split(store, split, device)
         ids = store.ids[store.split_index(split)]
         provenance = store.provenance
-    scores = {seed: Classifier.from_state(state["classifier"], device).scores(data.features) for seed, state in sorted(params.items())}
+        classifiers = {seed: Classifier.from_state(state["classifier"], device) for seed, state in sorted(params.items())}
+        scores = {seed: classifier.scores(data.features) for seed, classifier in classifiers.items()}
+        temperatures = _fit_temperatures(store, classifiers, device) if temperature_scale else None
+    if temperatures is not None:
+        scores = {seed: seed_scores / temperatures[seed_key(seed)] for seed, seed_scores in scores.items()}
     predictions = predictions_frame(ids, data.y.cpu().numpy(), data.group.cpu().numpy(), split, scores, vocabulary)
     metrics = {
         **metrics_from_predictions(predictions, vocabulary),
@@ -285,11 +342,23 @@ def evaluate_run(
             "dataset": provenance.get("dataset"),
             "dataset_fingerprint": provenance.get("dataset_fingerprint"),
             "train_groups": run_config["groups"],
+            "val_groups": run_config.get("val_groups", {"source": "store"}),
             "group_supervision": run_config.get("group_supervision"),  # None: a run from before it was recorded
             "select_by": run_config["config"].get("select_by"),  # None: a training-free method, nothing selected
             "minority_per_group": run_config.get("minority_per_group"),  # None: every training image
+            "val_fraction": run_config.get("val_fraction", 1.0),  # the validation-label budget
+            "temperature": temperatures,  # None: the scores as the classifier gives them
         },
     }
     if out is not None:
         write_evaluation(out, metrics, predictions, vocabulary)
     return metrics
+
+
+def _fit_temperatures(store: FeatureStore, classifiers: dict, device: torch.device) -> dict[str, float]:
+    """Each seed's temperature, fitted on the class labels of the store's validation split."""
+    if len(store.split_index("val")) == 0:
+        raise GcctlError(f"--temperature-scale fits on the validation split and {store.path} has none; drop --temperature-scale")
+    val = load_split(store, "val", device)
+    y = val.y.cpu().numpy()
+    return {seed_key(seed): fit_temperature(classifier.scores(val.features), y) for seed, classifier in classifiers.items()}

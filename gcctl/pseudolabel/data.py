@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gcctl.datasets.groups import GroupVocabulary
+from gcctl.datasets.groups import GroupVocabulary, check_val_fraction, labelled_subset
 from gcctl.errors import GcctlError
 from gcctl.store import FeatureStore, StoredRows, load_rows
 
 
 @dataclass
 class LabelingData:
+    # train_*: the split being labelled (train, or val under `--split val`, when no validation group is read)
     train_features: torch.Tensor | StoredRows  # float32 [N, D] on the device, or read from the store as indexed
     train_y: np.ndarray  # [N]
     train_ids: np.ndarray  # [N] str
@@ -30,6 +31,10 @@ class LabelingData:
     provenance: dict
     device: torch.device
     seed: int
+    # Under --split val: the train split's features and class labels, on which erm-error fits its ERM (the
+    # shortcut it must learn lives in train; a group-balanced validation split has none).
+    erm_features: torch.Tensor | StoredRows | None = None
+    erm_y: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -57,30 +62,6 @@ def _require_groups_within_classes(store: FeatureStore) -> None:
         )
 
 
-def _val_subset(
-    within: np.ndarray, y: np.ndarray, per_class: int, fraction: float, noise: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the kept validation samples and their (possibly flipped) within-class groups.
-
-    The cut keeps `fraction` of every (class, group) (at least one sample when the fraction is positive);
-    the noise moves `noise` of the kept samples to another group of the same class, uniformly.
-    """
-    kept = []
-    for label in np.unique(y):
-        for w in np.unique(within[y == label]):
-            members = np.flatnonzero((y == label) & (within == w))
-            if fraction > 0:
-                count = max(1, int(np.floor(fraction * len(members) + 0.5)))
-                kept.append(rng.permutation(members)[:count])
-    kept = np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
-    labels = within[kept].copy()
-    flipped = rng.permutation(len(kept))[: int(np.floor(noise * len(kept) + 0.5))]
-    for i in flipped:
-        others = [w for w in range(per_class) if w != labels[i]]
-        labels[i] = rng.choice(others)
-    return kept, labels
-
-
 def load_labeling_data(
     store: FeatureStore,
     device: torch.device,
@@ -89,24 +70,27 @@ def load_labeling_data(
     val_label_noise: float = 0.0,
     seed: int = 0,
     max_memory: int | None = None,
+    split: str = "train",
 ) -> LabelingData:
-    """What a strategy sees. Features that do not fit `max_memory` bytes (None: no limit) stay in the store,
-    read as the strategy indexes them (each class, or each half for erm-error, is then held at a time); the
-    store must stay open while they are used."""
-    if not 0.0 <= val_fraction <= 1.0:
-        raise GcctlError(f"--val-fraction {val_fraction} must be between 0 (no validation groups) and 1 (all)")
+    """What a strategy sees when it labels `split` (train, or val: then no validation group label is read).
+    Features that do not fit `max_memory` bytes (None: no limit) stay in the store, read as the strategy indexes
+    them (each class, or each half for erm-error, is then held at a time); the store must stay open while they
+    are used."""
+    check_val_fraction(val_fraction)
     if not 0.0 <= val_label_noise < 1.0:
         raise GcctlError(f"--val-label-noise {val_label_noise} must be at least 0 and below 1")
     _require_groups_within_classes(store)
     vocabulary = store.vocabulary
-    train = store.split_index("train")
+    train = store.split_index(split)
     if len(train) == 0:
-        raise GcctlError(f"{store.path} has no train split to label; check the dataset's split column")
+        raise GcctlError(f"{store.path} has no {split} split to label; check the dataset's split column")
     val = store.split_index("val")
-    kept, val_within = _val_subset(vocabulary.within(store.group[val]), store.y[val], vocabulary.groups_per_class,
+    if split == "val":
+        val_fraction = 0.0  # the labels being inferred are never read
+    kept, val_within = labelled_subset(vocabulary.within(store.group[val]), store.y[val], vocabulary.groups_per_class,
                                    val_fraction, val_label_noise, np.random.default_rng(seed))
     return LabelingData(
-        train_features=load_rows(store, train, device, what=f"split 'train' of {store.path}", max_memory=max_memory,
+        train_features=load_rows(store, train, device, what=f"split '{split}' of {store.path}", max_memory=max_memory,
                                  float32=True),
         train_y=store.y[train].astype(np.int64),
         train_ids=np.asarray(store.ids[train]),
@@ -119,4 +103,12 @@ def load_labeling_data(
         provenance=dict(store.provenance),
         device=device,
         seed=seed,
+        **(_erm_split(store, device, max_memory) if split == "val" else {}),
     )
+
+
+def _erm_split(store: FeatureStore, device: torch.device, max_memory: int | None) -> dict:
+    train = store.split_index("train")
+    return {"erm_features": load_rows(store, train, device, what=f"split 'train' of {store.path}", max_memory=max_memory,
+                                      float32=True),
+            "erm_y": store.y[train].astype(np.int64)}

@@ -51,6 +51,7 @@ class Strategy:
     # groups when the store has them); a run trained on its group file records them as its supervision.
     group_splits: tuple[str, ...]
     options: tuple[str, ...] = ()  # the options only this strategy reads (`OPTION_FLAGS`)
+    needs_val_groups: bool = False  # learns from them, so cannot label the validation split
 
 
 def _zeroshot_attr(data: LabelingData, store: FeatureStore, *, attribute_prompts, class_names, pretrained) -> Inference:
@@ -58,7 +59,7 @@ def _zeroshot_attr(data: LabelingData, store: FeatureStore, *, attribute_prompts
 
 
 STRATEGIES = {
-    "val-probe": Strategy(lambda data, store: val_probe(data), ("val",)),
+    "val-probe": Strategy(lambda data, store: val_probe(data), ("val",), needs_val_groups=True),
     "zeroshot-attr": Strategy(_zeroshot_attr, (), ("attribute_prompts", "class_names", "pretrained")),
     "kmeans": Strategy(lambda data, store, clusters_per_group: kmeans(data, clusters_per_group), ("val",),
                        ("clusters_per_group",)),
@@ -68,6 +69,15 @@ STRATEGIES = {
 # Each strategy-specific option's flag and default: giving one to another strategy is a mistake.
 OPTION_FLAGS = {"attribute_prompts": ("--attribute-prompt", ()), "class_names": ("--class-names", None),
                 "clusters_per_group": ("--clusters-per-group", 1), "pretrained": ("--pretrained", None)}
+
+
+LABELLED_SPLITS = ("train", "val")
+
+
+def read_group_splits(spec: Strategy, split: str, read_val_groups: bool) -> list[str]:
+    """The splits whose true group labels a group file of `split` stands for: the labelled split's own for the
+    oracle, val where the strategy read validation groups (not under --val-fraction 0 or --split val)."""
+    return sorted({split if used == "train" else used for used in spec.group_splits if used == "train" or read_val_groups})
 
 
 def _report_paths(out: str | os.PathLike, report: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -135,8 +145,10 @@ def pseudo_label(
     plot: Callable[[dict, Path], None] | None = None,
     max_memory: int | None = None,
     overwrite: bool = False,
+    split: str = "train",
 ) -> dict:
-    """Infer the train groups of the store `features` with `strategy`; write the group file `out`, the agreement
+    """Infer the groups of the store's `split` (train; or val, reading no validation group label, for
+    `gcctl train --val-groups`) with `strategy`; write the group file `out`, the agreement
     report and, drawn by `plot(report, path)` (e.g. `gcctl.report.plot_confusion`), its confusion-matrix PNG
     (all or nothing), over an earlier pseudo-labelling's files only with `overwrite` and over nothing else.
     Features larger than `max_memory` bytes (None: no limit) are read from the store as the strategy needs them,
@@ -150,6 +162,11 @@ def pseudo_label(
         if option not in spec.options and given[option] != default:
             owner = next(name for name, other in STRATEGIES.items() if option in other.options)
             raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
+    if split not in LABELLED_SPLITS:
+        raise GcctlError(f"--split {split} cannot be labelled; choose {' or '.join(LABELLED_SPLITS)} (test keeps its true groups)")
+    if split == "val" and spec.needs_val_groups:
+        raise GcctlError(f"--strategy {strategy} learns from the validation groups, so it cannot infer them; "
+                         "label --split val with kmeans, erm-error or zeroshot-attr")
     if not 0.0 <= min_confidence <= 1.0:
         raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
     report_path, figure_path = _report_paths(out, report)
@@ -158,13 +175,15 @@ def pseudo_label(
     seed_everything(seed)
     with FeatureStore(features) as store:  # open while the strategy may read features from it
         data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise,
-                                  seed=seed, max_memory=max_memory)
+                                  seed=seed, max_memory=max_memory, split=split)
         inference = spec.infer(data, store, **{option: given[option] for option in spec.options})
     confident = inference.confidence >= min_confidence
     within = _fall_back_to_majority(data, inference.within, confident)
     group = data.vocabulary.group_of(data.train_y, within)
     summary = {
         "strategy": strategy,
+        "split": split,
+        "group_splits": read_group_splits(spec, split, len(data.val_y) > 0),
         "features": str(features),
         "dataset": data.provenance.get("dataset"),
         "group_file": str(out),
@@ -186,7 +205,7 @@ def pseudo_label(
     return summary
 
 
-def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, strategy: str):
+def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, summary: dict):
     """The group file's rows, with the vocabulary (counting the inferred groups) in the schema metadata."""
     import pyarrow as pa
 
@@ -195,10 +214,10 @@ def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, 
         "group": group.astype(np.int64),
         "group_name": np.asarray(data.vocabulary.names, dtype=object)[group],
         "confidence": confidence.astype(np.float32),
-        "strategy": np.full(len(group), strategy, dtype=object),
+        "strategy": np.full(len(group), summary["strategy"], dtype=object),
     })
-    described = {"vocabulary": data.vocabulary.counted(group).to_dict(), "strategy": strategy,
-                 "group_splits": list(STRATEGIES[strategy].group_splits)}
+    described = {"vocabulary": data.vocabulary.counted(group).to_dict(), "strategy": summary["strategy"], "split": summary["split"],
+                 "group_splits": summary["group_splits"]}
     return table.replace_schema_metadata({GROUP_FILE_METADATA_KEY: json.dumps(described).encode()})
 
 
@@ -206,7 +225,7 @@ def _write_outputs(out, report_path: Path, figure_path: Path, data: LabelingData
                    plot: Callable[[dict, Path], None] | None) -> None:
     import pyarrow.parquet as pq
 
-    table = _group_table(data, group, confidence, summary["strategy"])
+    table = _group_table(data, group, confidence, summary)
     # Nested: if any artifact fails, none of them is renamed into place.
     with contextlib.ExitStack() as stack:
         table_tmp = stack.enter_context(atomic_path(out))

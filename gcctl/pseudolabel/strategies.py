@@ -197,10 +197,17 @@ def _out_of_fold_probabilities(data: LabelingData) -> np.ndarray:
     return probabilities
 
 
+def _train_erm_probabilities(data: LabelingData) -> np.ndarray:
+    """Class probabilities of the labelled (validation) samples from an ERM probe fitted on the train split."""
+    probe = _fit_erm(data.erm_features[:], torch.from_numpy(data.erm_y).to(data.device), data.num_classes)
+    return probe.probabilities(data.train_features[:]).cpu().numpy()
+
+
 def erm_error(data: LabelingData) -> Inference:
-    """JTT's rule on a linear probe: per class, the train samples the ERM probe misclassifies form one group and
-    the others another (two groups per class, whatever the vocabulary's G), matched to groups like clusters."""
-    probabilities = _out_of_fold_probabilities(data)
+    """JTT's rule on a linear probe: per class, the samples the ERM probe misclassifies form one group and the
+    others another (two groups per class, whatever the vocabulary's G), matched to groups like clusters. The
+    ERM is fitted out of fold on the train split, or, labelling the validation split, on the train split."""
+    probabilities = _out_of_fold_probabilities(data) if data.erm_features is None else _train_erm_probabilities(data)
     wrong = probabilities.argmax(axis=1) != data.train_y
     confidence = probabilities.max(axis=1)
     within, _ = _empty(data)
