@@ -101,8 +101,14 @@ def _edited_default(tmp_path, edit):
     (lambda p: p["fetch"]["runs"].update(tiny={"model": "ViT-B-32"}), "pretrain.runs.tiny and fetch.runs.tiny both write"),
     (lambda p: p["train"]["datasets"].append("waterbirds"), "train.datasets lists waterbirds twice"),
     (lambda p: p["finetune"]["seeds"].append(0), "finetune.seeds lists 0 twice"),
+    (lambda p: p["budget"].update(datasets="waterbirds"), "budget.datasets is not a list of dataset names"),
+    (lambda p: p["budget"].update(datasets=["nowhere"]), "budget.datasets names dataset 'nowhere'"),
+    (lambda p: p["budget"]["fraction"].append(0.01), "budget.fraction lists 0.01 twice"),
+    (lambda p: p["label_free"]["runs"].update(groupcoop={"method": "groupcoop"}),
+     "both write pipeline/metrics/DATASET/groupcoop.json"),
 ], ids=["type", "bound", "foreign-setting", "no-method", "seeds", "max-memory", "choice", "finetune-check", "pretrain-type",
-        "runs-and-pseudo-runs", "runs-and-fits", "trained-fit", "wise-name", "transfer-zeroshot", "pretrain-and-fetch", "dataset-twice", "seed-twice"])
+        "runs-and-pseudo-runs", "runs-and-fits", "trained-fit", "wise-name", "transfer-zeroshot", "pretrain-and-fetch", "dataset-twice", "seed-twice",
+        "budget-datasets-string", "budget-dataset-undeclared", "budget-fraction-twice", "label-free-name"])
 def test_params_check_refuses_what_the_command_or_dvc_would(tmp_path, run_cli, edit, fragment):
     code, out, err = run_cli("params", "check", str(_edited_default(tmp_path, edit)))
     assert code == 1 and out == "" and err.count("\n") == 1 and fragment in err, err

@@ -332,3 +332,10 @@ def test_a_split_that_cannot_be_labelled_is_refused_writing_nothing(tmp_path, to
     with pytest.raises(GcctlError, match=message):
         pseudo_label(toy, strategy, tmp_path / "groups.parquet", split=split)
     assert not any(tmp_path.iterdir())
+
+
+def test_labelling_the_validation_split_refuses_validation_label_options_and_records_none_used(tmp_path, toy):
+    with pytest.raises(GcctlError, match="apply to --split train only"):
+        pseudo_label(toy, "kmeans", tmp_path / "a.parquet", split="val", val_fraction=0.5)
+    assert not any(tmp_path.iterdir())
+    assert pseudo_label(toy, "kmeans", tmp_path / "b.parquet", split="val")["options"]["val_fraction"] == 0.0

@@ -155,7 +155,11 @@ def check_params(path: Path, root_command, ctx) -> dict:
     if not isinstance(listed, list):
         raise GcctlError(f"{path}: train.datasets is not a list of dataset names, e.g. [waterbirds]")
     named = [("train.datasets", name) for name in listed]
-    named += [(key, name) for key in ("sweep.datasets", "budget.datasets") for name in value_at(document, key) or []]
+    for key in ("sweep.datasets", "budget.datasets"):
+        names = value_at(document, key) or []
+        if not isinstance(names, list):
+            raise GcctlError(f"{path}: {key} is not a list of dataset names, e.g. [waterbirds]")
+        named += [(key, name) for name in names]
     if value_at(document, "finetune.dataset") is not None:
         named.append(("finetune.dataset", value_at(document, "finetune.dataset")))
     named += [("transfer.target", Path(spec.partition("=")[2].partition("@")[0]).stem)

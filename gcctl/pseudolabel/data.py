@@ -71,11 +71,13 @@ def load_labeling_data(
     seed: int = 0,
     max_memory: int | None = None,
     split: str = "train",
+    train_reference: bool = False,
 ) -> LabelingData:
     """What a strategy sees when it labels `split` (train, or val: then no validation group label is read).
     Features that do not fit `max_memory` bytes (None: no limit) stay in the store, read as the strategy indexes
     them (each class, or each half for erm-error, is then held at a time); the store must stay open while they
-    are used."""
+    are used. `train_reference` adds the train split's features and classes under `--split val` (erm-error's ERM).
+    Under `--split val` the caller passes `val_fraction` 0: no validation group label is read."""
     check_val_fraction(val_fraction)
     if not 0.0 <= val_label_noise < 1.0:
         raise GcctlError(f"--val-label-noise {val_label_noise} must be at least 0 and below 1")
@@ -85,8 +87,6 @@ def load_labeling_data(
     if len(train) == 0:
         raise GcctlError(f"{store.path} has no {split} split to label; check the dataset's split column")
     val = store.split_index("val")
-    if split == "val":
-        val_fraction = 0.0  # the labels being inferred are never read
     kept, val_within = labelled_subset(vocabulary.within(store.group[val]), store.y[val], vocabulary.groups_per_class,
                                    val_fraction, val_label_noise, np.random.default_rng(seed))
     return LabelingData(
@@ -103,7 +103,7 @@ def load_labeling_data(
         provenance=dict(store.provenance),
         device=device,
         seed=seed,
-        **(_erm_split(store, device, max_memory) if split == "val" else {}),
+        **(_erm_split(store, device, max_memory) if split == "val" and train_reference else {}),
     )
 
 

@@ -52,6 +52,7 @@ class Strategy:
     group_splits: tuple[str, ...]
     options: tuple[str, ...] = ()  # the options only this strategy reads (`OPTION_FLAGS`)
     needs_val_groups: bool = False  # learns from them, so cannot label the validation split
+    fits_on_train: bool = False  # labelling the validation split, fits on the train split's classes (erm-error)
 
 
 def _zeroshot_attr(data: LabelingData, store: FeatureStore, *, attribute_prompts, class_names, pretrained) -> Inference:
@@ -63,7 +64,7 @@ STRATEGIES = {
     "zeroshot-attr": Strategy(_zeroshot_attr, (), ("attribute_prompts", "class_names", "pretrained")),
     "kmeans": Strategy(lambda data, store, clusters_per_group: kmeans(data, clusters_per_group), ("val",),
                        ("clusters_per_group",)),
-    "erm-error": Strategy(lambda data, store: erm_error(data), ("val",)),
+    "erm-error": Strategy(lambda data, store: erm_error(data), ("val",), fits_on_train=True),
     "oracle": Strategy(lambda data, store: oracle(data), ("train",)),
 }
 # Each strategy-specific option's flag and default: giving one to another strategy is a mistake.
@@ -164,6 +165,11 @@ def pseudo_label(
             raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
     if split not in LABELLED_SPLITS:
         raise GcctlError(f"--split {split} cannot be labelled; choose {' or '.join(LABELLED_SPLITS)} (test keeps its true groups)")
+    if split == "val" and (val_fraction != 1.0 or val_label_noise != 0.0):
+        raise GcctlError("labelling --split val reads no validation group label, so --val-fraction and "
+                         "--val-label-noise apply to --split train only; drop them")
+    if split == "val":
+        val_fraction = 0.0  # what is recorded is what was used
     if split == "val" and spec.needs_val_groups:
         raise GcctlError(f"--strategy {strategy} learns from the validation groups, so it cannot infer them; "
                          "label --split val with kmeans, erm-error or zeroshot-attr")
@@ -175,7 +181,7 @@ def pseudo_label(
     seed_everything(seed)
     with FeatureStore(features) as store:  # open while the strategy may read features from it
         data = load_labeling_data(store, resolve_device(device), val_fraction=val_fraction, val_label_noise=val_label_noise,
-                                  seed=seed, max_memory=max_memory, split=split)
+                                  seed=seed, max_memory=max_memory, split=split, train_reference=spec.fits_on_train)
         inference = spec.infer(data, store, **{option: given[option] for option in spec.options})
     confident = inference.confidence >= min_confidence
     within = _fall_back_to_majority(data, inference.within, confident)
