@@ -355,8 +355,7 @@ def sweep_markdown(runs: list[dict], axis: SweepAxis) -> str:
             + "\n".join(lines) + "\n")
 
 
-def sweep_table(runs: list[dict]) -> Table:
-    axis = sweep_axis(runs)
+def sweep_table(runs: list[dict], axis: SweepAxis) -> Table:
     columns, rows = sweep_points(runs, axis)
     table = Table(title=f"worst-group accuracy % against {axis.xlabel} (mean ± std over seeds)")
     table.add_column("run")
@@ -390,7 +389,7 @@ def plot_sweep(runs: list[dict], path: str | os.PathLike, axis: SweepAxis) -> No
 def write_sweep_report(runs: list[dict], out: Path, axis: SweepAxis) -> dict:
     """`results.md` and `sweep.png` of a sweep, written as the folder `out` (already checked)."""
     written = _write_plot_and_table(out, "sweep.png", lambda path: plot_sweep(runs, path, axis), sweep_markdown(runs, axis))
-    return {"runs": runs, "sweep": True, **written}
+    return {"runs": runs, "axis": axis, **written}
 
 
 def markdown_table(runs: list[dict]) -> str:

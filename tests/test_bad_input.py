@@ -249,6 +249,22 @@ def pseudo_label_args(world: Path, out: Path, *extra: str) -> list[str]:
     return ["pseudo-label", "--features", str(world / "store.h5"), "--strategy", "oracle", "--out", str(out), *extra, *CPU]
 
 
+def dfr_run(world: Path, tmp: Path) -> Path:
+    """A DFR run on the world's store: a method fitted on the validation split."""
+    from gcctl.methods.runs import train_run
+
+    train_run(world / "store.h5", "dfr", tmp / "dfr", device="cpu")
+    return tmp / "dfr"
+
+
+def size_named_val_groups(world: Path, tmp: Path) -> Path:
+    """Validation pseudo-groups that kmeans named by size, reading no validation group label."""
+    from gcctl.pseudolabel import pseudo_label
+
+    pseudo_label(world / "store.h5", "kmeans", tmp / "val-groups.parquet", split="val", device="cpu")
+    return tmp / "val-groups.parquet"
+
+
 def latin1_params(tmp: Path) -> Path:
     """A params file saved as Latin-1, not UTF-8 (a run named zéro)."""
     (tmp / "params.yaml").write_bytes("train:\n  runs:\n    z\xe9ro:\n      method: zeroshot\n".encode("latin-1"))
@@ -428,6 +444,14 @@ CASES = [
      "must be at least 1"),
     ("train-select-pseudo-without-val-groups", lambda w, t: train_args(w / "store.h5", t / "run", "--select-by", "acc_wg_pseudo",
                                                                        method="linear"), "needs --val-groups"),
+    ("train-val-fraction-with-val-groups", lambda w, t: train_args(w / "store.h5", t / "run", "--val-groups", str(size_named_val_groups(w, t)),
+                                                                   "--select-by", "acc_wg_pseudo", "--val-fraction", "0.5", method="linear"),
+     "drop one of the two"),
+    ("train-tie-size-named-val-groups", lambda w, t: train_args(w / "store.h5", t / "run", "--val-groups", str(size_named_val_groups(w, t)),
+                                                                method="tie"),
+     "named some class's groups by size"),
+    ("evaluate-temperature-dfr", lambda w, t: [*evaluate_args(dfr_run(w, t), t / "m.json"), "--temperature-scale"],
+     "which dfr was trained on"),
     ("train-val-fraction-zero", lambda w, t: train_args(w / "store.h5", t / "run", "--val-fraction", "0", method="dfr"),
      "outside (0, 1]"),
     ("pseudo-label-val-probe-on-val", lambda w, t: ["pseudo-label", "--features", str(w / "store.h5"), "--split", "val",

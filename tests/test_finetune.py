@@ -4,6 +4,7 @@ data parallelism), WiSE-FT, and the `finetune` / `wise` commands."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -22,7 +23,7 @@ from gcctl.curves import read_curve
 from gcctl.datasets import load_dataset
 from gcctl.datasets.images import ImageDataset
 from gcctl.errors import GcctlError
-from gcctl.evaluation.checkpoints import evaluate_checkpoints, zeroshot_metrics
+from gcctl.evaluation.checkpoints import evaluate_checkpoints, zeroshot_metrics, zeroshot_scores
 from gcctl.files import read_timings, sha256_file
 from gcctl.finetune import FinetuneConfig, finetune, read_pool, read_pools, wise_ft
 from gcctl.finetune import train as train_module
@@ -525,6 +526,19 @@ def test_checkpoints_are_evaluated_zero_shot_as_seeds_of_one_run(table, base, tm
     recomputed = metrics_from_predictions(predictions, vocabulary)
     assert [recomputed[key] for key in ("acc_avg", "acc_wg")] == [metrics[key] for key in ("acc_avg", "acc_wg")]
     assert set(predictions.columns) >= {"id", "group_name", *(f"score_{name}" for name in table.class_names)}
+
+
+def test_checkpoint_scores_are_logits_at_the_models_own_scale(table, base):
+    """Scores are cosines times the logit scale, as the feature methods score, so their softmax (hence ECE)
+    is the model's own and not the near-uniform softmax of raw cosines."""
+    bundle, cpu = build_clip(MICRO, base), torch.device("cpu")
+    scores = {}
+    for scale in (1.0, 50.0):
+        with torch.no_grad():
+            bundle.model.logit_scale.fill_(math.log(scale))
+        scores[scale], _ = zeroshot_scores(bundle, table, "test", device=cpu)
+    assert abs(scores[1.0]).max() <= 1 + 1e-5
+    torch.testing.assert_close(torch.from_numpy(scores[50.0]), 50 * torch.from_numpy(scores[1.0]), rtol=1e-4, atol=1e-4)
 
 
 def test_a_checkpoint_without_a_run_takes_its_seed_folder(table, base, tmp_path):

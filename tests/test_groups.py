@@ -203,9 +203,10 @@ def test_the_group_file_is_what_training_reads(tmp_path, toy):
     out = tmp_path / "groups.parquet"
     pseudo_label(toy, "val-probe", out)
     with FeatureStore(toy) as store:
-        groups, group_splits = read_group_file(out, store)
+        groups, group_splits, named_by_size = read_group_file(out, store)
     np.testing.assert_array_equal(groups, pd.read_parquet(out)["group"])
     assert group_splits == ("val",)  # val-probe's groups stand for the validation split's labels
+    assert not named_by_size
 
 
 def test_low_confidence_samples_take_their_class_majority_group(tmp_path, toy):
@@ -313,15 +314,18 @@ def test_the_validation_split_is_labelled_without_reading_a_validation_group(tmp
     assert summary["agreement"]["accuracy_up_to_relabelling"] > 0.9
     with FeatureStore(toy) as store:
         assert list(pd.read_parquet(out)["id"]) == list(store.ids[store.split_index("val")])
-        groups, group_splits = read_group_file(out, store, "val")
+        groups, group_splits, named_by_size = read_group_file(out, store, "val")
         assert group_splits == () and len(groups) == len(store.split_index("val"))
+        assert named_by_size and summary["named_by_size"]  # no validation group to match its groups to
         with pytest.raises(GcctlError, match="no group for 600 train id"):
             read_group_file(out, store)  # a validation file is not the train split's
 
 
 def test_group_files_say_which_true_groups_they_stand_for(tmp_path, toy):
-    assert pseudo_label(toy, "kmeans", tmp_path / "a.parquet", val_fraction=0.0)["group_splits"] == []
-    assert pseudo_label(toy, "kmeans", tmp_path / "b.parquet")["group_splits"] == ["val"]
+    unmatched, matched = (pseudo_label(toy, "kmeans", tmp_path / name, val_fraction=fraction)
+                          for name, fraction in (("a.parquet", 0.0), ("b.parquet", 1.0)))
+    assert unmatched["group_splits"] == [] and unmatched["named_by_size"]
+    assert matched["group_splits"] == ["val"] and not matched["named_by_size"]  # matched to validation groups
     assert pseudo_label(toy, "oracle", tmp_path / "c.parquet", split="val")["group_splits"] == ["val"]
     assert pseudo_label(toy, "oracle", tmp_path / "d.parquet")["group_splits"] == ["train"]
 

@@ -69,12 +69,8 @@ def evaluate(
         metrics = evaluate_run(run[0], split, features=features, device=device, out=out, overwrite=overwrite,
                                temperature_scale=temperature_scale)
     else:
-        from gcctl.evaluation.checkpoints import evaluate_checkpoints
-
-        if table is None:
-            raise GcctlError("--checkpoint needs the images to evaluate on: --dataset and --root")
-        metrics = evaluate_checkpoints(checkpoint, table, split, model_name=model, caption=caption, name=name,
-                                       device=device, out=out, overwrite=overwrite)
+        metrics = _evaluate_checkpoints(checkpoint, table, split, model=model, caption=caption, name=name, device=device,
+                                        out=out, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
@@ -83,6 +79,14 @@ def evaluate(
     from gcctl.report import group_table
 
     Console().print(group_table(metrics))
+
+
+def _evaluate_checkpoints(checkpoints: list[Path], table: DatasetTable | None, split: str, **options) -> dict:
+    from gcctl.evaluation.checkpoints import evaluate_checkpoints
+
+    if table is None:
+        raise GcctlError("--checkpoint needs the images to evaluate on: --dataset and --root")
+    return evaluate_checkpoints(checkpoints, table, split, model_name=options.pop("model"), **options)
 
 
 def _evaluate_several(runs: list[Path], split: str, features, out: Path, overwrite: bool, device: str, as_json: bool,

@@ -43,14 +43,7 @@ def report(
 
     Example: gcctl report pipeline/sweep/waterbirds/metrics-k*/*.json --every-image pipeline/metrics/waterbirds --out pipeline/report/sweep-waterbirds
     """
-    from gcctl.report import (
-        comparison_table,
-        comparisons_table,
-        suite_table,
-        sweep_table,
-        update_readme,
-        write_report,
-    )
+    from gcctl.report import update_readme, write_report
 
     if every_image is not None:  # evaluate names each metrics file after its run
         metrics = [*metrics, *(every_image / f"{name}.json" for name in dict.fromkeys(path.stem for path in metrics))]
@@ -59,14 +52,23 @@ def report(
         update_readme(readme, out.name, written["markdown"])
     if as_json:
         typer.echo(json.dumps(written["paths"], indent=2))
-        return
+    else:
+        _print_report(written)
+
+
+def _print_report(written: dict) -> None:
+    """The report's tables (rich) and the files it wrote."""
     from rich.console import Console
+
+    from gcctl.report import comparison_table, comparisons_table, suite_table, sweep_table
 
     console = Console()
     if "suites" in written:
         tables = [suite_table(summary) for summary in written["suites"]]
+    elif "axis" in written:
+        tables = [sweep_table(written["runs"], written["axis"])]
     else:
-        tables = [(sweep_table if written.get("sweep") else comparison_table)(written["runs"])]
+        tables = [comparison_table(written["runs"])]
         if written.get("comparisons"):
             tables.append(comparisons_table(written["comparisons"]))
     for table in tables:

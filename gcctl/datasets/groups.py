@@ -141,7 +141,12 @@ class GroupVocabulary:
         return f"GroupVocabulary({self.class_names}, {self.attributes}, train_counts={self.to_dict()['train_counts']})"
 
 
-def check_val_fraction(fraction: float) -> None:
+def check_val_fraction(fraction: float, *, budget: bool = False) -> None:
+    """The share of validation group labels kept: pseudo-labelling's may be 0 (none), a training run's budget
+    (`budget`) not, since the run reads the groups it keeps."""
+    if budget and not 0.0 < fraction <= 1.0:
+        raise GcctlError(f"--val-fraction {fraction} is outside (0, 1]: the share of each validation group whose "
+                         "labels the run has (1: all)")
     if not 0.0 <= fraction <= 1.0:
         raise GcctlError(f"--val-fraction {fraction} must be between 0 (no validation groups) and 1 (all)")
 

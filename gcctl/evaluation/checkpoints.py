@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from gcctl.clip.captions import DEFAULT_CAPTION, check_template
 from gcctl.clip.checkpoint import MODEL_FILE, SUMMARY_FILE, checkpoint_model_name
 from gcctl.clip.factory import ClipBundle, build_clip
-from gcctl.clip.text import class_text_features, class_words
+from gcctl.clip.text import class_text_features, class_words, logit_scale
 from gcctl.datasets.images import ImageDataset, image_loader
 from gcctl.datasets.table import DatasetTable
 from gcctl.errors import GcctlError
@@ -69,8 +69,9 @@ def zeroshot_scores(
     batch_size: int = 256,
     workers: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity [N, C] of every image of `split` to each class's text feature (the mean over `templates`,
-    as the `zeroshot` method), and the table rows they belong to."""
+    """Logits [N, C] of every image of `split`: its cosine similarity to each class's text feature (the mean over
+    `templates`) times the model's logit scale, as the `zeroshot` method scores (so their softmax, hence the
+    calibration figures, is the model's own); and the table rows they belong to."""
     model = bundle.model
     was_training = model.training
     model.eval()
@@ -81,7 +82,7 @@ def zeroshot_scores(
         features, rows = encode_images(model, loader, device)
     finally:
         model.train(was_training)
-    return (features @ text.T).cpu().numpy(), rows
+    return (logit_scale(model) * (features @ text.T)).cpu().numpy(), rows
 
 
 def zeroshot_metrics(bundle: ClipBundle, table: DatasetTable, split: str, *, device: torch.device, **options) -> dict:

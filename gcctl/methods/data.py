@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY, GroupVocabulary, labelled_subset
+from gcctl.datasets.groups import GROUP_FILE_METADATA_KEY, GroupVocabulary, check_val_fraction, labelled_subset
 from gcctl.errors import GcctlError
 from gcctl.metrics import compute_metrics
 from gcctl.store import FeatureStore, StoredRows, load_rows
@@ -66,7 +67,9 @@ class TrainingData:
     # strategy read (val for val-probe, none for zeroshot-attr; train for a file gcctl did not write).
     train_group_splits: tuple[str, ...] = ("train",)
     val_group_splits: tuple[str, ...] = ("val",)  # likewise for the validation groups
-    val_groups_inferred: bool = False  # whether the validation groups came from a group file
+    # Whether the validation group file named some class's groups by size alone, so that a group's name does not
+    # say which spurious value it shows (kmeans or erm-error without validation groups; TIE refuses them).
+    val_groups_named_by_size: bool = False
 
     @property
     def class_names(self) -> list[str]:
@@ -127,13 +130,18 @@ def load_split(store: FeatureStore, split: str, device: torch.device, group: np.
     )
 
 
-def _read_group_frame(path: Path):
+def _group_option(split: str) -> str:
+    """The `gcctl train` option that passes a group file for `split`."""
+    return "--groups" if split == "train" else f"--{split}-groups"
+
+
+def _read_group_frame(path: Path, split: str):
     """The group file's rows and what it records (an empty dict for a file gcctl did not write)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise GcctlError(f"group file {path} not found; create it with `gcctl pseudo-label` or drop --groups")
+        raise GcctlError(f"group file {path} not found; create it with `gcctl pseudo-label` or drop {_group_option(split)}")
     try:
         arrow = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a non-Parquet file
@@ -145,7 +153,7 @@ def _read_group_frame(path: Path):
     if missing:
         raise GcctlError(f"group file {path} lacks column(s) {sorted(missing)}; it needs id and group")
     if frame["group"].isna().any():
-        raise GcctlError(f"group file {path} has rows without a group; label every train id")
+        raise GcctlError(f"group file {path} has rows without a group; label every {split} id")
     return frame, recorded
 
 
@@ -161,18 +169,24 @@ def _group_ids(values, vocabulary: GroupVocabulary, path: Path) -> np.ndarray:
     return ids
 
 
-def read_group_file(path: str | Path, store: FeatureStore, split: str = "train") -> tuple[np.ndarray, tuple[str, ...]]:
+class GroupFile(NamedTuple):
+    groups: np.ndarray  # the split's group ids, in the store's vocabulary and row order
+    group_splits: tuple[str, ...]  # the splits whose true group labels the file's strategy read
+    named_by_size: bool  # whether some class's groups were named by size alone (see TrainingData)
+
+
+def read_group_file(path: str | Path, store: FeatureStore, split: str = "train") -> GroupFile:
     """The groups of the store's `split`, in its vocabulary, from a Parquet file with columns `id` and `group`.
 
     `group` holds the store's group ids or names. Every id of the split needs exactly one row, in a group of its
     class; rows of the store's other ids are ignored (test always keeps its true groups). A file gcctl wrote
-    records its vocabulary, which must be the store's, and the splits whose true groups its strategy read
-    (returned beside the groups; a file from elsewhere counts as the split's true groups).
+    records its vocabulary, which must be the store's, the splits whose true groups its strategy read and whether
+    it named groups by size; a file from elsewhere counts as the split's true groups, named by what they show.
     """
     import pandas as pd
 
     path = Path(path)
-    frame, described = _read_group_frame(path)
+    frame, described = _read_group_frame(path, split)
     vocabulary = store.vocabulary
     recorded = GroupVocabulary.from_dict(described["vocabulary"], str(path)) if "vocabulary" in described else None
     if recorded is not None and not recorded.same_groups(vocabulary):
@@ -198,7 +212,7 @@ def read_group_file(path: str | Path, store: FeatureStore, split: str = "train")
         raise GcctlError(f"group file {path} puts {len(wrong)} {split} sample(s) in a group of another class, e.g. "
                          f"'{split_ids[first]}' (class {vocabulary.class_names[store.y[rows][first]]}) in "
                          f"'{vocabulary.names[groups[first]]}'; give every sample a group of its class")
-    return groups, tuple(described.get("group_splits", (split,)))
+    return GroupFile(groups, tuple(described.get("group_splits", (split,))), bool(described.get("named_by_size", False)))
 
 
 def load_training_data(store: FeatureStore, device: torch.device, groups_path: str | Path | None = None,
@@ -209,25 +223,23 @@ def load_training_data(store: FeatureStore, device: torch.device, groups_path: s
     A `val_fraction` below 1 is a validation-label budget: the validation split is cut to that share of each of
     its groups (`labelled_subset`, seeded by `val_seed`: the samples `gcctl pseudo-label --val-fraction` keeps
     with the same seed), and everything the run reads of validation (selection, DFR, TIE) is that cut."""
-    if not 0.0 < val_fraction <= 1.0:
-        raise GcctlError(f"--val-fraction {val_fraction} is outside (0, 1]: the share of each validation group whose "
-                         "labels the run has (1: all)")
+    check_val_fraction(val_fraction, budget=True)
     for split in ("train", "val"):
         check_split_groups(store, split)
-    train_groups, group_splits = (None, ("train",)) if groups_path is None else read_group_file(groups_path, store)
-    val_groups, val_group_splits = (None, ("val",)) if val_groups_path is None else read_group_file(val_groups_path, store, "val")
-    val = load_split(store, "val", device, val_groups, max_memory)
+    train_file = GroupFile(None, ("train",), False) if groups_path is None else read_group_file(groups_path, store)
+    val_file = GroupFile(None, ("val",), False) if val_groups_path is None else read_group_file(val_groups_path, store, "val")
+    val = load_split(store, "val", device, val_file.groups, max_memory)
     if val_fraction < 1.0:
         vocabulary = store.vocabulary
         kept, _ = labelled_subset(vocabulary.within(val.group.cpu().numpy()), val.y.cpu().numpy(), vocabulary.groups_per_class,
                                   val_fraction, 0.0, np.random.default_rng(val_seed))
         val = val.subset(torch.from_numpy(kept).to(val.y.device))
     return TrainingData(
-        train=load_split(store, "train", device, train_groups, max_memory),
+        train=load_split(store, "train", device, train_file.groups, max_memory),
         val=val,
         vocabulary=store.vocabulary,
         provenance=dict(store.provenance),
-        train_group_splits=group_splits,
-        val_group_splits=val_group_splits,
-        val_groups_inferred=val_groups_path is not None,
+        train_group_splits=train_file.group_splits,
+        val_group_splits=val_file.group_splits,
+        val_groups_named_by_size=val_file.named_by_size,
     )

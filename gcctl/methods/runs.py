@@ -26,7 +26,7 @@ import torch
 from gcctl import __version__
 from gcctl.clip.reference import ModelRef
 from gcctl.curves import CURVE_DIR, write_seeded_curve
-from gcctl.datasets.groups import GroupVocabulary
+from gcctl.datasets.groups import GroupVocabulary, check_val_fraction
 from gcctl.errors import GcctlError
 from gcctl.files import (
     atomic_directory,
@@ -142,6 +142,19 @@ def _check_val_groups(method: str, config, val_groups) -> None:
                          "change nothing; drop it or add --select-by acc_wg_pseudo")
 
 
+def _check_val_budget(method: str, config, val_fraction: float, val_groups) -> None:
+    """A validation-label budget cuts true validation groups that the run reads."""
+    check_val_fraction(val_fraction, budget=True)
+    if val_fraction == 1.0:
+        return
+    if val_groups is not None:
+        raise GcctlError("--val-fraction budgets the true validation group labels, and --val-groups replaces them with "
+                         "pseudo-groups that read none; drop one of the two")
+    if "val" not in split_groups_read(method, config):
+        raise GcctlError(f"method {method} with these options reads no validation group, so --val-fraction would "
+                         "change nothing; drop it")
+
+
 def _prepare(store: FeatureStore, method: str, config, groups, device, pretrained, max_memory, val_budget=(1.0, 0)):
     """The training data, the store's model reference, and the model itself for methods with a text tower;
     `groups` is the (train, validation) group files, each None for the store's own groups; `val_budget` the
@@ -152,11 +165,8 @@ def _prepare(store: FeatureStore, method: str, config, groups, device, pretraine
     _check_val_groups(method, config, val_groups)
     if max_memory is not None and hasattr(config, "batch_size"):  # a training-free method has no batch
         check_memory_budget(max_memory, config.batch_size, store.embed_dim)
-    val_fraction, val_seed = val_budget
-    if val_fraction < 1.0 and "val" not in split_groups_read(method, config):
-        raise GcctlError(f"method {method} with these options reads no validation group, so --val-fraction would "
-                         "change nothing; drop it")
-    data = load_training_data(store, device, train_groups, max_memory, val_groups, val_fraction, val_seed)
+    _check_val_budget(method, config, val_budget[0], val_groups)
+    data = load_training_data(store, device, train_groups, max_memory, val_groups, *val_budget)
     if getattr(config, "select_by", None) == "acc_worst_class" and len(torch.unique(data.val.y)) < 2:
         raise GcctlError("--select-by acc_worst_class compares classes and the validation split holds one; "
                          "choose acc_avg, or a store whose validation split has every class")
@@ -302,13 +312,12 @@ def evaluate_run(
     over an earlier evaluation only with `overwrite`, over anything else never. With `temperature_scale`, each
     seed's scores are divided by a temperature fitted on the store's validation split first (the predictions
     keep their class; the recorded scores are the scaled ones, so the Parquet alone recomputes the calibration)."""
-    if temperature_scale and split == "val":
-        raise GcctlError("--temperature-scale fits its temperature on the validation split; evaluate --split test "
-                         "(or train), or drop --temperature-scale")
     if out is not None:
         check_evaluation_out(out, overwrite)
     run = Path(run)
     run_config = read_run_config(run)
+    if temperature_scale:
+        _check_temperature_scaling(run_config["method"], split)
     params = load_torch_file(run / "params.pt")
     features = features or run_config["features"]["path"]
     device = resolve_device(device)
@@ -328,31 +337,44 @@ def evaluate_run(
     if temperatures is not None:
         scores = {seed: seed_scores / temperatures[seed_key(seed)] for seed, seed_scores in scores.items()}
     predictions = predictions_frame(ids, data.y.cpu().numpy(), data.group.cpu().numpy(), split, scores, vocabulary)
-    metrics = {
-        **metrics_from_predictions(predictions, vocabulary),
-        "provenance": {
-            "run": run.name,
-            "run_dir": str(run),
-            "method": run_config["method"],
-            "split": split,
-            "seeds": sorted(params),
-            "features": str(features),
-            "model_ref": run_config["model_ref"],  # its weights path relative to run_dir
-            "embed_dim": provenance.get("embed_dim"),
-            "dataset": provenance.get("dataset"),
-            "dataset_fingerprint": provenance.get("dataset_fingerprint"),
-            "train_groups": run_config["groups"],
-            "val_groups": run_config.get("val_groups", {"source": "store"}),
-            "group_supervision": run_config.get("group_supervision"),  # None: a run from before it was recorded
-            "select_by": run_config["config"].get("select_by"),  # None: a training-free method, nothing selected
-            "minority_per_group": run_config.get("minority_per_group"),  # None: every training image
-            "val_fraction": run_config.get("val_fraction", 1.0),  # the validation-label budget
-            "temperature": temperatures,  # None: the scores as the classifier gives them
-        },
-    }
+    where = {"run": run, "split": split, "seeds": sorted(params), "features": features, "temperature": temperatures}
+    metrics = {**metrics_from_predictions(predictions, vocabulary), "provenance": _evaluation_provenance(run_config, provenance, where)}
     if out is not None:
         write_evaluation(out, metrics, predictions, vocabulary)
     return metrics
+
+
+def _evaluation_provenance(run_config: dict, store_provenance: dict, where: dict) -> dict:
+    """What an evaluation records of the run (`run_config`), its store, and itself (`where`)."""
+    return {
+        "run": where["run"].name,
+        "run_dir": str(where["run"]),
+        "method": run_config["method"],
+        "split": where["split"],
+        "seeds": where["seeds"],
+        "features": str(where["features"]),
+        "model_ref": run_config["model_ref"],  # its weights path relative to run_dir
+        "embed_dim": store_provenance.get("embed_dim"),
+        "dataset": store_provenance.get("dataset"),
+        "dataset_fingerprint": store_provenance.get("dataset_fingerprint"),
+        "train_groups": run_config["groups"],
+        "val_groups": run_config.get("val_groups", {"source": "store"}),
+        "group_supervision": run_config.get("group_supervision"),  # None: a run from before it was recorded
+        "select_by": run_config["config"].get("select_by"),  # None: a training-free method, nothing selected
+        "minority_per_group": run_config.get("minority_per_group"),  # None: every training image
+        "val_fraction": run_config.get("val_fraction", 1.0),  # the validation-label budget
+        "temperature": where["temperature"],  # None: the scores as the classifier gives them
+    }
+
+
+def _check_temperature_scaling(method: str, split: str) -> None:
+    """The temperature is fitted on the validation split, so neither that split nor a model fitted on it is scored."""
+    if split == "val":
+        raise GcctlError("--temperature-scale fits its temperature on the validation split; evaluate --split test "
+                         "(or train), or drop --temperature-scale")
+    if get_method(method).trains_on == "val":
+        raise GcctlError(f"--temperature-scale fits its temperature on the validation split, which {method} was trained "
+                         "on, so it would be fitted in-sample; drop --temperature-scale for this run")
 
 
 def _fit_temperatures(store: FeatureStore, classifiers: dict, device: torch.device) -> dict[str, float]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from gcctl.clip.captions import check_template
 from gcctl.clip.text import class_text_features, class_words, logit_scale
+from gcctl.errors import GcctlError
 from gcctl.methods.base import (
     Classifier,
     FitResult,
@@ -114,6 +115,10 @@ def _fit(data: TrainingData, config: TIEConfig, bundle, device: torch.device, la
 
 
 def fit_tie(data: TrainingData, config: TIEConfig, *, seed: int, bundle, device: torch.device) -> FitResult:
+    if data.val_groups_named_by_size:
+        raise GcctlError("TIE reads each validation group's name as the spurious value it shows, and the --val-groups "
+                         "file named some class's groups by size (no group label read); label --split val with "
+                         "zeroshot-attr, give true validation groups, or use tie-star")
     return _fit(data, config, bundle, device, labelled=True)
 
 

@@ -128,6 +128,29 @@ def _fall_back_to_majority(data: LabelingData, within: np.ndarray, confident: np
     return within
 
 
+def _checked_strategy(strategy: str, split: str, given: dict, *, val_fraction: float, val_label_noise: float,
+                      min_confidence: float) -> Strategy:
+    """The strategy asked for, once its options and the split fit it (else a one-line error)."""
+    if strategy not in STRATEGIES:
+        raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
+    spec = STRATEGIES[strategy]
+    for option, (flag, default) in OPTION_FLAGS.items():
+        if option not in spec.options and given[option] != default:
+            owner = next(name for name, other in STRATEGIES.items() if option in other.options)
+            raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
+    if split not in LABELLED_SPLITS:
+        raise GcctlError(f"--split {split} cannot be labelled; choose {' or '.join(LABELLED_SPLITS)} (test keeps its true groups)")
+    if split == "val" and (val_fraction != 1.0 or val_label_noise != 0.0):
+        raise GcctlError("labelling --split val reads no validation group label, so --val-fraction and "
+                         "--val-label-noise apply to --split train only; drop them")
+    if split == "val" and spec.needs_val_groups:
+        raise GcctlError(f"--strategy {strategy} learns from the validation groups, so it cannot infer them; "
+                         "label --split val with kmeans, erm-error or zeroshot-attr")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
+    return spec
+
+
 def pseudo_label(
     features: str | os.PathLike,
     strategy: str = "val-probe",
@@ -154,27 +177,12 @@ def pseudo_label(
     (all or nothing), over an earlier pseudo-labelling's files only with `overwrite` and over nothing else.
     Features larger than `max_memory` bytes (None: no limit) are read from the store as the strategy needs them,
     with the same result. Returns the report; its `figure` is None without `plot`."""
-    if strategy not in STRATEGIES:
-        raise GcctlError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
-    spec = STRATEGIES[strategy]
     given = {"attribute_prompts": tuple(attribute_prompts), "class_names": class_names, "clusters_per_group": clusters_per_group,
              "pretrained": pretrained}
-    for option, (flag, default) in OPTION_FLAGS.items():
-        if option not in spec.options and given[option] != default:
-            owner = next(name for name, other in STRATEGIES.items() if option in other.options)
-            raise GcctlError(f"{flag} applies to --strategy {owner} only, not to {strategy}; drop it")
-    if split not in LABELLED_SPLITS:
-        raise GcctlError(f"--split {split} cannot be labelled; choose {' or '.join(LABELLED_SPLITS)} (test keeps its true groups)")
-    if split == "val" and (val_fraction != 1.0 or val_label_noise != 0.0):
-        raise GcctlError("labelling --split val reads no validation group label, so --val-fraction and "
-                         "--val-label-noise apply to --split train only; drop them")
+    spec = _checked_strategy(strategy, split, given, val_fraction=val_fraction, val_label_noise=val_label_noise,
+                             min_confidence=min_confidence)
     if split == "val":
         val_fraction = 0.0  # what is recorded is what was used
-    if split == "val" and spec.needs_val_groups:
-        raise GcctlError(f"--strategy {strategy} learns from the validation groups, so it cannot infer them; "
-                         "label --split val with kmeans, erm-error or zeroshot-attr")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise GcctlError(f"--min-confidence {min_confidence} must be between 0 and 1 (0 keeps every prediction)")
     report_path, figure_path = _report_paths(out, report)
     check_pseudo_label_out(out, report_path, figure_path if plot is not None else None, overwrite,
                            inputs={"--features": features, "--pretrained": pretrained})
@@ -190,6 +198,7 @@ def pseudo_label(
         "strategy": strategy,
         "split": split,
         "group_splits": read_group_splits(spec, split, len(data.val_y) > 0),
+        "named_by_size": inference.named_by_size,
         "features": str(features),
         "dataset": data.provenance.get("dataset"),
         "group_file": str(out),
@@ -223,7 +232,7 @@ def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, 
         "strategy": np.full(len(group), summary["strategy"], dtype=object),
     })
     described = {"vocabulary": data.vocabulary.counted(group).to_dict(), "strategy": summary["strategy"], "split": summary["split"],
-                 "group_splits": summary["group_splits"]}
+                 "group_splits": summary["group_splits"], "named_by_size": summary["named_by_size"]}
     return table.replace_schema_metadata({GROUP_FILE_METADATA_KEY: json.dumps(described).encode()})
 
 

@@ -32,6 +32,12 @@ class Inference:
     confidence: np.ndarray  # [N] the strategy's confidence in that index
     notes: dict = field(default_factory=dict)
 
+    @property
+    def named_by_size(self) -> bool:
+        """Whether some class's groups were named by size alone (no validation group to match them to), so their
+        names do not say which spurious value a group shows."""
+        return "size" in self.notes.get("clusters_matched_by", {}).values()
+
 
 def _empty(data: LabelingData) -> tuple[np.ndarray, np.ndarray]:
     n = len(data.train_y)
