@@ -22,7 +22,7 @@ LAYERS = (
     ("store",),
     ("pseudolabel",),
     ("methods",),
-    ("evaluation",),
+    ("evaluation", "discovery"),
     ("finetune",),
     ("report",),
     ("cli",),
@@ -33,6 +33,7 @@ CLI_ENTRY = PACKAGE / "cli" / "__init__.py"
 PACKAGE_DATA = {
     "gcctl/clip/registry.py": "gcctl/clip/configs",
     "gcctl/datasets/imagenet.py": "gcctl/datasets/imagenet_classes.tsv",
+    "gcctl/discovery/__init__.py": "gcctl/discovery/general.txt",
     "gcctl/finetune/pools/__init__.py": "gcctl/finetune/pools",
 }
 

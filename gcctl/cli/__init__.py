@@ -87,6 +87,7 @@ COMMAND_MODULES = {
     "train": "train",
     "evaluate": "evaluate",
     "report": "report",
+    "discover": "discover",
     "finetune": "finetune",
     "wise": "finetune",
     "transfer": "transfer",

@@ -130,7 +130,8 @@ def _kmeans_once(x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[t
     return centroids, assign, inertia
 
 
-def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_clusters(x: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids and assignments of the best of a few seeded k-means++ runs (least inertia)."""
     runs = [_kmeans_once(x, k, generator) for _ in range(_KMEANS_RESTARTS)]
     centroids, assign, _ = min(runs, key=lambda run: run[2])
     return centroids, assign
@@ -168,7 +169,7 @@ def kmeans(data: LabelingData, clusters_per_group: int = 1) -> Inference:
         rows, features = _train_of(data, label)
         if len(rows) < k:
             raise GcctlError(f"class '{name}' has {len(rows)} train samples, fewer than the {k} clusters asked for; use fewer clusters")
-        centroids, assign = _kmeans(features, k, generator)
+        centroids, assign = kmeans_clusters(features, k, generator)
         if clusters_per_group == 1:
             match, matched_by[name] = _name_partitions(data, label, [features[assign == j] for j in range(k)])
         elif data.has_val_groups(label):
