@@ -94,7 +94,7 @@ def extract(
     from gcctl.distributed import joined_world, process_device  # torch, imported only when extracting
 
     out = Path(out)
-    device = resolve_device("auto") if device is None else device
+    device = resolve_device("auto" if device is None else str(device))
     with joined_world(device, backend="gloo") as world:  # only small objects pass between the processes
         options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
                    "device": device}
