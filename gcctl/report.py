@@ -6,8 +6,10 @@ and the pretraining loss history.
 
 The top library layer: nothing but the CLI imports it. A library function that writes a figure as part of
 its artifact (a run's `curve.png`, pretraining's `loss.png`, pseudo-labelling's confusion PNG) takes the
-drawing function as its `plot=` argument, which the CLI fills from here. Figures use `matplotlib.figure.Figure`,
-never pyplot, so no global backend is set.
+drawing function as its `plot=` argument, which the CLI fills from here. Likewise `write_report`'s `page`
+(`gcctl.html.PageOptions`) brings the HTML page's own gathering and rendering, so a command that imports this
+module for a plot never loads the page's code. Figures use `matplotlib.figure.Figure`, never pyplot, so no global
+backend is set.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ REPORT_TABLE = "results.md"  # in every report folder; its first sentence is how
 _RUNS_OPENING = "Accuracy in % on the "
 _SUITES_OPENING = "Zero-shot accuracy in %, mean ± std over seeds"
 _SWEEP_OPENING = "Worst-group accuracy in % against"
+COMPARISONS_CAPTION = (f"Paired comparisons (A − B on the same test samples; {INTERVAL_LEVEL:.0%} interval and p-value "
+                       "from a paired bootstrap over samples and seeds):")
 ALL_IMAGES = "all"  # the sweep's column for a run trained on every image (no --minority-per-group)
 
 _HEADERS = {
@@ -124,7 +128,12 @@ def _p_value_text(p_value: float) -> str:
     return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
 
 
-def _comparison_cells(row: dict) -> list[str]:
+def comparison_columns() -> list[str]:
+    """The paired comparisons table's headers: A, B, then per compared metric its difference and p-value."""
+    return ["A", "B", *(header for key in INTERVAL_KEYS for header in (f"{_HEADERS[key]} difference", "p"))]
+
+
+def comparison_cells(row: dict) -> list[str]:
     """A, B, then per compared metric its difference with interval (percentage points) and p-value."""
     cells = [row["a"], row["b"]]
     for key in INTERVAL_KEYS:
@@ -134,11 +143,10 @@ def _comparison_cells(row: dict) -> list[str]:
 
 
 def comparisons_markdown(compared: list[dict]) -> str:
-    lines = [f"\nPaired comparisons (A − B on the same test samples; {INTERVAL_LEVEL:.0%} interval and p-value "
-             "from a paired bootstrap over samples and seeds):\n",
-             "| A | B | " + " | ".join(f"{_HEADERS[key]} difference | p" for key in INTERVAL_KEYS) + " |",
+    lines = [f"\n{COMPARISONS_CAPTION}\n",
+             "| " + " | ".join(comparison_columns()) + " |",
              "|---|---|" + "---:|---:|" * len(INTERVAL_KEYS)]
-    lines += ["| " + " | ".join(_comparison_cells(row)) + " |" for row in compared]
+    lines += ["| " + " | ".join(comparison_cells(row)) + " |" for row in compared]
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +158,7 @@ def comparisons_table(compared: list[dict]) -> Table:
         table.add_column(f"{_HEADERS[key]} diff", justify="right")
         table.add_column("p", justify="right")
     for row in compared:
-        table.add_row(*_comparison_cells(row))
+        table.add_row(*comparison_cells(row))
     return table
 
 
@@ -392,24 +400,35 @@ def write_sweep_report(runs: list[dict], out: Path, axis: SweepAxis) -> dict:
     return {"runs": runs, "axis": axis, **written}
 
 
-def markdown_table(runs: list[dict]) -> str:
-    split = runs[0]["provenance"]["split"]
-    lines = [
-        f"| run | method | group labels | epoch kept by | seeds | {' | '.join(_HEADERS[key] for key in METRIC_KEYS)} | ECE worst group |",
-        "|---|---|---|---|---|" + "---:|" * (len(METRIC_KEYS) + 1),
-    ]
-    for metrics in runs:
-        provenance = metrics["provenance"]
-        cells = [label(metrics), provenance["method"], group_supervision_text(metrics), selection_text(metrics),
-                 seeds_text(provenance["seeds"])]
-        lines.append("| " + " | ".join(cells + [with_interval(metrics, key) for key in METRIC_KEYS] + [calibration_text(metrics)]) + " |")
+def results_columns() -> list[tuple[str, bool]]:
+    """The results table's headers, each with whether its column holds figures (right-aligned, sorted as numbers)."""
+    return [*((header, False) for header in ("run", "method", "group labels", "epoch kept by", "seeds")),
+            *((_HEADERS[key], True) for key in METRIC_KEYS), ("ECE worst group", True)]
+
+
+def results_cells(metrics: dict) -> list[str]:
+    """One run's row of the results table, in `results_columns` order."""
+    provenance = metrics["provenance"]
+    return [label(metrics), provenance["method"], group_supervision_text(metrics), selection_text(metrics),
+            seeds_text(provenance["seeds"]), *(with_interval(metrics, key) for key in METRIC_KEYS), calibration_text(metrics)]
+
+
+def results_caption(split: str) -> str:
+    """The results table's opening: what its figures are (also the sentence by which `gcctl report` knows its own)."""
     return (f"{_RUNS_OPENING}{split} split, mean ± std over seeds; in brackets, where the predictions were there, "
             f"the {INTERVAL_LEVEL:.0%} bootstrap interval over seeds and test samples (resampled within each group). "
             "Group labels: the splits whose true group labels the run used, to train, balance or keep its best "
             "epoch (pseudo-labels count as what their strategy read); epoch kept by: the validation metric that "
             "picked the kept epoch (worst pseudo-group: of the validation groups a pseudo-labelling strategy "
-            "inferred); ECE worst group: the highest expected calibration error of any group (lower is better)."
-            "\n\n" + "\n".join(lines) + "\n")
+            "inferred); ECE worst group: the highest expected calibration error of any group (lower is better).")
+
+
+def markdown_table(runs: list[dict]) -> str:
+    columns = results_columns()
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |",
+             "|" + "".join("---:|" if figures else "---|" for _, figures in columns)]
+    lines += ["| " + " | ".join(results_cells(metrics)) + " |" for metrics in runs]
+    return results_caption(runs[0]["provenance"]["split"]) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def _save(figure, path: Path) -> None:
@@ -491,7 +510,7 @@ def plot_pretraining_loss(history: list[dict], path: str | os.PathLike, model_na
     _save(figure, Path(path))
 
 
-def _percent_or_dash(value: float | None) -> str:
+def percent_or_dash(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
@@ -499,8 +518,8 @@ def agreement_table(summary: dict) -> Table:
     """Pseudo-labelling's agreement report per group: true and inferred counts, precision and recall."""
     result = summary["agreement"]
     table = Table(
-        title=(f"{summary['strategy']} pseudo groups vs true groups: accuracy {_percent_or_dash(result['accuracy'])}% "
-               f"({_percent_or_dash(result['accuracy_up_to_relabelling'])}% up to relabelling), "
+        title=(f"{summary['strategy']} pseudo groups vs true groups: accuracy {percent_or_dash(result['accuracy'])}% "
+               f"({percent_or_dash(result['accuracy_up_to_relabelling'])}% up to relabelling), "
                f"{summary['fallback']} of {result['n']} below confidence {summary['options']['min_confidence']:g}")
     )
     table.add_column("group")
@@ -508,7 +527,7 @@ def agreement_table(summary: dict) -> Table:
         table.add_column(column, justify="right")
     for name, stats in result["per_group"].items():
         table.add_row(name, str(stats["true_n"]), str(stats["inferred_n"]),
-                      _percent_or_dash(stats["precision"]), _percent_or_dash(stats["recall"]))
+                      percent_or_dash(stats["precision"]), percent_or_dash(stats["recall"]))
     return table
 
 
@@ -530,7 +549,7 @@ def plot_confusion(summary: dict, path: str | os.PathLike) -> None:
     axes.set_yticks(range(len(names)), names, fontsize=8)
     axes.set_xlabel("inferred group")
     axes.set_ylabel("true group")
-    axes.set_title(f"{summary['strategy']}: accuracy {_percent_or_dash(summary['agreement']['accuracy'])}%")
+    axes.set_title(f"{summary['strategy']}: accuracy {percent_or_dash(summary['agreement']['accuracy'])}%")
     figure.colorbar(image, ax=axes, label="share of the true group")
     _save(figure, Path(path))
 
@@ -580,7 +599,7 @@ def check_one_dataset(runs: list[dict]) -> None:
 
 def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False,
                  readme: str | os.PathLike | None = None, compare: Sequence[str] = (),
-                 resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+                 resamples: int = BOOTSTRAP_RESAMPLES, page=None) -> dict:
     """Per-group accuracy chart, training curves and Markdown table of the evaluated runs (of one dataset and
     split), written as the folder `out`; for runs trained with `--minority-per-group`, the K sweep
     (`write_sweep_report`: runs of one name at each K, and without it); for transfer suite summaries, their
@@ -588,12 +607,14 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     An earlier report at `out` is replaced only with `overwrite`, a folder holding anything else never
     (`check_report_out`; `readme`, the file the caller will update, must lie outside `out`). Runs get bootstrap
     intervals from their predictions (`resamples` bootstrap draws); `compare` (`A:B` run names) adds paired
-    comparisons."""
+    comparisons; `page` (a `gcctl.html.PageOptions`, not imported here: see the module's docstring) adds
+    `index.html`, for runs only (a sweep or suites refuse it)."""
     if resamples < 1:
         raise GcctlError(f"--resamples {resamples} must be at least 1 (the bootstrap's draws; {BOOTSTRAP_RESAMPLES} by default)")
     check_report_out(out, overwrite, readme=readme, inputs=metrics_paths)
     documents = [read_json(path) for path in metrics_paths if Path(path).is_file()]
     if documents and all(is_suite_summary(document) for document in documents) and len(documents) == len(metrics_paths):
+        _refuse_page(page, "transfer suites get results.md and suites.png")
         return write_suite_report(documents, out, overwrite=overwrite)
     runs = load_metrics(metrics_paths)
     splits = {metrics["provenance"]["split"] for metrics in runs}
@@ -603,20 +624,32 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     out = Path(out)
     axis = sweep_axis(runs)
     if axis is not None:
+        _refuse_page(page, "a sweep gets results.md and sweep.png")
         return write_sweep_report(runs, out, axis)
     attach_intervals(runs, metrics_paths, resamples)
     compared = compare_runs(runs, compare, resamples)
     markdown = markdown_table(runs) + (comparisons_markdown(compared) if compared else "")
+    curves = {label(m): read_curve(m["provenance"]["run_dir"]) for m in runs}
+    gathered = page.gather(runs, out.resolve().name) if page is not None else None  # its reading and refusals, first
     names = {"per_group": "per_group.png", "curves": "curves.png", "table": REPORT_TABLE}
     with atomic_directory(out) as staging:
         plot_per_group(runs, staging / names["per_group"])
-        plot_curves({label(m): read_curve(m["provenance"]["run_dir"]) for m in runs}, staging / names["curves"])
+        plot_curves(curves, staging / names["curves"])
         (staging / names["table"]).write_text(markdown, encoding="utf-8")
         if compared:
             names["comparisons"] = "comparisons.json"
             write_json(staging / names["comparisons"], compared)
+        if gathered is not None:
+            names["page"] = page.file_name
+            curves_png = (staging / names["curves"]).read_bytes() if any(curves.values()) else None
+            (staging / page.file_name).write_text(gathered.render(runs, compared, curves_png), encoding="utf-8")
     return {"runs": runs, "comparisons": compared, "markdown": markdown,
             "paths": {key: str(out / name) for key, name in names.items()}}
+
+
+def _refuse_page(page, instead: str) -> None:
+    if page is not None:
+        raise GcctlError(f"--html is for the metrics files of runs; {instead} only, so leave --html out")
 
 
 def update_readme(readme: str | os.PathLike, section: str, markdown: str) -> None:

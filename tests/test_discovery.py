@@ -102,6 +102,25 @@ def test_the_output_drives_roboshot_and_the_attribute_prompt_methods(planted, tm
         assert code == 0, err
 
 
+def test_predictions_without_errors_fall_back_to_clusters_only_when_asked(planted, tmp_path):
+    store, vocabulary = planted
+    with FeatureStore(store) as opened:
+        rows = opened.split_index("test")
+        frame = predictions_frame(opened.ids[rows], opened.y[rows], opened.group[rows], "test",
+                                  {0: np.eye(2)[opened.y[rows]] * 5.0}, opened.vocabulary)  # never wrong
+        vocab = opened.vocabulary
+    from gcctl.metrics import write_evaluation
+
+    write_evaluation(tmp_path / "m.json", {"provenance": {}}, frame, vocab)
+    predictions = tmp_path / "m.predictions.parquet"
+    with pytest.raises(GcctlError, match="no class has both flagged and other images"):
+        discover(store, tmp_path / "d", predictions=predictions, vocabulary=str(vocabulary), device="cpu")
+    result = discover(store, tmp_path / "d", predictions=predictions, vocabulary=str(vocabulary), device="cpu",
+                      clusters_without_errors=True)
+    assert result["provenance"]["flagged"] == "smaller k-means cluster (the predictions had no error to explain)"
+    assert result["provenance"]["split"] == "train" and result["classes"]["landbird"]["ranked"][0]["word"] == "water"
+
+
 def test_smaller_clusters_are_flagged_per_class():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 100)

@@ -24,7 +24,7 @@ LAYERS = (
     ("methods",),
     ("evaluation", "discovery"),
     ("finetune",),
-    ("report",),
+    ("report", "html"),
     ("cli",),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -33,6 +33,7 @@ TINY_PARAMS = {
         "fits": {"zeroshot": {"method": "zeroshot"}, "orthproj": {"method": "orthproj"}},
     },
     "evaluate": {"split": "test"},
+    "discover": {"run": "groupcoop", "vocabulary": "synthetic"},
     "label_free": {"strategy": "erm-error", "seed": 0,
                    "runs": {"groupcoop-free": {"method": "groupcoop", "epochs": 2, "select_by": "acc_wg_pseudo"}}},
     "budget": {"datasets": ["waterbirds"], "fraction": [0.5], "val_seed": 0, "runs": {"dfr": {"method": "dfr", "epochs": 2}},

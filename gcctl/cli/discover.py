@@ -28,6 +28,9 @@ def discover(
     prompt: Annotated[str, typer.Option(
         "--prompt", help="How a candidate of a file or of `general` is read: {class} and {value} filled in.")] = DEFAULT_ATTRIBUTE_PROMPT,
     top: Annotated[int, typer.Option("--top", help="Candidates listed per class.")] = 10,
+    clusters_if_no_errors: Annotated[bool, typer.Option(
+        "--clusters-if-no-errors", help="With --predictions: where no class has both errors and right answers, "
+        "flag the k-means clusters instead of refusing (what the pipeline's discover stage does).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the k-means clustering.")] = 0,
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="The store's model weights, if they moved since extraction (checked by sha256).")] = None,
@@ -47,7 +50,7 @@ def discover(
     from gcctl.discovery import discover as run
 
     result = run(features, out, predictions=predictions, split=split, vocabulary=vocabulary, prompt=prompt, top=top,
-                 seed=seed, pretrained=pretrained, device=device, overwrite=overwrite)
+                 clusters_without_errors=clusters_if_no_errors, seed=seed, pretrained=pretrained, device=device, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from gcctl.cli.options import AsJson
+from gcctl.errors import GcctlError
+from gcctl.html import GALLERY_SIZE, PageOptions
 from gcctl.metrics import BOOTSTRAP_RESAMPLES
 
 
@@ -31,6 +33,24 @@ def report(
         "same test samples: the difference with its interval and a paired-bootstrap p-value; repeat for more pairs.")] = None,
     resamples: Annotated[int, typer.Option(
         "--resamples", help="Bootstrap draws behind each interval and paired comparison.")] = BOOTSTRAP_RESAMPLES,
+    html: Annotated[bool, typer.Option(
+        "--html", help="Also write index.html into --out: one self-contained page (open it from disk) with the sortable "
+        "table, per-group bars, training curves, the gallery run's images per group (errors first) and a map of its "
+        "store's features; runs' metrics only, not sweeps or transfer suites.")] = False,
+    gallery_run: Annotated[Optional[str], typer.Option(
+        "--gallery-run", metavar="NAME", help="With --html: the run whose predictions the gallery and the map show "
+        "(default: the first groupcoop run, else the first run).")] = None,
+    gallery_size: Annotated[Optional[int], typer.Option(
+        "--gallery-size", metavar="N", help=f"With --html: the most images the gallery shows per group (default {GALLERY_SIZE}).")] = None,
+    table: Annotated[Optional[Path], typer.Option(
+        "--table", help="With --html: the dataset table the runs' features were extracted from (`gcctl data table`, "
+        "e.g. pipeline/tables/waterbirds.parquet), whose images the gallery shows.")] = None,
+    discovery: Annotated[Optional[Path], typer.Option(
+        "--discovery", metavar="FILE", help="With --html: a `gcctl discover` discovery.json, its words shown beside "
+        "the gallery.")] = None,
+    groups_report: Annotated[Optional[list[Path]], typer.Option(
+        "--groups-report", metavar="FILE", help="With --html: a `gcctl pseudo-label` agreement report (e.g. "
+        "pipeline/groups/waterbirds.report.json), shown as its confusion matrix; repeat for more.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Compare evaluated runs: per-group accuracy chart, training curves (PNG) and a Markdown table; runs trained
@@ -42,18 +62,36 @@ def report(
     Example: gcctl report pipeline/transfer/*/summary.json --out pipeline/report/transfer --readme docs/results.md
 
     Example: gcctl report pipeline/sweep/waterbirds/metrics-k*/*.json --every-image pipeline/metrics/waterbirds --out pipeline/report/sweep-waterbirds
+
+    Example: gcctl report pipeline/metrics/waterbirds/*.json --out pipeline/report/waterbirds --html --table pipeline/tables/waterbirds.parquet --groups-report pipeline/groups/waterbirds.report.json
     """
     from gcctl.report import update_readme, write_report
 
+    page = _page_options(html, gallery_run, gallery_size, table, groups_report or [], discovery)
     if every_image is not None:  # evaluate names each metrics file after its run
         metrics = [*metrics, *(every_image / f"{name}.json" for name in dict.fromkeys(path.stem for path in metrics))]
-    written = write_report(metrics, out, overwrite=overwrite, readme=readme, compare=compare or [], resamples=resamples)
+    written = write_report(metrics, out, overwrite=overwrite, readme=readme, compare=compare or [], resamples=resamples,
+                           page=page)
     if readme is not None:
         update_readme(readme, out.name, written["markdown"])
     if as_json:
         typer.echo(json.dumps(written["paths"], indent=2))
     else:
         _print_report(written)
+
+
+def _page_options(html: bool, gallery_run: str | None, gallery_size: int | None, table: Path | None,
+                  groups_reports: list[Path], discovery: Path | None) -> PageOptions | None:
+    """The page's options with --html; any of them without it is refused."""
+    given = {"--gallery-run": gallery_run, "--gallery-size": gallery_size, "--table": table, "--groups-report": groups_reports,
+             "--discovery": discovery}
+    if not html:
+        named = [option for option, value in given.items() if value is not None and value != []]
+        if named:
+            raise GcctlError(f"{named[0]} is an option of the HTML page; add --html, or leave it out")
+        return None
+    return PageOptions(gallery_run, GALLERY_SIZE if gallery_size is None else gallery_size, table, tuple(groups_reports),
+                       discovery)
 
 
 def _print_report(written: dict) -> None:

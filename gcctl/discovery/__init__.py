@@ -124,6 +124,11 @@ def flagged_by_clusters(features: torch.Tensor, y: np.ndarray, num_classes: int,
     return flagged
 
 
+def explainable(y: np.ndarray, flagged: np.ndarray, num_classes: int) -> list[int]:
+    """The classes with both flagged and other images: those a word can tell apart."""
+    return [label for label in range(num_classes) if (flagged[y == label]).any() and (~flagged[y == label]).any()]
+
+
 def rank_candidates(features: torch.Tensor, y: np.ndarray, flagged: np.ndarray, class_names: Sequence[str],
                     text_of) -> dict[str, dict]:
     """Per class with both flagged and other images: every candidate's score, its similarity to the flagged
@@ -131,10 +136,8 @@ def rank_candidates(features: torch.Tensor, y: np.ndarray, flagged: np.ndarray, 
     gives the candidates' unit text features [W, D] in that class's prompt."""
     features = F.normalize(features.float(), dim=-1)
     ranked = {}
-    for label, name in enumerate(class_names):
-        in_class = y == label
-        if not (in_class & flagged).any() or not (in_class & ~flagged).any():
-            continue
+    for label in explainable(y, flagged, len(class_names)):
+        name, in_class = class_names[label], y == label
         flagged_mean = features[torch.from_numpy(in_class & flagged).to(features.device)].mean(dim=0)
         rest_mean = features[torch.from_numpy(in_class & ~flagged).to(features.device)].mean(dim=0)
         texts = text_of(label)
@@ -209,6 +212,7 @@ def discover(
     vocabulary: str = "synthetic",
     prompt: str = DEFAULT_ATTRIBUTE_PROMPT,
     top: int = 10,
+    clusters_without_errors: bool = False,
     seed: int = 0,
     pretrained: str | None = None,
     device: str = "auto",
@@ -217,15 +221,21 @@ def discover(
     """Rank `vocabulary`'s candidates per class of the store `features` (see the module notes) and write the
     folder `out`: discovery.json, insights.tsv and options.yaml (all or nothing; over an earlier discovery only
     with `overwrite`). Flagged images: the errors of `predictions` (a `gcctl evaluate` predictions file of a run
-    on this store), else each class's smaller k-means cluster on `split`. Returns what discovery.json holds."""
+    on this store), else each class's smaller k-means cluster on `split`; with `clusters_without_errors`, the
+    clusters also where the predictions leave no class with both errors and right answers (a rule fixed before
+    any result, so a pipeline stage never fails on a saturated benchmark). Returns what discovery.json holds."""
     if top < 1:
         raise GcctlError(f"--top {top} must be at least 1")
     out = Path(out)
     with output_lock(out):
         check_output(out, "discover", is_own=lambda path: (path / RESULT_FILE).is_file(), replace_own=overwrite)
         with FeatureStore(features) as store:
-            result, options, insight_lines = _discover(store, out, predictions, split, vocabulary, prompt, top, seed,
-                                                       pretrained, resolve_device(device))
+            flags = _flagged(store, predictions, split, seed, resolve_device(device))
+            if predictions is not None and clusters_without_errors and not explainable(flags[1], flags[2], len(store.class_names)):
+                flags = _flagged(store, None, split, seed, resolve_device(device))
+                flags[3]["flagged"] += " (the predictions had no error to explain)"
+            result, options, insight_lines = _discover(store, out, flags, vocabulary, prompt, top, pretrained,
+                                                       resolve_device(device))
         with atomic_directory(out) as staging:
             write_json(staging / RESULT_FILE, result)
             (staging / INSIGHTS_FILE).write_text("".join(line + "\n" for line in insight_lines), encoding="utf-8")
@@ -262,11 +272,11 @@ def _flagged(store: FeatureStore, predictions, split: str, seed: int, device) ->
     return features, y, flagged, how
 
 
-def _discover(store: FeatureStore, out: Path, predictions, split, vocabulary, prompt, top, seed, pretrained, device):
+def _discover(store: FeatureStore, out: Path, flags: tuple, vocabulary, prompt, top, pretrained, device):
     from gcctl.clip.factory import build_from_reference
 
     candidates = vocabulary_candidates(vocabulary, store, prompt)
-    features, y, flagged, how = _flagged(store, predictions, split, seed, device)
+    features, y, flagged, how = flags
     reference = store.model_ref()
     bundle = build_from_reference(reference, recorded_in=f"feature store {store.path}", pretrained=pretrained,
                                   embed_dim=store.embed_dim, device=device)
