@@ -106,9 +106,10 @@ def _edited_default(tmp_path, edit):
     (lambda p: p["budget"]["fraction"].append(0.01), "budget.fraction lists 0.01 twice"),
     (lambda p: p["label_free"]["runs"].update(groupcoop={"method": "groupcoop"}),
      "both write pipeline/metrics/DATASET/groupcoop.json"),
+    (lambda p: p["discover"].update(run="nope"), "discover.run 'nope' is not a run of train.runs or train.fits"),
 ], ids=["type", "bound", "foreign-setting", "no-method", "seeds", "max-memory", "choice", "finetune-check", "pretrain-type",
         "runs-and-pseudo-runs", "runs-and-fits", "trained-fit", "wise-name", "transfer-zeroshot", "pretrain-and-fetch", "dataset-twice", "seed-twice",
-        "budget-datasets-string", "budget-dataset-undeclared", "budget-fraction-twice", "label-free-name"])
+        "budget-datasets-string", "budget-dataset-undeclared", "budget-fraction-twice", "label-free-name", "discover-run"])
 def test_params_check_refuses_what_the_command_or_dvc_would(tmp_path, run_cli, edit, fragment):
     code, out, err = run_cli("params", "check", str(_edited_default(tmp_path, edit)))
     assert code == 1 and out == "" and err.count("\n") == 1 and fragment in err, err

@@ -126,6 +126,17 @@ def _check_fits(path: Path, document) -> None:
                              "trained run is a stage of its own")
 
 
+def _check_discover(path: Path, document) -> None:
+    """The discover stage reads the test predictions of one evaluated run: a named run of train (runs or fits)."""
+    run = value_at(document, "discover.run")
+    if run is None:
+        return
+    runs = {*(value_at(document, "train.runs") or {}), *(value_at(document, "train.fits") or {})}
+    if run not in runs:
+        raise GcctlError(f"{path}: discover.run '{run}' is not a run of train.runs or train.fits "
+                         f"({', '.join(sorted(runs)) or 'none'}); name one")
+
+
 def check_params(path: Path, root_command, ctx) -> dict:
     """Check a params.yaml before `dvc repro`: no key repeated in a mapping; every run's options exist for its
     command, and their values pass the command's own parsers and checks; no two runs write one output; every
@@ -150,6 +161,7 @@ def check_params(path: Path, root_command, ctx) -> dict:
             checked += 1
     _check_outputs(path, document)
     _check_fits(path, document)
+    _check_discover(path, document)
     declared = set(value_at(document, "datasets") or {})
     listed = value_at(document, "train.datasets") or []
     if not isinstance(listed, list):
