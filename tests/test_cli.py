@@ -34,3 +34,17 @@ def test_user_error_is_one_line_and_exit_1(run_cli, tmp_path):
     code, out, err = run_cli("info", str(tmp_path / "missing.h5"))
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and "gcctl extract" in err
+
+
+def test_running_the_cli_again_in_one_process_registers_nothing_twice(run_cli, tmp_path):
+    """A program (or a test) that calls main() many times: each call would otherwise add every command again,
+    and building the command tree grew with them (2 s a call after a few hundred)."""
+    from gcctl import cli
+
+    run_cli("code", "--out", str(tmp_path / "a"))
+    run_cli("params", "--help")
+    counts = (len(cli.app.registered_commands), len(cli.app.registered_groups))
+    for _ in range(3):
+        assert run_cli("code", "--out", str(tmp_path / "a"))[0] == 0
+        run_cli("params", "--help")
+    assert (len(cli.app.registered_commands), len(cli.app.registered_groups)) == counts

@@ -121,7 +121,16 @@ def test_every_family_runs_every_stage_that_builds_a_model(name, registered, tab
 def test_coca_extracts_and_is_refused_in_one_line_where_prompts_are_learned(registered, table, tmp_path, quiet_random_weights):
     from gcctl.methods.runs import train_run
 
-    store = _extract(COCA, table, tmp_path)
+    import torch
+
+    from gcctl.clip.factory import build_clip
+    from gcctl.store import extract
+
+    # From a file: this test is about the text-tower refusal. (Redrawn by the training path, CoCa's random weights
+    # hashed otherwise than at extraction on a fresh machine, and that refusal came first; see the session note.)
+    torch.save(build_clip(f"walk-{COCA}", "none").model.state_dict(), tmp_path / "coca.pt")
+    store = tmp_path / "store.h5"
+    extract(table, build_clip(f"walk-{COCA}", str(tmp_path / "coca.pt")), store, batch_size=8, device="cpu")
     with pytest.raises(GcctlError, match="has another text tower") as refused:
         train_run(store, "coop", tmp_path / "coop", options={"epochs": 1}, device="cpu")
     assert "\n" not in str(refused.value)

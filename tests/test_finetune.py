@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -539,6 +540,23 @@ def test_checkpoint_scores_are_logits_at_the_models_own_scale(table, base):
         scores[scale], _ = zeroshot_scores(bundle, table, "test", device=cpu)
     assert abs(scores[1.0]).max() <= 1 + 1e-5
     torch.testing.assert_close(torch.from_numpy(scores[50.0]), 50 * torch.from_numpy(scores[1.0]), rtol=1e-4, atol=1e-4)
+
+
+def test_targets_of_one_label_space_encode_its_class_texts_once(table, base, monkeypatch):
+    from gcctl.evaluation import checkpoints
+
+    bundle, cpu = build_clip(MICRO, base), torch.device("cpu")
+    alone, _ = zeroshot_scores(bundle, table, "test", device=cpu)
+    encoded = []
+    real = checkpoints.class_text_features
+    monkeypatch.setattr(checkpoints, "class_text_features", lambda *args: encoded.append(args[2]) or real(*args))
+    cache: dict = {}
+    first, _ = zeroshot_scores(bundle, table, "test", device=cpu, text_features=cache)
+    second, _ = zeroshot_scores(bundle, table, "val", device=cpu, text_features=cache)
+    other, _ = zeroshot_scores(bundle, table, "test", device=cpu, text_features=cache, templates=("a {}.",))
+    assert len(encoded) == 2 and len(cache) == 2  # the second split shared the first's; other templates did not
+    np.testing.assert_array_equal(first, alone)
+    assert not np.array_equal(other, first)
 
 
 def test_a_checkpoint_without_a_run_takes_its_seed_folder(table, base, tmp_path):

@@ -3,15 +3,14 @@ all the gcctl code its command runs (and on nothing the layering keeps apart fro
 
 from __future__ import annotations
 
-import ast
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "gcctl"
+from gcctl.cli.code import PACKAGE, PACKAGE_DATA, closure, command_files, imports_of, lazy_owners, module_file
+
+REPO = PACKAGE.parent
 # Lower first; a module may import its own package and any lower layer. `gcctl/__init__.py` (the public API,
 # loaded lazily) and `gcctl/__main__.py` stand above everything.
 LAYERS = (
@@ -28,73 +27,6 @@ LAYERS = (
     ("cli",),
 )
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-CLI_ENTRY = PACKAGE / "cli" / "__init__.py"
-# Package data and the module that reads it: a stage that runs the module depends on the data too.
-PACKAGE_DATA = {
-    "gcctl/clip/registry.py": "gcctl/clip/configs",
-    "gcctl/datasets/imagenet.py": "gcctl/datasets/imagenet_classes.tsv",
-    "gcctl/discovery/__init__.py": "gcctl/discovery/general.txt",
-    "gcctl/finetune/pools/__init__.py": "gcctl/finetune/pools",
-}
-
-
-def _module_file(dotted: str) -> Path | None:
-    path = REPO.joinpath(*dotted.split("."))
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
-
-
-@lru_cache(maxsize=None)
-def _lazy_owners(path: Path | None) -> dict[str, str]:
-    """A package's lazily exported names and their modules (its `_LAZY`, see `gcctl.runtime.lazy_exports`)."""
-    if path is None or path.name != "__init__.py":
-        return {}
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "_LAZY" for target in node.targets):
-            return ast.literal_eval(node.value)
-    return {}
-
-
-@lru_cache(maxsize=None)
-def imports_of(path: Path, module_level_only: bool = False) -> frozenset[Path]:
-    """The gcctl module files `path` imports (inside functions too, unless `module_level_only`), a package's
-    `__init__` standing for `from gcctl.pkg import name` unless `name` is a submodule."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    nodes = tree.body if module_level_only else ast.walk(tree)
-    found = set()
-    for node in nodes:
-        if isinstance(node, ast.If):  # TYPE_CHECKING blocks import nothing at run time
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gcctl":
-            for alias in node.names:
-                owner = _lazy_owners(_module_file(node.module)).get(alias.name)
-                found.add(_module_file(f"{node.module}.{owner or alias.name}") or _module_file(node.module))
-        elif isinstance(node, ast.Import):
-            found.update(_module_file(alias.name) for alias in node.names if alias.name.split(".")[0] == "gcctl")
-    found.discard(None)
-    return frozenset(found)
-
-
-def closure(path: Path) -> set[Path]:
-    """Every gcctl module file running `path` can load: its imports, theirs, and the packages they sit in."""
-    seen, todo = set(), [path]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        targets = imports_of(current)
-        if current == CLI_ENTRY:  # it registers every command module; a stage runs one of them
-            targets = {target for target in targets if target.parent != CLI_ENTRY.parent or target.name == "config.py"}
-        todo.extend(targets)
-        for parent in current.parents:  # importing gcctl.a.b runs gcctl/a/__init__.py first
-            if parent == PACKAGE or PACKAGE not in parent.parents:
-                break
-            todo.append(parent / "__init__.py")
-    return seen
-
-
 def _layer(path: Path) -> str:
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
@@ -112,7 +44,7 @@ def test_every_data_file_has_a_reader_named():
 def test_no_lazily_exported_name_is_also_a_submodule():
     """Once a submodule is imported its package attribute is the module, and would hide an export of that name."""
     for init in PACKAGE.rglob("__init__.py"):
-        clashes = sorted(name for name in _lazy_owners(init) if _module_file(f"{_dotted(init.parent)}.{name}"))
+        clashes = sorted(name for name in lazy_owners(init) if module_file(f"{_dotted(init.parent)}.{name}"))
         assert not clashes, f"{init.relative_to(REPO)} exports {clashes}, which are also its submodules"
 
 
@@ -156,9 +88,9 @@ def _stages() -> dict[str, dict]:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def _code_deps(stage: dict) -> list[str]:
-    spec = stage.get("do", stage)
-    return [dep for dep in spec.get("deps", []) if dep.startswith("gcctl/")]
+def _deps(name: str) -> list[str]:
+    stage = _stages()[name]
+    return stage.get("do", stage).get("deps", [])
 
 
 def _covers(deps: list[str], path: Path) -> bool:
@@ -166,33 +98,80 @@ def _covers(deps: list[str], path: Path) -> bool:
     return any(relative == dep or relative.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
-def command_module(cmd: str) -> Path:
-    """The file of the CLI module whose command a stage's `cmd` runs (`gcctl [--options] GROUP... COMMAND ...`)."""
-    import typer
+def command_module(cmd: str) -> str:
+    """The CLI module whose command a stage's `cmd` runs (`gcctl [--options] GROUP... COMMAND ...`)."""
+    from gcctl import cli
+
+    words = cli._command_words(cmd.split()[1:])
+    key = next((key for key in (" ".join(words[:2]), " ".join(words[:1])) if key in cli.COMMAND_MODULES), None)
+    assert cmd.startswith("gcctl ") and key is not None, f"no gcctl command in {cmd!r}"
+    return cli.COMMAND_MODULES[key]
+
+
+def _stage_code(name: str) -> list[Path]:
+    return command_files(command_module(_stages()[name].get("do", _stages()[name])["cmd"]))
+
+
+def test_the_code_stage_depends_on_the_whole_package_and_writes_every_digest():
+    from gcctl import cli
+
+    assert _deps("code") == ["gcctl"]
+    assert _stages()["code"]["outs"] == ["pipeline/code"]
+    assert command_module(_stages()["code"]["cmd"]) == "code" and set(cli.COMMAND_MODULES.values()) >= {"code", "train"}
+
+
+@pytest.mark.parametrize("name", sorted(set(_stages()) - {"code"}))
+def test_each_stage_depends_on_its_commands_code_through_its_digest(name):
+    """No stage lists gcctl files itself: its command's digest (pipeline/code/<module>.json, which stage `code`
+    writes) stands for them, so dvc.lock holds each command's files once."""
+    deps = _deps(name)
+    module = command_module(_stages()[name].get("do", _stages()[name])["cmd"])
+    assert f"pipeline/code/{module}.json" in deps, f"stage {name} runs gcctl.cli.{module} but does not depend on its digest"
+    assert not [dep for dep in deps if dep.startswith("gcctl")], f"stage {name} lists gcctl files; its digest covers them"
+
+
+def test_a_digest_names_the_files_its_command_loads_and_changes_with_them(tmp_path, monkeypatch):
+    from gcctl.cli import code
+
+    train = {path.relative_to(REPO).as_posix() for path in command_files("train")}
+    assert {"gcctl/cli/train.py", "gcctl/methods/coop.py", "gcctl/store/format.py", "gcctl/clip/configs"} <= train
+    assert not {"gcctl/cli/finetune.py", "gcctl/finetune/train.py", "gcctl/__init__.py"} & train
+    assert "gcctl/discovery/general.txt" in {p.relative_to(REPO).as_posix() for p in command_files("discover")}
+    before = code.command_digest("train")
+    assert set(before["files"]) == train and before["command_module"] == "train"
+    real = code._digest
+    monkeypatch.setattr(code, "_digest", lambda path, root: real(path, root) + ("!" if path.name == "coop.py" else ""))
+    after = code.command_digest("train")
+    assert [name for name in train if before["files"][name] != after["files"][name]] == ["gcctl/methods/coop.py"]
+    assert "gcctl/methods/coop.py" not in code.command_digest("synth")["files"]  # synth's digest stays
+
+
+def test_the_code_command_digests_the_copy_it_is_given(tmp_path):
+    """What DVC hashes (the project's gcctl/ folder) is what the digests read, whichever copy is installed."""
+    import shutil
+
+    from typer.testing import CliRunner
 
     from gcctl import cli
 
     cli.register_all()
-    command = typer.main.get_command(cli.app)
-    words = iter(cmd.split()[1:])
-    for word in words:
-        if word == "--config":
-            next(words)
-        elif not word.startswith("-"):
-            command = command.commands[word]
-            if not hasattr(command, "commands"):
-                return _module_file(command.callback.__module__)
-    raise AssertionError(f"no gcctl command in {cmd!r}")
+    copy = tmp_path / "project/gcctl"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
 
+    def digests() -> dict[str, bytes]:
+        result = CliRunner().invoke(cli.app, ["code", "--package", str(copy), "--out", str(tmp_path / "code")])
+        assert result.exit_code == 0, result.output
+        return {path.stem: path.read_bytes() for path in (tmp_path / "code").iterdir()}
 
-@pytest.mark.parametrize("name", sorted(_stages()))
-def test_each_stage_depends_on_the_code_its_command_runs(name):
-    stage = _stages()[name]
-    deps = _code_deps(stage)
-    needed = {path for path in closure(command_module(stage.get("do", stage)["cmd"])) if path != PACKAGE / "__init__.py"}
-    needed |= {REPO / PACKAGE_DATA[key] for key in PACKAGE_DATA if REPO / key in needed}
-    missing = sorted(str(path.relative_to(REPO)) for path in needed if not _covers(deps, path))
-    assert not missing, f"stage {name} runs {missing} but does not depend on them"
+    first = digests()
+    assert sorted(first) == sorted(set(cli.COMMAND_MODULES.values()))
+    assert digests() == first  # the same bytes: dvc.lock stays
+    with open(copy / "methods/coop.py", "a") as handle:
+        handle.write("# a change\n")
+    changed = {name for name, text in digests().items() if text != first[name]}
+    assert {"train", "evaluate", "discover"} <= changed and not changed & {"synth", "data", "pretrain", "extract", "finetune"}
+    result = CliRunner().invoke(cli.app, ["code", "--package", str(tmp_path), "--out", str(tmp_path / "code")])
+    assert "not a gcctl source folder" in str(result.exception)  # main() prints it as one error line
 
 
 @pytest.mark.parametrize("edited, stages", [
@@ -204,7 +183,7 @@ def test_each_stage_depends_on_the_code_its_command_runs(name):
 ])
 def test_an_edit_reruns_only_what_its_layer_feeds(edited, stages):
     """An edit in fine-tuning reruns no feature method; one in CoOp reruns no pretraining or extraction."""
-    rerun = [name for name in stages if _covers(_code_deps(_stages()[name]), REPO / edited)]
+    rerun = [name for name in stages if REPO / edited in _stage_code(name)]
     assert not rerun, f"editing {edited} would rerun {rerun}"
 
 

@@ -133,11 +133,13 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
 
     # A change in a method's code reruns what trains and evaluates on features, not what makes data, models or
-    # features, nor fine-tuning; one in fine-tuning reruns no feature method (each stage depends on the modules
-    # its command runs: tests/test_layers.py).
+    # features, nor fine-tuning; one in fine-tuning reruns no feature method. `dvc status` names the edited
+    # package under stage `code`; once it has run, the stages whose command's digest changed are out of date.
     coop, finetuning = repo / "gcctl/methods/coop.py", repo / "gcctl/finetune/train.py"
     with open(coop, "a") as handle:
         handle.write("# a change\n")
+    assert set(_changed_stages(repo)) == {"code"}
+    _run("dvc", "repro", "code", cwd=repo)
     changed = set(_changed_stages(repo))
     assert {"train@waterbirds-groupcoop", "train_pseudo@waterbirds-groupcoop-pseudo", "fit@waterbirds",
             "evaluate@waterbirds"} <= changed
@@ -146,9 +148,11 @@ def test_dvc_repro_builds_the_chain_on_tiny_params(tmp_path):
     coop.write_text(coop.read_text().removesuffix("# a change\n"))
     with open(finetuning, "a") as handle:
         handle.write("# a change\n")
+    _run("dvc", "repro", "code", cwd=repo)
     changed = set(_changed_stages(repo))
     assert {"finetune@ft-0", "wise@ft-0"} <= changed
     assert not {name for name in changed if name.startswith(("train", "fit", "evaluate", "pseudo_label", "extract", "pretrain"))}
+
 
 TINY_PRESET = """# @package _global_
 defaults:

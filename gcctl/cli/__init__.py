@@ -92,6 +92,7 @@ COMMAND_MODULES = {
     "wise": "finetune",
     "transfer": "transfer",
     "params": "params",
+    "code": "code",
     "data show": "data",
     "data table": "data",
     "data synth": "synth",
@@ -112,9 +113,18 @@ def _command_words(argv: Sequence[str]) -> list[str]:
     return words
 
 
+_registered: set[str] = set()  # command modules already on `app`: main() may run many times in one process
+
+
+def _register_module(module: str) -> None:
+    if module not in _registered:
+        importlib.import_module(f"gcctl.cli.{module}").register(app)
+        _registered.add(module)
+
+
 def register_all() -> None:
     for module in sorted(set(COMMAND_MODULES.values())):
-        importlib.import_module(f"gcctl.cli.{module}").register(app)
+        _register_module(module)
 
 
 def _register(argv: Sequence[str] | None = None) -> None:
@@ -129,7 +139,7 @@ def _register(argv: Sequence[str] | None = None) -> None:
     modules = {COMMAND_MODULES[key]} | {module for words_key, module in COMMAND_MODULES.items()
                                         if " " not in key and words_key.startswith(key + " ")}
     for module in sorted(modules):
-        importlib.import_module(f"gcctl.cli.{module}").register(app)
+        _register_module(module)
 
 
 EACH_NAME = "{name}"
@@ -164,7 +174,16 @@ def _after_root_options(argv: list[str]) -> list[str]:
     return argv[index:]
 
 
-def main() -> None:
+def main(warm: bool = True) -> None:
+    """The `gcctl` command; under `dvc repro` a later stage's command runs in the warm server's copy
+    (`gcctl.cli.warm`), which calls this with `warm=False`."""
+    if warm:
+        from gcctl.cli import warm as warm_server
+
+        if warm_server.applies():
+            status = warm_server.run_warm(sys.argv[1:])
+            if status is not None:
+                sys.exit(status)
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING, stream=sys.stderr)
     _register()
     try:

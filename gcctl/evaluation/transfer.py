@@ -287,7 +287,7 @@ def _score_pending(by_seed: dict, architecture: str, pending: list[Target], iden
     so a failure or an interruption later in the suite keeps it. One model is held at a time; the one built last
     scores the next target first, so a suite of one seed builds its model once."""
     seeds = list(by_seed)
-    built: tuple | None = None  # (seed, bundle)
+    built: tuple | None = None  # (seed, bundle, its class text features by label space and templates)
     references: dict = {}
     written = {}
     for target in pending:
@@ -296,10 +296,10 @@ def _score_pending(by_seed: dict, architecture: str, pending: list[Target], iden
         for seed in order:
             if built is None or built[0] != seed:
                 built = None  # the previous model freed before the next is built
-                built = (seed, build_clip(architecture, str(by_seed[seed]), device=device))
+                built = (seed, build_clip(architecture, str(by_seed[seed]), device=device), {})
                 references.setdefault(seed, built[1].reference.recorded_for(Path.cwd()).to_dict())
             scores[seed], rows = zeroshot_scores(built[1], target.table, target.split, device=device, templates=target.templates,
-                                                 batch_size=batch_size, workers=workers)
+                                                 batch_size=batch_size, workers=workers, text_features=built[2])
         provenance = {"run": label, "target": target.name, "role": target.role, "templates": list(target.templates),
                       "checkpoints": [references[seed] for seed in seeds], "suite_identity": identities[target.name]}
         # The JSON is renamed into place just before its predictions: a run killed in between leaves no
