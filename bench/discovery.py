@@ -17,7 +17,6 @@ a scratch folder, per benchmark:
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -27,7 +26,6 @@ import yaml
 from gcctl.discovery import OPTIONS_FILE, discover
 from gcctl.errors import GcctlError
 from gcctl.methods.runs import evaluate_run, train_run
-from gcctl.report import update_readme
 from gcctl.store import FeatureStore
 
 BENCHMARKS = ("waterbirds", "scattered", "multiceleba")
@@ -115,17 +113,7 @@ def discovery_markdown(pipeline: Path) -> str:
             "discovered instead of the dataset's names:\n\n" + "\n".join(method_lines) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pipeline", type=Path, default=Path("pipeline"), help="The folder `dvc repro` wrote.")
-    parser.add_argument("--readme", type=Path, help="Write the block into this file instead of printing it.")
-    args = parser.parse_args()
-    markdown = discovery_markdown(args.pipeline)
-    if args.readme:
-        update_readme(args.readme, "discovery", markdown)
-    else:
-        print(markdown, end="")
-
-
 if __name__ == "__main__":
-    main()
+    from blocks import block_main  # bench/ is on the path when this runs as a script
+
+    block_main(__doc__.split("\n\n")[0], "discovery", discovery_markdown)

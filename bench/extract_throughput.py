@@ -28,9 +28,10 @@ import torch  # noqa: E402
 
 from gcctl.clip.factory import build_clip  # noqa: E402
 from gcctl.datasets import load_dataset  # noqa: E402
-from gcctl.runtime import autocast, resolve_device  # noqa: E402
+from gcctl.runtime import autocast, device_layout, resolve_device  # noqa: E402
 from gcctl.store import extract  # noqa: E402
 from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds  # noqa: E402
+from hardware import attention_kernels, counted_flops, peak_share  # noqa: E402
 
 
 def _table_of(root: Path, images: int, jpeg: bool):
@@ -57,15 +58,18 @@ def preprocessed(bundle, table) -> torch.Tensor:
     return torch.stack([bundle.preprocess(Image.open(table.root / path).convert("RGB")) for path in table.frame["path"]])
 
 
-def forward_images_per_second(bundle, tensors: torch.Tensor, batch_size: int, device) -> float:
-    """The image tower alone on tensors already preprocessed and in memory."""
-    model = bundle.model.to(device).eval()
+def forward_images_per_second(bundle, tensors: torch.Tensor, batch_size: int, device, encode=None) -> float:
+    """The image tower alone on tensors already preprocessed and in memory (`encode`: another way to run it,
+    such as its torch.compile'd form)."""
+    model = device_layout(bundle.model.to(device), device).eval()  # the layout extract runs it in
+    encode = encode or model.encode_image
     with torch.inference_mode(), autocast(device):  # the precision extract runs the tower in
-        model.encode_image(tensors[:batch_size].to(device))  # warm-up
+        for shape in {batch_size, len(tensors) % batch_size} - {0}:  # warm-up: a compiled form compiles each shape here
+            encode(tensors[:shape].to(device))
         _synchronize(device)
         started = time.perf_counter()
         for start in range(0, len(tensors), batch_size):
-            torch.nn.functional.normalize(model.encode_image(tensors[start : start + batch_size].to(device)), dim=-1)
+            torch.nn.functional.normalize(encode(tensors[start : start + batch_size].to(device)), dim=-1)
         _synchronize(device)
         return len(tensors) / (time.perf_counter() - started)
 
@@ -73,12 +77,17 @@ def forward_images_per_second(bundle, tensors: torch.Tensor, batch_size: int, de
 def forward_flops_per_image(bundle, tensors: torch.Tensor, device) -> float:
     """The image tower's FLOPs for one image, as torch's FLOP counter counts them (a multiply-add is 2), so
     images per second become achieved TFLOP/s."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model = bundle.model.to(device).eval()
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model.encode_image(tensors[:2].to(device))
-    return counter.get_total_flops() / 2
+    # With autograd on: without it nn.MultiheadAttention takes its fused fast path, which the counter misses
+    # (ViT-B-16: 22.5 GFLOP an image counted that way against 33.7).
+    return counted_flops(lambda: model.encode_image(tensors[:2].to(device))) / 2
+
+
+def inference_attention(bundle, tensors: torch.Tensor, device) -> list[str]:
+    """The attention kernels the image tower takes as extraction runs it (eval, inference mode, autocast)."""
+    model = bundle.model.to(device).eval()
+    with torch.inference_mode(), autocast(device):
+        return attention_kernels(lambda: model.encode_image(tensors[:2].to(device)))
 
 
 def _synchronize(device) -> None:
@@ -103,6 +112,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=None, help="Decoding processes (default: extract's own choice).")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="Also time the tower under torch.compile (whether compiling pays is measured, not assumed).")
     parser.add_argument("--repeats", type=int, default=9, help="Alternating pairs of measurements; the median pair counts.")
     args = parser.parse_args()
 
@@ -115,11 +126,17 @@ def main() -> None:
         table = _table_of(root, args.images, args.jpeg)
         tensors = preprocessed(bundle, table)
         flops = forward_flops_per_image(bundle, tensors, device)
+        attention = inference_attention(bundle, tensors, device)
         forward, extracted = [], []
         for _ in range(args.repeats):
             forward.append(forward_images_per_second(bundle, tensors, args.batch_size, device))
             rate, workers = extract_run(bundle, table, args.batch_size, args.workers, device, Path(scratch) / "f.h5")
             extracted.append(rate)
+        compiled = None
+        if args.compile:
+            encode = torch.compile(bundle.model.encode_image)
+            compiled = statistics.median(forward_images_per_second(bundle, tensors, args.batch_size, device, encode)
+                                         for _ in range(args.repeats))
     ratios = [rate / reference for rate, reference in zip(extracted, forward)]
     result = {
         "model": args.model,
@@ -134,6 +151,9 @@ def main() -> None:
         "forward_images_per_s": round(statistics.median(forward), 1),
         "forward_gflops_per_image": round(flops / 1e9, 3),
         "forward_tflops_per_s": round(flops * statistics.median(forward) / 1e12, 3),
+        "forward_peak_share": peak_share(flops * statistics.median(forward) / 1e12, device),
+        "attention_kernels": attention,
+        "compiled_forward_images_per_s": round(compiled, 1) if compiled else None,
         "extract_images_per_s": round(statistics.median(extracted), 1),
         "ratios": [round(ratio, 3) for ratio in ratios],
         "ratio": round(statistics.median(ratios), 3),

@@ -11,11 +11,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from gcctl.report import update_readme
 
 FACTORS = ("kind", "colour", "background", "fill")
 
@@ -46,17 +44,7 @@ def card_markdown(pipeline: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pipeline", type=Path, default=Path("pipeline"), help="The folder `dvc repro` wrote.")
-    parser.add_argument("--readme", type=Path, help="Write the block into this file instead of printing it.")
-    args = parser.parse_args()
-    markdown = card_markdown(args.pipeline)
-    if args.readme:
-        update_readme(args.readme, "model-card", markdown)
-    else:
-        print(markdown, end="")
-
-
 if __name__ == "__main__":
-    main()
+    from blocks import block_main  # bench/ is on the path when this runs as a script
+
+    block_main(__doc__.split("\n\n")[0], "model-card", card_markdown)

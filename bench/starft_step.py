@@ -37,16 +37,38 @@ from gcctl.finetune.pools import draw_templates
 from gcctl.finetune.train import FinetuneRun
 from gcctl.runtime import resolve_device
 from gcctl.synth.benchmarks import write_waterbirds
+from hardware import attention_kernels, counted_flops, peak_share
 
 
 def timed_step(run: FinetuneRun, batch, device) -> float:
-    images, rows, templates = batch
-    images, templates = images.to(device), templates.to(device)
+    work = step_work(run, batch, device)
     started = time.perf_counter()
-    run.step(images, rows, templates, run.config.lambda_at(0))
+    work()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def step_work(run: FinetuneRun, batch, device):
+    """One untimed optimisation step, for the FLOP counter and the profiler."""
+    images, rows, templates = batch
+    return lambda: run.step(images.to(device), rows, templates.to(device), run.config.lambda_at(0))
+
+
+def measure(runs: dict[str, FinetuneRun], batch, device, steps: int) -> tuple[float, float, float, list[str]]:
+    """Median seconds per FT and StarFT step (alternating, after one warm-up step each), an FT step's FLOPs
+    (forward and backward of both towers) and the attention kernels it takes."""
+    for run in runs.values():
+        run.model.train()
+        timed_step(run, batch, device)  # warm-up
+    ft_flops = counted_flops(step_work(runs["ft"], batch, device))
+    attention = attention_kernels(step_work(runs["ft"], batch, device))
+    seconds = {method: [] for method in runs}
+    for _ in range(steps):
+        for method, run in runs.items():
+            seconds[method].append(timed_step(run, batch, device))
+    ft, starft = (statistics.median(seconds[method]) for method in ("ft", "starft"))
+    return ft, starft, ft_flops, attention
 
 
 def join_process_group(device: torch.device) -> torch.device:
@@ -95,14 +117,7 @@ def main() -> None:
         images, rows = next(iter(DataLoader(ImageDataset(table, runs["ft"].bundle.preprocess, train_rows), batch_size=len(train_rows))))
         templates = draw_templates(len(table.frame), len(runs["starft"].templates), seed=0)
         batch = (images, rows, templates[rows])
-        for run in runs.values():
-            run.model.train()
-            timed_step(run, batch, device)  # warm-up
-        seconds = {method: [] for method in runs}
-        for _ in range(args.steps):
-            for method, run in runs.items():
-                seconds[method].append(timed_step(run, batch, device))
-    ft, starft = (statistics.median(seconds[method]) for method in ("ft", "starft"))
+        ft, starft, ft_flops, attention = measure(runs, batch, device, args.steps)
     processes = dist.get_world_size() if args.ddp else 0
     if args.ddp:
         dist.destroy_process_group()
@@ -118,6 +133,10 @@ def main() -> None:
         "ft_seconds_per_step": round(ft, 4),
         "starft_seconds_per_step": round(starft, 4),
         "ratio": round(starft / ft, 3),
+        "ft_images_per_s": round(len(train_rows) / ft, 1),
+        "ft_tflops_per_s": round(ft_flops / ft / 1e12, 3),
+        "ft_peak_share": peak_share(ft_flops / ft / 1e12, device),
+        "attention_kernels": attention,
     }))
 
 

@@ -191,6 +191,21 @@ def _short(value) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
 
+def read_lines(path: str | os.PathLike, what: str, *, missing: str, content: str) -> list[tuple[int, str]]:
+    """`(line number, stripped line)` of a UTF-8 text file's lines that are neither blank nor # comments: the one
+    reader of gcctl's line files (word lists, insight files). `what` names the file in messages, `missing` says
+    what to give instead of a missing one, `content` what its lines are."""
+    path = Path(path)
+    if not path.is_file():
+        raise GcctlError(f"{what} {path} not found; {missing}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise GcctlError(f"{what} {path} is not UTF-8 text; write {content} as UTF-8") from None
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON in `path`; a missing, truncated or non-UTF-8 file is a one-line user error."""
     path = Path(path)

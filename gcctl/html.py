@@ -73,6 +73,12 @@ class PageOptions:
     discovery: str | os.PathLike | None = None  # a `gcctl discover` discovery.json, shown beside the gallery
     file_name: ClassVar[str] = PAGE_FILE
 
+    def inputs(self) -> list[tuple[str, str | os.PathLike]]:
+        """The files the page reads, by the option that names them."""
+        return [*([("--table", self.table)] if self.table is not None else []),
+                *(("--groups-report", path) for path in self.groups_reports),
+                *([("--discovery", self.discovery)] if self.discovery is not None else [])]
+
     def gather(self, runs: list[dict], title: str) -> PageData:
         """`gather_page` with these options: how `gcctl.report.write_report` calls the page, never importing it."""
         return gather_page(runs, self, title)

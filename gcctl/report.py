@@ -571,13 +571,16 @@ def is_report_folder(path: str | os.PathLike) -> bool:
 
 
 def check_report_out(out: str | os.PathLike, overwrite: bool, *, readme: str | os.PathLike | None = None,
-                     inputs: Sequence[str | os.PathLike] = ()) -> None:
+                     inputs: Sequence[str | os.PathLike] = (), page=None) -> None:
     """Refuse, before any work, a report --out that is a file, a folder holding anything but an earlier report (which
-    only `overwrite` replaces, as a whole), or the folder an input or the --readme to update lies in."""
+    only `overwrite` replaces, as a whole), or the folder an input (a metrics file, a file the `page` reads) or the
+    --readme to update lies in."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GcctlError(f"--out {out} is a file; give the folder to write the report into")
-    for option, path in [*(("metrics file", path) for path in inputs), *([("--readme", readme)] if readme is not None else [])]:
+    named = [*(("metrics file", path) for path in inputs), *(page.inputs() if page is not None else []),
+             *([("--readme", readme)] if readme is not None else [])]
+    for option, path in named:
         if Path(path).resolve().is_relative_to(out.resolve()):
             raise GcctlError(f"{option} {path} is inside --out {out}, which the report replaces as a whole; keep it outside")
     check_output(out, "report", is_own=is_report_folder, replace_own=overwrite)
@@ -611,7 +614,7 @@ def write_report(metrics_paths: Sequence[str | os.PathLike], out: str | os.PathL
     `index.html`, for runs only (a sweep or suites refuse it)."""
     if resamples < 1:
         raise GcctlError(f"--resamples {resamples} must be at least 1 (the bootstrap's draws; {BOOTSTRAP_RESAMPLES} by default)")
-    check_report_out(out, overwrite, readme=readme, inputs=metrics_paths)
+    check_report_out(out, overwrite, readme=readme, inputs=metrics_paths, page=page)
     documents = [read_json(path) for path in metrics_paths if Path(path).is_file()]
     if documents and all(is_suite_summary(document) for document in documents) and len(documents) == len(metrics_paths):
         _refuse_page(page, "transfer suites get results.md and suites.png")

@@ -200,13 +200,45 @@ def _positive_threads(text: str) -> int:
     return threads
 
 
-def autocast(device) -> contextlib.AbstractContextManager:
-    """Mixed precision on accelerators; full precision on CPU, where bf16 autocast is slower for small models."""
+def amp_dtype(device):
+    """The one choice of mixed precision: bfloat16 on CUDA devices with native bf16 (Ampere and later: the
+    tensor cores' rate at float32's range, so no loss scaling, as open_clip's amp_bf16), float16 on older ones,
+    None (full precision) on CPU, where bf16 autocast is slower for small models."""
     import torch
 
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
+def loss_scaling(device) -> bool:
+    """Whether gradients need a loss scaler on `device`: only under float16 autocast, whose range underflows."""
+    import torch
+
+    return amp_dtype(device) == torch.float16
+
+
+def device_layout(model, device):
+    """`model` with channels-last weights when its image tower is convolutional (more than one Conv2d: ResNet,
+    ConvNeXt, MobileCLIP, ViTamin) and `device` is CUDA: cuDNN's
+    tensor-core convolutions run in NHWC, and a channels-last weight makes each convolution take that path (its
+    input follows). A ViT's one convolution, the patch embedding, and every CPU model stay as they are (the
+    CPU's results do not move)."""
+    import torch
+
+    if device.type != "cuda" or getattr(model, "visual", None) is None:
+        return model
+    if sum(isinstance(module, torch.nn.Conv2d) for module in model.visual.modules()) > 1:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast(device) -> contextlib.AbstractContextManager:
+    """Autocast to `amp_dtype(device)`; nothing on CPU."""
+    import torch
+
+    dtype = amp_dtype(device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 # numpy's legacy global generator, seeded by `seed_everything`, takes the narrowest range of the three.

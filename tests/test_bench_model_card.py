@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "model_card.py"
@@ -30,5 +32,5 @@ def test_the_card_block_reads_the_concept_check_the_transfer_suite_and_the_bench
     assert "| patches | group | 97.0 | 91.3 |" in block and block.count("| birds |") == 1
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- results:model-card:start -->\nold\n<!-- results:model-card:end -->\nb\n")
-    module.update_readme(readme, "model-card", block)
+    subprocess.run([sys.executable, str(BENCH), "--pipeline", str(tmp_path), "--readme", str(readme)], check=True)
     assert "old" not in readme.read_text() and "**12 of 16**" in readme.read_text()

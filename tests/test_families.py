@@ -117,6 +117,24 @@ def test_every_family_runs_every_stage_that_builds_a_model(name, registered, tab
     assert (tmp_path / "ft" / "model.pt").is_file()
 
 
+def test_cocas_random_weights_are_a_function_of_their_seed(registered):
+    """open_clip leaves the text decoder's projection as torch.empty: whatever memory held, so the training path's
+    redraw hashed otherwise than extraction's and refused the store for the wrong reason."""
+    import torch
+
+    from gcctl.clip.factory import build_clip
+
+    draws = [build_clip(f"walk-{COCA}", "none").model.text_decoder.text_projection.detach().clone() for _ in range(2)]
+    clutter = [torch.full((4096,), float(i)) for i in range(64)]  # memory an empty tensor could be given next
+    del clutter
+    draws.append(build_clip(f"walk-{COCA}", "none").model.text_decoder.text_projection.detach())
+    width = draws[0].shape[0]
+    assert all(torch.equal(draw, draws[0]) for draw in draws)
+    assert abs(draws[0].std().item() - width ** -0.5) < 0.5 * width ** -0.5
+    other_seed = build_clip(f"walk-{COCA}", "none", seed=1).model.text_decoder.text_projection
+    assert not torch.equal(other_seed, draws[0])
+
+
 @pytest.mark.slow
 def test_coca_extracts_and_is_refused_in_one_line_where_prompts_are_learned(registered, table, tmp_path, quiet_random_weights):
     from gcctl.methods.runs import train_run
@@ -126,11 +144,8 @@ def test_coca_extracts_and_is_refused_in_one_line_where_prompts_are_learned(regi
     from gcctl.clip.factory import build_clip
     from gcctl.store import extract
 
-    # From a file: this test is about the text-tower refusal. (Redrawn by the training path, CoCa's random weights
-    # hashed otherwise than at extraction on a fresh machine, and that refusal came first; see the session note.)
-    torch.save(build_clip(f"walk-{COCA}", "none").model.state_dict(), tmp_path / "coca.pt")
     store = tmp_path / "store.h5"
-    extract(table, build_clip(f"walk-{COCA}", str(tmp_path / "coca.pt")), store, batch_size=8, device="cpu")
+    extract(table, build_clip(f"walk-{COCA}", "none"), store, batch_size=8, device="cpu")
     with pytest.raises(GcctlError, match="has another text tower") as refused:
         train_run(store, "coop", tmp_path / "coop", options={"epochs": 1}, device="cpu")
     assert "\n" not in str(refused.value)

@@ -108,3 +108,53 @@ def test_main_writes_every_row_and_fails_when_a_check_fails(gpu_check, monkeypat
     report = json.loads((tmp_path / "gpu.json").read_text())
     assert report["mode"] == "cpu (dry)" and [row["status"] for row in report["checks"]] == ["ok", "failed (exit 2)"]
     assert "3 img/s" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def hardware():
+    spec = importlib.util.spec_from_file_location("hardware", REPO / "bench" / "hardware.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_rate_is_a_share_of_the_named_gpus_peak_and_of_none_on_a_cpu(hardware, monkeypatch):
+    import torch
+
+    monkeypatch.delenv(hardware.PEAK_VARIABLE, raising=False)
+    assert hardware.peak_share(1.0, torch.device("cpu")) is None
+    for name, peak in [("NVIDIA H200", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H100 80GB HBM3", 989.0), ("Tesla T4", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert hardware.peak_tflops(torch.device("cuda")) == peak
+    monkeypatch.setenv(hardware.PEAK_VARIABLE, "400")
+    assert hardware.peak_share(100.0, torch.device("cuda")) == 0.25
+
+
+def test_a_training_step_names_its_attention_kernels_and_counts_its_backward(hardware, shared_micro):
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(shared_micro.model).train()
+    tokens = shared_micro.tokenizer(["a photo of a bird"] * 2)
+
+    def forward():
+        return model.encode_text(tokens).sum()
+
+    def step():
+        forward().backward()
+
+    assert any("scaled_dot_product" in name for name in hardware.attention_kernels(step))
+    assert hardware.counted_flops(step) > 2 * hardware.counted_flops(forward) > 0
+    with torch.no_grad():
+        assert hardware.attention_kernels(lambda: model.eval().encode_text(tokens))  # inference takes a kernel too
+
+
+def test_the_table_shows_peak_share_and_attention_kernels(gpu_check):
+    extract = {"extract_images_per_s": 900, "forward_images_per_s": 1000, "forward_tflops_per_s": 35.0,
+               "forward_gflops_per_image": 35.0, "forward_peak_share": 0.035, "ratio": 0.9, "images": 8,
+               "image_format": "jpeg", "image_size": 224, "batch_size": 4, "workers": 2,
+               "attention_kernels": ["aten::_native_multi_head_attention"]}
+    text = gpu_check._extract_figures(extract)
+    assert "4% of the dense bf16 peak" in text and text.endswith("attention: _native_multi_head_attention")
+    assert "peak" not in gpu_check._extract_figures({**extract, "forward_peak_share": None})

@@ -102,8 +102,7 @@ def command_module(cmd: str) -> str:
     """The CLI module whose command a stage's `cmd` runs (`gcctl [--options] GROUP... COMMAND ...`)."""
     from gcctl import cli
 
-    words = cli._command_words(cmd.split()[1:])
-    key = next((key for key in (" ".join(words[:2]), " ".join(words[:1])) if key in cli.COMMAND_MODULES), None)
+    key = cli.command_key(cmd.split()[1:])
     assert cmd.startswith("gcctl ") and key is not None, f"no gcctl command in {cmd!r}"
     return cli.COMMAND_MODULES[key]
 

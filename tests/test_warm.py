@@ -81,3 +81,9 @@ def test_what_identifies_a_server():
 def test_only_dvc_stages_outside_torchrun_use_it(extra, applies):
     assert warm.applies({"DVC_ROOT": "/p", "DVC_STAGE": "a", **extra}) is applies
     assert not warm.applies({"HOME": "/h", **extra})
+
+
+def test_a_library_that_is_not_installed_does_not_stop_the_warm_up(monkeypatch):
+    """The server imports what it can: one missing optional library must not make every stage start a server."""
+    monkeypatch.setattr(warm, "WARM_MODULES", ("gcctl_not_installed_library", "json"))
+    warm._warm_up()

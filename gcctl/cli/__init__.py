@@ -127,11 +127,16 @@ def register_all() -> None:
         _register_module(module)
 
 
+def command_key(argv: Sequence[str]) -> str | None:
+    """The COMMAND_MODULES key of the command `argv` (gcctl's arguments) invokes, None when it names none."""
+    words = _command_words(argv)
+    return next((key for key in (" ".join(words[:2]), " ".join(words[:1])) if key in COMMAND_MODULES), None)
+
+
 def _register(argv: Sequence[str] | None = None) -> None:
     """Register the command `argv` (default: this process's arguments) invokes; every command when it names
     none of them (`gcctl --help`, a typo, a group's help)."""
-    words = _command_words(sys.argv[1:] if argv is None else argv)
-    key = next((key for key in (" ".join(words[:2]), " ".join(words[:1])) if key in COMMAND_MODULES), None)
+    key = command_key(sys.argv[1:] if argv is None else argv)
     if key is None:
         register_all()
         return

@@ -108,11 +108,15 @@ def _digest(path: Path, root: Path) -> str:
     return hashed.hexdigest()
 
 
-def command_digest(module: str, package: Path = PACKAGE) -> dict:
-    """`{"command_module": ..., "files": {relative path: sha256}}`: what a stage running the module depends on."""
-    root = package.parent
-    return {"command_module": module,
-            "files": {path.relative_to(root).as_posix(): _digest(path, root) for path in command_files(module, package)}}
+def command_digest(module: str, package: Path = PACKAGE, known: dict[Path, str] | None = None) -> dict:
+    """`{"command_module": ..., "files": {relative path: sha256}}`: what a stage running the module depends on.
+    `known` holds digests already taken (the command modules share most files), and gets the new ones."""
+    root, known = package.parent, {} if known is None else known
+    files = command_files(module, package)
+    for path in files:
+        if path not in known:
+            known[path] = _digest(path, root)
+    return {"command_module": module, "files": {path.relative_to(root).as_posix(): known[path] for path in files}}
 
 
 def code(
@@ -134,9 +138,10 @@ def code(
     package = package.resolve()
     if not (package / "cli" / "__init__.py").is_file():
         raise GcctlError(f"--package {package}: not a gcctl source folder (no cli/__init__.py); name the folder gcctl/")
+    known: dict[Path, str] = {}
     with atomic_directory(out) as folder:
         for module in sorted(set(COMMAND_MODULES.values())):
-            text = json.dumps(command_digest(module, package), indent=1, sort_keys=True) + "\n"
+            text = json.dumps(command_digest(module, package, known), indent=1, sort_keys=True) + "\n"
             (folder / f"{module}.json").write_text(text, encoding="utf-8")
 
 

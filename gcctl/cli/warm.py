@@ -159,7 +159,10 @@ def _warm_up() -> None:
     configure_cpu_threads()  # as main() does, before torch loads OpenMP
     commands = [f"gcctl.cli.{module}" for module in sorted(set(COMMAND_MODULES.values()))]
     for name in (*WARM_MODULES, *commands):  # imported, not registered: each copy registers its own command
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional library not installed: a copy that needs it fails as a fresh process would
+            continue
 
 
 def _serve(listener: socket.socket) -> None:

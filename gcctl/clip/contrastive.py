@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gcctl.clip.schedule import warmup_cosine
+from gcctl.runtime import loss_scaling
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's cap: a larger temperature makes the loss unstable
 WEIGHT_DECAY_RULE = "matrices"  # recorded in a run's identity: states saved under another rule do not resume
@@ -45,10 +46,13 @@ class ContrastiveOptimiser:
                  total_steps: int, warmup: float, device: torch.device, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8):
         self.model = model
-        self.optimizer = torch.optim.AdamW(param_groups(parameters, weight_decay), lr=lr, betas=betas, eps=eps)
+        # One fused kernel for the whole update on CUDA (torch's foreach path launches several per parameter
+        # group); the CPU keeps the default path, whose results the pipeline's lock records.
+        fused = True if device.type == "cuda" else None
+        self.optimizer = torch.optim.AdamW(param_groups(parameters, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_cosine(step, total_steps, warmup))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling(device))
 
     def last_lr(self) -> float:
         return self.schedule.get_last_lr()[0]
@@ -68,6 +72,10 @@ class ContrastiveOptimiser:
                 "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        kernel = {key: self.optimizer.defaults[key] for key in ("fused", "foreach")}
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups carry the saving device's kernel choice
+            group.update(kernel)
         self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.scaler.is_enabled() and state["scaler"]:  # none saved where no scaling was needed (CPU, bf16)
+            self.scaler.load_state_dict(state["scaler"])

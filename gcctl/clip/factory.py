@@ -32,7 +32,7 @@ from gcctl.clip.registry import quiet_open_clip, word_tokenizer
 from gcctl.clip.weights import WeightsSource, hub_access, resolve_source
 from gcctl.errors import GcctlError
 from gcctl.files import sha256_file
-from gcctl.runtime import check_seeds, resolve_device
+from gcctl.runtime import check_seeds, device_layout, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def build_from_reference(
 def _bundle(source: WeightsSource, device: torch.device, seed: int) -> ClipBundle:
     with _hugging_face_parts(source):
         model = _instantiate(source, device, seed)
+    device_layout(model, device)
     model.eval()
     hf_tokenizer = source.tokenizer.startswith(HF_HUB) or _hf_tokenizer_name(source)
     network = hub_access() if hf_tokenizer else contextlib.nullcontext()
@@ -159,10 +160,26 @@ def _instantiate(source: WeightsSource, device: torch.device, seed: int) -> torc
             force_preprocess_cfg={**checkpoint.preprocess, **source.preprocess},
             device=device,
         )
+        if source.weights is None:
+            _draw_what_open_clip_leaves_empty(model)
     if source.weights is not None:
         _check_vocabulary(checkpoint, source)
         load_weights(model, checkpoint, source.weights, source.name)
     return model
+
+
+def _draw_what_open_clip_leaves_empty(model: torch.nn.Module) -> None:
+    """Random weights open_clip allocates and never draws: CoCa's text decoder (`MultimodalTransformer`) makes its
+    `text_projection` with torch.empty and its `init_parameters` is never called (and would fail: it reads a
+    `.transformer` the class lacks), so that matrix held whatever memory was there and random CoCa weights were
+    no function of their seed. Drawn here as that method means to: normal with std width ** -0.5, on the CPU's
+    generator, as open_clip draws the rest, so the weights are the same on every device."""
+    from open_clip.transformer import MultimodalTransformer
+
+    for module in model.modules():
+        if isinstance(module, MultimodalTransformer) and module.text_projection is not None:
+            with torch.no_grad():
+                module.text_projection.copy_(torch.randn(module.text_projection.shape) * module.width ** -0.5)
 
 
 def _check_vocabulary(checkpoint: Checkpoint, source: WeightsSource) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from gcctl.clip.captions import DEFAULT_ATTRIBUTE_PROMPT, attribute_prompts, fill_prompt
 from gcctl.clip.text import class_words, encode_texts
 from gcctl.errors import GcctlError
-from gcctl.files import atomic_directory, check_output, output_lock, write_json
+from gcctl.files import atomic_directory, check_output, output_lock, read_lines, write_json
 from gcctl.metrics import best_assignment, read_predictions
 from gcctl.runtime import resolve_device
 from gcctl.store import FeatureStore
@@ -67,14 +67,9 @@ def synthetic_candidates() -> list[Candidate]:
 def read_vocabulary(path: str | os.PathLike, prompt: str) -> list[Candidate]:
     """Candidates from a UTF-8 file, one word or phrase per line (blank lines and # comments skipped), each read
     in `prompt` as its {value}; a line holding {class} is its own prompt."""
-    path = Path(path)
-    if not path.is_file():
-        raise GcctlError(f"vocabulary {path} not found; give one of {', '.join(VOCABULARIES)} or a text file of words")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise GcctlError(f"vocabulary {path} is not UTF-8 text; write one word or phrase per line as UTF-8") from None
-    words = list(dict.fromkeys(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")))
+    lines = read_lines(path, "vocabulary", missing=f"give one of {', '.join(VOCABULARIES)} or a text file of words",
+                       content="one word or phrase per line")
+    words = list(dict.fromkeys(line for _, line in lines))
     if not words:
         raise GcctlError(f"vocabulary {path} holds no word; write one word or phrase per line")
     return [Candidate(word, word if "{class}" in word else fill_prompt(prompt, value=word)) for word in words]

@@ -25,6 +25,7 @@ import torch
 
 from gcctl.clip.text import class_text_features, class_words, encode_texts
 from gcctl.errors import GcctlError
+from gcctl.files import read_lines
 from gcctl.methods.base import FitResult, attribute_prompts_setting
 from gcctl.methods.data import TrainingData, split_metrics
 from gcctl.methods.spurious import attribute_texts, span_projector
@@ -54,20 +55,13 @@ class RoboShotConfig(ZeroShotConfig):
 def read_insights(path: str | Path) -> dict[str, list[tuple[str, str]]]:
     """Insight pairs by kind from a UTF-8 text file: one `harmful|helpful<TAB>text a<TAB>text b` per line;
     blank lines and lines starting with # are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise GcctlError(f"insight file {path} not found; give a text file of '{INSIGHT_LINE}' lines")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise GcctlError(f"insight file {path} is not UTF-8 text; write its '{INSIGHT_LINE}' lines as UTF-8") from None
+    lines = read_lines(path, "insight file", missing=f"give a text file of '{INSIGHT_LINE}' lines",
+                       content=f"its '{INSIGHT_LINE}' lines")
     pairs: dict[str, list[tuple[str, str]]] = {kind: [] for kind in INSIGHT_KINDS}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
+    for number, line in lines:
         parts = [part.strip() for part in line.split("\t")]
         if len(parts) != 3 or parts[0] not in INSIGHT_KINDS or not all(parts[1:]):
-            raise GcctlError(f"insight file {path} line {number} is not '{INSIGHT_LINE}' (tab-separated): {line.strip()[:80]!r}")
+            raise GcctlError(f"insight file {path} line {number} is not '{INSIGHT_LINE}' (tab-separated): {line[:80]!r}")
         if parts[1] == parts[2]:
             raise GcctlError(f"insight file {path} line {number} pairs '{parts[1]}' with itself; "
                              "an insight's direction is the difference of two different texts")

@@ -41,7 +41,7 @@ from gcctl.files import (
     refuse_directory,
     refuse_inside,
 )
-from gcctl.runtime import autocast, cpu_budget, in_background, resolve_device
+from gcctl.runtime import autocast, cpu_budget, device_layout, in_background, resolve_device
 from gcctl.store.format import (
     COMPLETE_KEY,
     EXTRACTION_KEYS,
@@ -406,7 +406,7 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
     # at most one batch is encoded again, and every batch from here is the one an uninterrupted run encodes.
     first = max((start for start in starts if start <= rows.start + int(handle.attrs["rows_done"])), default=rows.stop)
     done = resumed_from = first - rows.start
-    model = bundle.model.to(device).eval()
+    model = device_layout(bundle.model.to(device), device).eval()
     pixels, normalized = eval_transform_stages(bundle.preprocess)
     dataset = ImageDataset(table, pixels, indices=list(range(first, rows.stop)))
     bounds = [start for start in starts if start >= first] + [rows.stop]
