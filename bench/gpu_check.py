@@ -83,6 +83,13 @@ def _compiled(r: dict) -> str:
     return f"; torch.compile'd forward {rate:.0f} img/s ({rate / r['forward_images_per_s']:.2f}x eager)" if rate else ""
 
 
+def _decode_figures(r: dict) -> str:
+    return (f"{r['device_images_per_s']:.0f} img/s decoded and resized on {r['device']} vs {r['cpu_images_per_s']:.0f} "
+            f"with PIL on one CPU core; pixels differ by up to {r['max_level_difference']} levels "
+            f"(mean {r['mean_level_difference']}) ({r['images']} JPEGs {r['source_size'][0]}x{r['source_size'][1]} to "
+            f"{r['output_size'][0]} px)")
+
+
 def _groupcoop_figures(r: dict) -> str:
     return (f"{r['cached_epoch_s']:.3f} s per epoch on cached features vs {r['image_tower_epoch_s']:.3f} s encoding images: "
             f"{r['ratio']}x ({r['train_samples']} samples, {r['prompts']} prompts)")
@@ -100,16 +107,20 @@ def plan(cpu: bool) -> list[Check]:
     if cpu:
         model, device = "gcctl-micro", "cpu"
         extract = ("--images", "32", "--image-size", "64", "--batch-size", "16", "--workers", "0", "--repeats", "1")
+        decode = ("--images", "32", "--source-size", "64", "--repeats", "1")
         groupcoop, step, timeout = ("--images", "100", "--batch-size", "32"), ("--batch-size", "8", "--steps", "1"), 60
     else:
         model, device = "ViT-B-16", "cuda"
         extract = ("--images", "2048", "--image-size", "224", "--batch-size", "256", "--workers", "8", "--repeats", "3", "--compile")
+        decode = ("--images", "512", "--source-size", "320", "--repeats", "3")
         # batch 256: the size issue 26's training-step target is set at
         groupcoop, step, timeout = ("--images", "1200", "--batch-size", "256"), ("--batch-size", "256", "--steps", "5"), 180
     common = ("--model", model, "--device", device)
     checks = [
         Check("extract", f"{model} extraction from JPEG vs pure forward", _bench("extract_throughput.py", *common, "--jpeg", *extract),
               timeout, _extract_figures),
+        Check("decode", f"JPEG decoding and resizing on {device} vs PIL (issue 26 item 3)",
+              _bench("decode_jpeg.py", *common, *decode), timeout, _decode_figures),
         Check("groupcoop", f"GroupCoOp epoch, {model} prompts", _bench("train_speed.py", *common, *groupcoop), timeout, _groupcoop_figures),
         Check("ft-starft", f"FT and StarFT steps, {model}, autocast", _bench("starft_step.py", *common, *step), timeout, _step_figures),
         Check("ddp", f"the same through DDP, 1 process ({'gloo' if cpu else 'nccl'})",

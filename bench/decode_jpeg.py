@@ -1,0 +1,102 @@
+"""JPEG decoding and resizing where they cost least (issue 26 item 3): gcctl's CPU pixel stage (PIL decode, the
+model's eval resize and crop, per image) against torchvision's batched `decode_jpeg` on `--device` with the same
+resize and crop on tensors there. Prints the images per second of each and how far the second's pixels land from
+the first's (uint8 levels), since moving decoding to the GPU changes the features a store holds: the choice is a
+measurement of both, not an assumption. Nothing in gcctl decodes on the GPU yet.
+
+    python bench/decode_jpeg.py --model ViT-B-16 --images 512 --source-size 320 --device cuda
+    python bench/decode_jpeg.py --model gcctl-micro --images 32 --source-size 64 --device cpu   # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gcctl.clip.factory import build_clip
+from gcctl.clip.preprocess import eval_transform_stages
+from gcctl.runtime import resolve_device
+
+
+def jpegs(count: int, side: int, seed: int = 0) -> list[bytes]:
+    """Photo-like JPEGs (smooth colour fields with noise, quality 90), 4:3 so that resizing and cropping both act."""
+    generator = np.random.default_rng(seed)
+    height, width = side, side * 4 // 3
+    ramp = np.linspace(0, 1, width)[None, :, None] * np.linspace(1, 0, height)[:, None, None]
+    encoded = []
+    for _ in range(count):
+        colour = generator.uniform(0, 255, size=(1, 1, 3))
+        pixels = np.clip(ramp * colour + generator.normal(0, 12, size=(height, width, 3)) + 40, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def cpu_pixels(encoded: list[bytes], pixel_stage) -> torch.Tensor:
+    return torch.stack([pixel_stage(Image.open(io.BytesIO(data)).convert("RGB")) for data in encoded])
+
+
+def device_pixels(encoded: list[bytes], pixel_stage, device: torch.device) -> torch.Tensor:
+    """Batched decoding on `device`, then the pixel stage's resize and crop on tensors there."""
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms import CenterCrop, Resize
+    from torchvision.transforms.v2 import functional as F
+
+    resize = next(step for step in pixel_stage.transforms if isinstance(step, Resize))
+    crop = next(step for step in pixel_stage.transforms if isinstance(step, CenterCrop))
+    data = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in encoded]
+    images = decode_jpeg(data, device=device)
+    return torch.stack([F.center_crop(F.resize(image, resize.size, interpolation=resize.interpolation, antialias=True),
+                                      list(crop.size)) for image in images])
+
+
+def rate(work, images: int, device: torch.device, repeats: int) -> float:
+    def once() -> float:
+        started = time.perf_counter()
+        work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return images / (time.perf_counter() - started)
+
+    once()  # warm-up: the decoder's handles, the allocator
+    return statistics.median(once() for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gcctl-tiny", help="Whose eval resize and crop both paths apply.")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--source-size", type=int, default=320, help="Height of the JPEGs (width 4/3 of it).")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    pixel_stage, _ = eval_transform_stages(build_clip(args.model, "none").preprocess)
+    encoded = jpegs(args.images, args.source_size)
+    reference = cpu_pixels(encoded, pixel_stage)
+    moved = device_pixels(encoded, pixel_stage, device).cpu()
+    difference = (moved.int() - reference.int()).abs().float()
+    print(json.dumps({
+        "model": args.model,
+        "device": str(device),
+        "images": args.images,
+        "source_size": [args.source_size, args.source_size * 4 // 3],
+        "output_size": list(reference.shape[-2:]),
+        "cpu_images_per_s": round(rate(lambda: cpu_pixels(encoded, pixel_stage), args.images, torch.device("cpu"), args.repeats), 1),
+        "device_images_per_s": round(rate(lambda: device_pixels(encoded, pixel_stage, device), args.images, device, args.repeats), 1),
+        "max_level_difference": int(difference.max()),
+        "mean_level_difference": round(float(difference.mean()), 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
