@@ -1,8 +1,8 @@
 """JPEG decoding and resizing where they cost least (issue 26 item 3): gcctl's CPU pixel stage (PIL decode, the
-model's eval resize and crop, per image) against torchvision's batched `decode_jpeg` on `--device` with the same
-resize and crop on tensors there. Prints the images per second of each and how far the second's pixels land from
-the first's (uint8 levels), since moving decoding to the GPU changes the features a store holds: the choice is a
-measurement of both, not an assumption. Nothing in gcctl decodes on the GPU yet.
+model's eval resize and crop, per image, then the batch normalised) against torchvision's batched `decode_jpeg`
+on `--device` followed by gcctl's tensor twin of that transform there (`preprocess_uint8`). Prints the images per
+second of each and how far the model inputs land apart (in uint8 levels), since moving decoding to the GPU
+changes the features a store holds: the choice is a measurement of both, not an assumption. Nothing in gcctl decodes on the GPU yet.
 
     python bench/decode_jpeg.py --model ViT-B-16 --images 512 --source-size 320 --device cuda
     python bench/decode_jpeg.py --model gcctl-micro --images 32 --source-size 64 --device cpu   # dry run
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from gcctl.clip.factory import build_clip
-from gcctl.clip.preprocess import eval_transform_stages
+from gcctl.clip.preprocess import eval_transform_stages, preprocess_uint8
 from gcctl.runtime import resolve_device
 
 
@@ -40,22 +40,19 @@ def jpegs(count: int, side: int, seed: int = 0) -> list[bytes]:
     return encoded
 
 
-def cpu_pixels(encoded: list[bytes], pixel_stage) -> torch.Tensor:
-    return torch.stack([pixel_stage(Image.open(io.BytesIO(data)).convert("RGB")) for data in encoded])
+def cpu_inputs(encoded: list[bytes], stages) -> torch.Tensor:
+    """gcctl's path: PIL decodes, the pixel stage resizes and crops each image, the batch is normalised."""
+    pixel_stage, normalized = stages
+    return normalized(torch.stack([pixel_stage(Image.open(io.BytesIO(data)).convert("RGB")) for data in encoded]))
 
 
-def device_pixels(encoded: list[bytes], pixel_stage, device: torch.device) -> torch.Tensor:
-    """Batched decoding on `device`, then the pixel stage's resize and crop on tensors there."""
+def device_inputs(encoded: list[bytes], model, device: torch.device) -> torch.Tensor:
+    """Batched decoding on `device`, then gcctl's vectorised twin of the eval transform there
+    (`preprocess_uint8`: the same resize, crop and normalisation on tensors)."""
     from torchvision.io import decode_jpeg
-    from torchvision.transforms import CenterCrop, Resize
-    from torchvision.transforms.v2 import functional as F
 
-    resize = next(step for step in pixel_stage.transforms if isinstance(step, Resize))
-    crop = next(step for step in pixel_stage.transforms if isinstance(step, CenterCrop))
-    data = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in encoded]
-    images = decode_jpeg(data, device=device)
-    return torch.stack([F.center_crop(F.resize(image, resize.size, interpolation=resize.interpolation, antialias=True),
-                                      list(crop.size)) for image in images])
+    images = decode_jpeg([torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in encoded], device=device)
+    return preprocess_uint8(torch.stack(images).permute(0, 2, 3, 1), model, device)
 
 
 def rate(work, images: int, device: torch.device, repeats: int) -> float:
@@ -80,21 +77,22 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    pixel_stage, _ = eval_transform_stages(build_clip(args.model, "none").preprocess)
+    bundle = build_clip(args.model, "none")
+    model, stages = bundle.model, eval_transform_stages(bundle.preprocess)
     encoded = jpegs(args.images, args.source_size)
-    reference = cpu_pixels(encoded, pixel_stage)
-    moved = device_pixels(encoded, pixel_stage, device).cpu()
-    difference = (moved.int() - reference.int()).abs().float()
+    reference = cpu_inputs(encoded, stages)
+    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    levels = ((device_inputs(encoded, model, device).cpu() - reference).abs() * std * 255)  # back in uint8 levels
     print(json.dumps({
         "model": args.model,
         "device": str(device),
         "images": args.images,
         "source_size": [args.source_size, args.source_size * 4 // 3],
         "output_size": list(reference.shape[-2:]),
-        "cpu_images_per_s": round(rate(lambda: cpu_pixels(encoded, pixel_stage), args.images, torch.device("cpu"), args.repeats), 1),
-        "device_images_per_s": round(rate(lambda: device_pixels(encoded, pixel_stage, device), args.images, device, args.repeats), 1),
-        "max_level_difference": int(difference.max()),
-        "mean_level_difference": round(float(difference.mean()), 3),
+        "cpu_images_per_s": round(rate(lambda: cpu_inputs(encoded, stages), args.images, torch.device("cpu"), args.repeats), 1),
+        "device_images_per_s": round(rate(lambda: device_inputs(encoded, model, device), args.images, device, args.repeats), 1),
+        "max_level_difference": round(float(levels.max()), 2),
+        "mean_level_difference": round(float(levels.mean()), 3),
     }))
 
 

@@ -160,9 +160,9 @@ def test_the_table_shows_peak_share_and_attention_kernels(gpu_check):
     assert "peak" not in gpu_check._extract_figures({**extract, "forward_peak_share": None})
 
 
-def test_batched_decoding_on_a_device_keeps_the_cpu_pixel_stages_pixels_within_two_levels():
-    """bench/decode_jpeg.py's two paths: the model's resize and crop applied alike, so what moving decoding off
-    PIL changes is rounding, which the benchmark reports."""
+def test_batched_decoding_on_a_device_keeps_the_model_inputs_within_two_levels():
+    """bench/decode_jpeg.py's two paths: the model's resize, crop and normalisation applied alike, so what moving
+    decoding off PIL changes is rounding, which the benchmark reports."""
     spec = importlib.util.spec_from_file_location("decode_jpeg", REPO / "bench" / "decode_jpeg.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -171,8 +171,10 @@ def test_batched_decoding_on_a_device_keeps_the_cpu_pixel_stages_pixels_within_t
     from gcctl.clip.factory import build_clip
     from gcctl.clip.preprocess import eval_transform_stages
 
-    pixel_stage, _ = eval_transform_stages(build_clip("gcctl-micro", "none").preprocess)
+    bundle = build_clip("gcctl-micro", "none")
     encoded = module.jpegs(6, 48)
-    reference, moved = module.cpu_pixels(encoded, pixel_stage), module.device_pixels(encoded, pixel_stage, torch.device("cpu"))
-    assert reference.shape == moved.shape == (6, 3, 32, 32) and reference.dtype == moved.dtype == torch.uint8
-    assert (moved.int() - reference.int()).abs().max() <= 2
+    reference = module.cpu_inputs(encoded, eval_transform_stages(bundle.preprocess))
+    moved = module.device_inputs(encoded, bundle.model, torch.device("cpu"))
+    assert reference.shape == moved.shape == (6, 3, 32, 32)
+    std = torch.tensor(bundle.model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    assert ((moved - reference).abs() * std * 255).max() <= 2
