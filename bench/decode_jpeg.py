@@ -1,8 +1,9 @@
 """JPEG decoding and resizing where they cost least (issue 26 item 3): gcctl's CPU pixel stage (PIL decode, the
-model's eval resize and crop, per image, then the batch normalised) against torchvision's batched `decode_jpeg`
-on `--device` followed by gcctl's tensor twin of that transform there (`preprocess_uint8`). Prints the images per
-second of each and how far the model inputs land apart (in uint8 levels), since moving decoding to the GPU
-changes the features a store holds: the choice is a measurement of both, not an assumption. Nothing in gcctl decodes on the GPU yet.
+model's eval resize and crop, per image, then the batch normalised) against what `gcctl extract --decode
+torchcodec|torchvision` runs on `--device`: that library's batched `decode_jpeg` there, then gcctl's tensor twin
+of the eval transform (`decode_batch`, `decoded_batch`). Prints the images per second of each and how far the
+model inputs land apart (in uint8 levels), since moving decoding to the GPU changes the features a store holds:
+the choice is a measurement of both, not an assumption. A decoder whose library is missing is reported so.
 
     python bench/decode_jpeg.py --model ViT-B-16 --images 512 --source-size 320 --device cuda
     python bench/decode_jpeg.py --model gcctl-micro --images 32 --source-size 64 --device cpu   # dry run
@@ -21,7 +22,9 @@ import torch
 from PIL import Image
 
 from gcctl.clip.factory import build_clip
-from gcctl.clip.preprocess import eval_transform_stages, preprocess_uint8
+from gcctl.clip.preprocess import decoded_batch, eval_transform_stages
+from gcctl.datasets.decoding import DECODERS, decode_batch, jpeg_decoder
+from gcctl.errors import GcctlError
 from gcctl.runtime import resolve_device
 
 
@@ -46,13 +49,12 @@ def cpu_inputs(encoded: list[bytes], stages) -> torch.Tensor:
     return normalized(torch.stack([pixel_stage(Image.open(io.BytesIO(data)).convert("RGB")) for data in encoded]))
 
 
-def device_inputs(encoded: list[bytes], model, device: torch.device) -> torch.Tensor:
-    """Batched decoding on `device`, then gcctl's vectorised twin of the eval transform there
-    (`preprocess_uint8`: the same resize, crop and normalisation on tensors)."""
-    from torchvision.io import decode_jpeg
-
-    images = decode_jpeg([torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in encoded], device=device)
-    return preprocess_uint8(torch.stack(images).permute(0, 2, 3, 1), model, device)
+def device_inputs(encoded: list[bytes], model, device: torch.device, decode: str) -> torch.Tensor:
+    """What extraction with `--decode decode` makes of the files: batched decoding on `device`, then gcctl's
+    tensor twin of the eval transform there (the same resize, crop and normalisation)."""
+    data = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in encoded]
+    images = decode_batch(jpeg_decoder(decode), data, [f"image {i}" for i in range(len(data))], device)
+    return decoded_batch(images, model.visual.preprocess_cfg)
 
 
 def rate(work, images: int, device: torch.device, repeats: int) -> float:
@@ -81,8 +83,6 @@ def main() -> None:
     model, stages = bundle.model, eval_transform_stages(bundle.preprocess)
     encoded = jpegs(args.images, args.source_size)
     reference = cpu_inputs(encoded, stages)
-    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
-    levels = ((device_inputs(encoded, model, device).cpu() - reference).abs() * std * 255)  # back in uint8 levels
     print(json.dumps({
         "model": args.model,
         "device": str(device),
@@ -90,10 +90,23 @@ def main() -> None:
         "source_size": [args.source_size, args.source_size * 4 // 3],
         "output_size": list(reference.shape[-2:]),
         "cpu_images_per_s": round(rate(lambda: cpu_inputs(encoded, stages), args.images, torch.device("cpu"), args.repeats), 1),
-        "device_images_per_s": round(rate(lambda: device_inputs(encoded, model, device), args.images, device, args.repeats), 1),
+        "decoders": {decode: measured(decode, encoded, reference, model, device, args.repeats) for decode in DECODERS[1:]},
+    }))
+
+
+def measured(decode: str, encoded: list[bytes], reference: torch.Tensor, model, device, repeats: int) -> dict:
+    """One library's images per second on `device` and its distance from PIL's model inputs, in uint8 levels."""
+    try:
+        inputs = device_inputs(encoded, model, device, decode)
+    except GcctlError as error:  # its library is not installed here
+        return {"unavailable": str(error)}
+    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    levels = (inputs.cpu() - reference).abs() * std * 255  # back in uint8 levels
+    return {
+        "images_per_s": round(rate(lambda: device_inputs(encoded, model, device, decode), len(encoded), device, repeats), 1),
         "max_level_difference": round(float(levels.max()), 2),
         "mean_level_difference": round(float(levels.mean()), 3),
-    }))
+    }
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ burst of load elsewhere on the machine moves one pair, not the result.
 
     python bench/extract_throughput.py --model gcctl-tiny --images 1024 --batch-size 256 --repeats 9
     python bench/extract_throughput.py --model ViT-B-16 --images 64 --batch-size 32
-    python bench/extract_throughput.py --model ViT-B-16 --images 2048 --image-size 224 --jpeg --workers 8 --device cuda
+    python bench/extract_throughput.py --model ViT-B-16 --images 2048 --image-size 224 --jpeg --workers 8 --device cuda \
+        --decode pil,torchcodec,torchvision
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch  # noqa: E402
 
 from gcctl.clip.factory import build_clip  # noqa: E402
 from gcctl.datasets import load_dataset  # noqa: E402
+from gcctl.datasets.decoding import DECODERS, jpeg_decoder  # noqa: E402
+from gcctl.errors import GcctlError  # noqa: E402
 from gcctl.runtime import autocast, device_layout, resolve_device  # noqa: E402
 from gcctl.store import extract  # noqa: E402
 from gcctl.synth.benchmarks import WATERBIRDS_SPLIT_SIZES, write_waterbirds  # noqa: E402
@@ -95,11 +98,11 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def extract_run(bundle, table, batch_size: int, workers: int | None, device, out: Path) -> tuple[float, int]:
+def extract_run(bundle, table, batch_size: int, workers: int | None, device, out: Path, decode: str) -> tuple[float, int]:
     """Images per second of a whole `extract` call (setup, decoding, encoding, writing), and its workers."""
     out.unlink(missing_ok=True)
     started = time.perf_counter()
-    summary = extract(table, bundle, out, batch_size=batch_size, workers=workers, device=device)
+    summary = extract(table, bundle, out, batch_size=batch_size, workers=workers, device=device, decode=decode)
     return len(table.frame) / (time.perf_counter() - started), summary["workers"]
 
 
@@ -114,8 +117,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true",
                         help="Also time the tower under torch.compile (whether compiling pays is measured, not assumed).")
+    parser.add_argument("--decode", default=DECODERS[0],
+                        help="Comma-separated decoders to time extraction with (the first gives the headline ratio).")
     parser.add_argument("--repeats", type=int, default=9, help="Alternating pairs of measurements; the median pair counts.")
     args = parser.parse_args()
+    decoders = args.decode.split(",")
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -127,17 +133,21 @@ def main() -> None:
         tensors = preprocessed(bundle, table)
         flops = forward_flops_per_image(bundle, tensors, device)
         attention = inference_attention(bundle, tensors, device)
-        forward, extracted = [], []
+        available = {decode: _unavailable(decode) for decode in decoders}
+        forward, extracted = [], {decode: [] for decode in decoders if available[decode] is None}
         for _ in range(args.repeats):
             forward.append(forward_images_per_second(bundle, tensors, args.batch_size, device))
-            rate, workers = extract_run(bundle, table, args.batch_size, args.workers, device, Path(scratch) / "f.h5")
-            extracted.append(rate)
+            for decode, rates in extracted.items():
+                rate, workers = extract_run(bundle, table, args.batch_size, args.workers, device, Path(scratch) / "f.h5", decode)
+                rates.append(rate)
         compiled = None
         if args.compile:
             encode = torch.compile(bundle.model.encode_image)
             compiled = statistics.median(forward_images_per_second(bundle, tensors, args.batch_size, device, encode)
                                          for _ in range(args.repeats))
-    ratios = [rate / reference for rate, reference in zip(extracted, forward)]
+    by_decoder = {decode: _figures(extracted[decode], forward) if reason is None else {"unavailable": reason}
+                  for decode, reason in available.items()}
+    headline = by_decoder[decoders[0]]
     result = {
         "model": args.model,
         "device": str(device),
@@ -154,11 +164,26 @@ def main() -> None:
         "forward_peak_share": peak_share(flops * statistics.median(forward) / 1e12, device),
         "attention_kernels": attention,
         "compiled_forward_images_per_s": round(compiled, 1) if compiled else None,
-        "extract_images_per_s": round(statistics.median(extracted), 1),
-        "ratios": [round(ratio, 3) for ratio in ratios],
-        "ratio": round(statistics.median(ratios), 3),
+        "decode": decoders[0],
+        **headline,
+        "decoders": by_decoder,
     }
     print(json.dumps(result))
+
+
+def _unavailable(decode: str) -> str | None:
+    """Why extraction cannot decode with `decode` here (its library is missing), or None."""
+    try:
+        jpeg_decoder(decode)
+    except GcctlError as error:
+        return str(error)
+    return None
+
+
+def _figures(rates: list[float], forward: list[float]) -> dict:
+    ratios = [rate / reference for rate, reference in zip(rates, forward)]
+    return {"extract_images_per_s": round(statistics.median(rates), 1), "ratios": [round(ratio, 3) for ratio in ratios],
+            "ratio": round(statistics.median(ratios), 3)}
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ python=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ " $* " != *" --cpu "* && " $* " != *" -h "* && " $* " != *" --help "* ]]; then
-  if ! "$python" -c "import open_clip, ftfy" 2>/dev/null; then
+  if ! "$python" -c "import open_clip, ftfy, torchcodec" 2>/dev/null; then
     if ! compgen -G ".whl/*.whl" >/dev/null; then
-      echo "error: open_clip_torch or ftfy is missing and .whl/ holds no wheels; run bench/prepare_wheels.sh where pip reaches PyPI and bring .whl/ along" >&2
+      echo "error: open_clip_torch, ftfy or torchcodec is missing and .whl/ holds no wheels; run bench/prepare_wheels.sh where pip reaches PyPI and bring .whl/ along" >&2
       exit 1
     fi
     # --target, not the environment: the machine's own packages stay as they are.

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from gcctl.datasets.decoding import DECODERS
+
 REPO = Path(__file__).resolve().parents[1]
 GPU_SECONDS = 450  # the whole driver on one GPU; bench/gpu.sh's installing comes on top (8 minutes in all)
 CPU_SECONDS = 300  # a guard against a hang only: the dry mode takes under a minute on an idle 2-core machine
@@ -75,7 +77,15 @@ def _extract_figures(r: dict) -> str:
             f"({r['forward_tflops_per_s']:.2f} TFLOP/s at {r['forward_gflops_per_image']:.2f} GFLOP an image"
             f"{_share(r['forward_peak_share'])}): ratio {r['ratio']:.2f} "
             f"({r['images']} {r['image_format']} images, {r['image_size']} px, batch {r['batch_size']}, {r['workers']} workers)"
-            f"{_kernels(r['attention_kernels'])}{_compiled(r)}")
+            f"{_kernels(r['attention_kernels'])}{_compiled(r)}{_other_decoders(r)}")
+
+
+def _other_decoders(r: dict) -> str:
+    """The same extraction with each other decoder (`--decode`): its rate and ratio, or why it could not run."""
+    others = {decode: found for decode, found in r.get("decoders", {}).items() if decode != r.get("decode")}
+    return "".join(f"; --decode {decode}: " + (found["unavailable"] if "unavailable" in found else
+                                               f"{found['extract_images_per_s']:.0f} img/s, ratio {found['ratio']:.2f}")
+                   for decode, found in others.items())
 
 
 def _compiled(r: dict) -> str:
@@ -84,10 +94,16 @@ def _compiled(r: dict) -> str:
 
 
 def _decode_figures(r: dict) -> str:
-    return (f"{r['device_images_per_s']:.0f} img/s decoded and resized on {r['device']} vs {r['cpu_images_per_s']:.0f} "
-            f"with PIL on one CPU core; pixels differ by up to {r['max_level_difference']} levels "
-            f"(mean {r['mean_level_difference']}) ({r['images']} JPEGs {r['source_size'][0]}x{r['source_size'][1]} to "
-            f"{r['output_size'][0]} px)")
+    return "; ".join(f"{decode}: {_one_decoder(found, r['device'])}" for decode, found in r["decoders"].items()) + (
+        f" vs {r['cpu_images_per_s']:.0f} img/s with PIL on one CPU core ({r['images']} JPEGs "
+        f"{r['source_size'][0]}x{r['source_size'][1]} to {r['output_size'][0]} px)")
+
+
+def _one_decoder(found: dict, device: str) -> str:
+    if "unavailable" in found:
+        return found["unavailable"]
+    return (f"{found['images_per_s']:.0f} img/s decoded and resized on {device}, pixels up to "
+            f"{found['max_level_difference']} levels from PIL's (mean {found['mean_level_difference']})")
 
 
 def _groupcoop_figures(r: dict) -> str:
@@ -116,6 +132,7 @@ def plan(cpu: bool) -> list[Check]:
         # batch 256: the size issue 26's training-step target is set at
         groupcoop, step, timeout = ("--images", "1200", "--batch-size", "256"), ("--batch-size", "256", "--steps", "5"), 180
     common = ("--model", model, "--device", device)
+    extract = (*extract, "--decode", ",".join(DECODERS))  # which decoder makes extraction keep up is measured
     checks = [
         Check("extract", f"{model} extraction from JPEG vs pure forward", _bench("extract_throughput.py", *common, "--jpeg", *extract),
               timeout, _extract_figures),

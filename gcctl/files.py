@@ -191,6 +191,7 @@ def _short(value) -> str:
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:10]
 
+
 def read_lines(path: str | os.PathLike, what: str, *, missing: str, content: str) -> list[tuple[int, str]]:
     """`(line number, stripped line)` of a UTF-8 text file's lines that are neither blank nor # comments: the one
     reader of gcctl's line files (word lists, insight files). `what` names the file in messages, `missing` says

@@ -381,6 +381,8 @@ CASES = [
     ("template-two-slots", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a {} {}"), "2 fields"),
     ("template-no-slot", lambda w, t: train_args(w / "store.h5", t / "run", "--template", "a photo"), "has no {}"),
     ("caption-two-slots", lambda w, t: checkpoint_args(w, w / "run" / "params.pt", t / "m.json", "--caption", "{} {}"), "2 fields"),
+    ("extract-decode-unknown", lambda w, t: [*extract_args(dataset_args(w), t / "f.h5"), "--decode", "nvjpeg"],
+     "is not a decoder"),
     ("extract-seed-negative", lambda w, t: [*extract_args(dataset_args(w), t / "f.h5"), "--seed", "-1"], "outside 0.."),
     ("synth-seed-negative", lambda w, t: ["data", "synth", "--out", str(t / "synth"), "--seed", "-1"], "outside 0.."),
     ("unknown-method", lambda w, t: train_args(w / "store.h5", t / "run", method="svm"), "unknown method"),

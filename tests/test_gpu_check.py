@@ -160,7 +160,8 @@ def test_the_table_shows_peak_share_and_attention_kernels(gpu_check):
     assert "peak" not in gpu_check._extract_figures({**extract, "forward_peak_share": None})
 
 
-def test_batched_decoding_on_a_device_keeps_the_model_inputs_within_two_levels():
+@pytest.mark.parametrize("decode", ["torchcodec", "torchvision"])
+def test_batched_decoding_on_a_device_keeps_the_model_inputs_within_two_levels(decode):
     """bench/decode_jpeg.py's two paths: the model's resize, crop and normalisation applied alike, so what moving
     decoding off PIL changes is rounding, which the benchmark reports."""
     spec = importlib.util.spec_from_file_location("decode_jpeg", REPO / "bench" / "decode_jpeg.py")
@@ -174,7 +175,18 @@ def test_batched_decoding_on_a_device_keeps_the_model_inputs_within_two_levels()
     bundle = build_clip("gcctl-micro", "none")
     encoded = module.jpegs(6, 48)
     reference = module.cpu_inputs(encoded, eval_transform_stages(bundle.preprocess))
-    moved = module.device_inputs(encoded, bundle.model, torch.device("cpu"))
+    moved = module.device_inputs(encoded, bundle.model, torch.device("cpu"), decode)
     assert reference.shape == moved.shape == (6, 3, 32, 32)
     std = torch.tensor(bundle.model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
     assert ((moved - reference).abs() * std * 255).max() <= 2
+    found = module.measured(decode, encoded, reference, bundle.model, torch.device("cpu"), repeats=1)
+    assert found["images_per_s"] > 0 and found["max_level_difference"] <= 2
+
+
+def test_the_decode_row_names_each_library_and_one_that_is_missing(gpu_check):
+    result = {"device": "cuda", "images": 8, "source_size": [32, 42], "output_size": [32, 32], "cpu_images_per_s": 100,
+              "decoders": {"torchcodec": {"images_per_s": 900, "max_level_difference": 1.1, "mean_level_difference": 0.3},
+                           "torchvision": {"unavailable": "--decode torchvision needs the torchvision package"}}}
+    text = gpu_check._decode_figures(result)
+    assert text.startswith("torchcodec: 900 img/s decoded and resized on cuda, pixels up to 1.1 levels")
+    assert "; torchvision: --decode torchvision needs the torchvision package vs 100 img/s with PIL" in text

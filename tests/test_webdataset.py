@@ -92,6 +92,16 @@ def test_shares_are_whole_shard_files(shards, micro_bundle, tmp_path):
         np.testing.assert_array_equal(second.load_features(), whole.load_features()[4:])
 
 
+def test_members_decoded_on_the_device_give_nearly_the_features_of_pil(shards, micro_bundle, tmp_path):
+    """--decode torchcodec reads each member's bytes out of its shard; the PNG shard falls back to PIL's decoder."""
+    table = load_dataset("webdataset", shards, attribute_columns=("place",))
+    extract(table, micro_bundle, tmp_path / "pil.h5", batch_size=5, dtype="float32")
+    extract(table, micro_bundle, tmp_path / "device.h5", batch_size=5, dtype="float32", decode="torchcodec")
+    with FeatureStore(tmp_path / "pil.h5") as pil, FeatureStore(tmp_path / "device.h5") as device:
+        assert ((pil.load_features() * device.load_features()).sum(axis=1) > 0.99).all()
+        assert device.provenance["decode"] == "torchcodec"
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "bad header"])
 def test_a_damaged_shard_is_one_line_naming_it(shards, damage):
     shard = shards / "00001.tar"

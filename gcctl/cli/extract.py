@@ -14,6 +14,7 @@ from gcctl.cli.data import reads_dataset
 from gcctl.cli.options import AsJson, Device
 from gcctl.cli.output import print_summary
 from gcctl.datasets import DatasetTable
+from gcctl.datasets.decoding import DECODERS
 from gcctl.errors import GcctlError
 
 
@@ -55,6 +56,10 @@ def extract(
         "decodes); default: 0 on a CPU, all cores but one (up to 8) with an accelerator.")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="Stored feature precision: float16 or float32.")] = "float16",
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="L2-normalise the features.")] = True,
+    decode: Annotated[str, typer.Option(
+        "--decode", help=f"Who decodes the images: {', '.join(DECODERS)} (the last two: that library's batched JPEG "
+        "decoder on --device, which then also resizes; other files fall back to PIL). The pixels differ slightly, "
+        "so the store records it.")] = DECODERS[0],
     seed: Annotated[int, typer.Option(
         "--seed", help="Draws the random weights of --pretrained none (recorded in the store; same seed, same store).")] = 0,
     shard: Annotated[str, typer.Option("--shard", help="Write only part i of n (0-based), e.g. 0/4; join with `gcctl merge`.")] = "0/1",
@@ -83,7 +88,7 @@ def extract(
     with progress() as bar:
         task = bar.add_task(f"extract {table.dataset}", total=None)
         summary = extract_features(
-            table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize, shard=part,
+            table, bundle, out, batch_size=batch_size, workers=workers, dtype=dtype, normalize=normalize, decode=decode, shard=part,
             device=torch_device, overwrite=overwrite, on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if summary:  # under torchrun only rank 0 reports

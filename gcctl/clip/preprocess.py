@@ -1,5 +1,6 @@
 """Preprocessing: one configuration (the model's `visual.preprocess_cfg`) builds the eval transform, its
-bytes-then-batch split for extraction, the in-memory batch transform of pretraining, and the training transform."""
+bytes-then-batch split for extraction, its tensor twin (in-memory batches of pretraining, images decoded on a
+device), and the training transform."""
 
 from __future__ import annotations
 
@@ -48,10 +49,21 @@ def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, 
     """
     cfg = model.visual.preprocess_cfg
     batch = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().div_(255)
-    height, width = _pair(cfg["size"])
-    if batch.shape[-2:] != (height, width):
-        batch = _resize_and_crop(batch, height, width, cfg.get("interpolation", "bicubic"))
-    return _normalize_of(eval_transform(cfg))(batch)
+    return _normalize_of(eval_transform(cfg))(_resized_and_cropped(batch, cfg))
+
+
+def decoded_batch(images: list[torch.Tensor], preprocess_cfg: dict) -> torch.Tensor:
+    """Decoded uint8 images [3, H, W] of any sizes, all on one device -> the model's normalised input batch
+    [N, 3, size, size] there: `preprocess_uint8`'s steps, the images of one size resized together."""
+    height, width = _pair(preprocess_cfg["size"])
+    batch = torch.empty(len(images), 3, height, width, device=images[0].device)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(position)
+    for positions in by_size.values():
+        same_size = torch.stack([images[position] for position in positions]).float().div_(255)
+        batch[positions] = _resized_and_cropped(same_size, preprocess_cfg)
+    return _normalize_of(eval_transform(preprocess_cfg))(batch)
 
 
 def eval_transform_stages(preprocess: Callable) -> tuple[Callable, Callable]:
@@ -82,6 +94,13 @@ def _normalize_of(preprocess: Callable) -> Callable:
 
 def _scaled_and_normalized(batch: torch.Tensor, normalize: Callable) -> torch.Tensor:
     return normalize(batch.float().div_(255))  # ToTensor's scaling, then Normalize (which broadcasts over a batch)
+
+
+def _resized_and_cropped(batch: torch.Tensor, cfg: dict) -> torch.Tensor:
+    height, width = _pair(cfg["size"])
+    if batch.shape[-2:] == (height, width):
+        return batch
+    return _resize_and_crop(batch, height, width, cfg.get("interpolation", "bicubic"))
 
 
 def _resize_and_crop(batch: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:

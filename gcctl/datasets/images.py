@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -54,20 +57,48 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, position: int):
         row = self.indices[position]
-        path = self.paths[row]
-        source = path
+        return self.transform(read_rgb(self.paths[row])), row
+
+
+class EncodedImageDataset(ImageDataset):
+    """`(the image file's bytes as a uint8 tensor, row index)`: what a loader's workers hand over when the batch
+    is decoded where it lands (`decode_batch`); nothing but CPU memory crosses the process boundary."""
+
+    def __init__(self, table: DatasetTable, indices: Sequence[int] | None = None):
+        super().__init__(table, transform=None, indices=indices)
+
+    def __getitem__(self, position: int):
+        row = self.indices[position]
+        source = open_image_source(path := self.paths[row])
         try:
-            source = open_image_source(path)
-            with Image.open(source) as image:
-                rgb = to_rgb(image)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            reason = str(error).replace(f" {source!r}", "")  # Pillow names a tar member's buffer by its repr
-            raise GcctlError(f"cannot read image {path}: {reason}") from None
-        return self.transform(rgb), row
+            data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+        except OSError as error:
+            raise GcctlError(f"cannot read image {path}: {error.strerror}") from None
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), row
+
+
+def encoded_batch(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """EncodedImageDataset's batches: the files' bytes stay a list (every file has its own length)."""
+    return [data for data, _ in items], torch.tensor([row for _, row in items])
+
+
+def read_rgb(path: str) -> Image.Image:
+    """The image at `path` (a file or an archive member) as 8-bit RGB (`to_rgb`), or one line naming the file."""
+    source = path
+    try:
+        source = open_image_source(path)
+        with Image.open(source) as image:
+            return to_rgb(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        reason = str(error).replace(f" {source!r}", "")  # Pillow names a tar member's buffer by its repr
+        raise GcctlError(f"cannot read image {path}: {reason}") from None
 
 
 def image_loader(dataset: ImageDataset, *, workers: int, device=None, **batching) -> DataLoader:
     """The one way gcctl batches images: `workers` decoding processes started CUDA-safely (`worker_context`),
-    pinned host memory when the batches go to a CUDA device; `batching` is DataLoader's batch_size or batch_sampler."""
+    pinned host memory when decoded batches go to a CUDA device; `batching` is DataLoader's batch_size or
+    batch_sampler. An EncodedImageDataset's batches are lists of files' bytes, which its decoder reads on the CPU."""
+    encoded = isinstance(dataset, EncodedImageDataset)
     return DataLoader(dataset, num_workers=workers, multiprocessing_context=worker_context(workers),
-                      pin_memory=device is not None and device.type == "cuda", **batching)
+                      pin_memory=not encoded and device is not None and device.type == "cuda",
+                      collate_fn=encoded_batch if encoded else None, **batching)

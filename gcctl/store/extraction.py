@@ -32,6 +32,7 @@ import numpy as np
 
 import gcctl.store.format as store_format
 from gcctl import __version__
+from gcctl.datasets.decoding import DECODERS, jpeg_decoder
 from gcctl.datasets.tar_members import archive_starts
 from gcctl.errors import GcctlError
 from gcctl.files import (
@@ -76,6 +77,7 @@ def extract(
     workers: int | None = None,
     dtype: str = "float16",
     normalize: bool = True,
+    decode: str = DECODERS[0],
     shard: Shard = Shard(),
     device=None,
     overwrite: bool = False,
@@ -85,19 +87,23 @@ def extract(
 
     Resumes an interrupted run with the same identity; replaces an earlier store only with `overwrite`, and
     nothing else; returns a summary with rows encoded and throughput. `workers` processes decode the next
-    batches while the tower runs (None: `default_workers`); the features do not depend on it. Under torchrun
+    batches while the tower runs (None: `default_workers`); the features do not depend on it. `decode` says who
+    makes pixels of the files (`gcctl.datasets.decoding`): PIL in the workers, or a library's batched JPEG
+    decoder on `device` (TorchCodec, torchvision), where the batch is also resized; the store records which.
+    Under torchrun
     (WORLD_SIZE > 1) the processes split the rows between them (see the module doc); only rank 0 reports
     progress and a summary.
     """
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
+    jpeg_decoder(decode)  # the decoder exists and is installed, before any work
     from gcctl.distributed import joined_world, process_device  # torch, imported only when extracting
 
     out = Path(out)
     device = resolve_device("auto" if device is None else str(device))
     with joined_world(device, backend="gloo") as world:  # only small objects pass between the processes
         options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
-                   "device": device}
+                   "decode": decode, "device": device}
         if world.distributed:
             return _extract_by_rank(table, bundle, out, world, shard, overwrite, on_progress, options)
         table.require_files()
@@ -140,14 +146,15 @@ def _table_arrays(table: "DatasetTable", rows: range) -> dict:
     }
 
 
-def _extraction_attrs(table: "DatasetTable", bundle: "ClipBundle", dtype: str, normalize: bool, shard: Shard, folder: Path) -> dict:
+def _extraction_attrs(table: "DatasetTable", bundle: "ClipBundle", options: dict, shard: Shard, folder: Path) -> dict:
     return {
         "model_ref": bundle.reference.recorded_for(folder).to_dict(),
         "embed_dim": int(bundle.provenance["embed_dim"]),
-        "normalized": bool(normalize),
+        "normalized": bool(options["normalize"]),
         "dataset": table.dataset,
         "dataset_fingerprint": table.fingerprint(),
-        "dtype": dtype,
+        "dtype": options["dtype"],
+        "decode": options["decode"],
         "shard": str(shard),
     }
 
@@ -320,7 +327,7 @@ def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, ove
 def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, options: dict) -> dict:
     """One process's part under torchrun (its lock held): kept when an earlier run finished it for the same rows,
     else encoded (resuming its .partial)."""
-    identity = _extraction_attrs(table, bundle, options["dtype"], options["normalize"], part, part_out.parent)
+    identity = _extraction_attrs(table, bundle, options, part, part_out.parent)
     rows = _shard_rows(table, part, options["batch_size"])
     if is_feature_store(part_out):
         with h5py.File(part_out, "r") as handle:
@@ -344,7 +351,7 @@ def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options
     dtype = options["dtype"]
     check_extract_out(table, out, overwrite)  # again: something may have appeared there while the parts were encoded
     _check_free_space(out, len(table.frame), bundle.provenance["embed_dim"], dtype)
-    identity = _extraction_attrs(table, bundle, dtype, options["normalize"], Shard(), out.parent)
+    identity = _extraction_attrs(table, bundle, options, Shard(), out.parent)
     tmp = partial_path(out)
     handle = _create_partial(tmp, table, range(len(table.frame)), identity)
     try:
@@ -386,49 +393,37 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, shard, device, on_progress) -> dict:
+def _encode(table, bundle, out: Path, *, shard, on_progress, **options) -> dict:
     """`extract` once its --out is this process's: encode the rows not yet done, mark the file complete, publish."""
     import time
 
     import torch
 
-    from gcctl.clip.preprocess import eval_transform_stages
-    from gcctl.datasets.images import ImageDataset, image_loader
-
-    rows = _shard_rows(table, shard, batch_size)
+    device, workers = options["device"], options["workers"]
+    rows = _shard_rows(table, shard, options["batch_size"])
     tmp = partial_path(out)
-    identity = _extraction_attrs(table, bundle, dtype, normalize, shard, out.parent)
+    identity = _extraction_attrs(table, bundle, options, shard, out.parent)
     handle = _open_partial(tmp, identity, rows)
     if handle is None:
         handle = _create_partial(tmp, table, rows, identity)
-    starts = _batch_starts(table, rows, batch_size)
+    starts = _batch_starts(table, rows, options["batch_size"])
     # Back to the last batch start reached (the rows past it were written by a run of another --batch-size):
     # at most one batch is encoded again, and every batch from here is the one an uninterrupted run encodes.
     first = max((start for start in starts if start <= rows.start + int(handle.attrs["rows_done"])), default=rows.stop)
     done = resumed_from = first - rows.start
     model = device_layout(bundle.model.to(device), device).eval()
-    pixels, normalized = eval_transform_stages(bundle.preprocess)
-    dataset = ImageDataset(table, pixels, indices=list(range(first, rows.stop)))
-    bounds = [start for start in starts if start >= first] + [rows.stop]
-    batches = [range(start - first, stop - first) for start, stop in zip(bounds, bounds[1:])]
     workers = default_workers(device) if workers is None else workers
-    loader = image_loader(dataset, workers=workers, device=device, batch_sampler=batches)
-    features = handle["features"]
+    loader, model_input = _image_batches(table, bundle, options["decode"], range(first, rows.stop), starts, workers, device)
     started = time.perf_counter()
     try:
         with torch.inference_mode(), autocast(device), _deterministic_kernels(device):
-            for images, _ in in_background(loader):
-                encoded = model.encode_image(normalized(images.to(device, non_blocking=True))).float()
-                if normalize:
-                    encoded = torch.nn.functional.normalize(encoded, dim=-1)
-                if not torch.isfinite(encoded).all():
-                    raise GcctlError(f"the image tower produced NaN/inf features near row {done}; check the weights")
-                block = encoded.cpu().numpy().astype(FEATURE_DTYPES[dtype])
+            for images, batch_rows in in_background(loader):
+                block = _features_of(model, model_input(images, batch_rows), options, first_row=done)
                 if _free_bytes(tmp) < block.nbytes + _FILE_OVERHEAD_BYTES:  # the disk filled since the check above
                     raise GcctlError(f"{tmp.parent} is nearly full after {done} of {len(rows)} rows; free some space and "
                                      "run the same command again: it resumes from there")
-                features[done : done + len(encoded)] = block
-                done += len(encoded)
+                handle["features"][done : done + len(block)] = block
+                done += len(block)
                 handle.attrs["rows_done"] = done
                 handle.flush()
                 if on_progress is not None:
@@ -452,4 +447,45 @@ def _encode(table, bundle, out: Path, *, batch_size, workers, dtype, normalize, 
         "device": str(device),
         "shard": str(shard),
         "workers": workers,
+        "decode": options["decode"],
     }
+
+
+def _image_batches(table, bundle, decode: str, rows: range, starts: list[int], workers: int, device):
+    """The loader of `rows` in the batches that begin at `starts`, and the function that makes one of its
+    batches the model's input on `device`. With PIL the workers decode, resize and crop (the eval transform's
+    pixel stage) and the batch is normalised on the device; otherwise the workers read the files' bytes
+    and a library's batched decoder decodes them on the device, where the batch is resized, cropped and
+    normalised."""
+    from gcctl.clip.preprocess import decoded_batch, eval_transform_stages
+    from gcctl.datasets.decoding import decode_batch
+    from gcctl.datasets.images import EncodedImageDataset, ImageDataset, image_loader
+
+    bounds = [start for start in starts if start >= rows.start] + [rows.stop]
+    batches = [range(start - rows.start, stop - rows.start) for start, stop in zip(bounds, bounds[1:])]
+    if decode == "pil":
+        pixels, normalized = eval_transform_stages(bundle.preprocess)
+        dataset = ImageDataset(table, pixels, indices=list(rows))
+
+        def model_input(images, _):
+            return normalized(images.to(device, non_blocking=True))
+    else:
+        dataset = EncodedImageDataset(table, indices=list(rows))
+        decode_jpeg, preprocess_cfg = jpeg_decoder(decode), bundle.model.visual.preprocess_cfg
+
+        def model_input(encoded, batch_rows):
+            paths = [dataset.paths[row] for row in batch_rows.tolist()]
+            return decoded_batch(decode_batch(decode_jpeg, encoded, paths, device), preprocess_cfg)
+    return image_loader(dataset, workers=workers, device=device, batch_sampler=batches), model_input
+
+
+def _features_of(model, inputs, options: dict, first_row: int) -> np.ndarray:
+    """One batch's features as the store holds them (L2-normalised if asked, in its dtype); NaN/inf refused."""
+    import torch
+
+    encoded = model.encode_image(inputs).float()
+    if options["normalize"]:
+        encoded = torch.nn.functional.normalize(encoded, dim=-1)
+    if not torch.isfinite(encoded).all():
+        raise GcctlError(f"the image tower produced NaN/inf features near row {first_row}; check the weights")
+    return encoded.cpu().numpy().astype(FEATURE_DTYPES[options["dtype"]])

@@ -43,7 +43,9 @@ SPLIT_CODES = {split: code for code, split in enumerate(SPLITS)}  # train 0, val
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
 # Attributes that describe how the model was applied to which data; with the model's identity they make an
 # extraction's identity, on which the shards of one dataset must agree.
-EXTRACTION_KEYS = ("embed_dim", "normalized", "dataset", "dataset_fingerprint", "dtype")
+EXTRACTION_KEYS = ("embed_dim", "normalized", "dataset", "dataset_fingerprint", "dtype", "decode")
+# What a store that lacks a key was made with: every store before the decoder was recorded was decoded by PIL.
+_BEFORE_RECORDED = {"decode": "pil"}
 VOCABULARY_KEY = "group_vocabulary"
 # Set last, once every row is written: a reader trusts nothing else to tell a finished store from a cut-short one.
 COMPLETE_KEY = "complete"
@@ -385,7 +387,7 @@ def extraction_identity(provenance: dict, keys: Sequence[str] = EXTRACTION_KEYS)
 
     record = provenance.get("model_ref")
     model = ModelRef.from_dict(record).identity() if isinstance(record, dict) else None
-    return {"model": model, **{key: provenance.get(key) for key in keys}}
+    return {"model": model, **{key: provenance.get(key, _BEFORE_RECORDED.get(key)) for key in keys}}
 
 
 def read_attrs(handle: h5py.File) -> dict:

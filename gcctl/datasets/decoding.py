@@ -1,0 +1,68 @@
+"""Who turns an image file into pixels for extraction: PIL in the loader's workers (the eval transform as
+open_clip defines it), or a library's batched JPEG decoder where the batch lands (`decode_batch`): TorchCodec
+(the PyTorch project's image decoders since torchcodec 0.16) or torchvision's (deprecated since torchvision
+0.29 in favour of TorchCodec's), each of them on CUDA the GPU's own JPEG decoder. The decoders give slightly
+different pixels, so a store records which (`gcctl.store`).
+
+Torch loads only when a batch is decoded: the CLI lists the decoders without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from gcctl.errors import GcctlError
+
+if TYPE_CHECKING:
+    import torch
+
+DECODERS = ("pil", "torchcodec", "torchvision")  # the first is the default: on a CPU, PIL is the fastest path
+# The module holding each batched decoder's `decode_jpeg` (one signature: a list of CPU byte tensors, a mode, a device).
+_JPEG_DECODER_MODULES = {"torchcodec": "torchcodec.decoders", "torchvision": "torchvision.io"}
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def jpeg_decoder(decode: str) -> Callable | None:
+    """The batched `decode_jpeg` of `decode` (None for PIL), or one line saying what to install or choose."""
+    if decode not in DECODERS:
+        raise GcctlError(f"--decode '{decode}' is not a decoder; choose one of {', '.join(DECODERS)}")
+    if decode == "pil":
+        return None
+    try:
+        return importlib.import_module(_JPEG_DECODER_MODULES[decode]).decode_jpeg
+    except (ImportError, AttributeError, OSError, RuntimeError):  # missing, or its native library fails to load
+        raise GcctlError(f"--decode {decode} needs the {decode} package with its JPEG decoder (pip install "
+                         f"'{decode}'); or choose --decode pil") from None
+
+
+def decode_batch(decode_jpeg: Callable, encoded: list[torch.Tensor], paths: Sequence[str],
+                 device: torch.device) -> list[torch.Tensor]:
+    """Files' bytes -> uint8 RGB images [3, H, W] on `device`: the JPEGs in one call of the batched decoder
+    `decode_jpeg` there (`jpeg_decoder`), any other file, and a JPEG that decoder refuses, by PIL on the CPU
+    (`read_rgb`: the same RGB rules, a PNG's transparency flattened onto white) and then moved."""
+    import numpy as np
+    import torch
+
+    from gcctl.datasets.images import read_rgb
+
+    images: list[torch.Tensor | None] = [None] * len(encoded)
+    jpegs = [i for i, data in enumerate(encoded) if bytes(data[:3].tolist()) == _JPEG_MAGIC]
+    try:
+        decoded = decode_jpeg([encoded[i] for i in jpegs], mode="RGB", device=device) if jpegs else []
+    except RuntimeError:  # one damaged file fails the whole call: decode them one by one
+        decoded = [_decoded_alone(decode_jpeg, encoded[i], device) for i in jpegs]
+    for i, image in zip(jpegs, decoded):
+        images[i] = image
+    for i, image in enumerate(images):
+        if image is None:
+            pixels = np.array(read_rgb(paths[i]))  # writable: torch shares its memory
+            images[i] = torch.from_numpy(pixels).permute(2, 0, 1).to(device)
+    return images
+
+
+def _decoded_alone(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try:
+        return decode_jpeg(data, mode="RGB", device=device)
+    except RuntimeError:
+        return None  # PIL tries it next, and names the file if it cannot read it either

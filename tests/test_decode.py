@@ -1,0 +1,131 @@
+"""Decoding where the batch lands (`--decode torchcodec|torchvision`): close to PIL's pixels, recorded in the store,
+PNGs and JPEGs the decoder refuses fall back to PIL, a file neither reads is one line naming it."""
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gcctl.datasets import load_dataset
+from gcctl.datasets.decoding import decode_batch, jpeg_decoder
+from gcctl.datasets.images import EncodedImageDataset, read_rgb
+from gcctl.errors import GcctlError
+from gcctl.store import FeatureStore, extract
+from gcctl.store.format import extraction_identity
+
+
+@pytest.fixture(scope="module")
+def jpeg_waterbirds(tmp_path_factory):
+    """A Waterbirds-like benchmark whose images are 4:3 JPEGs larger than gcctl-micro's 32 px input, so that
+    decoding, resizing and cropping all act; its manifest points at them."""
+    from gcctl.synth.benchmarks import write_waterbirds
+
+    root = write_waterbirds(tmp_path_factory.mktemp("data") / "waterbirds", seed=0, scale=0.02, size=48)
+    table = load_dataset("waterbirds", root)
+    for relative in table.frame["path"]:
+        png = root / relative
+        with Image.open(png) as image:
+            image.convert("RGB").resize((64, 48)).save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    metadata = root / "metadata.csv"
+    metadata.write_text(metadata.read_text().replace(".png", ".jpg"))
+    return root
+
+
+def _bytes_of(image: Image.Image, kind: str) -> torch.Tensor:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+LIBRARIES = ("torchcodec", "torchvision")
+
+
+@pytest.mark.parametrize("decode", LIBRARIES)
+def test_a_librarys_decoding_stores_nearly_the_features_of_pil_and_records_it(jpeg_waterbirds, micro_bundle, tmp_path, decode):
+    table = load_dataset("waterbirds", jpeg_waterbirds)
+    extract(table, micro_bundle, tmp_path / "pil.h5", batch_size=64, dtype="float32")
+    summary = extract(table, micro_bundle, tmp_path / "tv.h5", batch_size=64, dtype="float32", decode=decode, workers=1)
+    assert summary["decode"] == decode and summary["rows"] == len(table.frame)
+    with FeatureStore(tmp_path / "pil.h5") as pil, FeatureStore(tmp_path / "tv.h5") as tv:
+        assert pil.provenance["decode"] == "pil" and tv.provenance["decode"] == decode
+        assert extraction_identity(pil.provenance) != extraction_identity(tv.provenance)
+        cosine = (pil.load_features() * tv.load_features()).sum(axis=1)
+        assert cosine.min() > 0.99 and not np.array_equal(pil.load_features(), tv.load_features())
+        np.testing.assert_array_equal(tv.ids, pil.ids)
+
+
+def test_a_partial_of_the_other_decoder_is_restarted_not_resumed(jpeg_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", jpeg_waterbirds)
+    extract(table, micro_bundle, tmp_path / "tv.h5", batch_size=64, decode="torchcodec")
+    shutil.move(tmp_path / "tv.h5", tmp_path / "f.h5.partial")  # as if cut short: a PIL run must not keep its rows
+    summary = extract(table, micro_bundle, tmp_path / "f.h5", batch_size=64)
+    assert summary["resumed_from"] == 0
+    with FeatureStore(tmp_path / "f.h5") as store:
+        assert store.provenance["decode"] == "pil"
+
+
+def test_a_store_from_before_the_decoder_was_recorded_reads_as_pil():
+    recorded = {"dtype": "float16", "decode": "pil"}
+    assert extraction_identity({"dtype": "float16"}) == extraction_identity(recorded)
+
+
+def test_workers_hand_over_only_the_files_bytes_in_cpu_memory(jpeg_waterbirds):
+    table = load_dataset("waterbirds", jpeg_waterbirds)
+    data, row = EncodedImageDataset(table, indices=[3])[0]
+    assert row == 3 and data.device.type == "cpu" and data.dtype == torch.uint8
+    assert bytes(data.tolist()) == (jpeg_waterbirds / table.frame["path"][3]).read_bytes()
+
+
+@pytest.mark.parametrize("decode", LIBRARIES)
+def test_a_png_and_a_jpeg_the_decoder_refuses_fall_back_to_pil(tmp_path, decode):
+    transparent = Image.new("RGBA", (5, 4), (10, 200, 30, 0))  # flattened onto white, as PIL's path does
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8))
+    encoded = [_bytes_of(transparent, "PNG"), _bytes_of(photo, "JPEG"), _bytes_of(photo, "JPEG")[:-40].clone()]
+    paths = [str(tmp_path / name) for name in ("a.png", "b.jpg", "c.jpg")]  # c.jpg cut short: PIL refuses it too
+    for path, data in zip(paths, encoded):
+        (tmp_path / path).write_bytes(bytes(data.tolist()))
+    decode_jpeg = jpeg_decoder(decode)
+    with pytest.raises(GcctlError, match=r"^cannot read image .*c\.jpg: "):
+        decode_batch(decode_jpeg, encoded, paths, torch.device("cpu"))
+    png, jpeg = decode_batch(decode_jpeg, encoded[:2], paths[:2], torch.device("cpu"))
+    np.testing.assert_array_equal(png.permute(1, 2, 0).numpy(), np.asarray(read_rgb(paths[0])))
+    assert png.shape == (3, 4, 5) and int(png[0, 0, 0]) == 255
+    assert jpeg.shape == (3, 6, 8)
+    np.testing.assert_array_equal(jpeg.permute(1, 2, 0).numpy(), np.asarray(read_rgb(paths[1])))  # libjpeg-turbo, both
+
+
+def test_a_decoder_whose_package_is_missing_is_one_line(monkeypatch):
+    import importlib
+
+    def missing(name):
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(GcctlError, match=r"^--decode torchcodec needs the torchcodec package .*choose --decode pil$"):
+        jpeg_decoder("torchcodec")
+    assert jpeg_decoder("pil") is None
+
+
+def test_a_corrupt_jpeg_is_one_line_naming_it_and_leaves_no_store(jpeg_waterbirds, tmp_path, run_cli):
+    broken = tmp_path / "broken"
+    shutil.copytree(jpeg_waterbirds, broken)
+    table = load_dataset("waterbirds", broken)
+    damaged = broken / table.frame["path"][5]
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    code, out, err = run_cli("extract", "--dataset", "waterbirds", "--root", str(broken), "--model", "gcctl-micro",
+                             "--device", "cpu", "--decode", "torchcodec", "--out", str(tmp_path / "f.h5"))
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and f"cannot read image {damaged}" in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "f.h5").exists()
+
+
+def test_an_unknown_decoder_is_one_line(jpeg_waterbirds, tmp_path, run_cli):
+    code, _, err = run_cli("extract", "--dataset", "waterbirds", "--root", str(jpeg_waterbirds), "--model", "gcctl-micro",
+                           "--device", "cpu", "--decode", "nvjpeg", "--out", str(tmp_path / "f.h5"))
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and "--decode 'nvjpeg'" in lines[0] and "pil, torchcodec, torchvision" in lines[0]
+    assert not list(tmp_path.iterdir())
