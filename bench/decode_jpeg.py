@@ -24,6 +24,7 @@ from PIL import Image
 from gcctl.clip.factory import build_clip
 from gcctl.clip.preprocess import decoded_batch, eval_transform_stages
 from gcctl.datasets.decoding import DECODERS, decode_batch, jpeg_decoder
+from gcctl.datasets.images import read_rgb
 from gcctl.errors import GcctlError
 from gcctl.runtime import resolve_device
 
@@ -46,7 +47,7 @@ def jpegs(count: int, side: int, seed: int = 0) -> list[bytes]:
 def cpu_inputs(encoded: list[bytes], stages) -> torch.Tensor:
     """gcctl's path: PIL decodes, the pixel stage resizes and crops each image, the batch is normalised."""
     pixel_stage, normalized = stages
-    return normalized(torch.stack([pixel_stage(Image.open(io.BytesIO(data)).convert("RGB")) for data in encoded]))
+    return normalized(torch.stack([pixel_stage(read_rgb(f"image {i}", data)) for i, data in enumerate(encoded)]))
 
 
 def device_inputs(encoded: list[bytes], model, device: torch.device, decode: str) -> torch.Tensor:

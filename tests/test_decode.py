@@ -13,7 +13,7 @@ from gcctl.datasets import load_dataset
 from gcctl.datasets.decoding import decode_batch, jpeg_decoder
 from gcctl.datasets.images import EncodedImageDataset, read_rgb
 from gcctl.errors import GcctlError
-from gcctl.store import FeatureStore, extract
+from gcctl.store import FeatureStore, Shard, extract, merge
 from gcctl.store.format import extraction_identity
 
 
@@ -129,3 +129,56 @@ def test_an_unknown_decoder_is_one_line(jpeg_waterbirds, tmp_path, run_cli):
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(lines) == 1 and "--decode 'nvjpeg'" in lines[0] and "pil, torchcodec, torchvision" in lines[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_merge_refuses_shards_of_two_decoders(jpeg_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", jpeg_waterbirds)
+    extract(table, micro_bundle, tmp_path / "a.h5", batch_size=64, shard=Shard(0, 2))
+    extract(table, micro_bundle, tmp_path / "b.h5", batch_size=64, shard=Shard(1, 2), decode="torchcodec")
+    with pytest.raises(GcctlError, match="extracted differently.*decode"):
+        merge([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "whole.h5")
+    assert not (tmp_path / "whole.h5").exists()
+
+
+def test_a_batch_of_mixed_sizes_is_each_image_transformed_alone(micro_bundle):
+    from gcctl.clip.preprocess import decoded_batch, preprocess_uint8
+
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+              for height, width in ((40, 50), (32, 32), (40, 50), (64, 36))]
+    batch = decoded_batch(images, micro_bundle.model.visual.preprocess_cfg)
+    for image, row in zip(images, batch):
+        alone = preprocess_uint8(image.permute(1, 2, 0)[None], micro_bundle.model)
+        torch.testing.assert_close(row, alone[0], rtol=0, atol=0)
+
+
+def test_a_model_that_squashes_is_refused_before_any_work(jpeg_waterbirds, micro_bundle, tmp_path):
+    micro_bundle.model.visual.preprocess_cfg = {**micro_bundle.model.visual.preprocess_cfg, "resize_mode": "squash"}
+    table = load_dataset("waterbirds", jpeg_waterbirds)
+    with pytest.raises(GcctlError, match=r"^--decode torchcodec: .*resize_mode is 'squash'; extract with --decode pil$"):
+        extract(table, micro_bundle, tmp_path / "f.h5", decode="torchcodec")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("decode", LIBRARIES)
+def test_a_jpeg_its_exif_says_to_rotate_keeps_the_geometry_of_pil(tmp_path, decode):
+    photo = Image.fromarray(np.linspace(0, 255, 6 * 8 * 3).reshape(6, 8, 3).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": TorchCodec would turn it upright, PIL does not
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif.tobytes())
+    (tmp_path / "r.jpg").write_bytes(buffer.getvalue())
+    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    (image,) = decode_batch(jpeg_decoder(decode), [data], [str(tmp_path / "r.jpg")], torch.device("cpu"))
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), np.asarray(read_rgb(str(tmp_path / "r.jpg"))))
+
+
+def test_an_empty_file_is_one_line_naming_it(jpeg_waterbirds, tmp_path):
+    broken = shutil.copytree(jpeg_waterbirds, tmp_path / "broken")
+    table = load_dataset("waterbirds", broken)
+    empty = broken / table.frame["path"][5]
+    empty.write_bytes(b"")
+    data, row = EncodedImageDataset(table, indices=[5])[0]
+    assert row == 5 and data.numel() == 0
+    with pytest.raises(GcctlError, match=rf"^cannot read image {empty}: "):
+        decode_batch(jpeg_decoder("torchcodec"), [data], [str(empty)], torch.device("cpu"))

@@ -48,6 +48,7 @@ def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, 
     centre-crop only when the size differs, then normalise with the model's mean and std.
     """
     cfg = model.visual.preprocess_cfg
+    _refuse_what_the_twin_lacks(cfg)
     batch = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().div_(255)
     return _normalize_of(eval_transform(cfg))(_resized_and_cropped(batch, cfg))
 
@@ -55,6 +56,7 @@ def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, 
 def decoded_batch(images: list[torch.Tensor], preprocess_cfg: dict) -> torch.Tensor:
     """Decoded uint8 images [3, H, W] of any sizes, all on one device -> the model's normalised input batch
     [N, 3, size, size] there: `preprocess_uint8`'s steps, the images of one size resized together."""
+    _refuse_what_the_twin_lacks(preprocess_cfg)
     height, width = _pair(preprocess_cfg["size"])
     batch = torch.empty(len(images), 3, height, width, device=images[0].device)
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -64,6 +66,22 @@ def decoded_batch(images: list[torch.Tensor], preprocess_cfg: dict) -> torch.Ten
         same_size = torch.stack([images[position] for position in positions]).float().div_(255)
         batch[positions] = _resized_and_cropped(same_size, preprocess_cfg)
     return _normalize_of(eval_transform(preprocess_cfg))(batch)
+
+
+def tensor_twin_gap(preprocess_cfg: dict) -> str | None:
+    """Why the tensor twin (`preprocess_uint8`, `decoded_batch`) cannot stand in for this eval transform, or
+    None: it resizes the shortest side and centre-crops, open_clip's default `resize_mode`; SigLIP's and CLIPA's
+    weights 'squash' (stretch) and 'longest' pads, which it does not do."""
+    mode = preprocess_cfg.get("resize_mode", "shortest")
+    if mode == "shortest":
+        return None
+    return f"gcctl's eval transform on tensors resizes the shortest side only, and this model's resize_mode is '{mode}'"
+
+
+def _refuse_what_the_twin_lacks(preprocess_cfg: dict) -> None:
+    gap = tensor_twin_gap(preprocess_cfg)
+    if gap:
+        raise GcctlError(gap)
 
 
 def eval_transform_stages(preprocess: Callable) -> tuple[Callable, Callable]:

@@ -17,10 +17,12 @@ from gcctl.errors import GcctlError
 if TYPE_CHECKING:
     import torch
 
-DECODERS = ("pil", "torchcodec", "torchvision")  # the first is the default: on a CPU, PIL is the fastest path
-# The module holding each batched decoder's `decode_jpeg` (one signature: a list of CPU byte tensors, a mode, a device).
+# The module holding each library's batched `decode_jpeg` (one signature: CPU byte tensors, a mode, a device).
 _JPEG_DECODER_MODULES = {"torchcodec": "torchcodec.decoders", "torchvision": "torchvision.io"}
+DECODERS = ("pil", *_JPEG_DECODER_MODULES)  # the first is the default (docs/feature-store.md#decoding says why)
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_EXIF_MARK = b"Exif\x00\x00"  # an APP1 segment's header, within the first bytes of a JPEG that has one
+_ORIENTATION_TAG = 0x0112
 
 
 def jpeg_decoder(decode: str) -> Callable | None:
@@ -39,15 +41,16 @@ def jpeg_decoder(decode: str) -> Callable | None:
 def decode_batch(decode_jpeg: Callable, encoded: list[torch.Tensor], paths: Sequence[str],
                  device: torch.device) -> list[torch.Tensor]:
     """Files' bytes -> uint8 RGB images [3, H, W] on `device`: the JPEGs in one call of the batched decoder
-    `decode_jpeg` there (`jpeg_decoder`), any other file, and a JPEG that decoder refuses, by PIL on the CPU
-    (`read_rgb`: the same RGB rules, a PNG's transparency flattened onto white) and then moved."""
+    `decode_jpeg` there (`jpeg_decoder`); any other file, a JPEG that decoder refuses, and one its EXIF says to
+    rotate (TorchCodec turns it upright, PIL and torchvision do not) by PIL in this thread (`read_rgb`: the same
+    RGB rules and geometry as the default path), then moved."""
     import numpy as np
     import torch
 
     from gcctl.datasets.images import read_rgb
 
     images: list[torch.Tensor | None] = [None] * len(encoded)
-    jpegs = [i for i, data in enumerate(encoded) if bytes(data[:3].tolist()) == _JPEG_MAGIC]
+    jpegs = [i for i, data in enumerate(encoded) if _upright_jpeg(data)]
     try:
         decoded = decode_jpeg([encoded[i] for i in jpegs], mode="RGB", device=device) if jpegs else []
     except RuntimeError:  # one damaged file fails the whole call: decode them one by one
@@ -56,9 +59,27 @@ def decode_batch(decode_jpeg: Callable, encoded: list[torch.Tensor], paths: Sequ
         images[i] = image
     for i, image in enumerate(images):
         if image is None:
-            pixels = np.array(read_rgb(paths[i]))  # writable: torch shares its memory
-            images[i] = torch.from_numpy(pixels).permute(2, 0, 1).to(device)
-    return images
+            pixels = np.array(read_rgb(paths[i], bytes(encoded[i].numpy())))  # writable: torch shares its memory
+            images[i] = torch.from_numpy(pixels).permute(2, 0, 1)
+    return [image.to(device) for image in images]  # torchvision decodes on the CPU for any device but CUDA
+
+
+def _upright_jpeg(data: torch.Tensor) -> bool:
+    """Whether `data` is a JPEG that needs no EXIF rotation (most have no EXIF block at all)."""
+    head = bytes(data[:65536].numpy())
+    if not head.startswith(_JPEG_MAGIC):
+        return False
+    if _EXIF_MARK not in head:
+        return True
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(bytes(data.numpy()))) as image:  # reads the headers only
+            return image.getexif().get(_ORIENTATION_TAG, 1) == 1
+    except (OSError, ValueError, SyntaxError):
+        return False  # PIL decodes it, or names the file
 
 
 def _decoded_alone(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> torch.Tensor | None:

@@ -69,11 +69,14 @@ class EncodedImageDataset(ImageDataset):
 
     def __getitem__(self, position: int):
         row = self.indices[position]
-        source = open_image_source(path := self.paths[row])
+        path = self.paths[row]
         try:
+            source = open_image_source(path)
             data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
         except OSError as error:
-            raise GcctlError(f"cannot read image {path}: {error.strerror}") from None
+            raise unreadable_image(path, error.strerror or str(error)) from None
+        if not data:  # torch.frombuffer refuses an empty buffer; PIL names the empty file when it is decoded
+            return torch.empty(0, dtype=torch.uint8), row
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), row
 
 
@@ -82,16 +85,21 @@ def encoded_batch(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Ten
     return [data for data, _ in items], torch.tensor([row for _, row in items])
 
 
-def read_rgb(path: str) -> Image.Image:
-    """The image at `path` (a file or an archive member) as 8-bit RGB (`to_rgb`), or one line naming the file."""
+def read_rgb(path: str, data: bytes | None = None) -> Image.Image:
+    """The image at `path` (a file or an archive member; `data`: its bytes, when already read) as 8-bit RGB
+    (`to_rgb`), or one line naming the file."""
     source = path
     try:
-        source = open_image_source(path)
+        source = io.BytesIO(data) if data is not None else open_image_source(path)
         with Image.open(source) as image:
             return to_rgb(image)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error).replace(f" {source!r}", "")  # Pillow names a tar member's buffer by its repr
-        raise GcctlError(f"cannot read image {path}: {reason}") from None
+        reason = str(error).replace(f" {source!r}", "")  # Pillow names an in-memory file by its repr
+        raise unreadable_image(path, reason) from None
+
+
+def unreadable_image(path: str, reason: str) -> GcctlError:
+    return GcctlError(f"cannot read image {path}: {reason}")
 
 
 def image_loader(dataset: ImageDataset, *, workers: int, device=None, **batching) -> DataLoader:

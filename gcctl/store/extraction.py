@@ -96,7 +96,7 @@ def extract(
     """
     if dtype not in FEATURE_DTYPES:
         raise GcctlError(f"--dtype '{dtype}' is not supported; choose float16 or float32")
-    jpeg_decoder(decode)  # the decoder exists and is installed, before any work
+    _check_decoder(decode, bundle)
     from gcctl.distributed import joined_world, process_device  # torch, imported only when extracting
 
     out = Path(out)
@@ -113,6 +113,14 @@ def extract(
             _remove_parts(out)  # a killed torchrun's: this process writes every row itself
             _check_free_space(out, len(_shard_rows(table, shard, batch_size)), bundle.provenance["embed_dim"], dtype)
             return _encode(table, bundle, out, shard=shard, on_progress=on_progress, **options)
+
+
+def _check_decoder(decode: str, bundle: "ClipBundle") -> None:
+    """Before any work: the decoder exists and is installed, and the model's eval transform has a tensor twin."""
+    from gcctl.clip.preprocess import tensor_twin_gap
+
+    if jpeg_decoder(decode) is not None and (gap := tensor_twin_gap(bundle.model.visual.preprocess_cfg)):
+        raise GcctlError(f"--decode {decode}: {gap}; extract with --decode pil")
 
 
 def check_extract_out(table: "DatasetTable", out: Path, overwrite: bool) -> None:
