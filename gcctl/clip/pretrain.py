@@ -235,14 +235,6 @@ def _write_outputs(run: _Run, out: Path, corpus: Path, identity: dict, device: t
     return {**summary, **timings}
 
 
-
-
-
-
-
-
-
-
 def _tokenize(tokenizer, captions: np.ndarray) -> torch.Tensor:
     """Each distinct caption once: a procedural corpus repeats few captions many times."""
     distinct, index = np.unique(captions, return_inverse=True)

@@ -20,6 +20,7 @@ lock of `<out>` from before any work to the rename, and a user error in any proc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import re
@@ -58,6 +59,8 @@ from gcctl.store.format import (
 )
 
 if TYPE_CHECKING:  # the store sits above models in the layering
+    import torch
+
     from gcctl.clip.factory import ClipBundle
     from gcctl.datasets.table import DatasetTable
     from gcctl.distributed import World
@@ -66,6 +69,18 @@ if TYPE_CHECKING:  # the store sits above models in the layering
 # A store's size beyond its features: labels, split, id and attributes per row, and HDF5's own bookkeeping.
 _ROW_OVERHEAD_BYTES = 128
 _FILE_OVERHEAD_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """How `extract` encodes, as every process of it passes it on (`device` is the process's own)."""
+
+    batch_size: int
+    workers: int | None
+    dtype: str
+    normalize: bool
+    decode: str
+    device: "torch.device"
 
 
 def extract(
@@ -102,17 +117,16 @@ def extract(
     out = Path(out)
     device = resolve_device("auto" if device is None else str(device))
     with joined_world(device, backend="gloo") as world:  # only small objects pass between the processes
-        options = {"batch_size": batch_size, "workers": workers, "dtype": dtype, "normalize": normalize,
-                   "decode": decode, "device": device}
+        options = _Options(batch_size, workers, dtype, normalize, decode, device)
         if world.distributed:
             return _extract_by_rank(table, bundle, out, world, shard, overwrite, on_progress, options)
         table.require_files()
-        options["device"] = process_device(device, world)
+        options = dataclasses.replace(options, device=process_device(device, world))
         with output_lock(out):  # held until the rename: the .partial is this process's alone
             check_extract_out(table, out, overwrite)  # again under the lock: another process may have just finished
             _remove_parts(out)  # a killed torchrun's: this process writes every row itself
             _check_free_space(out, len(_shard_rows(table, shard, batch_size)), bundle.provenance["embed_dim"], dtype)
-            return _encode(table, bundle, out, shard=shard, on_progress=on_progress, **options)
+            return _encode(table, bundle, out, shard, on_progress, options)
 
 
 def _check_decoder(decode: str, bundle: "ClipBundle") -> None:
@@ -154,15 +168,15 @@ def _table_arrays(table: "DatasetTable", rows: range) -> dict:
     }
 
 
-def _extraction_attrs(table: "DatasetTable", bundle: "ClipBundle", options: dict, shard: Shard, folder: Path) -> dict:
+def _extraction_attrs(table: "DatasetTable", bundle: "ClipBundle", options: _Options, shard: Shard, folder: Path) -> dict:
     return {
         "model_ref": bundle.reference.recorded_for(folder).to_dict(),
         "embed_dim": int(bundle.provenance["embed_dim"]),
-        "normalized": bool(options["normalize"]),
+        "normalized": bool(options.normalize),
         "dataset": table.dataset,
         "dataset_fingerprint": table.fingerprint(),
-        "dtype": options["dtype"],
-        "decode": options["decode"],
+        "dtype": options.dtype,
+        "decode": options.decode,
         "shard": str(shard),
     }
 
@@ -279,7 +293,7 @@ def _remove_parts(out: Path) -> None:
             partial_path(stem).unlink(missing_ok=True)
 
 
-def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, overwrite: bool, on_progress, options: dict) -> dict:
+def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, overwrite: bool, on_progress, options: _Options) -> dict:
     """This process's part, then (once every part is done) rank 0 publishes `out`. Rank 0 locks `out` before any
     work, so a held --out stops every process at once; a user error in any process stops them all with it (one
     agreement after the checks, one after the parts, one after publishing), and every finished or partial part
@@ -301,7 +315,7 @@ def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, ove
                 held.enter_context(output_lock(out))
             check_extract_out(table, out, overwrite)
             table.require_files()
-            options = {**options, "device": process_device(options["device"], world)}
+            options = dataclasses.replace(options, device=process_device(options.device, world))
             with output_lock(part_out):  # released before rank 0 publishes (and removes) the parts
                 raise_if_any_failed(world, None)  # every process is ready: none has done any work yet
                 summary = _extract_part(table, bundle, part_out, part, on_progress if world.is_main else None, options)
@@ -328,15 +342,15 @@ def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, ove
         "resumed_from": [part["resumed_from"] for part in summaries],
         "seconds": round(seconds, 3),
         "images_per_second": round(encoded / seconds, 1) if encoded else None,
-        "device": str(options["device"]),
+        "device": str(options.device),
     }
 
 
-def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, options: dict) -> dict:
+def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, options: _Options) -> dict:
     """One process's part under torchrun (its lock held): kept when an earlier run finished it for the same rows,
     else encoded (resuming its .partial)."""
     identity = _extraction_attrs(table, bundle, options, part, part_out.parent)
-    rows = _shard_rows(table, part, options["batch_size"])
+    rows = _shard_rows(table, part, options.batch_size)
     if is_feature_store(part_out):
         with h5py.File(part_out, "r") as handle:
             stored = read_attrs(handle)
@@ -344,11 +358,11 @@ def _extract_part(table, bundle, part_out: Path, part: Shard, on_progress, optio
             return {"rows": stored["n_rows"], "resumed_from": stored["n_rows"]}
     # Anything else there is a part of another extraction (replaced when done) or not ours (refused).
     check_output(part_out, "extract", is_own=is_feature_store, replace_own=True)
-    _check_free_space(part_out, len(rows), bundle.provenance["embed_dim"], options["dtype"])
-    return _encode(table, bundle, part_out, shard=part, on_progress=on_progress, **options)
+    _check_free_space(part_out, len(rows), bundle.provenance["embed_dim"], options.dtype)
+    return _encode(table, bundle, part_out, part, on_progress, options)
 
 
-def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options: dict) -> None:
+def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options: _Options) -> None:
     """Join the finished parts into `out` (whose lock the caller holds), written as one process writes it, and
     remove every part."""
     parts = [rank_part_path(out, Shard(rank, world_size)) for rank in range(world_size)]
@@ -356,7 +370,7 @@ def _publish(table, bundle, out: Path, world_size: int, overwrite: bool, options
     if missing:
         raise GcctlError(f"{missing[0]} is missing although its process finished it; with processes on several "
                          "machines, --out must lie on a file system they all share")
-    dtype = options["dtype"]
+    dtype = options.dtype
     check_extract_out(table, out, overwrite)  # again: something may have appeared there while the parts were encoded
     _check_free_space(out, len(table.frame), bundle.provenance["embed_dim"], dtype)
     identity = _extraction_attrs(table, bundle, options, Shard(), out.parent)
@@ -401,27 +415,27 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def _encode(table, bundle, out: Path, *, shard, on_progress, **options) -> dict:
+def _encode(table, bundle, out: Path, shard: Shard, on_progress, options: _Options) -> dict:
     """`extract` once its --out is this process's: encode the rows not yet done, mark the file complete, publish."""
     import time
 
     import torch
 
-    device, workers = options["device"], options["workers"]
-    rows = _shard_rows(table, shard, options["batch_size"])
+    device, workers = options.device, options.workers
+    rows = _shard_rows(table, shard, options.batch_size)
     tmp = partial_path(out)
     identity = _extraction_attrs(table, bundle, options, shard, out.parent)
     handle = _open_partial(tmp, identity, rows)
     if handle is None:
         handle = _create_partial(tmp, table, rows, identity)
-    starts = _batch_starts(table, rows, options["batch_size"])
+    starts = _batch_starts(table, rows, options.batch_size)
     # Back to the last batch start reached (the rows past it were written by a run of another --batch-size):
     # at most one batch is encoded again, and every batch from here is the one an uninterrupted run encodes.
     first = max((start for start in starts if start <= rows.start + int(handle.attrs["rows_done"])), default=rows.stop)
     done = resumed_from = first - rows.start
     model = device_layout(bundle.model.to(device), device).eval()
     workers = default_workers(device) if workers is None else workers
-    loader, model_input = _image_batches(table, bundle, options["decode"], range(first, rows.stop), starts, workers, device)
+    loader, model_input = _image_batches(table, bundle, options.decode, range(first, rows.stop), starts, workers, device)
     started = time.perf_counter()
     try:
         with torch.inference_mode(), autocast(device), _deterministic_kernels(device):
@@ -455,7 +469,7 @@ def _encode(table, bundle, out: Path, *, shard, on_progress, **options) -> dict:
         "device": str(device),
         "shard": str(shard),
         "workers": workers,
-        "decode": options["decode"],
+        "decode": options.decode,
     }
 
 
@@ -487,13 +501,13 @@ def _image_batches(table, bundle, decode: str, rows: range, starts: list[int], w
     return image_loader(dataset, workers=workers, device=device, batch_sampler=batches), model_input
 
 
-def _features_of(model, inputs, options: dict, first_row: int) -> np.ndarray:
+def _features_of(model, inputs, options: _Options, first_row: int) -> np.ndarray:
     """One batch's features as the store holds them (L2-normalised if asked, in its dtype); NaN/inf refused."""
     import torch
 
     encoded = model.encode_image(inputs).float()
-    if options["normalize"]:
+    if options.normalize:
         encoded = torch.nn.functional.normalize(encoded, dim=-1)
     if not torch.isfinite(encoded).all():
         raise GcctlError(f"the image tower produced NaN/inf features near row {first_row}; check the weights")
-    return encoded.cpu().numpy().astype(FEATURE_DTYPES[options["dtype"]])
+    return encoded.cpu().numpy().astype(FEATURE_DTYPES[options.dtype])
