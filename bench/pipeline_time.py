@@ -19,6 +19,7 @@ little to every command's time. Nothing is written inside the pipeline's artifac
     python bench/pipeline_time.py --targets report - --lock-out dvc.lock.full   # then the rest of dvc repro
     python bench/pipeline_time.py --targets report - --without-lock --lock-out dvc.lock.new   # a lock from scratch
     python bench/pipeline_time.py --worktree --params tiny.yaml --keep   # uncommitted code, a tiny parameter set
+    python bench/pipeline_time.py --markdown-from bench-pipeline-time.json   # docs/pipeline.md's tables
 """
 
 from __future__ import annotations
@@ -257,6 +258,17 @@ def print_table(command: dict) -> None:
             print(f"{what}: {', '.join(command[key])}", file=sys.stderr)
 
 
+def markdown_table(command: dict) -> str:
+    """One command's stage groups as the Markdown table docs/pipeline.md carries (seconds rounded to whole)."""
+    rows = ["| stages | count | seconds | of it outside compute | longest |", "|---|---:|---:|---:|---|"]
+    for name, row in groups(command["stages"]).items():
+        several = row["count"] > 1
+        longest = f"{row['longest']['wall_s']:.1f} (`{row['longest']['stage']}`)" if several else ""
+        rows.append(f"| `{name}{'@…' if several else ''}` | {row['count']} | {row['wall_s']:,.0f} | "
+                    f"{row['overhead_s']:,.0f} | {longest} |")
+    return "\n".join(rows)
+
+
 def _label(index: int) -> str:
     return "main command" if index == 0 else ("rest" if index == 1 else f"rest {index}")
 
@@ -300,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
                              "then holds no entry of a stage dvc.yaml no longer has (DVC never drops one).")
     parser.add_argument("--keep", action="store_true", help="Keep the scratch folder (its path is printed).")
     parser.add_argument("--quiet", action="store_true", help="Do not echo DVC's output.")
+    parser.add_argument("--markdown-from", type=Path, default=None, metavar="JSON",
+                        help="Run nothing: print the Markdown tables of the figures an earlier run wrote.")
     args = parser.parse_args(argv)
+    if args.markdown_from:
+        for command in json.loads(args.markdown_from.read_text())["commands"]:
+            print(f"{command['label']} (`{command['command']}`, {command['wall_s']:,.0f} s):\n\n{markdown_table(command)}\n")
+        return 0
     target_sets = [[] if item == NO_TARGET else item.split() for item in args.targets]
 
     scratch = Path(tempfile.mkdtemp(prefix="gcctl-pipeline-time-"))

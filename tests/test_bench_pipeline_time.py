@@ -2,6 +2,7 @@
 seconds, and the overhead sums; the benchmark itself runs the pipeline and is not run here."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -85,3 +86,19 @@ def test_the_shim_is_valid_python(bench, tmp_path):
     shim = bench.write_shim(tmp_path) / "gcctl"
     compile(shim.read_text(), str(shim), "exec")
     assert shim.stat().st_mode & 0o111
+
+
+def test_the_docs_table_is_printed_from_saved_figures(bench, tmp_path, capsys):
+    bare = {"startup_s": 0.05, "import_s": 0.01, "warm_start_s": 4.0}
+    calls = {"synth": [{"wall_s": 3.0, "import_s": 1.01}],
+             "train@waterbirds-zeroshot": [{"wall_s": 2.0, "import_s": 0.51}],
+             "train@waterbirds-groupcoop": [{"wall_s": 3.0, "import_s": 2.01}]}
+    command = bench.command_figures("main command", ["report"], 13.0, DVC_OUTPUT, calls, bare)
+    saved = tmp_path / "figures.json"
+    saved.write_text(json.dumps({"commands": [command]}))
+    assert bench.main(["--markdown-from", str(saved)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "main command (`dvc repro report`, 13 s):"
+    # synth: 4.5 s, 2.55 outside compute; the two train stages: 2.5 + 3.5 s, 1.05 + 2.55 outside
+    assert "| `synth` | 1 | 4 | 3 |  |" in lines
+    assert "| `train@…` | 2 | 6 | 4 | 3.5 (`train@waterbirds-groupcoop`) |" in lines

@@ -194,30 +194,35 @@ def pseudo_label(
     confident = inference.confidence >= min_confidence
     within = _fall_back_to_majority(data, inference.within, confident)
     group = data.vocabulary.group_of(data.train_y, within)
-    summary = {
+    options = {"min_confidence": min_confidence, "val_fraction": val_fraction, "val_label_noise": val_label_noise,
+               "val_samples_used": int(len(data.val_y)),
+               **({"clusters_per_group": clusters_per_group} if strategy == "kmeans" else {}), "seed": seed}
+    summary = _summary(strategy, split, spec, data, inference, group, confident, options,
+                       files={"features": features, "group_file": out, "report": report_path,
+                              "figure": figure_path if plot is not None else None})
+    _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary, plot)
+    return summary
+
+
+def _summary(strategy: str, split: str, spec, data: LabelingData, inference, group: np.ndarray, confident: np.ndarray,
+             options: dict, files: dict) -> dict:
+    """The agreement report: what was inferred, from which files, with which options, and how well it agrees
+    with the true groups (where the store has them)."""
+    return {
         "strategy": strategy,
         "split": split,
         "group_splits": read_group_splits(spec, split, len(data.val_y) > 0),
         "named_by_size": inference.named_by_size,
-        "features": str(features),
+        "features": str(files["features"]),
         "dataset": data.provenance.get("dataset"),
-        "group_file": str(out),
-        "report": str(report_path),
-        "figure": str(figure_path) if plot is not None else None,
-        "options": {
-            "min_confidence": min_confidence,
-            "val_fraction": val_fraction,
-            "val_label_noise": val_label_noise,
-            "val_samples_used": int(len(data.val_y)),
-            **({"clusters_per_group": clusters_per_group} if strategy == "kmeans" else {}),
-            "seed": seed,
-        },
+        "group_file": str(files["group_file"]),
+        "report": str(files["report"]),
+        "figure": None if files["figure"] is None else str(files["figure"]),
+        "options": options,
         "fallback": int(np.sum(~confident)),
         "notes": inference.notes,
         "agreement": agreement(data.train_truth, group, data.vocabulary),
     }
-    _write_outputs(out, report_path, figure_path, data, group, inference.confidence, summary, plot)
-    return summary
 
 
 def _group_table(data: LabelingData, group: np.ndarray, confidence: np.ndarray, summary: dict):
