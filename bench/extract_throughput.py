@@ -106,7 +106,7 @@ def extract_run(bundle, table, batch_size: int, workers: int | None, device, out
     return len(table.frame) / (time.perf_counter() - started), summary["workers"]
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gcctl-tiny")
     parser.add_argument("--images", type=int, default=1024)
@@ -120,7 +120,11 @@ def main() -> None:
     parser.add_argument("--decode", default=DECODERS[0],
                         help="Comma-separated decoders to time extraction with (the first gives the headline ratio).")
     parser.add_argument("--repeats", type=int, default=9, help="Alternating pairs of measurements; the median pair counts.")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     decoders = args.decode.split(",")
 
     device = resolve_device(args.device)
@@ -135,6 +139,7 @@ def main() -> None:
         attention = inference_attention(bundle, tensors, device)
         available = {decode: _unavailable(decode) for decode in decoders}
         forward, extracted = [], {decode: [] for decode in decoders if available[decode] is None}
+        workers = args.workers  # what extraction chose, once it has run
         for _ in range(args.repeats):
             forward.append(forward_images_per_second(bundle, tensors, args.batch_size, device))
             for decode, rates in extracted.items():

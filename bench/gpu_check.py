@@ -4,7 +4,9 @@ It runs the benchmarks in bench/ with GPU-sized options, one process each (a cra
 not the run), then the test suite with CUDA visible, prints one table and writes the figures as JSON:
 
 - extraction images/s against the image tower's pure forward, ViT-B-16 at 224 px from JPEG files, with
-  DataLoader workers (bench/extract_throughput.py);
+  DataLoader workers, with each `--decode` (bench/extract_throughput.py);
+- JPEG decoding and resizing alone: PIL's path against each library decoder's on the device, and how far the
+  model inputs move (bench/decode_jpeg.py);
 - one GroupCoOp epoch on cached features against encoding the images every step (bench/train_speed.py);
 - FT and StarFT steps with autocast (bench/starft_step.py), and the same through DistributedDataParallel in a
   one-process group under torchrun;

@@ -262,9 +262,9 @@ def markdown_table(command: dict) -> str:
     """One command's stage groups as the Markdown table docs/pipeline.md carries (seconds rounded to whole)."""
     rows = ["| stages | count | seconds | of it outside compute | longest |", "|---|---:|---:|---:|---|"]
     for name, row in groups(command["stages"]).items():
-        several = row["count"] > 1
-        longest = f"{row['longest']['wall_s']:.1f} (`{row['longest']['stage']}`)" if several else ""
-        rows.append(f"| `{name}{'@…' if several else ''}` | {row['count']} | {row['wall_s']:,.0f} | "
+        longest = f"{row['longest']['wall_s']:.1f} (`{row['longest']['stage']}`)" if row["count"] > 1 else ""
+        matrix = "@" in row["longest"]["stage"]  # a foreach stage, even with one item (pretrain@tiny)
+        rows.append(f"| `{name}{'@…' if matrix else ''}` | {row['count']} | {row['wall_s']:,.0f} | "
                     f"{row['overhead_s']:,.0f} | {longest} |")
     return "\n".join(rows)
 

@@ -16,6 +16,27 @@ def tiny_waterbirds(tmp_path_factory):
     return write_waterbirds(tmp_path_factory.mktemp("data") / "waterbirds", seed=0, scale=0.02)
 
 
+@pytest.fixture(scope="session")
+def jpeg_waterbirds(tmp_path_factory):
+    """A Waterbirds-like benchmark whose images are 4:3 JPEGs larger than gcctl-micro's 32 px input, so that
+    decoding, resizing and cropping all act; its manifest points at them."""
+    from PIL import Image
+
+    from gcctl.datasets import load_dataset
+    from gcctl.synth.benchmarks import write_waterbirds
+
+    root = write_waterbirds(tmp_path_factory.mktemp("data") / "waterbirds", seed=0, scale=0.02, size=48)
+    table = load_dataset("waterbirds", root)
+    for relative in table.frame["path"]:
+        png = root / relative
+        with Image.open(png) as image:
+            image.convert("RGB").resize((64, 48)).save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    metadata = root / "metadata.csv"
+    metadata.write_text(metadata.read_text().replace(".png", ".jpg"))
+    return root
+
+
 @pytest.fixture()
 def micro_bundle():
     """gcctl-micro with random weights of seed 0 (fresh per test: extraction moves it between devices)."""

@@ -206,6 +206,14 @@ def test_vectorised_preprocessing_matches_the_eval_transform(micro):
     assert (resized[0] - micro.preprocess(Image.fromarray(smooth))).abs().mean() < 0.02  # PIL and torch kernels differ slightly
 
 
+def test_the_tensor_twin_takes_a_squashing_model_where_the_modes_agree(micro, monkeypatch):
+    monkeypatch.setitem(micro.model.visual.preprocess_cfg, "resize_mode", "squash")  # as SigLIP's weights
+    square = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    assert preprocess_uint8(square, micro.model).shape == (2, 3, 32, 32)  # same aspect ratio: no mode differs
+    with pytest.raises(GcctlError, match=r"resizes the shortest side only, and this model's resize_mode is 'squash'"):
+        preprocess_uint8(square[:, :, :40], micro.model)
+
+
 def test_pretraining_lowers_the_loss_and_is_reproducible(corpus, tmp_path):
     config = PretrainConfig(model=MICRO, epochs=6, batch_size=32, lr=5e-3, seed=3)
     summary = pretrain(corpus, tmp_path / "a", config, device="cpu", plot=plot_pretraining_loss)

@@ -10,29 +10,11 @@ import torch
 from PIL import Image
 
 from gcctl.datasets import load_dataset
-from gcctl.datasets.decoding import decode_batch, jpeg_decoder
+from gcctl.datasets.decoding import DECODERS, decode_batch, jpeg_decoder
 from gcctl.datasets.images import EncodedImageDataset, read_rgb
 from gcctl.errors import GcctlError
 from gcctl.store import FeatureStore, Shard, extract, merge
 from gcctl.store.format import extraction_identity
-
-
-@pytest.fixture(scope="module")
-def jpeg_waterbirds(tmp_path_factory):
-    """A Waterbirds-like benchmark whose images are 4:3 JPEGs larger than gcctl-micro's 32 px input, so that
-    decoding, resizing and cropping all act; its manifest points at them."""
-    from gcctl.synth.benchmarks import write_waterbirds
-
-    root = write_waterbirds(tmp_path_factory.mktemp("data") / "waterbirds", seed=0, scale=0.02, size=48)
-    table = load_dataset("waterbirds", root)
-    for relative in table.frame["path"]:
-        png = root / relative
-        with Image.open(png) as image:
-            image.convert("RGB").resize((64, 48)).save(png.with_suffix(".jpg"), quality=90)
-        png.unlink()
-    metadata = root / "metadata.csv"
-    metadata.write_text(metadata.read_text().replace(".png", ".jpg"))
-    return root
 
 
 def _bytes_of(image: Image.Image, kind: str) -> torch.Tensor:
@@ -41,7 +23,7 @@ def _bytes_of(image: Image.Image, kind: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
-LIBRARIES = ("torchcodec", "torchvision")
+LIBRARIES = DECODERS[1:]
 
 
 @pytest.mark.parametrize("decode", LIBRARIES)
@@ -98,6 +80,77 @@ def test_a_png_and_a_jpeg_the_decoder_refuses_fall_back_to_pil(tmp_path, decode)
     np.testing.assert_array_equal(jpeg.permute(1, 2, 0).numpy(), np.asarray(read_rgb(paths[1])))  # libjpeg-turbo, both
 
 
+def _photo_bytes(tmp_path, name="p.jpg", **save):
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (6, 8, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", **save)
+    (tmp_path / name).write_bytes(buffer.getvalue())
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8), str(tmp_path / name)
+
+
+def test_a_jpeg_the_decoder_refuses_but_pil_reads_is_decoded_by_pil(tmp_path):
+    refused, refused_path = _photo_bytes(tmp_path, "refused.jpg")
+    accepted, accepted_path = _photo_bytes(tmp_path, "accepted.jpg", quality=50)
+    library = jpeg_decoder("torchvision")
+
+    def refusing(data, mode, device):  # refuses the batch, then the one file alone
+        if isinstance(data, list) or data is refused:
+            raise RuntimeError("unsupported JPEG")
+        return library(data, mode=mode, device=device)
+
+    alone, kept = decode_batch(refusing, [refused, accepted], [refused_path, accepted_path], torch.device("cpu"))
+    np.testing.assert_array_equal(alone.permute(1, 2, 0).numpy(), np.asarray(read_rgb(refused_path)))
+    np.testing.assert_array_equal(kept.numpy(), library(accepted, mode="RGB").numpy())
+
+
+def test_the_library_decodes_on_the_cpu_for_a_device_that_is_not_cuda(tmp_path):
+    data, path = _photo_bytes(tmp_path)
+    asked = []
+
+    def recording(batch, mode, device):
+        asked.append(device)
+        return jpeg_decoder("torchvision")(batch, mode=mode, device=device)
+
+    (image,) = decode_batch(recording, [data], [path], torch.device("meta"))  # as MPS: no JPEG decoder there
+    assert asked == [torch.device("cpu")] and image.device.type == "meta"
+
+
+def test_out_of_gpu_memory_while_decoding_is_one_line(tmp_path):
+    data, path = _photo_bytes(tmp_path)
+
+    def exhausted(batch, mode, device):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(GcctlError, match=r"^decoding a batch of 1 JPEGs ran out of GPU memory; lower --batch-size$"):
+        decode_batch(exhausted, [data], [path], torch.device("cpu"))
+
+
+def test_a_decompression_bomb_with_exif_is_one_line_naming_it(tmp_path, monkeypatch):
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    data, path = _photo_bytes(tmp_path, exif=exif.tobytes())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # 48 pixels: over twice the limit, PIL refuses it
+    with pytest.raises(GcctlError, match=rf"^cannot read image {path}: .*decompression bomb"):
+        decode_batch(jpeg_decoder("torchvision"), [data], [path], torch.device("cpu"))
+
+
+def test_a_library_too_old_or_that_cannot_load_is_one_line(monkeypatch):
+    import importlib
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda package: "0.19.1+cpu")
+    with pytest.raises(GcctlError, match=r"^--decode torchvision needs torchvision 0\.20 or later \(installed: 0\.19\); "):
+        jpeg_decoder("torchvision")
+
+    def broken(name):
+        raise OSError("libnvjpeg.so.12: cannot open shared object file")
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(GcctlError, match=r"^--decode torchcodec: the installed torchcodec cannot load its JPEG decoder "
+                                         r"\(libnvjpeg.*\); install the release built for this torch"):
+        jpeg_decoder("torchcodec")
+
+
 def test_a_decoder_whose_package_is_missing_is_one_line(monkeypatch):
     import importlib
 
@@ -105,7 +158,7 @@ def test_a_decoder_whose_package_is_missing_is_one_line(monkeypatch):
         raise ImportError(name)
 
     monkeypatch.setattr(importlib, "import_module", missing)
-    with pytest.raises(GcctlError, match=r"^--decode torchcodec needs the torchcodec package .*choose --decode pil$"):
+    with pytest.raises(GcctlError, match=r"^--decode torchcodec needs the torchcodec package \(pip install 'gcctl\[decode\]' .*choose --decode pil$"):
         jpeg_decoder("torchcodec")
     assert jpeg_decoder("pil") is None
 

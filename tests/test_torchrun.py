@@ -105,6 +105,18 @@ def test_two_processes_stopped_and_resumed_write_the_bytes_of_one(tiny_waterbird
 
 
 @pytest.mark.slow
+def test_two_processes_decoding_with_a_library_write_the_bytes_of_one(jpeg_waterbirds, micro_bundle, tmp_path):
+    table = load_dataset("waterbirds", jpeg_waterbirds)
+    extract(table, micro_bundle, tmp_path / "one.h5", batch_size=BATCH, dtype="float32", decode="torchvision",
+            device=torch.device("cpu"))
+    result = _torchrun_extract(jpeg_waterbirds, tmp_path / "two.h5", "--decode", "torchvision")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["world_size"], summary["decode"]) == (2, "torchvision")
+    _assert_same_store(tmp_path / "two.h5", tmp_path / "one.h5")  # the store records decode=torchvision
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["held --out", "bad --root"])
 def test_a_user_error_under_torchrun_is_one_line_before_any_work(tiny_waterbirds, tmp_path, case):
     out = tmp_path / "f.h5"

@@ -76,12 +76,14 @@ def extract(
     Example: gcctl extract --dataset waterbirds --root data/waterbirds --model ViT-B-16 --pretrained openai --out features/waterbirds.h5
     """
     from gcctl.clip.factory import build_clip
+    from gcctl.datasets.decoding import jpeg_decoder
     from gcctl.distributed import current_world, process_device
     from gcctl.runtime import progress, resolve_device
     from gcctl.store import Shard, check_extract_out
     from gcctl.store import extract as extract_features
 
     check_extract_out(table, out, overwrite)
+    jpeg_decoder(decode)  # an unknown or missing decoder is refused before the model is built (or downloaded)
     part = Shard.parse(shard)
     torch_device = process_device(resolve_device(device), current_world())  # under torchrun: this process's GPU
     bundle = build_clip(model, pretrained, device=torch_device, seed=seed)

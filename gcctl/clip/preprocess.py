@@ -48,7 +48,6 @@ def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, 
     centre-crop only when the size differs, then normalise with the model's mean and std.
     """
     cfg = model.visual.preprocess_cfg
-    _refuse_what_the_twin_lacks(cfg)
     batch = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().div_(255)
     return _normalize_of(eval_transform(cfg))(_resized_and_cropped(batch, cfg))
 
@@ -56,7 +55,6 @@ def preprocess_uint8(images: np.ndarray | torch.Tensor, model: torch.nn.Module, 
 def decoded_batch(images: list[torch.Tensor], preprocess_cfg: dict) -> torch.Tensor:
     """Decoded uint8 images [3, H, W] of any sizes, all on one device -> the model's normalised input batch
     [N, 3, size, size] there: `preprocess_uint8`'s steps, the images of one size resized together."""
-    _refuse_what_the_twin_lacks(preprocess_cfg)
     height, width = _pair(preprocess_cfg["size"])
     batch = torch.empty(len(images), 3, height, width, device=images[0].device)
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -69,9 +67,10 @@ def decoded_batch(images: list[torch.Tensor], preprocess_cfg: dict) -> torch.Ten
 
 
 def tensor_twin_gap(preprocess_cfg: dict) -> str | None:
-    """Why the tensor twin (`preprocess_uint8`, `decoded_batch`) cannot stand in for this eval transform, or
-    None: it resizes the shortest side and centre-crops, open_clip's default `resize_mode`; SigLIP's and CLIPA's
-    weights 'squash' (stretch) and 'longest' pads, which it does not do."""
+    """Why the tensor twin (`preprocess_uint8`, `decoded_batch`) cannot stand in for this eval transform on
+    images of any shape, or None: it resizes the shortest side and centre-crops, open_clip's default
+    `resize_mode`; SigLIP's and CLIPA's weights 'squash' (stretch) and 'longest' pads, which it does not do
+    (the three agree on an image of the target's aspect ratio, which the twin takes from any model)."""
     mode = preprocess_cfg.get("resize_mode", "shortest")
     if mode == "shortest":
         return None
@@ -118,6 +117,8 @@ def _resized_and_cropped(batch: torch.Tensor, cfg: dict) -> torch.Tensor:
     height, width = _pair(cfg["size"])
     if batch.shape[-2:] == (height, width):
         return batch
+    if batch.shape[-2] * width != batch.shape[-1] * height:  # the resize modes differ only here
+        _refuse_what_the_twin_lacks(cfg)
     return _resize_and_crop(batch, height, width, cfg.get("interpolation", "bicubic"))
 
 

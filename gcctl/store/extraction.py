@@ -343,6 +343,7 @@ def _extract_by_rank(table, bundle, out: Path, world: "World", shard: Shard, ove
         "seconds": round(seconds, 3),
         "images_per_second": round(encoded / seconds, 1) if encoded else None,
         "device": str(options.device),
+        "decode": options.decode,
     }
 
 
@@ -485,7 +486,8 @@ def _image_batches(table, bundle, decode: str, rows: range, starts: list[int], w
 
     bounds = [start for start in starts if start >= rows.start] + [rows.stop]
     batches = [range(start - rows.start, stop - rows.start) for start, stop in zip(bounds, bounds[1:])]
-    if decode == "pil":
+    decode_jpeg = jpeg_decoder(decode)
+    if decode_jpeg is None:  # PIL
         pixels, normalized = eval_transform_stages(bundle.preprocess)
         dataset = ImageDataset(table, pixels, indices=list(rows))
 
@@ -493,7 +495,7 @@ def _image_batches(table, bundle, decode: str, rows: range, starts: list[int], w
             return normalized(images.to(device, non_blocking=True))
     else:
         dataset = EncodedImageDataset(table, indices=list(rows))
-        decode_jpeg, preprocess_cfg = jpeg_decoder(decode), bundle.model.visual.preprocess_cfg
+        preprocess_cfg = bundle.model.visual.preprocess_cfg
 
         def model_input(encoded, batch_rows):
             paths = [dataset.paths[row] for row in batch_rows.tolist()]
