@@ -57,12 +57,14 @@ def test_import_time_sums_the_self_column_of_bytes_or_text(bench):
     assert bench.import_self_us(IMPORT_TIMES.encode().splitlines(keepends=True)) == 244 + 1500 + 2000000
 
 
+BARE = {"startup_s": 0.05, "import_s": 0.01, "warm_start_s": 4.0}
+CALLS = {"synth": [{"wall_s": 3.0, "import_s": 1.01}],
+         "train@waterbirds-zeroshot": [{"wall_s": 2.0, "import_s": 0.51}],
+         "train@waterbirds-groupcoop": [{"wall_s": 3.0, "import_s": 2.01}]}
+
+
 def test_overhead_is_dvc_plus_imports_beyond_start_up_plus_start_up(bench):
-    bare = {"startup_s": 0.05, "import_s": 0.01, "warm_start_s": 4.0}
-    calls = {"synth": [{"wall_s": 3.0, "import_s": 1.01}],
-             "train@waterbirds-zeroshot": [{"wall_s": 2.0, "import_s": 0.51}],
-             "train@waterbirds-groupcoop": [{"wall_s": 3.0, "import_s": 2.01}]}
-    command = bench.command_figures("main command", ["report"], 13.0, DVC_OUTPUT, calls, bare)
+    command = bench.command_figures("main command", ["report"], 13.0, DVC_OUTPUT, CALLS, BARE)
     synth = command["stages"][0]
     assert (synth["wall_s"], synth["dvc_s"], synth["import_s"], synth["startup_s"]) == (4.5, 1.5, 1.0, 0.05)
     assert synth["overhead_s"] == pytest.approx(2.55) and synth["compute_s"] == pytest.approx(1.95)
@@ -77,7 +79,7 @@ def test_overhead_is_dvc_plus_imports_beyond_start_up_plus_start_up(bench):
 
 def test_a_stage_without_a_gcctl_call_is_flagged(bench):
     command = bench.command_figures("rest", [], 13.0, DVC_OUTPUT, {"elsewhere": [{"wall_s": 1.0, "import_s": 0.0}]},
-                                    {"startup_s": 0.05, "import_s": 0.01, "warm_start_s": 4.0})
+                                    BARE)
     assert len(command["unmeasured"]) == 3 and command["unmatched_calls"] == ["elsewhere"]
     assert command["overhead_s"] == 6.5  # DVC's start-up and the server's: unmeasured stages count as compute
 
@@ -89,11 +91,7 @@ def test_the_shim_is_valid_python(bench, tmp_path):
 
 
 def test_the_docs_table_is_printed_from_saved_figures(bench, tmp_path, capsys):
-    bare = {"startup_s": 0.05, "import_s": 0.01, "warm_start_s": 4.0}
-    calls = {"synth": [{"wall_s": 3.0, "import_s": 1.01}],
-             "train@waterbirds-zeroshot": [{"wall_s": 2.0, "import_s": 0.51}],
-             "train@waterbirds-groupcoop": [{"wall_s": 3.0, "import_s": 2.01}]}
-    command = bench.command_figures("main command", ["report"], 13.0, DVC_OUTPUT, calls, bare)
+    command = bench.command_figures("main command", ["report"], 13.0, DVC_OUTPUT, CALLS, BARE)
     saved = tmp_path / "figures.json"
     saved.write_text(json.dumps({"commands": [command]}))
     assert bench.main(["--markdown-from", str(saved)]) == 0

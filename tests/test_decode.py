@@ -17,9 +17,9 @@ from gcctl.store import FeatureStore, Shard, extract, merge
 from gcctl.store.format import extraction_identity
 
 
-def _bytes_of(image: Image.Image, kind: str) -> torch.Tensor:
+def _bytes_of(image: Image.Image, kind: str, **save) -> torch.Tensor:
     buffer = io.BytesIO()
-    image.save(buffer, format=kind)
+    image.save(buffer, format=kind, **save)
     return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
@@ -82,10 +82,9 @@ def test_a_png_and_a_jpeg_the_decoder_refuses_fall_back_to_pil(tmp_path, decode)
 
 def _photo_bytes(tmp_path, name="p.jpg", **save):
     photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (6, 8, 3), dtype=np.uint8))
-    buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", **save)
-    (tmp_path / name).write_bytes(buffer.getvalue())
-    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8), str(tmp_path / name)
+    data = _bytes_of(photo, "JPEG", **save)
+    (tmp_path / name).write_bytes(data.numpy().tobytes())
+    return data, str(tmp_path / name)
 
 
 def test_a_jpeg_the_decoder_refuses_but_pil_reads_is_decoded_by_pil(tmp_path):
@@ -218,10 +217,8 @@ def test_a_jpeg_its_exif_says_to_rotate_keeps_the_geometry_of_pil(tmp_path, deco
     photo = Image.fromarray(np.linspace(0, 255, 6 * 8 * 3).reshape(6, 8, 3).astype(np.uint8))
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to view": TorchCodec would turn it upright, PIL does not
-    buffer = io.BytesIO()
-    photo.save(buffer, format="JPEG", exif=exif.tobytes())
-    (tmp_path / "r.jpg").write_bytes(buffer.getvalue())
-    data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+    data = _bytes_of(photo, "JPEG", exif=exif.tobytes())
+    (tmp_path / "r.jpg").write_bytes(data.numpy().tobytes())
     (image,) = decode_batch(jpeg_decoder(decode), [data], [str(tmp_path / "r.jpg")], torch.device("cpu"))
     np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), np.asarray(read_rgb(str(tmp_path / "r.jpg"))))
 
